@@ -1,0 +1,3 @@
+from dyno.cli import main
+
+main()
