@@ -1,0 +1,702 @@
+"""A whole dyno cluster on this machine: plan it, write its configs, start it, stop it.
+
+This is what `make cluster` and `dyno cluster up/down` run, and what the integration tests
+start their clusters with.  It owns three things:
+
+* **the plan** (`plan()`, pure): names, racks, datacenters, ports and tokens of every node,
+  following Dynomite's conventions (every rack holds the same token set, so every rack holds
+  a full copy of the data);
+* **the configs** (`write_configs()`): one Dynomite-format YAML per node, readable and
+  reusable with `dyno start --config FILE`;
+* **the processes** (`up()`, `down()`, `status()`): one redis-server and one dyno node per
+  node, each in its own session (so they outlive the shell command that started them), with
+  their logs in the cluster directory and their pids in `DIR/cluster.json`.
+
+`DIR/cluster.json` is the single source of truth about what runs: `down()` works from it
+alone, from any process.  It is rewritten after every process start, so even an `up()`
+interrupted half-way leaves a record that `down()` can clean up.
+
+Rules this module keeps: it never waits by sleeping for a fixed time (it polls a condition
+with a deadline); it only ever signals pids it recorded itself, and checks that a recorded
+pid is still the process it started (by its start time) before signalling it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import yaml
+
+TOKEN_SPACE = 2**32
+
+# Deterministic port layout when a base port is given: node n (0-based, in plan order) uses
+# the block base_port + NODE_PORT_STRIDE * n, with these offsets inside the block.
+# E.g. base_port=8102: node1 listens on 8102 (dyn 8103, stats 8104, redis 8105),
+# node2 on 8112, node3 on 8122, ...
+NODE_PORT_STRIDE = 10
+PORT_OFFSETS = {"port": 0, "dyn_port": 1, "stats_port": 2, "redis_port": 3}
+
+STATE_FILE = "cluster.json"
+DEFAULT_START_TIMEOUT = 30.0
+DEFAULT_STOP_TIMEOUT = 10.0
+_POLL_INTERVAL = 0.02
+
+
+class ClusterError(Exception):
+    """Starting or stopping a local cluster failed; the message says what to do."""
+
+
+# --------------------------------------------------------------------------- plan (pure)
+
+
+@dataclasses.dataclass(frozen=True)
+class NodePlan:
+    """Where one node of a planned cluster lives and which tokens it owns."""
+
+    name: str
+    dc: str
+    rack: str
+    host: str
+    port: int  # `listen`: RESP clients
+    dyn_port: int  # `dyn_listen`: peers
+    stats_port: int  # `stats_listen`: admin HTTP
+    redis_port: int  # `servers[0]`: the node's own Redis
+    tokens: tuple[int, ...]
+    seeds: tuple[str, ...]  # dyn_seeds of every OTHER node: 'host:dyn_port:rack:dc:tokens'
+    config: tuple[tuple[str, object], ...] = ()  # further config keys (consistency, ...)
+
+    @property
+    def listen(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def dyn_listen(self) -> str:
+        return f"{self.host}:{self.dyn_port}"
+
+    @property
+    def stats_listen(self) -> str:
+        return f"{self.host}:{self.stats_port}"
+
+    @property
+    def redis(self) -> str:
+        return f"{self.host}:{self.redis_port}"
+
+    @property
+    def seed(self) -> str:
+        """This node as another node's `dyn_seeds` entry."""
+        return f"{self.host}:{self.dyn_port}:{self.rack}:{self.dc}:{format_tokens(self.tokens)}"
+
+    def config_dict(self) -> dict:
+        """The node's Dynomite config, as the mapping under the `dyn_o_mite:` root."""
+        conf: dict[str, object] = {
+            "datacenter": self.dc,
+            "rack": self.rack,
+            "listen": self.listen,
+            "dyn_listen": self.dyn_listen,
+        }
+        if self.seeds:
+            conf["dyn_seeds"] = list(self.seeds)
+        conf.update(
+            {
+                "tokens": format_tokens(self.tokens),
+                "servers": [f"{self.redis}:1"],
+                "stats_listen": self.stats_listen,
+                "data_store": 0,
+            }
+        )
+        conf.update(dict(self.config))
+        return conf
+
+
+def format_tokens(tokens: Iterable[int]) -> str:
+    return ",".join(str(t) for t in tokens)
+
+
+def rack_tokens(nodes_per_rack: int) -> list[int]:
+    """Evenly spaced tokens for the K nodes of a rack: node i gets i * (2**32 // K).
+
+    Every rack gets the same set (Dynomite's convention), so a key has the same position in
+    every rack and each rack holds one full copy.
+    """
+    if nodes_per_rack < 1:
+        raise ValueError("nodes_per_rack must be at least 1")
+    step = TOKEN_SPACE // nodes_per_rack
+    return [i * step for i in range(nodes_per_rack)]
+
+
+def plan(
+    dcs: int = 1,
+    racks: int = 3,
+    nodes_per_rack: int = 1,
+    host: str = "127.0.0.1",
+    base_port: int | None = None,
+    read_consistency: str = "DC_ONE",
+    write_consistency: str = "DC_ONE",
+    **extra_config: object,
+) -> list[NodePlan]:
+    """Plan a cluster of `dcs` datacenters x `racks` racks x `nodes_per_rack` nodes.
+
+    Nodes are named node1..nodeN in (dc, rack, index) order; datacenters dc1..dcN and racks
+    rack1..rackR (rack names repeat in every DC, as in Dynomite's examples).
+    `base_port=None` picks free ports (all 4*N distinct, probed together); otherwise ports
+    follow PORT_OFFSETS / NODE_PORT_STRIDE from `base_port`.
+    `extra_config` keys go verbatim into every node's config (e.g. hash_tag="{}",
+    timeout=2000, enable_gossip=False) and override the generated ones.
+    """
+    for what, value in (("dcs", dcs), ("racks", racks), ("nodes_per_rack", nodes_per_rack)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    count = dcs * racks * nodes_per_rack
+    if base_port is None:
+        ports = free_ports(4 * count, host)
+    else:
+        last = base_port + NODE_PORT_STRIDE * (count - 1) + max(PORT_OFFSETS.values())
+        if base_port < 1 or last > 65535:
+            raise ValueError(f"base_port {base_port} leaves no room for {count} nodes (up to port {last})")
+        ports = []
+        for n in range(count):
+            block = base_port + NODE_PORT_STRIDE * n
+            ports += [block + PORT_OFFSETS[k] for k in ("port", "dyn_port", "stats_port", "redis_port")]
+
+    config = {"read_consistency": read_consistency, "write_consistency": write_consistency}
+    config.update(extra_config)
+    tokens = rack_tokens(nodes_per_rack)
+    skeleton = []
+    n = 0
+    for d in range(1, dcs + 1):
+        for r in range(1, racks + 1):
+            for i in range(nodes_per_rack):
+                port, dyn_port, stats_port, redis_port = ports[4 * n : 4 * n + 4]
+                n += 1
+                skeleton.append(
+                    NodePlan(
+                        name=f"node{n}",
+                        dc=f"dc{d}",
+                        rack=f"rack{r}",
+                        host=host,
+                        port=port,
+                        dyn_port=dyn_port,
+                        stats_port=stats_port,
+                        redis_port=redis_port,
+                        tokens=(tokens[i],),
+                        seeds=(),
+                        config=tuple(config.items()),
+                    )
+                )
+    return [
+        dataclasses.replace(node, seeds=tuple(other.seed for other in skeleton if other is not node))
+        for node in skeleton
+    ]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports that are free right now (all bound at once, then released)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def write_configs(plans: Sequence[NodePlan], dir: str | os.PathLike) -> list[Path]:
+    """Write DIR/<name>.yml for every node, each readable by `dyno start --config`."""
+    out = Path(dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    shape = f"{len(plans)} node(s), {len({p.dc for p in plans})} datacenter(s)"
+    for node in plans:
+        path = out / f"{node.name}.yml"
+        header = (
+            f"# {node.name} ({node.dc}/{node.rack}) of a local dyno cluster: {shape}.\n"
+            f"# Generated by dyno.localcluster; start it alone with: dyno start --config {path.name}\n"
+        )
+        body = yaml.safe_dump({"dyn_o_mite": node.config_dict()}, sort_keys=False, default_flow_style=False)
+        path.write_text(header + body)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of `pid` (clock ticks since boot), None if unknown.
+
+    Recorded next to each pid so that a pid reused by an unrelated process is never signalled.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _proc_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
+# Popen objects of the processes this Python process started, so that they are reaped
+# (no zombies, no ResourceWarning) when stopped from the same process.
+_children: dict[int, subprocess.Popen] = {}
+
+
+def pid_alive(pid: int | None, start_time: int | None = None) -> bool:
+    """Is `pid` running and (if `start_time` is given) still the process we started?"""
+    if not pid:
+        return False
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None  # also reaps it; the Popen keeps the exit code
+    if os.path.isdir("/proc"):
+        state = _proc_state(pid)
+        if state is None or state in ("Z", "X"):
+            return False
+        return start_time is None or process_start_time(pid) == start_time
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (our processes lead their own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+                return
+        except ProcessLookupError:
+            return
+        os.kill(pid, sig)
+
+
+def poll_until(condition: Callable[[], object], timeout: float) -> bool:
+    """Poll `condition` until it is true or `timeout` seconds pass; return the last result."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(condition())
+        time.sleep(_POLL_INTERVAL)
+
+
+def stop_pids(procs: Sequence[tuple[int, int | None]], timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
+    """SIGTERM every live (pid, start_time), SIGKILL what is left after `timeout`.
+
+    Returns how many were alive.  Waits until all of them are gone.
+    """
+    live = [(pid, start) for pid, start in procs if pid_alive(pid, start)]
+    for pid, _ in live:
+        _signal(pid, signal.SIGTERM)
+    if not poll_until(lambda: not any(pid_alive(p, s) for p, s in live), timeout):
+        for pid, start in live:
+            if pid_alive(pid, start):
+                _signal(pid, signal.SIGKILL)
+        if not poll_until(lambda: not any(pid_alive(p, s) for p, s in live), 5.0):
+            left = [p for p, s in live if pid_alive(p, s)]
+            raise ClusterError(f"processes {left} survived SIGKILL")
+    return len(live)
+
+
+def ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a RESP server on host:port answers PING with +PONG."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = sock.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply == b"+PONG\r\n"
+    except OSError:
+        return False
+
+
+def log_tail(path: str | os.PathLike, lines: int = 30) -> str:
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
+
+
+def _spawn(argv: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,  # survives the shell/parent; own process group
+        )
+    _children[proc.pid] = proc
+    return proc
+
+
+def _dyno_env() -> dict[str, str]:
+    """Environment for `python -m dyno`: this very package importable, logs unbuffered."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def dyno_command(node: NodeState) -> list[str]:
+    return [sys.executable, "-m", "dyno", "start", "--config", str(node.config)]
+
+
+def redis_command(node: NodeState, redis_server: str = "redis-server") -> list[str]:
+    return [
+        redis_server,
+        "--port", str(node.redis_port),
+        "--bind", node.host,
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(node.redis_dir),
+        "--daemonize", "no",
+    ]  # fmt: skip
+
+
+@dataclasses.dataclass
+class NodeState:
+    """One running (or stopped) node of a local cluster: its plan, files and pids."""
+
+    plan: NodePlan
+    config: Path
+    log: Path
+    redis_log: Path
+    redis_dir: Path
+    argv: list[str] = dataclasses.field(default_factory=list)
+    redis_argv: list[str] = dataclasses.field(default_factory=list)
+    pid: int | None = None
+    pid_start: int | None = None
+    redis_pid: int | None = None
+    redis_pid_start: int | None = None
+
+    # the plan's addresses, for convenience
+    name = property(lambda self: self.plan.name)
+    dc = property(lambda self: self.plan.dc)
+    rack = property(lambda self: self.plan.rack)
+    host = property(lambda self: self.plan.host)
+    port = property(lambda self: self.plan.port)
+    dyn_port = property(lambda self: self.plan.dyn_port)
+    stats_port = property(lambda self: self.plan.stats_port)
+    redis_port = property(lambda self: self.plan.redis_port)
+    tokens = property(lambda self: self.plan.tokens)
+
+    @property
+    def node_alive(self) -> bool:
+        return pid_alive(self.pid, self.pid_start)
+
+    @property
+    def redis_alive(self) -> bool:
+        return pid_alive(self.redis_pid, self.redis_pid_start)
+
+    def to_json(self) -> dict:
+        p = self.plan
+        return {
+            "name": p.name,
+            "dc": p.dc,
+            "rack": p.rack,
+            "listen": p.listen,
+            "dyn_listen": p.dyn_listen,
+            "stats_listen": p.stats_listen,
+            "redis": p.redis,
+            "pid": self.pid,
+            "redis_pid": self.redis_pid,
+            "config": str(self.config),
+            "log": str(self.log),
+            # beyond the documented fields: what down()/restarts need
+            "tokens": list(p.tokens),
+            "seeds": list(p.seeds),
+            "redis_log": str(self.redis_log),
+            "redis_dir": str(self.redis_dir),
+            "argv": self.argv,
+            "redis_argv": self.redis_argv,
+            "pid_start": self.pid_start,
+            "redis_pid_start": self.redis_pid_start,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> NodeState:
+        def split(addr: str) -> tuple[str, int]:
+            host, _, port = addr.rpartition(":")
+            return host, int(port)
+
+        host, port = split(data["listen"])
+        plan_ = NodePlan(
+            name=data["name"],
+            dc=data["dc"],
+            rack=data["rack"],
+            host=host,
+            port=port,
+            dyn_port=split(data["dyn_listen"])[1],
+            stats_port=split(data["stats_listen"])[1],
+            redis_port=split(data["redis"])[1],
+            tokens=tuple(data.get("tokens", ())),
+            seeds=tuple(data.get("seeds", ())),
+        )
+        return cls(
+            plan=plan_,
+            config=Path(data["config"]),
+            log=Path(data["log"]),
+            redis_log=Path(data.get("redis_log", "")),
+            redis_dir=Path(data.get("redis_dir", "")),
+            argv=list(data.get("argv", [])),
+            redis_argv=list(data.get("redis_argv", [])),
+            pid=data.get("pid"),
+            pid_start=data.get("pid_start"),
+            redis_pid=data.get("redis_pid"),
+            redis_pid_start=data.get("redis_pid_start"),
+        )
+
+
+@dataclasses.dataclass
+class ClusterState:
+    """A local cluster as recorded in DIR/cluster.json, with per-node process control."""
+
+    dir: Path
+    nodes: list[NodeState]
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def node(self, name: str) -> NodeState:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node {name!r} in {self.dir} (nodes: {', '.join(n.name for n in self.nodes)})")
+
+    def save(self) -> None:
+        tmp = self.state_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"nodes": [n.to_json() for n in self.nodes]}, indent=2) + "\n")
+        tmp.replace(self.state_file)
+
+    @classmethod
+    def load(cls, dir: str | os.PathLike) -> ClusterState | None:
+        path = Path(dir) / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ClusterError(f"{path}: unreadable cluster state ({e})") from e
+        return cls(Path(dir), [NodeState.from_json(n) for n in data.get("nodes", [])])
+
+    def live_processes(self) -> list[tuple[str, int]]:
+        out = []
+        for n in self.nodes:
+            if n.node_alive:
+                out.append((f"{n.name} dyno", n.pid))
+            if n.redis_alive:
+                out.append((f"{n.name} redis-server", n.redis_pid))
+        return out
+
+    # --- one node at a time (fault tests, restarts) ---
+
+    def start_redis(self, name: str, wait: bool = True, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        node = self.node(name)
+        if node.redis_alive:
+            raise ClusterError(f"{name}: redis-server already running (pid {node.redis_pid})")
+        node.redis_dir.mkdir(parents=True, exist_ok=True)
+        proc = _spawn(node.redis_argv, node.redis_log, self.dir)
+        node.redis_pid, node.redis_pid_start = proc.pid, process_start_time(proc.pid)
+        self.save()
+        if wait:
+            self._wait_ready([(node, "redis")], timeout)
+
+    def start_node(self, name: str, wait: bool = True, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        node = self.node(name)
+        if node.node_alive:
+            raise ClusterError(f"{name}: dyno already running (pid {node.pid})")
+        proc = _spawn(node.argv, node.log, self.dir, _dyno_env())
+        node.pid, node.pid_start = proc.pid, process_start_time(proc.pid)
+        self.save()
+        if wait:
+            self._wait_ready([(node, "dyno")], timeout)
+
+    def stop_node(self, name: str, sig: int = signal.SIGTERM, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Stop the dyno process of `name` (SIGKILL: a crash; SIGTERM: a clean stop)."""
+        node = self.node(name)
+        self._stop(node.pid, node.pid_start, sig, timeout)
+
+    def stop_redis(self, name: str, sig: int = signal.SIGTERM, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
+        node = self.node(name)
+        self._stop(node.redis_pid, node.redis_pid_start, sig, timeout)
+
+    @staticmethod
+    def _stop(pid: int | None, start: int | None, sig: int, timeout: float) -> None:
+        if not pid_alive(pid, start):
+            return
+        if sig == signal.SIGTERM:
+            stop_pids([(pid, start)], timeout)
+            return
+        _signal(pid, sig)
+        if sig == signal.SIGKILL and not poll_until(lambda: not pid_alive(pid, start), timeout):
+            raise ClusterError(f"pid {pid} survived SIGKILL")
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
+        """Stop every process: the dyno nodes first (they close clients), then the Redis servers."""
+        count = stop_pids([(n.pid, n.pid_start) for n in self.nodes], timeout)
+        count += stop_pids([(n.redis_pid, n.redis_pid_start) for n in self.nodes], timeout)
+        return count
+
+    def _wait_ready(self, pending: list[tuple[NodeState, str]], timeout: float) -> None:
+        """Wait until every (node, "redis"|"dyno") answers PING; fail fast if one exits."""
+        deadline = time.monotonic() + timeout
+        pending = list(pending)
+        while pending:
+            for node, kind in list(pending):
+                port = node.redis_port if kind == "redis" else node.port
+                if ping(node.host, port):
+                    pending.remove((node, kind))
+                    continue
+                alive = node.redis_alive if kind == "redis" else node.node_alive
+                if not alive:
+                    raise self._failure(node, kind, f"exited before answering PING on {node.host}:{port}")
+            if pending and time.monotonic() >= deadline:
+                node, kind = pending[0]
+                port = node.redis_port if kind == "redis" else node.port
+                raise self._failure(node, kind, f"did not answer PING on {node.host}:{port} within {timeout:g} s")
+            if pending:
+                time.sleep(_POLL_INTERVAL)
+
+    def _failure(self, node: NodeState, kind: str, what: str) -> ClusterError:
+        log = node.redis_log if kind == "redis" else node.log
+        code = ""
+        pid = node.redis_pid if kind == "redis" else node.pid
+        child = _children.get(pid) if pid else None
+        if child is not None and child.returncode is not None:
+            code = f" (exit code {child.returncode})"
+        prog = "redis-server" if kind == "redis" else "dyno"
+        return ClusterError(f"{node.name}: {prog} {what}{code}\n--- last lines of {log} ---\n{log_tail(log)}")
+
+    # --- presentation ---
+
+    def describe(self) -> str:
+        """Human summary: one line per node with the command to talk to it."""
+        lines = []
+        for n in self.nodes:
+            state = "up" if n.node_alive else "DOWN"
+            lines.append(
+                f"{n.name}  {n.dc}/{n.rack}  tokens {format_tokens(n.tokens)}  {state}  "
+                f"redis-cli -p {n.port}   (redis on {n.redis_port}, stats http://{n.host}:{n.stats_port}/info)"
+            )
+        lines.append(f"configs and logs in {self.dir}; stop with: dyno cluster down --dir {self.dir}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def up(
+    dir: str | os.PathLike,
+    dcs: int = 1,
+    racks: int = 3,
+    nodes_per_rack: int = 1,
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    redis_server: str = "redis-server",
+    node_command: Callable[[NodeState], list[str]] | None = None,
+    **kw: object,
+) -> ClusterState:
+    """Plan, configure and start a local cluster in `dir`; return once every node answers PING.
+
+    `kw` goes to `plan()` (host, base_port, read_consistency, write_consistency, any config key).
+    `node_command(node)` replaces `python -m dyno start --config FILE` (e.g. to run Dynomite
+    itself, or a stand-in in tests).  On any failure everything started is stopped and
+    ClusterError carries the tail of the failing log.
+    """
+    dir = Path(dir).resolve()
+    dir.mkdir(parents=True, exist_ok=True)
+    previous = ClusterState.load(dir)
+    if previous is not None:
+        live = previous.live_processes()
+        if live:
+            names = ", ".join(f"{what} (pid {pid})" for what, pid in live)
+            raise ClusterError(f"a cluster in {dir} is already running: {names}; run make cluster-stop")
+    plans = plan(dcs, racks, nodes_per_rack, **kw)
+    configs = write_configs(plans, dir)
+    state = ClusterState(dir, [])
+    for node_plan, config in zip(plans, configs):
+        node = NodeState(
+            plan=node_plan,
+            config=config,
+            log=dir / f"{node_plan.name}.log",
+            redis_log=dir / f"{node_plan.name}-redis.log",
+            redis_dir=dir / node_plan.name,
+        )
+        node.redis_argv = redis_command(node, redis_server)
+        node.argv = (node_command or dyno_command)(node)
+        state.nodes.append(node)
+    state.save()
+    try:
+        for node in state.nodes:
+            state.start_redis(node.name, wait=False)
+        state._wait_ready([(n, "redis") for n in state.nodes], timeout)
+        for node in state.nodes:
+            state.start_node(node.name, wait=False)
+        state._wait_ready([(n, "dyno") for n in state.nodes], timeout)
+    except BaseException:
+        state.stop()
+        raise
+    return state
+
+
+def down(dir: str | os.PathLike, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
+    """Stop everything recorded in DIR/cluster.json; return how many processes were running.
+
+    Idempotent: a cluster already down (or never started) gives 0.
+    """
+    state = ClusterState.load(dir)
+    if state is None:
+        return 0
+    return state.stop(timeout)
+
+
+def status(dir: str | os.PathLike) -> list[dict]:
+    """One dict per recorded node: name, dc, rack, listen, redis, and whether each process runs
+    and answers PING.  Empty if DIR has no cluster."""
+    state = ClusterState.load(dir)
+    if state is None:
+        return []
+    return [
+        {
+            "name": n.name,
+            "dc": n.dc,
+            "rack": n.rack,
+            "listen": n.plan.listen,
+            "redis": n.plan.redis,
+            "dyno_running": n.node_alive,
+            "redis_running": n.redis_alive,
+            "answers_ping": ping(n.host, n.port),
+        }
+        for n in state.nodes
+    ]
