@@ -1,0 +1,40 @@
+# dyno: the two commands a new user needs are `make cluster` and `make test`;
+# both run `make install` first when the virtualenv is missing or stale.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CLUSTER_DIR ?= .cluster
+
+.PHONY: install test cluster cluster-stop bench clean redis-server
+
+install: $(STAMP) redis-server
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Debian's redis-server is the backend every node and every test runs against.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || \
+	  scripts/install-debian-packages redis-server redis-tools
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+cluster: install
+	$(BIN)/dyno cluster up --dir $(CLUSTER_DIR)
+
+cluster-stop:
+	@if [ -x $(BIN)/dyno ]; then $(BIN)/dyno cluster down --dir $(CLUSTER_DIR); \
+	else echo "nothing to stop (no $(VENV))"; fi
+
+bench: install
+	@command -v nutcracker >/dev/null 2>&1 || scripts/install-debian-packages nutcracker
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
