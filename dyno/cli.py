@@ -1,0 +1,113 @@
+"""The ``dyno`` command line: run a node, check a config, run a local cluster."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from dyno import __version__
+from dyno.config import ConfigError, load_config
+
+
+def _setup_logging(verbose: int, log_file: str | None) -> None:
+    level = logging.DEBUG if verbose >= 1 else logging.INFO
+    handler: logging.Handler = (
+        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _load(path: str):
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in config.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return config
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dyno")
+def main() -> None:
+    """dyno: a Dynamo layer that turns single-server Redis into a sharded,
+    replicated cluster. Configuration uses Dynomite's YAML format."""
+
+
+@main.command()
+@click.option(
+    "--config", "-c", "config_path", required=True, type=click.Path(dir_okay=False),
+    help="Node configuration (Dynomite YAML, root key dyn_o_mite).",
+)
+@click.option("--verbose", "-v", count=True, help="Log more (debug level).")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
+def start(config_path: str, verbose: int, log_file: str | None) -> None:
+    """Run a node in the foreground until Ctrl-C or SIGTERM.
+
+    The node serves RESP clients on `listen`, and keeps its data in the Redis
+    named by `servers`.
+    """
+    import trio
+
+    from dyno.node import serve
+
+    config = _load(config_path)
+    _setup_logging(verbose, log_file)
+    try:
+        trio.run(serve, config)
+    except OSError as exc:  # e.g. the listen port is taken
+        raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(dir_okay=False))
+def check_config(path: str) -> None:
+    """Validate a configuration file and print what it sets."""
+    config = _load(path)
+    click.echo(
+        f"{path}: ok (node {config.name}, dc {config.datacenter}, rack {config.rack}, "
+        f"listen {config.listen}, datastore {config.servers[0].host}:{config.servers[0].port})"
+    )
+
+
+@main.group()
+def cluster() -> None:
+    """Run a local multi-node cluster (each node with its own redis-server)."""
+
+
+@cluster.command("up")
+@click.option("--dir", "directory", default=".cluster", show_default=True,
+              type=click.Path(file_okay=False), help="Where configs, logs and state go.")
+@click.option("--dcs", default=1, show_default=True, type=click.IntRange(1, 9), help="Datacenters.")
+@click.option("--racks", default=3, show_default=True, type=click.IntRange(1, 9), help="Racks per datacenter.")
+@click.option("--nodes-per-rack", default=1, show_default=True, type=click.IntRange(1, 16), help="Nodes per rack.")
+@click.option("--base-port", type=int, default=None, help="First port to use (default: free ports).")
+@click.option("--read-consistency", default="DC_ONE", show_default=True, help="read_consistency of every node.")
+@click.option("--write-consistency", default="DC_ONE", show_default=True, help="write_consistency of every node.")
+def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency):
+    """Start a local cluster and print how to reach it."""
+    from dyno import localcluster
+
+    try:
+        state = localcluster.up(
+            directory, dcs=dcs, racks=racks, nodes_per_rack=nodes_per_rack, base_port=base_port,
+            read_consistency=read_consistency.upper(), write_consistency=write_consistency.upper(),
+        )
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(localcluster.describe(state))
+
+
+@cluster.command("down")
+@click.option("--dir", "directory", default=".cluster", show_default=True, type=click.Path(file_okay=False))
+def cluster_down(directory):
+    """Stop every process of the local cluster in DIR."""
+    from dyno import localcluster
+
+    stopped = localcluster.down(directory)
+    click.echo(f"stopped {stopped} process(es)")

@@ -1,0 +1,245 @@
+"""Client connections: RESP in, replies out in request order.
+
+One task per client (DESIGN.md §10). It reads with non-blocking stdlib calls, parses
+every complete request in what it read, and hands each to the coordinator together
+with a ``ReplySlot``: the place its reply will land. Slots sit in a FIFO per client,
+so replies go out in request order however the targets answer; whoever fills slots
+(the client task for node-made replies, a datastore or peer reader for the rest)
+queues the client on the node's ready list, and the client sends every reply that
+is ready in one ``send`` when that batch ends.
+
+Back-pressure: a client with more than ``MAX_IN_FLIGHT`` unanswered requests, or
+whose unsent replies exceed ``MAX_UNSENT`` bytes because it does not read them, is
+not read from until it catches up. Nothing is buffered without bound.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from collections import deque
+from typing import TYPE_CHECKING
+
+import trio
+
+from dyno import resp
+from dyno.datastore import Sink
+from dyno.wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from dyno.node import Node
+
+log = logging.getLogger("dyno.client")
+
+RECV_SIZE = 64 * 1024
+MAX_IN_FLIGHT = 1024
+MAX_UNSENT = 1024 * 1024
+CLOSE_GRACE = 5.0  # seconds to deliver the last replies before closing
+
+_client_ids = itertools.count(1)
+
+
+class ReplySlot(Sink):
+    """The place one request's reply lands."""
+
+    __slots__ = ("client", "data")
+
+    def __init__(self, client: "ClientConnection", data: bytes | None = None):
+        self.client = client
+        self.data = data
+
+    def deliver(self, reply: bytes) -> None:
+        self.data = reply
+        client = self.client
+        if not client.queued:
+            client.queued = True
+            client.ready.append(client)
+
+
+class ClientConnection:
+    def __init__(self, node: "Node", sock: socket.socket, address: tuple):
+        self.node = node
+        self.sock = sock
+        self.id = next(_client_ids)
+        self.address = f"{address[0]}:{address[1]}" if len(address) >= 2 else str(address)
+        self.name = b""
+        self.consistency_override: dict[str, str] = {}  # set by DYNO_CONFIG:CONN_CONSISTENCY
+        self.replies: deque[ReplySlot] = deque()
+        self.ready = node.ready_clients
+        self.queued = False
+        self.closing = False  # QUIT or a protocol error: answer what came before, then close
+        self.dead = False
+        self._unsent: list[bytes] = []
+        self._unsent_bytes = 0
+        self._writer_running = False
+        self._nursery: trio.Nursery | None = None
+        self._caught_up = Wakeup()
+        self._waiting = False
+        self.created = trio.current_time()
+
+    # -- reading ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        sock = self.sock
+        parser = resp.RequestParser()
+        execute_batch = self.node.coordinator.execute_batch
+        replies = self.replies
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                short_read = True
+                while not self.closing:
+                    if short_read:
+                        await trio.lowlevel.wait_readable(sock)
+                    else:
+                        await trio.lowlevel.checkpoint()
+                    try:
+                        data = sock.recv(RECV_SIZE)
+                    except BlockingIOError:
+                        short_read = True
+                        continue
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    short_read = len(data) < RECV_SIZE
+                    requests = parser.feed(data)
+                    if requests:
+                        execute_batch(self, requests, data if parser.clean else None)
+                    if parser.error is not None and not self.closing:
+                        replies.append(ReplySlot(self, parser.error))
+                        self.closing = True
+                        log.info("client %s: %s", self.address, parser.error[1:-2].decode())
+                    self.flush()
+                    if len(replies) > MAX_IN_FLIGHT or self._unsent_bytes > MAX_UNSENT:
+                        await self._catch_up()
+                if self.closing:
+                    await self._finish()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.dead = True
+            self.replies.clear()
+            sock.close()
+            self.node.forget_client(self)
+
+    async def _catch_up(self) -> None:
+        """Back-pressure: stop reading until replies are answered and sent."""
+        self._waiting = True
+        try:
+            while len(self.replies) > MAX_IN_FLIGHT // 2 or self._unsent_bytes > MAX_UNSENT // 2:
+                await self._caught_up.wait()
+        finally:
+            self._waiting = False
+
+    async def _finish(self) -> None:
+        """Deliver every reply owed before closing (QUIT, protocol error)."""
+        self._waiting = True
+        with trio.move_on_after(CLOSE_GRACE):
+            while self.replies or self._unsent:
+                await self._caught_up.wait()
+        self._waiting = False
+
+    # -- writing ----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send every reply that is ready, in order, in one write."""
+        replies = self.replies
+        if not replies or replies[0].data is None or self.dead:
+            return
+        data = replies.popleft().data
+        if replies and replies[0].data is not None:
+            parts = [data]
+            while replies and replies[0].data is not None:
+                parts.append(replies.popleft().data)
+            data = b"".join(parts)
+        self._send(data)
+        if self._waiting:
+            self._caught_up.set()
+
+    def _send(self, data: bytes) -> None:
+        if self._unsent:
+            self._unsent.append(data)
+            self._unsent_bytes += len(data)
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.dead = True
+            return
+        if sent < len(data):
+            rest = memoryview(data)[sent:]
+            self._unsent.append(rest)
+            self._unsent_bytes += len(rest)
+            if not self._writer_running and self._nursery is not None:
+                self._writer_running = True
+                self._nursery.start_soon(self._write_unsent)
+
+    async def _write_unsent(self) -> None:
+        """Runs only while the client is not keeping up with its replies."""
+        sock = self.sock
+        try:
+            while self._unsent:
+                await trio.lowlevel.wait_writable(sock)
+                data = b"".join(self._unsent)
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.dead = True
+                    self._unsent.clear()
+                    self._unsent_bytes = 0
+                    break
+                rest = memoryview(data)[sent:]
+                self._unsent = [rest] if rest else []
+                self._unsent_bytes = len(rest)
+        finally:
+            self._writer_running = False
+            if self._waiting:
+                self._caught_up.set()
+
+
+class ClientListener:
+    """Accepts clients on ``listen`` and gives each its own task."""
+
+    def __init__(self, node: "Node", host: str, port: int):
+        self.node = node
+        self.host = host
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    def bind(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self.sock = sock
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        sock = self.sock
+        node = self.node
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                while True:
+                    try:
+                        conn, address = sock.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:  # EMFILE and friends: back off, keep serving
+                        log.warning("accept failed: %s", exc)
+                        await trio.sleep(0.1)
+                        break
+                    conn.setblocking(False)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    client = ClientConnection(node, conn, address)
+                    node.clients[client.id] = client
+                    nursery.start_soon(client.run)
+        finally:
+            sock.close()

@@ -1,0 +1,285 @@
+"""The node's own Redis: a small pool of pipelined connections shared by every client.
+
+A request handed to ``Datastore.send`` is queued on one connection: its bytes go to
+that connection's write queue and its *sink* (anything with ``deliver(reply)``) to
+the connection's FIFO. Redis answers in order, so the reader pops one sink per reply
+and hands it the reply's raw bytes. One writer task per connection sends everything
+queued since its last turn in one ``send`` (DESIGN.md §10).
+
+Failure rules, which the client-facing side relies on:
+* While a connection is down, requests fail at once with
+  ``-ERR dyno: datastore HOST:PORT is unavailable``; it reconnects with back-off.
+* If Redis stops answering for ``timeout`` while requests are waiting, the connection
+  is dropped and every waiting request gets a time-out error: no request hangs.
+* A request whose connection breaks gets an error, never silence; whether a write
+  that was in flight was applied is unknown, and the error says so.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections import deque
+from typing import Callable
+
+import trio
+
+from dyno import resp
+from dyno.wakeup import Wakeup
+
+log = logging.getLogger("dyno.datastore")
+
+RECV_SIZE = 256 * 1024
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+
+class Sink:
+    """Where a reply goes. The client slot, a quorum tracker and a peer reply all
+    implement ``deliver``; it must not block and must not raise."""
+
+    __slots__ = ()
+
+    def deliver(self, reply: bytes) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+async def connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket (stdlib, so the hot path never goes
+    through trio's socket wrappers)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = sock.connect_ex((host, port))
+        if code not in (0, errno.EINPROGRESS):
+            raise OSError(code, f"connect to {host}:{port}: {errno.errorcode.get(code, code)}")
+        if code == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, f"connect to {host}:{port}: {errno.errorcode.get(code, code)}")
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+class Connection:
+    """One pipelined connection to Redis, with its reader, writer and watchdog."""
+
+    def __init__(self, store: "Datastore", index: int):
+        self.store = store
+        self.index = index
+        self.sock: socket.socket | None = None
+        self.up = False
+        self._out: list[bytes] = []
+        self._sinks: deque[Sink] = deque()
+        self._writer_wakeup = Wakeup()
+        self._last_progress = 0.0
+
+    def send(self, payload: bytes, sink: Sink) -> None:
+        if not self._sinks:
+            self._last_progress = trio.current_time()
+        self._out.append(payload)
+        self._sinks.append(sink)
+        self._writer_wakeup.set()
+
+    def send_many(self, payload: bytes, sinks: list[Sink]) -> None:
+        if not self._sinks:
+            self._last_progress = trio.current_time()
+        self._out.append(payload)
+        self._sinks.extend(sinks)
+        self._writer_wakeup.set()
+
+    async def run(self) -> None:
+        """Connect, serve until the connection breaks, fail what was waiting,
+        reconnect with back-off; forever."""
+        store = self.store
+        backoff = BACKOFF_MIN
+        was_up = True  # so the first failure is logged
+        while True:
+            try:
+                self.sock = await connect(store.host, store.port)
+            except OSError as exc:
+                if was_up:
+                    log.warning("datastore %s unavailable: %s", store.address, exc.strerror or exc)
+                    was_up = False
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            if not was_up:
+                log.info("datastore %s reachable again", store.address)
+            was_up = True
+            self.up = True
+            reason = store.unavailable
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._watchdog)
+            except _ConnectionLost as lost:
+                reason = lost.reply
+                log.warning("datastore %s connection %d lost: %s", store.address, self.index, lost)
+            finally:
+                self.up = False
+                self.sock.close()
+                self.sock = None
+                self._fail_all(reason)
+
+    def _fail_all(self, reply: bytes) -> None:
+        self._out.clear()
+        sinks, self._sinks = self._sinks, deque()
+        for sink in sinks:
+            sink.deliver(reply)
+        self.store.after_batch()
+
+    async def _writer(self) -> None:
+        sock = self.sock
+        out = self._out
+        wakeup = self._writer_wakeup
+        while True:
+            if not out:
+                await wakeup.wait()
+                continue
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
+            view = memoryview(data)
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                except OSError as exc:
+                    raise _ConnectionLost(self.store.broken, f"send failed: {exc}") from None
+                view = view[sent:]
+
+    async def _reader(self) -> None:
+        sock = self.sock
+        sinks = self._sinks
+        scan = resp.scan_reply
+        after_batch = self.store.after_batch
+        pending: bytearray | None = None
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise _ConnectionLost(self.store.broken, f"recv failed: {exc}") from None
+            if not data:
+                raise _ConnectionLost(self.store.broken, "closed by Redis")
+            self._last_progress = trio.current_time()
+            if pending is not None:
+                pending += data
+                # A reply larger than one read: rescan only once the socket is
+                # drained, so a huge reply is scanned a few times, not per read.
+                if len(data) == RECV_SIZE:
+                    continue
+                buffer = bytes(pending)
+            else:
+                buffer = data
+            pos = 0
+            size = len(buffer)
+            while pos < size:
+                end = scan(buffer, pos)
+                if end < 0:
+                    break
+                if not sinks:
+                    raise _ConnectionLost(self.store.broken, "reply without a request")
+                sinks.popleft().deliver(buffer[pos:end] if pos or end != size else buffer)
+                pos = end
+            pending = bytearray(buffer[pos:]) if pos < size else None
+            after_batch()
+
+    async def _watchdog(self) -> None:
+        timeout = self.store.timeout
+        while True:
+            await trio.sleep(timeout / 4)
+            if self._sinks and trio.current_time() - self._last_progress > timeout:
+                raise _ConnectionLost(
+                    self.store.timed_out, f"no reply for {timeout * 1000:.0f} ms"
+                )
+
+
+class _ConnectionLost(Exception):
+    def __init__(self, reply: bytes, message: str):
+        super().__init__(message)
+        self.reply = reply
+
+
+class Datastore:
+    """The pool. ``after_batch`` is called after each batch of replies has been
+    delivered, so that whoever collects replies (clients) sends them in one go."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connections: int = 1,
+        timeout: float = 5.0,
+        after_batch: Callable[[], None] = lambda: None,
+    ):
+        self.host = host
+        self.port = port
+        self.address = f"{host}:{port}"
+        self.timeout = timeout
+        self.after_batch = after_batch
+        self.unavailable = resp.error(f"ERR dyno: datastore {self.address} is unavailable")
+        self.broken = resp.error(
+            f"ERR dyno: datastore {self.address} connection lost; the request may or may not have been applied"
+        )
+        self.timed_out = resp.error(
+            f"ERR dyno: datastore {self.address} timed out; the request may or may not have been applied"
+        )
+        self.connections = [Connection(self, i) for i in range(max(1, connections))]
+
+    @property
+    def up(self) -> bool:
+        return any(c.up for c in self.connections)
+
+    def _connection(self, affinity: int) -> Connection | None:
+        connections = self.connections
+        conn = connections[affinity % len(connections)]
+        if conn.up:
+            return conn
+        for conn in connections:
+            if conn.up:
+                return conn
+        return None
+
+    def send(self, payload: bytes, sink: Sink, affinity: int = 0) -> None:
+        """Queue one encoded request; its reply (or an error) reaches ``sink``.
+        ``affinity`` picks the connection, so one client's requests share one."""
+        conn = self._connection(affinity)
+        if conn is None:
+            sink.deliver(self.unavailable)
+        else:
+            conn.send(payload, sink)
+
+    def send_many(self, payload: bytes, sinks: list[Sink], affinity: int = 0) -> None:
+        """Queue encoded requests whose replies go to ``sinks``, in order."""
+        conn = self._connection(affinity)
+        if conn is None:
+            for sink in sinks:
+                sink.deliver(self.unavailable)
+        else:
+            conn.send_many(payload, sinks)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for conn in self.connections:
+                nursery.start_soon(conn.run)
+
+    async def wait_up(self, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while not self.up:
+                await trio.sleep(0.01)
+        return self.up

@@ -1,0 +1,381 @@
+"""RESP2 on the wire: client requests in, raw replies through, replies out.
+
+This module owns three things and does no I/O:
+
+* ``RequestParser`` turns the bytes a client sends into argument lists, exactly as
+  Redis's own request parser would accept or reject them (multibulk and inline,
+  limits, error wording). The common case - whole multibulk requests - goes through
+  hiredis, which parses a request in about 0.1 us. Everything unusual (inline
+  commands typed over telnet, a request cut by a recv boundary, malformed frames)
+  goes through a small pure-Python parser whose error messages are Redis's own.
+* ``scan_reply`` finds where one reply ends in a buffer of Redis replies, so that
+  replies are relayed verbatim: hiredis cannot say where a reply ended nor tell a
+  status reply from a bulk string, and the client must get Redis's bytes unchanged.
+* Reply encoders for the replies the node makes itself.
+
+Requests are re-encoded canonically (``encode_command``) before they reach a shared
+backend connection, so a client that sends something hiredis tolerates but Redis
+does not can never make Redis drop a connection other clients are using.
+"""
+
+from __future__ import annotations
+
+import hiredis
+
+# Redis's limits (server.h: PROTO_INLINE_MAX_SIZE, proto-max-bulk-len), and the
+# element limit dyno enforces on a request array.
+MAX_INLINE = 64 * 1024
+MAX_BULK = 512 * 1024 * 1024
+MAX_MULTIBULK = 1024 * 1024
+
+CRLF = b"\r\n"
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+NULL_BULK = b"$-1\r\n"
+NULL_ARRAY = b"*-1\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+
+
+class ProtocolError(Exception):
+    """A client broke the protocol. ``reply`` is the error line Redis would send
+    before closing the connection."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.reply = b"-ERR Protocol error: " + message.encode() + CRLF
+
+
+def _parse_length(line: bytes) -> int | None:
+    """Redis's string2ll for protocol lengths: optional '-', digits, no leading
+    zeros, no '+' or spaces (Python's int() accepts all of those)."""
+    digits = line[1:] if line[:1] == b"-" else line
+    if not digits.isdigit() or (len(digits) > 1 and digits[:1] == b"0") or len(digits) > 19:
+        return None
+    value = int(line)
+    if line[:1] == b"-" and value == 0:
+        return None
+    return value
+
+
+def _encoded_length(argv: list) -> int:
+    """Bytes of the canonical multibulk encoding of argv (used to find where the
+    requests hiredis parsed end in the buffer it was fed)."""
+    total = 3 + len(str(len(argv)))
+    for arg in argv:
+        size = len(arg)
+        total += size + (6 if size < 10 else 7 if size < 100 else 5 + len(str(size)))
+    return total
+
+
+def is_canonical(data: bytes, requests: list[list[bytes]]) -> bool:
+    """True if ``data`` is exactly the canonical encoding of ``requests``, so it can
+    be forwarded as it came. hiredis already refused non-canonical lengths; this
+    catches RESP3 element types (``+``, ``=``) that hiredis reads as strings but
+    Redis refuses in a request. (Only a deliberately crafted frame could pass both
+    checks, and then Redis refuses it and resets one pooled connection, whose
+    in-flight requests get errors: no data is lost silently.)"""
+    return sum(map(_encoded_length, requests)) == len(data)
+
+
+class RequestParser:
+    """Feed it received bytes, get back complete requests (lists of bytes).
+
+    After ``feed`` returns, ``error`` holds the reply for a protocol error found
+    after the returned requests; the caller answers the requests, sends the error
+    and closes the connection, as Redis does.
+    """
+
+    __slots__ = ("_reader", "_buffer", "error", "clean")
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        # Bytes the slow parser still has to look at; empty while hiredis is in
+        # charge and the stream is at a request boundary.
+        self._buffer = bytearray()
+        self.error: bytes | None = None
+        # After feed(): True if the data fed was exactly the requests returned
+        # (started and ended on a request boundary, nothing skipped) - the
+        # precondition for forwarding it verbatim (see is_canonical).
+        self.clean = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet form a complete request."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        self.clean = False
+        if self.error is not None:
+            return []
+        if self._buffer or data[:1] != b"*":
+            self._buffer += data
+            return self._parse_slowly([])
+        return self._parse_fast(data)
+
+    def _parse_fast(self, data: bytes) -> list[list[bytes]]:
+        reader = self._reader
+        requests: list[list[bytes]] = []
+        skipped = False
+        try:
+            reader.feed(data)
+            gets = reader.gets
+            while (argv := gets()) is not False:
+                if argv.__class__ is not list or not argv:
+                    if argv is None or argv == []:
+                        skipped = True
+                        continue  # '*-1' and '*0' are skipped, as Redis does
+                    raise ValueError
+                for arg in argv:
+                    if arg.__class__ is not bytes:
+                        raise ValueError
+                requests.append(argv)
+            if not reader.has_data():
+                self.clean = not skipped
+                return requests
+        except (hiredis.ProtocolError, ValueError):
+            pass
+        # A request cut by the recv boundary, an inline command after a multibulk
+        # one, or something malformed: hand the rest to the exact parser. The
+        # requests accepted so far end where their canonical encoding ends;
+        # '*0'/'*-1' frames never make it into `requests`, so rescan if the guess
+        # does not land on a frame start.
+        self._reader = hiredis.Reader()
+        offset = sum(map(_encoded_length, requests))
+        if data[offset : offset + 1] != b"*" or offset > len(data):
+            requests, offset = [], 0
+        self._buffer = bytearray(memoryview(data)[offset:])
+        return self._parse_slowly(requests)
+
+    def _parse_slowly(self, requests: list[list[bytes]]) -> list[list[bytes]]:
+        buffer = self._buffer
+        pos = 0
+        try:
+            while pos < len(buffer):
+                if buffer[pos] == 0x2A:  # '*'
+                    parsed = _parse_multibulk(buffer, pos)
+                else:
+                    parsed = _parse_inline(buffer, pos)
+                if parsed is None:
+                    break
+                argv, pos = parsed
+                if argv:
+                    requests.append(argv)
+        except ProtocolError as exc:
+            self.error = exc.reply
+            pos = len(buffer)
+        del buffer[:pos]
+        return requests
+
+
+def _parse_multibulk(buffer: bytearray, pos: int) -> tuple[list[bytes], int] | None:
+    """One multibulk request at ``pos``: (argv, end) or None if incomplete.
+    Raises ProtocolError with Redis's wording (networking.c processMultibulkBuffer)."""
+    newline = buffer.find(b"\r\n", pos)
+    if newline < 0:
+        if len(buffer) - pos > MAX_INLINE:
+            raise ProtocolError("too big mbulk count string")
+        return None
+    count = _parse_length(bytes(buffer[pos + 1 : newline]))
+    if count is None or count > MAX_MULTIBULK:
+        raise ProtocolError("invalid multibulk length")
+    pos = newline + 2
+    argv: list[bytes] = []
+    for _ in range(max(count, 0)):
+        if pos >= len(buffer):
+            return None
+        newline = buffer.find(b"\r\n", pos)
+        if newline < 0:
+            if len(buffer) - pos > MAX_INLINE:
+                raise ProtocolError("too big bulk count string")
+            if buffer[pos] != 0x24:
+                raise ProtocolError("expected '$', got '%c'" % buffer[pos])
+            return None
+        if buffer[pos] != 0x24:  # '$'
+            raise ProtocolError("expected '$', got '%c'" % buffer[pos])
+        size = _parse_length(bytes(buffer[pos + 1 : newline]))
+        if size is None or size < 0 or size > MAX_BULK:
+            raise ProtocolError("invalid bulk length")
+        start = newline + 2
+        if len(buffer) < start + size + 2:
+            return None
+        argv.append(bytes(buffer[start : start + size]))
+        pos = start + size + 2
+    return argv, pos
+
+
+def _parse_inline(buffer: bytearray, pos: int) -> tuple[list[bytes], int] | None:
+    """One inline command (``SET a b\\r\\n``) at ``pos`` (networking.c processInlineBuffer)."""
+    newline = buffer.find(b"\n", pos)
+    if newline < 0:
+        if len(buffer) - pos > MAX_INLINE:
+            raise ProtocolError("too big inline request")
+        return None
+    line = bytes(buffer[pos:newline])
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    argv = split_args(line)
+    if argv is None:
+        raise ProtocolError("unbalanced quotes in request")
+    return argv, newline + 1
+
+
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b", ord("a"): b"\a"}
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def split_args(line: bytes) -> list[bytes] | None:
+    """Redis's sdssplitargs: words, "double quoted" with escapes, 'single quoted'.
+    Returns None for unbalanced quotes (or a closing quote not followed by a space)."""
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \n\r\t\v\f":
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        in_double = in_single = False
+        while True:
+            if in_double:
+                if i >= n:
+                    return None
+                c = line[i]
+                if (
+                    c == 0x5C and i + 3 < n and line[i + 1] == 0x78
+                    and line[i + 2] in _HEX and line[i + 3] in _HEX
+                ):
+                    current.append(int(line[i + 2 : i + 4], 16))
+                    i += 3
+                elif c == 0x5C and i + 1 < n:
+                    i += 1
+                    current += _ESCAPES.get(line[i], bytes([line[i]]))
+                elif c == 0x22:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
+                        return None
+                    in_double = False
+                    i += 1
+                    break
+                else:
+                    current.append(c)
+            elif in_single:
+                if i >= n:
+                    return None
+                c = line[i]
+                if c == 0x5C and i + 1 < n and line[i + 1] == 0x27:
+                    i += 1
+                    current.append(0x27)
+                elif c == 0x27:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\v\f":
+                        return None
+                    in_single = False
+                    i += 1
+                    break
+                else:
+                    current.append(c)
+            else:
+                if i >= n:
+                    break
+                c = line[i]
+                if c in b" \n\r\t\v\f\0":
+                    break
+                if c == 0x22:
+                    in_double = True
+                elif c == 0x27:
+                    in_single = True
+                else:
+                    current.append(c)
+            i += 1
+        args.append(bytes(current))
+
+
+# -- Replies from Redis ---------------------------------------------------------------
+
+
+def scan_reply(buffer, pos: int) -> int:
+    """End offset of the reply starting at ``pos``, or -1 if it is incomplete.
+
+    Trusts its input: it only ever reads what a Redis server (or a dyno peer
+    relaying one) wrote."""
+    kind = buffer[pos]
+    newline = buffer.find(b"\r\n", pos)
+    if newline < 0:
+        return -1
+    if kind == 0x24:  # '$' bulk
+        size = int(buffer[pos + 1 : newline])
+        if size < 0:
+            return newline + 2
+        end = newline + size + 4
+        return end if end <= len(buffer) else -1
+    if kind == 0x2A:  # '*' array
+        count = int(buffer[pos + 1 : newline])
+        pos = newline + 2
+        for _ in range(count):
+            if pos >= len(buffer):
+                return -1
+            pos = scan_reply(buffer, pos)
+            if pos < 0:
+                return -1
+        return pos
+    return newline + 2  # '+', '-', ':'
+
+
+# -- Encoding -------------------------------------------------------------------------
+
+
+def encode_command(argv: list[bytes]) -> bytes:
+    """Canonical multibulk encoding of a request."""
+    return b"*%d\r\n" % len(argv) + b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in argv])
+
+
+def error(message: str | bytes) -> bytes:
+    """An error reply; the message starts with its code (ERR, WRONGTYPE, ...).
+    Line breaks in user-supplied text become spaces, as Redis does."""
+    if isinstance(message, str):
+        message = message.encode()
+    return b"-" + message.replace(b"\r", b" ").replace(b"\n", b" ") + CRLF
+
+
+def status(text: str | bytes) -> bytes:
+    if isinstance(text, str):
+        text = text.encode()
+    return b"+" + text + CRLF
+
+
+def integer(value: int) -> bytes:
+    return b":%d\r\n" % value
+
+
+def bulk(value: bytes | str | None) -> bytes:
+    if value is None:
+        return NULL_BULK
+    if isinstance(value, str):
+        value = value.encode()
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def array(items: list[bytes] | None) -> bytes:
+    """An array of already-encoded replies."""
+    if items is None:
+        return NULL_ARRAY
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def encode(value) -> bytes:
+    """Encode a Python value as a reply: bytes/str -> bulk, int -> integer,
+    list/tuple -> array, None -> null bulk. For node-made replies (COMMAND, INFO)."""
+    if value is None:
+        return NULL_BULK
+    if isinstance(value, bool):
+        return integer(int(value))
+    if isinstance(value, int):
+        return integer(value)
+    if isinstance(value, (bytes, str)):
+        return bulk(value)
+    if isinstance(value, (list, tuple)):
+        return array([encode(v) for v in value])
+    if isinstance(value, dict):
+        flat = []
+        for k, v in value.items():
+            flat += [encode(k), encode(v)]
+        return array(flat)
+    raise TypeError(f"cannot encode {type(value).__name__} as RESP")
