@@ -642,7 +642,10 @@ def up(
         if live:
             names = ", ".join(f"{what} (pid {pid})" for what, pid in live)
             raise ClusterError(f"a cluster in {dir} is already running: {names}; run make cluster-stop")
-    plans = plan(dcs, racks, nodes_per_rack, **kw)
+    try:
+        plans = plan(dcs, racks, nodes_per_rack, **kw)
+    except ValueError as e:
+        raise ClusterError(str(e)) from None
     configs = write_configs(plans, dir)
     state = ClusterState(dir, [])
     for node_plan, config in zip(plans, configs):
@@ -679,6 +682,11 @@ def down(dir: str | os.PathLike, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
     if state is None:
         return 0
     return state.stop(timeout)
+
+
+def describe(state: ClusterState) -> str:
+    """What `dyno cluster up` prints: every node, how to reach it, how to stop the cluster."""
+    return state.describe()
 
 
 def status(dir: str | os.PathLike) -> list[dict]:
