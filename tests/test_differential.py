@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import differential as d
 import support
 
-EXAMPLES = int(os.environ.get("DYNO_DIFF_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("DYNO_DIFF_EXAMPLES", "100"))
 MAX_COMMANDS = 30
 DIFF_SETTINGS = settings(
     max_examples=EXAMPLES,

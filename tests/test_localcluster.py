@@ -1,0 +1,203 @@
+"""dyno.localcluster: the plan (pure), the configs, and starting/stopping real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+import support
+from dyno import localcluster as lc
+
+shapes = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 4))
+
+
+# --------------------------------------------------------------------------- plan (pure)
+
+
+@given(shape=shapes, base=st.one_of(st.none(), st.integers(1024, 30000)))
+def test_plan_properties(shape, base):
+    dcs, racks, per_rack = shape
+    nodes = lc.plan(dcs, racks, per_rack, base_port=base)
+    assert len(nodes) == dcs * racks * per_rack
+    assert len({n.name for n in nodes}) == len(nodes)
+
+    ports = [p for n in nodes for p in (n.port, n.dyn_port, n.stats_port, n.redis_port)]
+    assert len(set(ports)) == len(ports), "every port of every node is distinct"
+
+    by_rack = defaultdict(list)
+    for n in nodes:
+        by_rack[n.dc, n.rack].append(n)
+    assert {dc for dc, _ in by_rack} == {f"dc{i}" for i in range(1, dcs + 1)}
+    assert {rack for _, rack in by_rack} == {f"rack{i}" for i in range(1, racks + 1)}
+    step = 2**32 // per_rack
+    for members in by_rack.values():
+        tokens = sorted(t for n in members for t in n.tokens)
+        assert tokens == [i * step for i in range(per_rack)], "evenly spaced, the same set in every rack"
+
+    for n in nodes:
+        others = {o.seed for o in nodes if o is not n}
+        assert set(n.seeds) == others and len(n.seeds) == len(others), "seeds name every other node once"
+        host, dyn_port, rack, dc, tokens = n.seed.split(":")
+        assert (host, int(dyn_port), rack, dc, tokens) == (n.host, n.dyn_port, n.rack, n.dc, str(n.tokens[0]))
+
+
+def test_plan_with_base_port_is_deterministic():
+    nodes = lc.plan(racks=3, base_port=8102)
+    assert [(n.name, n.rack, n.port, n.dyn_port, n.stats_port, n.redis_port) for n in nodes] == [
+        ("node1", "rack1", 8102, 8103, 8104, 8105),
+        ("node2", "rack2", 8112, 8113, 8114, 8115),
+        ("node3", "rack3", 8122, 8123, 8124, 8125),
+    ]
+    assert lc.plan(racks=3, base_port=8102) == nodes
+
+
+@pytest.mark.parametrize("kw", [dict(racks=0), dict(dcs=-1), dict(nodes_per_rack=0), dict(base_port=65530)])
+def test_plan_refuses_impossible_shapes(kw):
+    with pytest.raises(ValueError):
+        lc.plan(**kw)
+
+
+def test_write_configs_are_dynomite_yaml(tmp_path):
+    nodes = lc.plan(dcs=2, racks=3, nodes_per_rack=2, read_consistency="DC_QUORUM", hash_tag="{}", timeout=2000)
+    paths = lc.write_configs(nodes, tmp_path)
+    assert [p.name for p in paths] == [f"node{i}.yml" for i in range(1, 13)]
+    conf = yaml.safe_load(paths[4].read_text())["dyn_o_mite"]
+    node = nodes[4]
+    assert conf["datacenter"] == "dc1" and conf["rack"] == "rack3"
+    assert conf["listen"] == f"127.0.0.1:{node.port}"
+    assert conf["dyn_listen"] == f"127.0.0.1:{node.dyn_port}"
+    assert conf["stats_listen"] == f"127.0.0.1:{node.stats_port}"
+    assert conf["servers"] == [f"127.0.0.1:{node.redis_port}:1"]
+    assert conf["tokens"] == "0" and conf["data_store"] == 0
+    assert len(conf["dyn_seeds"]) == 11
+    assert conf["read_consistency"] == "DC_QUORUM" and conf["write_consistency"] == "DC_ONE"
+    assert conf["hash_tag"] == "{}" and conf["timeout"] == 2000
+
+
+def test_configs_pass_dynos_own_validation(tmp_path):
+    config = pytest.importorskip("dyno.config")
+    nodes = lc.plan(dcs=2, racks=2, nodes_per_rack=2, hash_tag="{}")
+    for node, path in zip(nodes, lc.write_configs(nodes, tmp_path)):
+        loaded = config.load_config(path)
+        assert (loaded.datacenter, loaded.rack, loaded.tokens) == (node.dc, node.rack, node.tokens)
+        assert len(loaded.dyn_seeds) == len(nodes) - 1
+
+
+def test_down_of_nothing_is_zero(tmp_path):
+    assert lc.down(tmp_path) == 0
+    assert lc.status(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _all_pids(dir) -> list[tuple[int, int | None]]:
+    data = json.loads((dir / "cluster.json").read_text())
+    return [(n[k], n[f"{k}_start"]) for n in data["nodes"] for k in ("pid", "redis_pid")]
+
+
+def _assert_all_gone(dir):
+    left = [pid for pid, start in _all_pids(dir) if lc.pid_alive(pid, start)]
+    assert not left, f"processes left behind: {left}"
+
+
+@pytest.mark.integration
+def test_harness_machinery_with_standin_nodes(tmp_path):
+    """up/down/refusal/restarts, with plain redis-servers standing in for dyno nodes."""
+    dir = tmp_path / "c"
+    with support.start_cluster(dir, racks=3, node_command=support.standin_command) as cluster:
+        assert len(cluster) == 3 and all(support.ping(*a) for a in cluster.addrs + cluster.redis_addrs)
+        with pytest.raises(lc.ClusterError, match="already running.*make cluster-stop"):
+            lc.up(dir, racks=3, node_command=support.standin_command)
+        node = cluster[1]
+        node.kill()
+        assert not node.alive and not support.ping(*node.addr)
+        node.start()
+        assert node.alive and support.ping(*node.addr)
+        node.client().set("k", "v")
+        node.restart_redis()
+        assert node.redis_client().dbsize() == 0
+        assert [s["answers_ping"] for s in lc.status(dir)] == [True, True, True]
+    _assert_all_gone(dir)
+    assert lc.down(dir) == 0
+
+
+@pytest.mark.integration
+def test_failed_start_stops_everything_and_shows_the_log(tmp_path):
+    def crashing(node):
+        return [sys.executable, "-c", "import sys; print('cannot start: bad config', file=sys.stderr); sys.exit(3)"]
+
+    with pytest.raises(lc.ClusterError) as failure:
+        support.start_cluster(tmp_path, racks=2, node_command=crashing)
+    message = str(failure.value)
+    assert "exited" in message and "exit code 3" in message and "cannot start: bad config" in message
+    _assert_all_gone(tmp_path)
+
+
+@pytest.mark.integration
+def test_processes_outlive_the_process_that_started_them(tmp_path):
+    """What `make cluster` relies on: the cluster keeps running after the command returns,
+    and another process stops it from DIR/cluster.json alone."""
+    support.TRACKER.track_cluster(tmp_path)
+    script = (
+        "import sys; sys.path[:0] = sys.argv[2:]\n"
+        "import support\n"
+        "from dyno import localcluster\n"
+        "localcluster.up(sys.argv[1], racks=2, node_command=support.standin_command)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path), *sys.path], check=True, timeout=60)
+    assert all(lc.pid_alive(pid, start) for pid, start in _all_pids(tmp_path))
+    assert all(s["answers_ping"] for s in lc.status(tmp_path))
+    assert lc.down(tmp_path) == 4
+    _assert_all_gone(tmp_path)
+    assert lc.down(tmp_path) == 0
+
+
+@pytest.mark.integration
+def test_one_dyno_node_up_and_down(tmp_path):
+    if reason := support.dyno_missing():
+        pytest.skip(reason)
+    with support.start_cluster(tmp_path, racks=1) as cluster:
+        node = cluster[0]
+        client = node.client()
+        assert client.ping()
+        client.set("greeting", "hello")
+        assert client.get("greeting") == b"hello"
+        assert node.redis_client().get("greeting") == b"hello", "stored in the node's own Redis"
+        node.restart()
+        assert node.client().get("greeting") == b"hello"
+    _assert_all_gone(tmp_path)
+
+
+@pytest.mark.integration
+def test_three_rack_cluster_up_and_down(tmp_path):
+    if reason := support.dyno_missing():
+        pytest.skip(reason)
+    with support.start_cluster(tmp_path, racks=3) as cluster:
+        assert [(n.dc, n.rack) for n in cluster.nodes] == [("dc1", "rack1"), ("dc1", "rack2"), ("dc1", "rack3")]
+        assert all(n.client().ping() for n in cluster.nodes)
+        state = json.loads((tmp_path / "cluster.json").read_text())
+        assert [n["listen"] for n in state["nodes"]] == [f"{h}:{p}" for h, p in cluster.addrs]
+        for entry in state["nodes"]:
+            assert {"name", "dc", "rack", "listen", "dyn_listen", "stats_listen", "redis", "pid", "redis_pid",
+                    "config", "log"} <= entry.keys()  # fmt: skip
+        assert lc.down(tmp_path) == 6
+        _assert_all_gone(tmp_path)
+
+
+@pytest.mark.integration
+def test_cluster_factory_and_dyno_node_fixtures(cluster_factory, dyno_node):
+    assert dyno_node.client().ping()
+    dyno_node.kill()
+    assert not dyno_node.alive
+    dyno_node.start()
+    assert dyno_node.client().ping()
+    two = cluster_factory(racks=2)
+    assert len(two) == 2 and all(n.alive for n in two.nodes)
