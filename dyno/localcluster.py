@@ -642,6 +642,23 @@ def up(
         if live:
             names = ", ".join(f"{what} (pid {pid})" for what, pid in live)
             raise ClusterError(f"a cluster in {dir} is already running: {names}; run make cluster-stop")
+    # Free ports are probed, then bound by other processes a moment later; if something else
+    # took one in between, plan again on new ports (only when the ports were ours to choose).
+    attempts = 3 if kw.get("base_port") is None else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start(dir, dcs, racks, nodes_per_rack, timeout, redis_server, node_command, kw)
+        except ClusterError as e:
+            if attempt == attempts or not any(s in str(e) for s in _PORT_TAKEN):
+                raise
+    raise AssertionError("unreachable")
+
+
+_PORT_TAKEN = ("Address already in use", "EADDRINUSE", "Errno 98")
+
+
+def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float, redis_server: str,
+           node_command: Callable[[NodeState], list[str]] | None, kw: dict) -> ClusterState:  # fmt: skip
     try:
         plans = plan(dcs, racks, nodes_per_rack, **kw)
     except ValueError as e:
@@ -659,6 +676,8 @@ def up(
         node.redis_argv = redis_command(node, redis_server)
         node.argv = (node_command or dyno_command)(node)
         state.nodes.append(node)
+        for log in (node.log, node.redis_log):  # a new cluster starts new logs (restarts append)
+            log.write_bytes(b"")
     state.save()
     try:
         for node in state.nodes:

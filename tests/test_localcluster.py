@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections import defaultdict
@@ -201,3 +202,24 @@ def test_cluster_factory_and_dyno_node_fixtures(cluster_factory, dyno_node):
     assert dyno_node.client().ping()
     two = cluster_factory(racks=2)
     assert len(two) == 2 and all(n.alive for n in two.nodes)
+
+
+@pytest.mark.integration
+def test_up_plans_again_when_a_probed_port_gets_taken(tmp_path, monkeypatch):
+    """Between probing a free port and binding it, another process may take it."""
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        taken = squatter.getsockname()[1]
+        real_free_ports = lc.free_ports
+        calls = []
+
+        def free_ports(count, host="127.0.0.1"):
+            calls.append(count)
+            ports = real_free_ports(count, host)
+            if len(calls) == 1:
+                ports[3] = taken  # node1's redis port
+            return ports
+
+        monkeypatch.setattr(lc, "free_ports", free_ports)
+        with support.start_cluster(tmp_path, racks=1, node_command=support.standin_command) as cluster:
+            assert len(calls) == 2 and cluster[0].redis_port != taken
+            assert "Address already in use" not in cluster[0].state.redis_log.read_text()
