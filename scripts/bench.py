@@ -1,0 +1,1001 @@
+#!/usr/bin/env python3
+"""dyno's throughput benchmark: dyno next to plain Redis and twemproxy, in one run.
+
+This is a measurement, never a test: it prints numbers and the targets the issues set,
+and fails (exit 1) only when something could not run or a replica lost a write.
+
+What it starts, on free loopback ports, in a temporary directory:
+- one redis-server, the *shared backend*: it is measured directly (target "redis", the
+  reference every ratio is taken against), and twemproxy and the single dyno node sit in
+  front of this same Redis, as the issues ask;
+- twemproxy (Debian's `nutcracker`, generated config: one pool, `redis: true`, one
+  server = the shared Redis);
+- "dyno-1": `dyno start --config` with a generated config whose `servers` is the shared Redis;
+- "dyno-3r-one" / "dyno-3r-quorum": `dyno cluster up --dcs 1 --racks 3 --nodes-per-rack 1`
+  at DC_ONE / DC_QUORUM; each node has its own redis-server; the client talks to the first
+  node of DIR/cluster.json.
+Everything it started is stopped at the end, also on error, Ctrl-C or SIGTERM: each child
+runs in its own process group and is stopped by that group; clusters by `dyno cluster down`,
+then by the pids cluster.json lists.
+
+How it measures: for every round, every target, every pipeline depth (interleaved, so a
+slow minute of the machine hits all targets alike), the shared or own backends are flushed,
+then `redis-benchmark -t set,get -n N -c 50 -r 100000 -P P --csv` runs against the target.
+The table shows per (target, test, P) the median over rounds of ops/s and of the p50/p99
+latencies redis-benchmark reports, the ratios to plain Redis and to twemproxy, and the
+issues' goals; a second table the CPU time per request of each proxy process (from
+/proc/PID/stat, utime+stime, over the SET+GET invocation). On multi-rack shapes, after each
+invocation, every rack's Redis servers must hold the same keys: a write acknowledged at
+DC_ONE that never reached a rack is a lost write (issue 3).
+
+    .venv/bin/python scripts/bench.py                 # full run: 3 rounds, a few minutes
+    .venv/bin/python scripts/bench.py --quick         # ~30 s sanity check
+    .venv/bin/python scripts/bench.py --targets redis,twemproxy,dyno-1 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+KEYSPACE = 100_000  # redis-benchmark -r: keys key:000000000000 .. key:000000099999
+TESTS = ("SET", "GET")
+ALL_TARGETS = ("redis", "twemproxy", "dyno-1", "dyno-3r-one", "dyno-3r-quorum")
+HOST = "127.0.0.1"
+PROBE_KEY = "dyno-bench:probe"  # written to check a target serves, flushed before runs
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+# Minimum throughput ratio to plain Redis in the same run, from the issues' "Performance"
+# sections, as (SET P1, GET P1, SET P16, GET P16).
+BASE_GOALS = {  # issue 2 (single node) and issue 3 (the cluster)
+    "dyno-1": (0.35, 0.35, 0.35, 0.35),
+    "dyno-3r-one": (0.30, 0.30, 0.20, 0.20),
+    "dyno-3r-quorum": (0.25, 0.25, 0.15, 0.15),
+}
+FAST_PATH_GOALS = {  # issue 6
+    "dyno-1": (0.45, 0.45, 0.42, 0.37),
+    "dyno-3r-one": (0.40, 0.61, 0.25, 0.25),
+    "dyno-3r-quorum": (0.35, 0.39, 0.20, 0.20),
+}
+
+
+class BenchError(Exception):
+    """Something the benchmark needs did not work; the message says what."""
+
+
+# ---------------------------------------------------------------------------------------
+# Pure part: parsing, medians, ratios, goals, tables (tests/test_bench_script.py).
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """One line of `redis-benchmark --csv` (7.0): throughput and latencies in ms."""
+
+    test: str
+    rps: float
+    avg_ms: float
+    min_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def parse_benchmark_csv(text: str) -> dict[str, Measurement]:
+    """Parse redis-benchmark 7.0 `--csv` output into {test name: result}.
+
+    Lines before the header (warnings some versions print on stdout) are skipped.
+    """
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith('"test"')), None)
+    if start is None:
+        raise BenchError(f"no CSV header in redis-benchmark output: {text[:200]!r}")
+    results = {}
+    for row in csv.DictReader(io.StringIO("\n".join(lines[start:]))):
+        result = Measurement(
+            test=row["test"],
+            rps=float(row["rps"]),
+            avg_ms=float(row["avg_latency_ms"]),
+            min_ms=float(row["min_latency_ms"]),
+            p50_ms=float(row["p50_latency_ms"]),
+            p95_ms=float(row["p95_latency_ms"]),
+            p99_ms=float(row["p99_latency_ms"]),
+            max_ms=float(row["max_latency_ms"]),
+        )
+        results[result.test] = result
+    return results
+
+
+@dataclasses.dataclass
+class RackCheck:
+    """After a SET run on a multi-rack shape: which keys each rack holds."""
+
+    keys_per_rack: dict[str, int]
+    missing_per_rack: dict[str, int]  # keys some other rack has and this one lacks
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.missing_per_rack.values())
+
+    def describe(self) -> str:
+        racks = ", ".join(
+            f"{rack} {count} keys" + (f" ({self.missing_per_rack[rack]} MISSING)"
+                                      if self.missing_per_rack[rack] else "")
+            for rack, count in self.keys_per_rack.items())
+        verdict = "every rack has every write" if self.ok else "WRITES LOST"
+        return f"{racks}: {verdict}"
+
+
+def compare_racks(keys_by_rack: dict[str, set[str]]) -> RackCheck:
+    """Every rack holds a full copy, so all racks must hold the same key set."""
+    union = set().union(*keys_by_rack.values()) if keys_by_rack else set()
+    return RackCheck(
+        keys_per_rack={rack: len(keys) for rack, keys in keys_by_rack.items()},
+        missing_per_rack={rack: len(union - keys) for rack, keys in keys_by_rack.items()},
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """One redis-benchmark invocation (all tests) against one target at one pipeline depth."""
+
+    target: str
+    round: int
+    pipeline: int
+    requests: int  # per test
+    results: dict[str, Measurement] = dataclasses.field(default_factory=dict)
+    cpu_us_per_request: dict[str, float] = dataclasses.field(default_factory=dict)
+    rack_check: RackCheck | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    issue: str
+    minimum: float
+    ratio: float
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.minimum
+
+    def describe(self) -> str:
+        return f">={self.minimum:.2f} {'ok' if self.met else 'FAIL'}"
+
+
+def goal_minimum(goals: dict, target: str, test: str, pipeline: int) -> float | None:
+    """The goal for one table cell, or None when the issue sets none."""
+    row = goals.get(target)
+    if row is None or pipeline not in (1, 16) or test not in TESTS:
+        return None
+    return row[(0 if pipeline == 1 else 2) + TESTS.index(test)]
+
+
+@dataclasses.dataclass(frozen=True)
+class SummaryRow:
+    target: str
+    test: str
+    pipeline: int
+    rounds: int  # how many rounds succeeded
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    vs_redis: float | None
+    vs_twemproxy: float | None
+    base_goal: Goal | None
+    fast_path_goal: Goal | None
+
+
+def summarize(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[int]
+              ) -> list[SummaryRow]:
+    """Median over rounds per (target, test, P), with ratios and goals; rows in table order."""
+    samples: dict[tuple[str, str, int], list[Measurement]] = {}
+    for run in runs:
+        for test, result in run.results.items():
+            samples.setdefault((run.target, test, run.pipeline), []).append(result)
+
+    def median_rps(target: str, test: str, pipeline: int) -> float | None:
+        found = samples.get((target, test, pipeline))
+        return statistics.median(r.rps for r in found) if found else None
+
+    def ratio(value: float, reference: float | None) -> float | None:
+        return value / reference if reference else None
+
+    rows = []
+    for target in targets:
+        for test in TESTS:
+            for pipeline in pipelines:
+                found = samples.get((target, test, pipeline))
+                if not found:
+                    continue
+                rps = statistics.median(r.rps for r in found)
+                vs_redis = ratio(rps, median_rps("redis", test, pipeline))
+                goals = []
+                for issue, table in (("#2/#3", BASE_GOALS), ("#6", FAST_PATH_GOALS)):
+                    minimum = goal_minimum(table, target, test, pipeline)
+                    goals.append(None if minimum is None or vs_redis is None
+                                 else Goal(issue, minimum, vs_redis))
+                rows.append(SummaryRow(
+                    target=target, test=test, pipeline=pipeline, rounds=len(found), rps=rps,
+                    p50_ms=statistics.median(r.p50_ms for r in found),
+                    p99_ms=statistics.median(r.p99_ms for r in found),
+                    vs_redis=vs_redis,
+                    vs_twemproxy=ratio(rps, median_rps("twemproxy", test, pipeline)),
+                    base_goal=goals[0], fast_path_goal=goals[1],
+                ))
+    return rows
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
+    """Plain-text table; `align` has one 'l' or 'r' per column."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (cell.ljust(w) if a == "l" else cell.rjust(w)
+                  for cell, w, a in zip(cells, widths, align))
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render_summary(rows: Sequence[SummaryRow]) -> str:
+    headers = ["target", "test", "P", "ops/s", "x redis", "x twemproxy", "p50 ms", "p99 ms",
+               "goal #2/#3", "goal #6"]
+    cells = [[
+        row.target, row.test, str(row.pipeline), f"{row.rps:,.0f}",
+        _fmt_ratio(row.vs_redis), _fmt_ratio(row.vs_twemproxy),
+        f"{row.p50_ms:.3f}", f"{row.p99_ms:.3f}",
+        row.base_goal.describe() if row.base_goal else "",
+        row.fast_path_goal.describe() if row.fast_path_goal else "",
+    ] for row in rows]
+    return render_table(headers, cells, "llrrrrrrll")
+
+
+def render_cpu(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[int]) -> str:
+    """Median CPU µs per request (SET and GET together) of each measured process."""
+    samples: dict[tuple[str, str], dict[int, list[float]]] = {}
+    for run in runs:
+        if run.error is None:
+            for process, cpu in run.cpu_us_per_request.items():
+                samples.setdefault((run.target, process), {}).setdefault(
+                    run.pipeline, []).append(cpu)
+    cells = []
+    for target in targets:
+        for (sample_target, process), by_pipeline in samples.items():
+            if sample_target == target:
+                cells.append([target, process] + [
+                    f"{statistics.median(by_pipeline[p]):.1f}" if p in by_pipeline else "-"
+                    for p in pipelines])
+    headers = ["target", "process"] + [f"P{p} us/req" for p in pipelines]
+    return render_table(headers, cells, "ll" + "r" * len(pipelines))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterNode:
+    name: str
+    listen: tuple[str, int]
+    redis: tuple[str, int]
+    pid: int | None
+    redis_pid: int | None
+    rack: str
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = HOST
+    return host, int(port)
+
+
+def parse_cluster_json(data: dict) -> list[ClusterNode]:
+    """The nodes `dyno cluster up` wrote to DIR/cluster.json, first node first."""
+    nodes = []
+    for index, node in enumerate(data["nodes"]):
+        rack = node.get("rack") or f"node{index + 1}"  # nodes-per-rack 1: a node is a rack
+        dc = node.get("dc") or node.get("datacenter")
+        nodes.append(ClusterNode(
+            name=node.get("name") or f"node{index + 1}",
+            listen=parse_address(node["listen"]),
+            redis=parse_address(node["redis"]),
+            pid=node.get("pid"),
+            redis_pid=node.get("redis_pid"),
+            rack=f"{dc}/{rack}" if dc else rack,
+        ))
+    return nodes
+
+
+# ---------------------------------------------------------------------------------------
+# Processes: start in their own group, stop by that group, always.
+# ---------------------------------------------------------------------------------------
+
+_handed_out_ports: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (and that this script has not handed out)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
+        if port not in _handed_out_ports:
+            _handed_out_ports.add(port)
+            return port
+
+
+def spawn(argv: Sequence[str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the child's process group, SIGKILL it after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has already exited
+
+
+def stop_pid(pid: int, grace: float = 5.0) -> None:
+    """Stop a process this script started indirectly (through `dyno cluster up`)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not pid_alive(pid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def become_subreaper() -> None:
+    """Adopt the orphans of our children (the nodes `dyno cluster up` leaves running).
+
+    Then they are reaped here once stopped, instead of lingering as zombies where PID 1
+    does not reap (as in some containers and VMs), and their exit is seen at once.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_adopted_children() -> None:
+    """Collect every exited child; only after all Popen objects have been waited for."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def cpu_seconds_of(processes: dict[str, int]) -> dict[str, float]:
+    """utime + stime of each process, from /proc/PID/stat (fields 14 and 15)."""
+    seconds = {}
+    for label, pid in processes.items():
+        if not pid_alive(pid):
+            raise BenchError(f"{label} (pid {pid}) is not running any more")
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        seconds[label] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join("    " + line for line in text) or "    (empty log)"
+
+
+def command(host: str, port: int, *args: str, timeout: float = 2.0) -> bytes:
+    """Send one command and return the first reply line (enough for +OK/+PONG/:N)."""
+    payload = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.sendall(payload)
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.strip()
+
+
+def wait_until_serving(host: str, port: int, what: str, log: Path,
+                       proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    """Wait until SET through (host, port) answers +OK: the whole request path works."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode}; its log:\n"
+                             + log_tail(log))
+        try:
+            reply = command(host, port, "SET", PROBE_KEY, "1")
+            if reply == b"+OK":
+                return
+            last = reply.decode(errors="replace")
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise BenchError(f"{what} did not serve SET on {host}:{port} within {timeout:.0f} s "
+                     f"(last: {last}); its log:\n{log_tail(log)}")
+
+
+def redis_cli(host: str, port: int, *args: str, timeout: float = 60.0) -> str:
+    done = subprocess.run(["redis-cli", "-h", host, "-p", str(port), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise BenchError(f"redis-cli -p {port} {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def tool_version(tool: str) -> str:
+    """`redis-server 7.0.15`, `nutcracker 0.5.0`: from the tool's --version banner."""
+    done = subprocess.run([tool, "--version"], capture_output=True, text=True)
+    found = re.search(r"(?:v=|-)(\d+\.\d+\.\d+)", done.stdout + done.stderr)
+    return f"{tool} {found.group(1) if found else '(unknown version)'}"
+
+
+# ---------------------------------------------------------------------------------------
+# Targets: each a small class with start()/stop(), the port clients use, the processes
+# whose CPU is measured, and the Redis servers behind it grouped by rack.
+# ---------------------------------------------------------------------------------------
+
+class RedisServer:
+    """A redis-server without persistence, in its own directory."""
+
+    def __init__(self, name: str, workdir: Path):
+        self.name = name
+        self.dir = workdir / name
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "redis.log"
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = spawn(["redis-server", "--port", str(self.port), "--bind", HOST,
+                           "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                          self.log)
+        wait_until_serving(HOST, self.port, f"redis-server ({self.name})", self.log, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+
+class Target:
+    name: str
+    description = ""
+    client_port = 0
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def measured_processes(self) -> dict[str, int]:
+        """label -> pid of each process whose CPU per request is reported."""
+        raise NotImplementedError
+
+    def backends_by_rack(self) -> dict[str, list[tuple[str, int]]]:
+        raise NotImplementedError
+
+
+class PlainRedis(Target):
+    """The shared Redis itself: the reference."""
+
+    name = "redis"
+
+    def __init__(self, backend: RedisServer):
+        self.backend = backend
+
+    def start(self) -> None:
+        self.client_port = self.backend.port
+        self.description = (f"{tool_version('redis-server')}, "
+                            f"port {self.client_port}: the shared backend, measured directly")
+
+    def stop(self) -> None:
+        pass  # the shared backend is stopped by whoever started it
+
+    def measured_processes(self) -> dict[str, int]:
+        return {"redis-server": self.backend.proc.pid}
+
+    def backends_by_rack(self) -> dict[str, list[tuple[str, int]]]:
+        return {"-": [(HOST, self.backend.port)]}
+
+
+class Twemproxy(Target):
+    """Debian's nutcracker in front of the shared Redis."""
+
+    name = "twemproxy"
+
+    def __init__(self, backend: RedisServer, workdir: Path):
+        self.backend = backend
+        self.dir = workdir / "twemproxy"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if shutil.which("nutcracker") is None:
+            raise BenchError("nutcracker not found: `make bench` installs Debian's nutcracker")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.client_port = free_port()
+        conf = self.dir / "nutcracker.yml"
+        conf.write_text(
+            "bench:\n"
+            f"  listen: {HOST}:{self.client_port}\n"
+            "  hash: fnv1a_64\n"
+            "  distribution: ketama\n"
+            "  redis: true\n"
+            "  auto_eject_hosts: false\n"
+            "  servers:\n"
+            f"    - {HOST}:{self.backend.port}:1\n")
+        log = self.dir / "nutcracker.log"
+        # -o/-s/-a: Debian's defaults are /var/log/nutcracker and stats on 0.0.0.0:22222,
+        # which is also Dynomite's (and dyno's) stats port.
+        self.proc = spawn(["nutcracker", "-c", str(conf), "-o", str(log),
+                           "-s", str(free_port()), "-a", HOST], log)
+        wait_until_serving(HOST, self.client_port, "nutcracker", log, self.proc)
+        self.description = (f"{tool_version('nutcracker')}, "
+                            f"port {self.client_port} -> shared redis port {self.backend.port} "
+                            "(one server connection)")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def measured_processes(self) -> dict[str, int]:
+        return {"nutcracker": self.proc.pid}
+
+    def backends_by_rack(self) -> dict[str, list[tuple[str, int]]]:
+        return {"-": [(HOST, self.backend.port)]}
+
+
+def dyno_argv(*args: str) -> list[str]:
+    """The dyno CLI of this checkout's virtualenv (or whichever Python runs this script)."""
+    return [sys.executable, "-m", "dyno", *args]
+
+
+class DynoNode(Target):
+    """One dyno node (`dyno start --config`) in front of the shared Redis."""
+
+    name = "dyno-1"
+
+    def __init__(self, backend: RedisServer, workdir: Path):
+        self.backend = backend
+        self.dir = workdir / "dyno-1"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.client_port = free_port()
+        conf = self.dir / "dyno.yml"
+        conf.write_text(
+            "dyn_o_mite:\n"
+            "  datacenter: dc1\n"
+            "  rack: rack1\n"
+            f"  listen: {HOST}:{self.client_port}\n"
+            f"  dyn_listen: {HOST}:{free_port()}\n"
+            f"  stats_listen: {HOST}:{free_port()}\n"
+            "  tokens: '0'\n"
+            "  data_store: 0\n"
+            "  servers:\n"
+            f"  - {HOST}:{self.backend.port}:1\n")
+        log = self.dir / "dyno.log"
+        self.proc = spawn(dyno_argv("start", "--config", str(conf)), log)
+        wait_until_serving(HOST, self.client_port, "dyno start", log, self.proc)
+        self.description = (f"dyno start --config {conf.name}, port {self.client_port} -> "
+                            f"shared redis port {self.backend.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+
+    def measured_processes(self) -> dict[str, int]:
+        return {"dyno": self.proc.pid}
+
+    def backends_by_rack(self) -> dict[str, list[tuple[str, int]]]:
+        return {"-": [(HOST, self.backend.port)]}
+
+
+class DynoCluster(Target):
+    """`dyno cluster up` with its own Redis per node; the client talks to the first node.
+
+    Every target stays up for the whole run (rounds interleave), so the two cluster shapes
+    run side by side: `dyno cluster up` must pick free ports for nodes and Redis servers.
+    """
+
+    def __init__(self, name: str, racks: int, consistency: str, workdir: Path):
+        self.name = name
+        self.racks = racks
+        self.consistency = consistency
+        self.dir = workdir / name
+        self.nodes: list[ClusterNode] = []
+        self.started = False
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log = self.dir / "cluster-up.log"
+        argv = dyno_argv("cluster", "up", "--dir", str(self.dir), "--dcs", "1",
+                         "--racks", str(self.racks), "--nodes-per-rack", "1",
+                         "--read-consistency", self.consistency,
+                         "--write-consistency", self.consistency)
+        self.started = True  # from here on, stop() must run even if `up` fails half-way
+        with open(log, "ab") as out:
+            done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=120)
+        if done.returncode != 0:
+            raise BenchError(f"`dyno {' '.join(argv[3:])}` exited with status "
+                             f"{done.returncode}; its log:\n{log_tail(log)}")
+        self.nodes = self._read_nodes()
+        first = self.nodes[0]
+        host, self.client_port = first.listen
+        wait_until_serving(host, self.client_port, f"dyno node {first.name}", log)
+        self._wait_until_replicating(log)
+        self.description = (
+            f"dyno cluster up --racks {self.racks} --nodes-per-rack 1, {self.consistency}, "
+            f"own redis-server per node, client on {first.name} port {self.client_port}")
+
+    def _wait_until_replicating(self, log: Path, timeout: float = 30.0) -> None:
+        """The probe SET has reached every rack: peer links are up before measuring."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lagging = [rack for rack, servers in self.backends_by_rack().items()
+                       if not any(redis_cli(h, p, "EXISTS", PROBE_KEY).strip() == "1"
+                                  for h, p in servers)]
+            if not lagging:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"a SET through {self.nodes[0].name} did not reach "
+                                 f"{', '.join(lagging)} within {timeout:.0f} s; log:\n"
+                                 + log_tail(log))
+            time.sleep(0.1)
+
+    def _read_nodes(self) -> list[ClusterNode]:
+        path = self.dir / "cluster.json"
+        try:
+            return parse_cluster_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"cannot read {path}: {exc!r}") from None
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        log = self.dir / "cluster-down.log"
+        with open(log, "ab") as out, contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(dyno_argv("cluster", "down", "--dir", str(self.dir)),
+                           stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           timeout=60)
+        # Whatever `down` left behind (or all of it, when `up` died before writing
+        # cluster.json completely), stopped by the pids the cluster reported.
+        with contextlib.suppress(BenchError):
+            self.nodes = self.nodes or self._read_nodes()
+        for node in self.nodes:
+            for pid in (node.pid, node.redis_pid):
+                if pid:
+                    stop_pid(pid)
+
+    def measured_processes(self) -> dict[str, int]:
+        return {node.name: node.pid for node in self.nodes if node.pid}
+
+    def backends_by_rack(self) -> dict[str, list[tuple[str, int]]]:
+        racks: dict[str, list[tuple[str, int]]] = {}
+        for node in self.nodes:
+            racks.setdefault(node.rack, []).append(node.redis)
+        return racks
+
+
+def make_target(name: str, shared: RedisServer, workdir: Path) -> Target:
+    match name:
+        case "redis":
+            return PlainRedis(shared)
+        case "twemproxy":
+            return Twemproxy(shared, workdir)
+        case "dyno-1":
+            return DynoNode(shared, workdir)
+        case "dyno-3r-one":
+            return DynoCluster(name, 3, "DC_ONE", workdir)
+        case "dyno-3r-quorum":
+            return DynoCluster(name, 3, "DC_QUORUM", workdir)
+    raise BenchError(f"unknown target {name!r}; known: {', '.join(ALL_TARGETS)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Measuring.
+# ---------------------------------------------------------------------------------------
+
+def flush_backends(target: Target) -> None:
+    for servers in target.backends_by_rack().values():
+        for host, port in servers:
+            redis_cli(host, port, "FLUSHALL", "SYNC")
+
+
+def check_every_rack_has_every_write(racks: dict[str, list[tuple[str, int]]],
+                                     settle: float = 10.0) -> RackCheck:
+    """Compare the key sets of all racks, once replication has settled.
+
+    At DC_ONE the client is answered when its own rack has the write, so the other racks
+    may trail by a moment: wait (up to `settle` s) until every rack's DBSIZE is equal and
+    stops changing, then compare the actual keys (SCAN).
+    """
+    def dbsize(host: str, port: int) -> int:
+        reply = redis_cli(host, port, "DBSIZE").strip()
+        if not reply.isdigit():
+            raise BenchError(f"DBSIZE on {host}:{port} answered {reply!r}")
+        return int(reply)
+
+    def sizes() -> dict[str, int]:
+        return {rack: sum(dbsize(h, p) for h, p in servers) for rack, servers in racks.items()}
+
+    deadline = time.monotonic() + settle
+    previous = sizes()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        current = sizes()
+        if current == previous and len(set(current.values())) == 1:
+            break
+        previous = current
+    keys_by_rack = {}
+    for rack, servers in racks.items():
+        keys: set[str] = set()
+        for host, port in servers:
+            keys.update(redis_cli(host, port, "--scan").split())
+        keys_by_rack[rack] = keys
+    return compare_racks(keys_by_rack)
+
+
+def run_benchmark(target: Target, round_no: int, pipeline: int, args: argparse.Namespace
+                  ) -> Run:
+    """One redis-benchmark invocation; whatever goes wrong is recorded in Run.error."""
+    run = Run(target=target.name, round=round_no, pipeline=pipeline, requests=args.requests)
+    try:
+        _measure(target, run, args)
+    except (BenchError, subprocess.TimeoutExpired) as exc:
+        run.error = str(exc)
+    return run
+
+
+def run_while_alive(argv: Sequence[str], processes: dict[str, int], timeout: float
+                    ) -> subprocess.CompletedProcess:
+    """Run redis-benchmark, but give up as soon as a process of the target dies.
+
+    (redis-benchmark 7.0 keeps retrying a refused connection, spinning until killed.)
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None:
+                dead = [label for label, pid in processes.items() if not pid_alive(pid)]
+                if dead:
+                    raise BenchError(f"{', '.join(dead)} exited during the run")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"redis-benchmark did not finish within {timeout:.0f} s")
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(0.2)
+        finally:
+            stop_process(proc, grace=1.0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, proc.returncode, out.read(), err.read())
+
+
+def _measure(target: Target, run: Run, args: argparse.Namespace) -> None:
+    argv = ["redis-benchmark", "-h", HOST, "-p", str(target.client_port),
+            "-t", ",".join(t.lower() for t in TESTS), "-n", str(args.requests),
+            "-c", str(args.clients), "-r", str(KEYSPACE), "-P", str(run.pipeline), "--csv"]
+    flush_backends(target)
+    processes = target.measured_processes()
+    before = cpu_seconds_of(processes)
+    # Generous: a stuck proxy must not hang the benchmark, a slow one must finish.
+    timeout = 60 + len(TESTS) * args.requests / 1000
+    done = run_while_alive(argv, processes, timeout)
+    after = cpu_seconds_of(processes)
+    # redis-benchmark 7.0 exits non-zero at the first error reply it gets.
+    noise = "WARNING: Could not fetch server CONFIG"  # twemproxy refuses CONFIG GET
+    stderr = "\n".join(line for line in done.stderr.splitlines()
+                       if line.strip() and noise not in line)
+    if done.returncode != 0:
+        raise BenchError(f"redis-benchmark exited {done.returncode}: "
+                         f"{(stderr or done.stdout)[:500]}")
+    run.results = parse_benchmark_csv(done.stdout)
+    if set(run.results) != set(TESTS):
+        raise BenchError(f"redis-benchmark reported {sorted(run.results)}, expected {TESTS}")
+    total = args.requests * len(TESTS)
+    run.cpu_us_per_request = {label: (after[label] - before[label]) * 1e6 / total
+                              for label in processes}
+    if len(target.backends_by_rack()) > 1:
+        run.rack_check = check_every_rack_has_every_write(target.backends_by_rack())
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def describe_run(run: Run) -> str:
+    head = f"  round {run.round} {run.target:<15} P{run.pipeline:<3}"
+    if run.error:
+        return f"{head} ERROR: {run.error}"
+    parts = [f"{test} {result.rps:>11,.0f}/s" for test, result in run.results.items()]
+    if run.rack_check is not None:
+        parts.append("racks: " + run.rack_check.describe())
+    return head + "  ".join(parts)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark dyno against plain Redis and twemproxy with redis-benchmark.")
+    parser.add_argument("--quick", action="store_true",
+                        help="a ~30 s check: fewer requests and one round "
+                             "(unless --requests/--rounds say otherwise)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3; quick 1)")
+    parser.add_argument("--requests", type=int,
+                        help="redis-benchmark -n, per test (default 200000; quick 100000)")
+    parser.add_argument("--clients", type=int, default=50, help="redis-benchmark -c (50)")
+    parser.add_argument("--pipelines", default="1,16",
+                        help="comma list of redis-benchmark -P values (1,16)")
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS),
+                        help=f"comma list among {','.join(ALL_TARGETS)} (default: all)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="also write every run's raw results to FILE")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.requests = args.requests or (100_000 if args.quick else 200_000)
+    try:
+        args.pipelines = [int(p) for p in args.pipelines.split(",") if p]
+    except ValueError:
+        parser.error(f"--pipelines: expected numbers like 1,16, got {args.pipelines!r}")
+    args.targets = [t for t in args.targets.split(",") if t]
+    unknown = [t for t in args.targets if t not in ALL_TARGETS]
+    if unknown:
+        parser.error(f"--targets: unknown {', '.join(unknown)}; known: {', '.join(ALL_TARGETS)}")
+    if args.rounds < 1 or args.requests < 1 or args.clients < 1 or not args.pipelines:
+        parser.error("--rounds, --requests, --clients and --pipelines must be positive")
+    return args
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("redis-server", "redis-benchmark", "redis-cli"):
+        if shutil.which(tool) is None:
+            progress(f"bench: {tool} not found; `make install` installs redis-server "
+                     "and redis-tools")
+            return 1
+    # SIGTERM and SIGHUP unwind like Ctrl-C, so the finally below stops everything.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGHUP, _raise_keyboard_interrupt)
+    become_subreaper()
+
+    runs: list[Run] = []
+    targets: list[Target] = []
+    failed_to_start: dict[str, str] = {}
+    cleanup = contextlib.ExitStack()
+    workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dyno-bench-")))
+    try:
+        shared = RedisServer("redis-shared", workdir)
+        cleanup.callback(shared.stop)
+        shared.start()
+        for name in args.targets:
+            target = make_target(name, shared, workdir)
+            cleanup.callback(target.stop)
+            progress(f"starting {name} ...")
+            try:
+                target.start()
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                failed_to_start[name] = str(exc)
+                progress(f"bench: {name} could not start, skipping it: {exc}")
+                continue
+            targets.append(target)
+
+        progress(f"{args.rounds} round(s) x {len(targets)} target(s) x P in {args.pipelines}, "
+                 f"{args.requests} requests per test")
+        for round_no in range(1, args.rounds + 1):
+            for target in targets:
+                for pipeline in args.pipelines:
+                    run = run_benchmark(target, round_no, pipeline, args)
+                    runs.append(run)
+                    progress(describe_run(run))
+    except KeyboardInterrupt:
+        progress("bench: interrupted; stopping everything it started")
+        return 130
+    except BenchError as exc:
+        progress(f"bench: {exc}")
+        return 1
+    finally:
+        # Cleanup must not be cut short by a second Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        progress("stopping ...")
+        cleanup.close()
+        reap_adopted_children()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    names = [t.name for t in targets]
+    print(f"\nredis-benchmark -t set,get -n {args.requests} -c {args.clients} -r {KEYSPACE} "
+          f"-P {{{','.join(map(str, args.pipelines))}}} --csv; median of {args.rounds} "
+          f"interleaved round(s); {os.cpu_count()} CPUs")
+    for target in targets:
+        print(f"  {target.name:<15} {target.description}")
+    for name, error in failed_to_start.items():
+        lines = error.splitlines()
+        print(f"  {name:<15} NOT RUN: {lines[0]}" + (f" ... {lines[-1].strip()}"
+                                                     if len(lines) > 1 else ""))
+    print()
+    print(render_summary(summarize(runs, names, args.pipelines)))
+    print("\ngoal #2/#3: issues 2 (dyno-1) and 3 (3 racks); goal #6: the fast-path issue; "
+          "ratios to plain Redis in this run.")
+    print("\nCPU time per request (SET and GET together), median over rounds:")
+    print(render_cpu(runs, names, args.pipelines))
+
+    checks = [run for run in runs if run.rack_check is not None]
+    if checks:
+        print("\nEvery acknowledged write on every rack (after each run, racks' key sets):")
+        for run in checks:
+            print(f"  round {run.round} {run.target} P{run.pipeline}: "
+                  f"{run.rack_check.describe()}")
+    errors = [run for run in runs if run.error]
+    for run in errors:
+        print(f"\nERROR round {run.round} {run.target} P{run.pipeline}: {run.error}")
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "command": {"requests": args.requests, "clients": args.clients,
+                        "keyspace": KEYSPACE, "pipelines": args.pipelines,
+                        "rounds": args.rounds},
+            "targets": {t.name: t.description for t in targets},
+            "not_run": failed_to_start,
+            "runs": [dataclasses.asdict(run) for run in runs],
+            "summary": [dataclasses.asdict(row)
+                        for row in summarize(runs, names, args.pipelines)],
+        }, indent=2))
+        print(f"\nraw results written to {args.json}")
+    lost_writes = any(not run.rack_check.ok for run in checks)
+    return 1 if failed_to_start or errors or lost_writes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
