@@ -20,6 +20,8 @@ does not can never make Redis drop a connection other clients are using.
 
 from __future__ import annotations
 
+import re
+
 import hiredis
 
 # Redis's limits (server.h: PROTO_INLINE_MAX_SIZE, proto-max-bulk-len), and the
@@ -27,6 +29,11 @@ import hiredis
 MAX_INLINE = 64 * 1024
 MAX_BULK = 512 * 1024 * 1024
 MAX_MULTIBULK = 1024 * 1024
+
+# hiredis allocates an array's list when it reads the '*N' header, so a hostile
+# '*2000000000' would cost gigabytes before any limit could be checked. A chunk
+# with any array header of 7+ digits therefore goes to the exact parser instead.
+_HUGE_ARRAY = re.compile(rb"\*-?\d{7}")
 
 CRLF = b"\r\n"
 OK = b"+OK\r\n"
@@ -67,16 +74,6 @@ def _encoded_length(argv: list) -> int:
     return total
 
 
-def is_canonical(data: bytes, requests: list[list[bytes]]) -> bool:
-    """True if ``data`` is exactly the canonical encoding of ``requests``, so it can
-    be forwarded as it came. hiredis already refused non-canonical lengths; this
-    catches RESP3 element types (``+``, ``=``) that hiredis reads as strings but
-    Redis refuses in a request. (Only a deliberately crafted frame could pass both
-    checks, and then Redis refuses it and resets one pooled connection, whose
-    in-flight requests get errors: no data is lost silently.)"""
-    return sum(map(_encoded_length, requests)) == len(data)
-
-
 class RequestParser:
     """Feed it received bytes, get back complete requests (lists of bytes).
 
@@ -93,9 +90,8 @@ class RequestParser:
         # charge and the stream is at a request boundary.
         self._buffer = bytearray()
         self.error: bytes | None = None
-        # After feed(): True if the data fed was exactly the requests returned
-        # (started and ended on a request boundary, nothing skipped) - the
-        # precondition for forwarding it verbatim (see is_canonical).
+        # After feed(): True if the data fed was exactly the canonical encoding of
+        # the requests returned - the precondition for forwarding it verbatim.
         self.clean = False
 
     @property
@@ -107,7 +103,7 @@ class RequestParser:
         self.clean = False
         if self.error is not None:
             return []
-        if self._buffer or data[:1] != b"*":
+        if self._buffer or data[:1] != b"*" or _HUGE_ARRAY.search(data):
             self._buffer += data
             return self._parse_slowly([])
         return self._parse_fast(data)
@@ -129,21 +125,22 @@ class RequestParser:
                     if arg.__class__ is not bytes:
                         raise ValueError
                 requests.append(argv)
-            if not reader.has_data():
-                self.clean = not skipped
-                return requests
         except (hiredis.ProtocolError, ValueError):
-            pass
+            skipped = True
+        # hiredis swallows the first bytes of a request it has not finished, so
+        # its has_data() cannot tell a cut: the requests it returned must account
+        # for every byte of the chunk. That also proves the chunk canonical.
+        consumed = sum(map(_encoded_length, requests))
+        if consumed == len(data) and not skipped:
+            self.clean = True
+            return requests
         # A request cut by the recv boundary, an inline command after a multibulk
-        # one, or something malformed: hand the rest to the exact parser. The
-        # requests accepted so far end where their canonical encoding ends;
-        # '*0'/'*-1' frames never make it into `requests`, so rescan if the guess
-        # does not land on a frame start.
+        # one, or something malformed: hand the rest to the exact parser. If the
+        # accepted requests were not canonical or frames were skipped, rescan all.
         self._reader = hiredis.Reader()
-        offset = sum(map(_encoded_length, requests))
-        if data[offset : offset + 1] != b"*" or offset > len(data):
-            requests, offset = [], 0
-        self._buffer = bytearray(memoryview(data)[offset:])
+        if skipped or data[consumed : consumed + 1] != b"*":
+            requests, consumed = [], 0
+        self._buffer = bytearray(memoryview(data)[consumed:])
         return self._parse_slowly(requests)
 
     def _parse_slowly(self, requests: list[list[bytes]]) -> list[list[bytes]]:
