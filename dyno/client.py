@@ -25,6 +25,7 @@ import trio
 
 from dyno import resp
 from dyno.datastore import Sink
+from dyno.stream import accept_loop, listen_socket
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -212,34 +213,15 @@ class ClientListener:
         self.sock: socket.socket | None = None
 
     def bind(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        self.port = sock.getsockname()[1]
-        self.sock = sock
+        self.sock = listen_socket(self.host, self.port)
+        self.port = self.sock.getsockname()[1]
 
     async def serve(self, nursery: trio.Nursery) -> None:
-        sock = self.sock
         node = self.node
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
-                while True:
-                    try:
-                        conn, address = sock.accept()
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:  # EMFILE and friends: back off, keep serving
-                        log.warning("accept failed: %s", exc)
-                        await trio.sleep(0.1)
-                        break
-                    conn.setblocking(False)
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    client = ClientConnection(node, conn, address)
-                    node.clients[client.id] = client
-                    nursery.start_soon(client.run)
-        finally:
-            sock.close()
+
+        def on_connection(conn: socket.socket, address) -> None:
+            client = ClientConnection(node, conn, address)
+            node.clients[client.id] = client
+            nursery.start_soon(client.run)
+
+        await accept_loop(self.sock, on_connection, log)

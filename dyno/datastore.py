@@ -17,15 +17,14 @@ Failure rules, which the client-facing side relies on:
 
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 from collections import deque
 from typing import Callable
 
 import trio
 
 from dyno import resp
+from dyno.stream import ConnectionLost, connect, write_loop
 from dyno.wakeup import Wakeup
 
 log = logging.getLogger("dyno.datastore")
@@ -37,34 +36,17 @@ BACKOFF_MAX = 2.0
 
 class Sink:
     """Where a reply goes. The client slot, a quorum tracker and a peer reply all
-    implement ``deliver``; it must not block and must not raise."""
+    implement ``deliver``; it must not block and must not raise. ``fail`` is called
+    instead when the target could not answer (down, timed out, connection lost);
+    for a client slot the error line is the reply."""
 
     __slots__ = ()
 
     def deliver(self, reply: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
-
-async def connect(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket (stdlib, so the hot path never goes
-    through trio's socket wrappers)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = sock.connect_ex((host, port))
-        if code not in (0, errno.EINPROGRESS):
-            raise OSError(code, f"connect to {host}:{port}: {errno.errorcode.get(code, code)}")
-        if code == errno.EINPROGRESS:
-            await trio.lowlevel.wait_writable(sock)
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if code:
-                raise OSError(code, f"connect to {host}:{port}: {errno.errorcode.get(code, code)}")
-        return sock
-    except BaseException:
-        sock.close()
-        raise
+    def fail(self, error: bytes) -> None:
+        self.deliver(error)
 
 
 class Connection:
@@ -120,9 +102,11 @@ class Connection:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._reader)
-                    nursery.start_soon(self._writer)
+                    nursery.start_soon(
+                        write_loop, self.sock, self._out, self._writer_wakeup, store.broken
+                    )
                     nursery.start_soon(self._watchdog)
-            except _ConnectionLost as lost:
+            except ConnectionLost as lost:
                 reason = lost.reply
                 log.warning("datastore %s connection %d lost: %s", store.address, self.index, lost)
             finally:
@@ -135,29 +119,8 @@ class Connection:
         self._out.clear()
         sinks, self._sinks = self._sinks, deque()
         for sink in sinks:
-            sink.deliver(reply)
+            sink.fail(reply)
         self.store.after_batch()
-
-    async def _writer(self) -> None:
-        sock = self.sock
-        out = self._out
-        wakeup = self._writer_wakeup
-        while True:
-            if not out:
-                await wakeup.wait()
-                continue
-            data = b"".join(out) if len(out) > 1 else out[0]
-            out.clear()
-            view = memoryview(data)
-            while view:
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                    continue
-                except OSError as exc:
-                    raise _ConnectionLost(self.store.broken, f"send failed: {exc}") from None
-                view = view[sent:]
 
     async def _reader(self) -> None:
         sock = self.sock
@@ -172,9 +135,9 @@ class Connection:
             except BlockingIOError:
                 continue
             except OSError as exc:
-                raise _ConnectionLost(self.store.broken, f"recv failed: {exc}") from None
+                raise ConnectionLost(self.store.broken, f"recv failed: {exc}") from None
             if not data:
-                raise _ConnectionLost(self.store.broken, "closed by Redis")
+                raise ConnectionLost(self.store.broken, "closed by Redis")
             self._last_progress = trio.current_time()
             if pending is not None:
                 pending += data
@@ -192,7 +155,7 @@ class Connection:
                 if end < 0:
                     break
                 if not sinks:
-                    raise _ConnectionLost(self.store.broken, "reply without a request")
+                    raise ConnectionLost(self.store.broken, "reply without a request")
                 sinks.popleft().deliver(buffer[pos:end] if pos or end != size else buffer)
                 pos = end
             pending = bytearray(buffer[pos:]) if pos < size else None
@@ -203,15 +166,9 @@ class Connection:
         while True:
             await trio.sleep(timeout / 4)
             if self._sinks and trio.current_time() - self._last_progress > timeout:
-                raise _ConnectionLost(
+                raise ConnectionLost(
                     self.store.timed_out, f"no reply for {timeout * 1000:.0f} ms"
                 )
-
-
-class _ConnectionLost(Exception):
-    def __init__(self, reply: bytes, message: str):
-        super().__init__(message)
-        self.reply = reply
 
 
 class Datastore:
@@ -260,7 +217,7 @@ class Datastore:
         ``affinity`` picks the connection, so one client's requests share one."""
         conn = self._connection(affinity)
         if conn is None:
-            sink.deliver(self.unavailable)
+            sink.fail(self.unavailable)
         else:
             conn.send(payload, sink)
 
@@ -269,7 +226,7 @@ class Datastore:
         conn = self._connection(affinity)
         if conn is None:
             for sink in sinks:
-                sink.deliver(self.unavailable)
+                sink.fail(self.unavailable)
         else:
             conn.send_many(payload, sinks)
 

@@ -1,0 +1,99 @@
+"""Non-blocking stdlib sockets driven by trio's low-level waits (DESIGN.md §10).
+
+Shared by every connection dyno owns (datastore, peer links, peer server): connect
+without trio's socket wrappers, and the one writer loop that sends everything queued
+since its last turn in a single ``send``.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import trio
+
+from dyno.wakeup import Wakeup
+
+
+class ConnectionLost(Exception):
+    """The other side went away or broke the protocol; ``reply`` is the error
+    line for requests that were waiting on this connection."""
+
+    def __init__(self, reply: bytes, message: str):
+        super().__init__(message)
+        self.reply = reply
+
+
+async def connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket with TCP_NODELAY."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = sock.connect_ex((host, port))
+        if code == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, f"connect to {host}:{port}: {errno.errorcode.get(code, code)}")
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: bytes) -> None:
+    """Send whatever is appended to ``out``, batching everything queued since the
+    last turn into one send. ``wakeup`` is set by whoever appends."""
+    while True:
+        if not out:
+            await wakeup.wait()
+            continue
+        data = b"".join(out) if len(out) > 1 else out[0]
+        out.clear()
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as exc:
+                raise ConnectionLost(broken, f"send failed: {exc}") from None
+            view = view[sent:]
+
+
+async def accept_loop(sock: socket.socket, on_connection, log) -> None:
+    """Accept connections forever; ``on_connection(conn, address)`` starts their task."""
+    try:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    conn, address = sock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:  # EMFILE and friends: back off, keep serving
+                    log.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    break
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                on_connection(conn, address)
+    finally:
+        sock.close()
