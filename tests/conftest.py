@@ -14,11 +14,24 @@ A session-wide safety net stops anything the harness started that is still runni
 
 from __future__ import annotations
 
+import signal
 import warnings
 
 import pytest
 
 import support
+
+
+def pytest_configure(config):
+    # `timeout`, CI cancellation and `kill` send SIGTERM, which would end pytest without any
+    # teardown and leave the servers of running tests behind (they run in their own sessions).
+    # Treat it like Ctrl-C instead: fixtures tear down, the safety net runs.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
