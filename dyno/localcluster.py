@@ -309,6 +309,7 @@ def stop_pids(procs: Sequence[tuple[int, int | None]], timeout: float = DEFAULT_
     live = [(pid, start) for pid, start in procs if pid_alive(pid, start)]
     for pid, _ in live:
         _signal(pid, signal.SIGTERM)
+        _signal(pid, signal.SIGCONT)  # a paused (SIGSTOPped) process must wake up to die
     if not poll_until(lambda: not any(pid_alive(p, s) for p, s in live), timeout):
         for pid, start in live:
             if pid_alive(pid, start):
@@ -543,7 +544,8 @@ class ClusterState:
             self._wait_ready([(node, "dyno")], timeout)
 
     def stop_node(self, name: str, sig: int = signal.SIGTERM, timeout: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """Stop the dyno process of `name` (SIGKILL: a crash; SIGTERM: a clean stop)."""
+        """Signal the dyno process of `name`: SIGTERM, a clean stop, and SIGKILL, a crash, wait
+        until it is gone; SIGSTOP (a hung node) and SIGCONT return at once."""
         node = self.node(name)
         self._stop(node.pid, node.pid_start, sig, timeout)
 

@@ -3,7 +3,8 @@
 - `redis_server`: a plain redis-server on a free port (a `support.RedisServer`).
 - `dyno_node`: one dyno node in front of its own redis-server (a `support.NodeHandle`:
   .host .port .addr .redis_port .redis_addr .client() .redis_client() .stop() .kill()
-  .start() .restart() .stop_redis() .kill_redis() .start_redis() .restart_redis()).
+  .start() .restart() .pause() .resume() .stop_redis() .kill_redis() .start_redis()
+  .restart_redis() .pause_redis() .resume_redis() .log_tail()).
 - `cluster_factory`: `cluster_factory(dcs=1, racks=3, nodes_per_rack=1, **config)` starts a
   local cluster in tmp_path and returns a `support.Cluster` (.nodes, .addrs, .redis_addrs,
   .node(name), .logs()).

@@ -367,11 +367,14 @@ class Differential:
                 raise AssertionError(f"FLUSHALL on {_fmt_addr(addr)} answered {reply!r}")
 
     def run(self, sequence: Sequence[Command], pick: Callable[[int], int] | None = None, pipeline: bool = False,
-            flush: bool = True) -> list[Step]:  # fmt: skip
+            flush: bool = True, settle: Callable[[], object] | None = None) -> list[Step]:  # fmt: skip
         """Run `sequence`; command i goes to targets[pick(i)] (default: round robin).
 
         pipeline=True sends each run of consecutive commands for the same target in one
         write before reading the replies (the reference gets the same batches).
+        settle() is called whenever the next command goes to another target than the last
+        one: where the system only promises read-your-writes on one node (DC_ONE acknowledges
+        a write once the local rack has it), it can wait there until replication is done.
         Returns the steps; raises Mismatch at the first difference.
         """
         sequence = [tuple(_as_bytes(a) for a in cmd) for cmd in sequence]
@@ -382,6 +385,8 @@ class Differential:
                 self.reset()
             done: list[Step] = []
             for batch in _batches(steps, pipeline):
+                if settle is not None and done and done[-1].target != batch[0].target:
+                    settle()
                 self._run_batch(batch, done)
             self._check_quiet(done)
             return done
@@ -436,10 +441,11 @@ def _batches(steps: list[Step], pipeline: bool) -> list[list[Step]]:
 
 def run_differential(sequence: Sequence[Command], reference: Address, targets: Sequence[Address],
                      pick: Callable[[int], int] | None = None, reset: Sequence[Address] | None = None,
-                     pipeline: bool = False, timeout: float = 10.0) -> list[Step]:  # fmt: skip
+                     pipeline: bool = False, timeout: float = 10.0,
+                     settle: Callable[[], object] | None = None) -> list[Step]:  # fmt: skip
     """One-shot: FLUSHALL, run `sequence`, compare every reply (see Differential)."""
     with Differential(reference, targets, reset, timeout) as diff:
-        return diff.run(sequence, pick, pipeline)
+        return diff.run(sequence, pick, pipeline, settle=settle)
 
 
 # =========================================================================== DUMP payloads

@@ -252,6 +252,13 @@ class NodeHandle:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP: the node hangs (connections stay open, nothing is answered)."""
+        self.cluster.state.stop_node(self.name, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.cluster.state.stop_node(self.name, signal.SIGCONT)
+
     # its Redis
     def stop_redis(self) -> None:
         self.cluster.state.stop_redis(self.name)
@@ -262,6 +269,13 @@ class NodeHandle:
     def start_redis(self) -> None:
         self.cluster.state.start_redis(self.name)
         TRACKER.track(self.state.redis_pid, f"{self.name} redis-server")
+
+    def pause_redis(self) -> None:
+        """SIGSTOP the node's Redis: it hangs without closing connections."""
+        self.cluster.state.stop_redis(self.name, signal.SIGSTOP)
+
+    def resume_redis(self) -> None:
+        self.cluster.state.stop_redis(self.name, signal.SIGCONT)
 
     def restart_redis(self) -> None:
         """Stop the node's Redis (SIGTERM) and start an empty one on the same port."""

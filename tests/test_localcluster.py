@@ -122,10 +122,15 @@ def test_harness_machinery_with_standin_nodes(tmp_path):
         assert not node.alive and not support.ping(*node.addr)
         node.start()
         assert node.alive and support.ping(*node.addr)
+        node.pause()
+        assert not support.ping(*node.addr, timeout=0.2), "a paused node answers nothing"
+        node.resume()
+        assert node.client().ping()
         node.client().set("k", "v")
         node.restart_redis()
         assert node.redis_client().dbsize() == 0
         assert [s["answers_ping"] for s in lc.status(dir)] == [True, True, True]
+        cluster[2].pause()  # teardown must still stop a paused process promptly
     _assert_all_gone(dir)
     assert lc.down(dir) == 0
 
