@@ -1,36 +1,117 @@
 """The coordinator: for each client request, decide who answers it and how.
 
-Every batch of requests a client sent in one read goes through ``execute_batch``:
-the command table says what each command is (its route and keys); node-local
-commands are answered here, everything else goes to a *target*. A target is
-anything with ``send(payload, sink, affinity)`` - so far the node's own datastore;
-the cluster adds peers and quorum trackers behind the same call. When a whole read
-goes to one target and was canonically encoded, its bytes are forwarded as they
-came (DESIGN.md §10 rule 4). This module never touches a socket.
+Every batch of requests a client sent in one read goes through ``execute_batch``.
+The command table says what each command is (route, keys, read or write); the ring
+says which node owns a key in each rack; the consistency level says which replicas
+are asked and when the client is answered (DESIGN.md §4):
+
+* reads at DC_ONE go to the first *available* replica, local rack first - if the
+  local-rack owner is down another rack answers (Dynomite returns an error);
+* writes go to the owner in every rack of the local DC, and to one node per remote
+  DC which fans out there (2 hops); at DC_EACH_SAFE_QUORUM straight to every replica;
+* a ``QuorumTracker`` decides when the client is answered and with what. Replicas
+  the client does not wait for still report to a sink that counts and logs their
+  failures: nothing is fire-and-forget.
+
+Multi-key commands are split per owner and merged (``dyno.merge``); commands whose
+keys must live together run only when they do (hash tags), else ``-CROSSSLOT``.
+A target is anything with ``send(payload, sink)``: the node's own datastore or a
+peer link. When a whole read goes to the local datastore and was canonically
+encoded, its bytes are forwarded as they came (DESIGN.md §10 rule 4).
+This module never touches a socket.
 """
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 from typing import TYPE_CHECKING
 
-from dyno import commands, node_commands, resp
+import hiredis
+
+from dyno import commands, merge, node_commands, resp
 from dyno.client import ReplySlot
-from dyno.commands import Route
+from dyno.commands import Merge, Route
+from dyno.consistency import QuorumTracker
+from dyno.datastore import Sink
 
 if TYPE_CHECKING:
     from dyno.client import ClientConnection
     from dyno.node import Node
+    from dyno.ring import RingNode
+
+log = logging.getLogger("dyno.coordinator")
 
 _KEY, _MULTI_KEY, _ONE_REPLICA, _ALL_REPLICAS, _LOCAL = (
     Route.KEY, Route.MULTI_KEY, Route.ONE_REPLICA, Route.ALL_REPLICAS, Route.LOCAL,
 )
+DC_ONE = "DC_ONE"
+DC_EACH_SAFE_QUORUM = "DC_EACH_SAFE_QUORUM"
+
+
+class _Replica(Sink):
+    """One replica's part in a replicated request."""
+
+    __slots__ = ("tracker", "index", "sink", "coordinator")
+
+    def __init__(self, tracker: QuorumTracker, index: int, sink: Sink, coordinator: "Coordinator"):
+        self.tracker = tracker
+        self.index = index
+        self.sink = sink
+        self.coordinator = coordinator
+
+    def deliver(self, reply: bytes) -> None:
+        result = self.tracker.reply(self.index, reply)
+        if result is not None:
+            self.sink.deliver(result)
+
+    def fail(self, error: bytes) -> None:
+        self.coordinator.replica_failed(error)
+        result = self.tracker.failure(self.index, error)
+        if result is not None:
+            self.sink.deliver(result)
+
+
+class _Background(Sink):
+    """A replica write the client does not wait for (a remote DC): its failure is
+    still counted and logged (hinted handoff will pick these up)."""
+
+    __slots__ = ("coordinator",)
+
+    def __init__(self, coordinator: "Coordinator"):
+        self.coordinator = coordinator
+
+    def deliver(self, reply: bytes) -> None:
+        pass
+
+    def fail(self, error: bytes) -> None:
+        self.coordinator.replica_failed(error)
 
 
 class Coordinator:
     def __init__(self, node: "Node"):
         self.node = node
+        self.config = node.config
         self.datastore = node.datastore
         self.stats = node.stats
+        self.ring = node.ring
+        self.links = node.peer_links
+        # A ring of one node: everything is the local datastore's (issue-2 fast path).
+        self.solo = not self.links
+        self._last_failure_log = 0.0
+        self._failures_since_log = 0
+        self.crossslot = resp.error(
+            "CROSSSLOT Keys in request don't hash to the same slot "
+            "(dyno: they have different owners; "
+            + (
+                "put the common part of the keys in a hash tag, e.g. {user1}:a and {user1}:b)"
+                if self.config.hash_tag
+                else "set hash_tag: '{}' in the config and put the common part of the keys in {...})"
+            )
+        )
+
+    # -- the batch ------------------------------------------------------------------
 
     def execute_batch(
         self, client: "ClientConnection", requests: list[list[bytes]], raw: bytes | None
@@ -40,8 +121,9 @@ class Coordinator:
         self.stats.commands += len(requests)
         replies = client.replies
         resolve = commands.resolve
-        forwarded: list[list[bytes]] = []
-        slots: list[ReplySlot] = []
+        local_only: list[list[bytes]] = []  # requests the local datastore answers alone
+        local_slots: list[ReplySlot] = []
+        solo = self.solo
         for argv in requests:
             slot = ReplySlot(client)
             replies.append(slot)
@@ -51,27 +133,39 @@ class Coordinator:
                 slot.data = self._refused(client, argv, spec)
                 continue
             route = spec.route
-            if route is _KEY or route is _MULTI_KEY or route is _ONE_REPLICA or route is _ALL_REPLICAS:
-                forwarded.append(argv)
-                slots.append(slot)
+            if solo and (route is _KEY or route is _MULTI_KEY or route is _ONE_REPLICA or route is _ALL_REPLICAS):
+                if route is _ALL_REPLICAS and not self._flush_allowed(spec, slot):
+                    raw = None
+                    continue
+                local_only.append(argv)
+                local_slots.append(slot)
                 continue
             raw = None
-            if route is _LOCAL:
+            if route is _KEY:
+                self._key_command(client, spec, argv, slot)
+            elif route is _LOCAL:
                 reply = node_commands.run(self.node, client, spec, argv, slot)
                 if reply is not None:
                     slot.data = reply
                 if client.closing:  # QUIT: what follows it is not run
                     break
+            elif route is _MULTI_KEY:
+                self._multi_key(client, spec, argv, slot)
+            elif route is _ONE_REPLICA:
+                self._one_replica(client, spec, argv, slot)
+            elif route is _ALL_REPLICAS:
+                if self._flush_allowed(spec, slot):
+                    self._all_replicas(argv, slot)
             else:
                 slot.data = resp.error(f"ERR dyno: '{spec.name.decode()}' cannot be routed")
-        if not slots:
+        if not local_slots:
             return
-        send = self.datastore.send
         if raw is not None:
-            self.datastore.send_many(raw, slots, client.id)
+            self.datastore.send_many(raw, local_slots, client.id)
         else:
+            send = self.datastore.send
             encode = resp.encode_command
-            for argv, slot in zip(forwarded, slots):
+            for argv, slot in zip(local_only, local_slots):
                 send(encode(argv), slot, client.id)
 
     def _refused(self, client: "ClientConnection", argv: list[bytes], error: bytes) -> bytes:
@@ -79,3 +173,198 @@ class Coordinator:
             return node_commands.dyno_config(client, argv)
         self.stats.errors += 1
         return error
+
+    def _flush_allowed(self, spec, slot: ReplySlot) -> bool:
+        if spec.name in (b"flushdb", b"flushall") and not self.config.flush_enabled:
+            slot.data = resp.error(
+                f"ERR dyno: {spec.name.decode().upper()} is disabled on this cluster (flush_enabled: false)"
+            )
+            return False
+        return True
+
+    # -- single-key (and co-located) commands ------------------------------------------
+
+    def _key_command(self, client, spec, argv: list[bytes], slot: Sink) -> None:
+        keys = commands.keys(spec, argv)
+        payload = resp.encode_command(argv)
+        write = commands.is_write(spec, argv)
+        if not keys:  # e.g. EVAL with no keys: any one node answers
+            self._send(self.ring.local, payload, slot)
+            return
+        ring = self.ring
+        token = ring.token_of(keys[0])
+        if len(keys) > 1:
+            replicas = ring.replicas(token)
+            for key in keys[1:]:
+                if ring.replicas(ring.token_of(key)) != replicas:
+                    slot.deliver(self.crossslot)
+                    return
+        self.route(token, payload, write, self._level(client, write), slot)
+
+    def _level(self, client, write: bool) -> str:
+        override = client.consistency_override
+        if override:
+            return override["write" if write else "read"]
+        return self.config.write_consistency if write else self.config.read_consistency
+
+    def route(self, token: int, payload: bytes, write: bool, level: str, sink: Sink) -> None:
+        """Send one request for ``token`` to its replicas at ``level``."""
+        ring = self.ring
+        if not write and level == DC_ONE:
+            for replica in ring.replicas(token):
+                if self.available(replica):
+                    self._send(replica, payload, sink)
+                    return
+            self._send(ring.local_replicas(token)[0], payload, sink)  # fails with its reason
+            return
+        if level == DC_EACH_SAFE_QUORUM:
+            targets = ring.replicas(token)
+            remote = ()
+        else:
+            targets = ring.local_replicas(token)
+            remote = self._remote_representatives(token) if write else ()
+        tracker = QuorumTracker(level, [n.dc for n in targets], ring.local.dc, 0)
+        for index, replica in enumerate(targets):
+            self._send(replica, payload, _Replica(tracker, index, sink, self))
+        for replica in remote:
+            self._send(replica, payload, _Background(self), coordinate=True)
+
+    def _remote_representatives(self, token: int) -> list["RingNode"]:
+        """For each remote DC, the first available owner of ``token`` there."""
+        ring = self.ring
+        chosen = []
+        for dc in ring.remote_dcs():
+            owners = [ring.owner(token, dc, rack) for rack in ring.racks(dc)]
+            chosen.append(next((n for n in owners if self.available(n)), owners[0]))
+        return chosen
+
+    def coordinate_for_dc(self, payload: bytes, sink: Sink) -> None:
+        """A write sent by a node of another DC: replicate it in this DC (2nd hop)."""
+        reader = hiredis.Reader()
+        reader.feed(payload)
+        argv = reader.gets()
+        spec = commands.resolve(argv) if isinstance(argv, list) and argv else None
+        if spec is None or spec.__class__ is bytes:
+            sink.fail(resp.error("ERR dyno: bad request from a remote datacenter"))
+            return
+        keys = commands.keys(spec, argv)
+        if not keys:
+            self.datastore.send(payload, sink)
+            return
+        ring = self.ring
+        token = ring.token_of(keys[0])
+        targets = ring.local_replicas(token)
+        tracker = QuorumTracker(DC_ONE, [n.dc for n in targets], ring.local.dc, 0)
+        for index, replica in enumerate(targets):
+            self._send(replica, payload, _Replica(tracker, index, sink, self))
+
+    # -- targets --------------------------------------------------------------------
+
+    def available(self, replica: "RingNode") -> bool:
+        if replica.local:
+            return self.datastore.up
+        link = self.links.get(replica.name)
+        return link is not None and link.up
+
+    def _send(self, replica: "RingNode", payload: bytes, sink: Sink, coordinate: bool = False) -> None:
+        if replica.local:
+            self.datastore.send(payload, sink)
+        else:
+            self.links[replica.name].send(payload, sink, 1 if coordinate else 0)
+
+    def replica_failed(self, error: bytes) -> None:
+        """Count a replica that could not answer; log at most once a second."""
+        self.stats.replica_failures += 1
+        self._failures_since_log += 1
+        now = time.monotonic()
+        if now - self._last_failure_log >= 1.0:
+            log.warning(
+                "%d replica request(s) failed in the last %.0f s, latest: %s",
+                self._failures_since_log, now - self._last_failure_log if self._last_failure_log else 0,
+                error[1:-2].decode(errors="replace"),
+            )
+            self._last_failure_log = now
+            self._failures_since_log = 0
+
+    # -- split and fan-out ----------------------------------------------------------
+
+    def _multi_key(self, client, spec, argv: list[bytes], slot: Sink) -> None:
+        """MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: one sub-request per owner."""
+        ring = self.ring
+        kind = spec.merge
+        stride = 2 if kind is Merge.MSET else 1
+        write = commands.is_write(spec, argv)
+        level = self._level(client, write)
+        tokens: dict = {}
+
+        def owner_group(key: bytes):
+            token = ring.token_of(key)
+            group = tuple(n.name for n in ring.replicas(token))
+            tokens.setdefault(group, token)
+            return group
+
+        groups = merge.split_keys(argv, owner_group, stride)
+        if kind is Merge.MGET:
+            positions = [where for _, where in groups.values()]
+            total = (len(argv) - 1) // stride
+
+            def combine(parts):
+                return merge.merge_mget(parts, positions, total)
+        elif kind is Merge.SUM:
+            combine = merge.merge_sum
+        else:
+            combine = merge.merge_all_ok
+        gather = merge.Gather(len(groups), combine, slot)
+        for index, (group, (sub_argv, _)) in enumerate(groups.items()):
+            self.route(tokens[group], resp.encode_command(sub_argv), write, level, gather.part(index))
+
+    def _rack_nodes(self) -> list["RingNode"]:
+        ring = self.ring
+        return list(ring.rack_nodes(ring.local.dc, ring.local.rack))
+
+    def _one_replica(self, client, spec, argv: list[bytes], slot: Sink) -> None:
+        """DBSIZE, KEYS, SCAN, RANDOMKEY: over the nodes of the local rack, which
+        together hold one full copy of the data."""
+        nodes = self._rack_nodes()
+        name = spec.name
+        if name == b"scan":
+            target = merge.scan_target(argv[1], len(nodes))
+            if target is None:
+                slot.deliver(resp.error("ERR invalid cursor"))
+                return
+            index, node_cursor = target
+            sub = [argv[0], b"%d" % node_cursor, *argv[2:]]
+            gather = merge.Gather(1, lambda parts: merge.scan_reply(parts[0], index, len(nodes)), slot)
+            self._send_read(nodes[index], resp.encode_command(sub), gather.part(0))
+            return
+        if name == b"randomkey":
+            random.shuffle(nodes)
+            combine = merge.merge_first_non_null
+        elif name == b"keys":
+            combine = merge.merge_concat
+        else:  # dbsize
+            combine = merge.merge_sum
+        payload = resp.encode_command(argv)
+        gather = merge.Gather(len(nodes), combine, slot)
+        for index, node in enumerate(nodes):
+            self._send_read(node, payload, gather.part(index))
+
+    def _send_read(self, node: "RingNode", payload: bytes, sink: Sink) -> None:
+        """A rack-wide read: if ``node`` is down, its counterpart in another rack of
+        the DC (same tokens) answers instead."""
+        if not self.available(node):
+            ring = self.ring
+            for rack in ring.racks(ring.local.dc):
+                other = ring.owner(node.tokens[0], ring.local.dc, rack)
+                if other.tokens == node.tokens and self.available(other):
+                    node = other
+                    break
+        self._send(node, payload, sink)
+
+    def _all_replicas(self, argv: list[bytes], slot: Sink) -> None:
+        """FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: every node of every rack and DC."""
+        nodes = list(self.ring.nodes)
+        payload = resp.encode_command(argv)
+        gather = merge.Gather(len(nodes), merge.merge_all_ok, slot)
+        for index, node in enumerate(nodes):
+            self._send(node, payload, gather.part(index))

@@ -336,6 +336,31 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def peers_connected(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if the dyno node on host:port has a link up to every peer (INFO dyno's
+    peers_up == peers). A server without those fields (a stand-in) counts as ready."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$4\r\ndyno\r\n")
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return False
+                reply += chunk
+                header, _, body = reply.partition(b"\r\n")
+                if header.startswith(b"$") and len(body) >= int(header[1:]) + 2:
+                    break
+                if header[:1] in (b"-", b"+"):
+                    return True
+    except (OSError, ValueError):
+        return False
+    fields = dict(line.split(b":", 1) for line in body.split(b"\r\n") if b":" in line)
+    if b"peers" not in fields:
+        return True
+    return fields[b"peers"] == fields.get(b"peers_up")
+
+
 def log_tail(path: str | os.PathLike, lines: int = 30) -> str:
     try:
         text = Path(path).read_text(errors="replace")
@@ -570,14 +595,19 @@ class ClusterState:
         count += stop_pids([(n.redis_pid, n.redis_pid_start) for n in self.nodes], timeout)
         return count
 
-    def _wait_ready(self, pending: list[tuple[NodeState, str]], timeout: float) -> None:
-        """Wait until every (node, "redis"|"dyno") answers PING; fail fast if one exits."""
+    def _wait_ready(
+        self, pending: list[tuple[NodeState, str]], timeout: float, peers: bool = False
+    ) -> None:
+        """Wait until every (node, "redis"|"dyno") answers PING - and with ``peers``,
+        until every dyno node has its peer links up; fail fast if one exits."""
         deadline = time.monotonic() + timeout
         pending = list(pending)
         while pending:
             for node, kind in list(pending):
                 port = node.redis_port if kind == "redis" else node.port
-                if ping(node.host, port):
+                if ping(node.host, port) and (
+                    kind == "redis" or not peers or peers_connected(node.host, port)
+                ):
                     pending.remove((node, kind))
                     continue
                 alive = node.redis_alive if kind == "redis" else node.node_alive
@@ -687,7 +717,7 @@ def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float,
         state._wait_ready([(n, "redis") for n in state.nodes], timeout)
         for node in state.nodes:
             state.start_node(node.name, wait=False)
-        state._wait_ready([(n, "dyno") for n in state.nodes], timeout)
+        state._wait_ready([(n, "dyno") for n in state.nodes], timeout, peers=True)
     except BaseException:
         state.stop()
         raise

@@ -1,8 +1,9 @@
-"""A dyno node: wires the listener, the coordinator and the datastore together.
+"""A dyno node: wires the listeners, the coordinator, the ring, the peer links and
+the datastore together.
 
 The node owns every long-lived task (one nursery) and the little shared state the
 hot path needs: the list of clients with replies ready to send, and plain-integer
-counters. Stopping the node cancels the nursery: listeners close, client
+counters. Stopping the node cancels the nursery: listeners close, client and peer
 connections close, datastore connections close.
 """
 
@@ -20,6 +21,8 @@ from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
 from dyno.datastore import Datastore
+from dyno.peer import PeerLink, PeerServer
+from dyno.ring import Ring, topology_from_config
 
 log = logging.getLogger("dyno.node")
 
@@ -31,11 +34,16 @@ class Stats:
     commands: int = 0
     errors: int = 0
     connections_received: int = 0
+    replica_failures: int = 0
 
 
 class Node:
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, ring: Ring | None = None):
         self.config = config
+        self.ring = ring if ring is not None else topology_from_config(config)
+        self.peer_links = {
+            peer.name: PeerLink(self, peer) for peer in self.ring.nodes if not peer.local
+        }
         self.stats = Stats()
         self.started = time.time()
         self.clients: dict[int, ClientConnection] = {}
@@ -51,6 +59,7 @@ class Node:
         )
         self.coordinator = Coordinator(self)
         self.listener = ClientListener(self, config.listen.host, config.listen.port)
+        self.peer_server = PeerServer(self, config.dyn_listen.host, config.dyn_listen.port)
         self.nursery: trio.Nursery | None = None
 
     @property
@@ -71,14 +80,20 @@ class Node:
         """Serve until cancelled. Binding happens before ``task_status.started()``
         so a caller knows the ports are open."""
         self.listener.bind()
+        self.peer_server.bind()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self.datastore.run)
+            nursery.start_soon(self.peer_server.serve, nursery)
+            for link in self.peer_links.values():
+                nursery.start_soon(link.run)
             nursery.start_soon(self.listener.serve, nursery)
             log.info(
-                "node %s serving clients on %s:%d, datastore %s (dc %s, rack %s)",
-                self.name, self.listener.host, self.listener.port, self.datastore.address,
-                self.config.datacenter, self.config.rack,
+                "node %s serving clients on %s:%d, peers on %s:%d, datastore %s "
+                "(dc %s, rack %s, %d peers)",
+                self.name, self.listener.host, self.listener.port, self.peer_server.host,
+                self.peer_server.port, self.datastore.address, self.config.datacenter,
+                self.config.rack, len(self.peer_links),
             )
             task_status.started(self)
 
@@ -95,6 +110,7 @@ class Node:
             b"stats": {
                 "total_commands_processed": self.stats.commands,
                 "total_error_replies": self.stats.errors,
+                "replica_failures": self.stats.replica_failures,
             },
             b"dyno": {
                 "node_name": self.name,
@@ -105,6 +121,13 @@ class Node:
                 "write_consistency": config.write_consistency,
                 "datastore": self.datastore.address,
                 "datastore_up": int(self.datastore.up),
+                "peers": len(self.peer_links),
+                "peers_up": sum(link.up for link in self.peer_links.values()),
+                # Replica requests still in flight: 0 on every node means every
+                # acknowledged write has reached every replica.
+                "peer_requests_in_flight": sum(
+                    link.in_flight for link in self.peer_links.values()
+                ),
             },
         }
         out = []

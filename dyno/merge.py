@@ -1,0 +1,175 @@
+"""Splitting multi-key and fan-out requests, and merging their replies.
+
+Pure functions over argv lists and raw reply bytes, plus ``Gather``: the sink that
+waits for every part of a split request and hands the merged reply on. The
+coordinator decides *where* parts go; this module decides what they are and how
+their replies become the one reply Redis would have given.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from dyno import resp
+from dyno.datastore import Sink
+
+
+def array_items(reply: bytes) -> list[bytes]:
+    """The raw elements of an array reply (which must be complete and well-formed)."""
+    newline = reply.index(b"\r\n")
+    count = int(reply[1:newline])
+    items = []
+    pos = newline + 2
+    for _ in range(max(count, 0)):
+        end = resp.scan_reply(reply, pos)
+        items.append(reply[pos:end])
+        pos = end
+    return items
+
+
+def is_error(reply: bytes) -> bool:
+    return reply[:1] == b"-"
+
+
+def first_error(replies: Sequence[bytes]) -> bytes | None:
+    for reply in replies:
+        if reply[:1] == b"-":
+            return reply
+    return None
+
+
+# -- split ----------------------------------------------------------------------------
+
+
+def split_keys(argv: list[bytes], group_of: Callable[[bytes], object], stride: int) -> dict:
+    """Group a multi-key command's key (or key/value) arguments by owner.
+
+    Returns {group: (sub_argv, positions)} where positions are the indexes of the
+    keys in the original key list, so replies can be put back in order."""
+    groups: dict = {}
+    name = argv[:1]
+    for index, start in enumerate(range(1, len(argv), stride)):
+        key = argv[start]
+        group = group_of(key)
+        entry = groups.get(group)
+        if entry is None:
+            entry = groups[group] = (list(name), [])
+        entry[0].extend(argv[start : start + stride])
+        entry[1].append(index)
+    return groups
+
+
+# -- merge ----------------------------------------------------------------------------
+
+
+def merge_mget(parts: list[bytes], positions: list[list[int]], total: int) -> bytes:
+    """Put each part's MGET values back where their keys were."""
+    error = first_error(parts)
+    if error is not None:
+        return error
+    values: list[bytes] = [resp.NULL_BULK] * total
+    for reply, where in zip(parts, positions):
+        for index, item in zip(where, array_items(reply)):
+            values[index] = item
+    return resp.array(values)
+
+
+def merge_sum(parts: list[bytes]) -> bytes:
+    """DEL, UNLINK, EXISTS, TOUCH, DBSIZE: the integer replies added up."""
+    error = first_error(parts)
+    if error is not None:
+        return error
+    return resp.integer(sum(int(reply[1:-2]) for reply in parts))
+
+
+def merge_all_ok(parts: list[bytes]) -> bytes:
+    """MSET, FLUSHALL...: every part must agree; the first error wins."""
+    error = first_error(parts)
+    if error is not None:
+        return error
+    return parts[0]
+
+
+def merge_concat(parts: list[bytes]) -> bytes:
+    """KEYS: the arrays joined."""
+    error = first_error(parts)
+    if error is not None:
+        return error
+    items: list[bytes] = []
+    for reply in parts:
+        items += array_items(reply)
+    return resp.array(items)
+
+
+def merge_first_non_null(parts: list[bytes]) -> bytes:
+    """RANDOMKEY over the nodes of a rack."""
+    for reply in parts:
+        if reply != resp.NULL_BULK and not is_error(reply):
+            return reply
+    return first_error(parts) or resp.NULL_BULK
+
+
+# -- SCAN over the nodes of one rack --------------------------------------------------
+#
+# A cluster cursor packs (node cursor, node index): cursor = node_cursor * N + index
+# for the N nodes of one rack in ring order. Cursor 0 starts at node 0; when a node's
+# own cursor comes back 0 the scan moves to the next node; after the last node the
+# cluster cursor is 0. A stable cluster is visited exactly once per key, because
+# each node's own SCAN guarantees that for its keys and a rack's nodes hold
+# disjoint key sets.
+
+
+def scan_target(cursor: bytes, nodes: int) -> tuple[int, int] | None:
+    """(node index, node cursor) for a cluster cursor, or None if it is not a cursor."""
+    if not cursor.isdigit():
+        return None
+    value = int(cursor)
+    if value >= 2**64:
+        return None
+    return value % nodes, value // nodes
+
+
+def scan_reply(reply: bytes, index: int, nodes: int) -> bytes:
+    """Rewrite a node's SCAN reply with the cluster cursor."""
+    if is_error(reply):
+        return reply
+    cursor_reply, keys = array_items(reply)
+    node_cursor = int(cursor_reply[cursor_reply.index(b"\r\n") + 2 : -2])
+    if node_cursor:
+        cluster_cursor = node_cursor * nodes + index
+    else:
+        cluster_cursor = index + 1 if index + 1 < nodes else 0
+    return resp.array([resp.bulk(b"%d" % cluster_cursor), keys])
+
+
+class Gather:
+    """Collects the replies of the parts of one split request."""
+
+    __slots__ = ("parts", "missing", "combine", "sink")
+
+    def __init__(self, count: int, combine: Callable[[list[bytes]], bytes], sink: Sink):
+        self.parts: list = [None] * count
+        self.missing = count
+        self.combine = combine
+        self.sink = sink
+
+    def part(self, index: int) -> "GatherPart":
+        return GatherPart(self, index)
+
+    def add(self, index: int, reply: bytes) -> None:
+        if self.parts[index] is None:
+            self.parts[index] = reply
+            self.missing -= 1
+            if self.missing == 0:
+                self.sink.deliver(self.combine(self.parts))
+
+
+class GatherPart(Sink):
+    __slots__ = ("gather", "index")
+
+    def __init__(self, gather: Gather, index: int):
+        self.gather = gather
+        self.index = index
+
+    def deliver(self, reply: bytes) -> None:
+        self.gather.add(self.index, reply)

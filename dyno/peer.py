@@ -1,0 +1,368 @@
+"""Peer links: how dyno nodes talk to each other (DESIGN.md §6).
+
+Frames are msgpack arrays ``[kind, id, ...]`` written back to back on a TCP
+connection. msgpack is self-delimiting, so a reader feeds what it received to one
+``msgpack.Unpacker`` and gets every complete frame of the batch in one C call; the
+Unpacker's buffer limits stop a peer that sends garbage from making us buffer
+without bound. (DESIGN.md suggested a length prefix; it would cost a Python-level
+loop per frame and buys nothing msgpack does not already give.)
+
+    HELLO    [0, 0, {cluster, node, version, dc, rack}]   first frame each way
+    REQUEST  [1, id, flags, payload]   payload: the canonical RESP request
+    REPLY    [2, id, reply]            reply: Redis's reply bytes, relayed verbatim
+    REFUSED  [3, 0, reason]            a HELLO was refused; the connection closes
+    GOSSIP   [4, 0, digest]            membership (a later issue)
+    FAILED   [5, id, error]            the receiver could not run the request (its
+                                       Redis is down, ...): a failure, not a reply
+
+A REQUEST is run on the receiving node's own Redis, unless ``flags`` has
+``COORDINATE``: then the receiver coordinates it for its own datacenter (a write
+that crossed to a remote DC fans out there: 2 hops, as Dynomite does).
+
+Outgoing side: one ``PeerLink`` per peer; requests are pipelined and multiplexed by
+id, each with a deadline; a peer that does not answer in ``timeout`` fails those
+requests, not the node. Incoming side: ``PeerServer`` checks the HELLO (cluster
+name and protocol version; a mismatch is refused with a log line on both sides).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import msgpack
+import trio
+
+from dyno import resp
+from dyno.datastore import Sink
+from dyno.stream import ConnectionLost, accept_loop, connect, listen_socket, write_loop
+from dyno.wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from dyno.node import Node
+    from dyno.ring import RingNode
+
+log = logging.getLogger("dyno.peer")
+
+PROTOCOL_VERSION = 1
+HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
+COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
+
+RECV_SIZE = 256 * 1024
+MAX_FRAME = 600 * 1024 * 1024  # a request can carry a 512 MB value
+HELLO_TIMEOUT = 5.0
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 2.0
+
+
+def _unpacker() -> msgpack.Unpacker:
+    return msgpack.Unpacker(
+        max_buffer_size=MAX_FRAME, raw=False, strict_map_key=True,
+        max_array_len=16, max_map_len=64,
+    )
+
+
+class PeerError(Exception):
+    """A peer broke the protocol."""
+
+
+def hello_frame(node: "Node") -> bytes:
+    config = node.config
+    return msgpack.packb(
+        [HELLO, 0, {
+            "cluster": config.pool, "node": node.name, "version": PROTOCOL_VERSION,
+            "dc": config.datacenter, "rack": config.rack,
+        }]
+    )
+
+
+def check_hello(node: "Node", frame) -> str | None:
+    """The reason to refuse a HELLO frame, or None if it is acceptable."""
+    if not (isinstance(frame, list) and len(frame) == 3 and frame[0] == HELLO and isinstance(frame[2], dict)):
+        return "expected a HELLO frame"
+    hello = frame[2]
+    if hello.get("version") != PROTOCOL_VERSION:
+        return f"protocol version {hello.get('version')!r}, this node speaks {PROTOCOL_VERSION}"
+    if hello.get("cluster") != node.config.pool:
+        return f"cluster {hello.get('cluster')!r}, this node belongs to {node.config.pool!r}"
+    return None
+
+
+async def _read_frames(sock: socket.socket, unpacker: msgpack.Unpacker, broken: bytes):
+    """Wait for data and return the complete frames it finished."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise ConnectionLost(broken, f"recv failed: {exc}") from None
+        if not data:
+            raise ConnectionLost(broken, "connection closed")
+        try:
+            unpacker.feed(data)
+            frames = list(unpacker)
+        except (msgpack.UnpackException, ValueError) as exc:
+            raise PeerError(f"undecodable frame ({exc.__class__.__name__}: {exc})") from None
+        if frames:
+            return frames
+
+
+class PeerLink:
+    """The outgoing connection to one peer."""
+
+    def __init__(self, node: "Node", peer: "RingNode"):
+        self.node = node
+        self.peer = peer
+        self.up = False
+        self._out: list[bytes] = []
+        self._pending: dict[int, tuple[Sink, float]] = {}
+        self._ids = itertools.count(1)
+        self._wakeup = Wakeup()
+        self.timeout = node.config.timeout / 1000
+        address = f"{peer.host}:{peer.port}"
+        self.down_error = resp.error(f"ERR dyno: peer {peer.name} is unavailable")
+        self.broken = resp.error(
+            f"ERR dyno: connection to peer {peer.name} lost; the request may or may not have been applied"
+        )
+        self.timed_out = resp.error(
+            f"ERR dyno: peer {peer.name} timed out; the request may or may not have been applied"
+        )
+        self.address = address
+        self.sent = 0
+        self.failed = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to this peer and not yet answered."""
+        return len(self._pending)
+
+    def send(self, payload: bytes, sink: Sink, flags: int = 0) -> None:
+        if not self.up:
+            self.failed += 1
+            sink.fail(self.down_error)
+            return
+        request_id = next(self._ids)
+        self._pending[request_id] = (sink, trio.current_time() + self.timeout)
+        self._out.append(msgpack.packb([REQUEST, request_id, flags, payload]))
+        self.sent += 1
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        backoff = BACKOFF_MIN
+        logged_down = False
+        while True:
+            try:
+                sock = await connect(self.peer.host, self.peer.port)
+            except OSError as exc:
+                if not logged_down:
+                    log.warning("peer %s unreachable: %s", self.peer.name, exc.strerror or exc)
+                    logged_down = True
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            reason = self.broken
+            try:
+                unpacker = _unpacker()
+                await self._handshake(sock, unpacker)
+                backoff = BACKOFF_MIN
+                logged_down = False
+                log.info("peer %s connected", self.peer.name)
+                self.up = True
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader, sock, unpacker)
+                    nursery.start_soon(write_loop, sock, self._out, self._wakeup, self.broken)
+                    nursery.start_soon(self._watchdog)
+            except ConnectionLost as lost:
+                reason = lost.reply
+                log.warning("peer %s: %s", self.peer.name, lost)
+            except PeerError as exc:
+                log.error("peer %s: %s; disconnecting", self.peer.name, exc)
+            finally:
+                self.up = False
+                sock.close()
+                self._fail_all(reason)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _handshake(self, sock: socket.socket, unpacker: msgpack.Unpacker) -> None:
+        sock.send(hello_frame(self.node))
+        with trio.move_on_after(HELLO_TIMEOUT) as scope:
+            frames = await _read_frames(sock, unpacker, self.broken)
+        if scope.cancelled_caught:
+            raise PeerError("no HELLO reply")
+        frame = frames[0]
+        if isinstance(frame, list) and len(frame) == 3 and frame[0] == REFUSED:
+            raise PeerError(f"refused our HELLO: {frame[2]}")
+        reason = check_hello(self.node, frame)
+        if reason:
+            raise PeerError(f"bad HELLO reply: {reason}")
+        if len(frames) > 1:
+            raise PeerError("frames before the handshake completed")
+
+    async def _reader(self, sock: socket.socket, unpacker: msgpack.Unpacker) -> None:
+        pending = self._pending
+        after_batch = self.node.flush_ready
+        while True:
+            for frame in await _read_frames(sock, unpacker, self.broken):
+                try:
+                    kind, request_id, reply = frame
+                except (TypeError, ValueError):
+                    raise PeerError(f"malformed frame {frame!r:.80}") from None
+                if (kind != REPLY and kind != FAILED) or reply.__class__ is not bytes:
+                    raise PeerError(f"unexpected frame {frame!r:.80}")
+                entry = pending.pop(request_id, None)
+                if entry is None:  # it timed out already
+                    continue
+                if kind == REPLY:
+                    entry[0].deliver(reply)
+                else:
+                    self.failed += 1
+                    entry[0].fail(reply)
+            after_batch()
+
+    async def _watchdog(self) -> None:
+        """Fail requests past their deadline; the link itself stays up."""
+        pending = self._pending
+        while True:
+            await trio.sleep(self.timeout / 4)
+            now = trio.current_time()
+            expired = []
+            for request_id, (sink, deadline) in pending.items():
+                if deadline > now:
+                    break  # ids are in send order, so deadlines are too
+                expired.append(request_id)
+            for request_id in expired:
+                self.failed += 1
+                pending.pop(request_id)[0].fail(self.timed_out)
+            if expired:
+                log.warning("peer %s: %d request(s) timed out", self.peer.name, len(expired))
+                self.node.flush_ready()
+
+    def _fail_all(self, reply: bytes) -> None:
+        self._out.clear()
+        pending, self._pending = self._pending, {}
+        for sink, _ in pending.values():
+            self.failed += 1
+            sink.fail(reply)
+        self.node.flush_ready()
+
+
+class _PeerReply(Sink):
+    """Sends a reply back to the peer that asked."""
+
+    __slots__ = ("conn", "request_id")
+
+    def __init__(self, conn: "PeerConnection", request_id: int):
+        self.conn = conn
+        self.request_id = request_id
+
+    def deliver(self, reply: bytes) -> None:
+        conn = self.conn
+        if not conn.closed:
+            conn.out.append(msgpack.packb([REPLY, self.request_id, reply]))
+            conn.wakeup.set()
+
+    def fail(self, error: bytes) -> None:
+        conn = self.conn
+        if not conn.closed:
+            conn.out.append(msgpack.packb([FAILED, self.request_id, error]))
+            conn.wakeup.set()
+
+
+class PeerConnection:
+    """One incoming connection from a peer."""
+
+    def __init__(self, node: "Node", sock: socket.socket, address):
+        self.node = node
+        self.sock = sock
+        self.address = f"{address[0]}:{address[1]}"
+        self.out: list[bytes] = []
+        self.wakeup = Wakeup()
+        self.closed = False
+        self.peer_name = "?"
+
+    async def run(self) -> None:
+        sock = self.sock
+        unpacker = _unpacker()
+        broken = b""
+        try:
+            with trio.move_on_after(HELLO_TIMEOUT) as scope:
+                frames = await _read_frames(sock, unpacker, broken)
+            if scope.cancelled_caught:
+                raise PeerError("no HELLO within %.0f s" % HELLO_TIMEOUT)
+            reason = check_hello(self.node, frames[0])
+            if reason:
+                log.error("refusing peer connection from %s: %s", self.address, reason)
+                try:
+                    sock.send(msgpack.packb([REFUSED, 0, reason]))
+                except OSError:
+                    pass
+                return
+            self.peer_name = frames[0][2].get("node", "?")
+            sock.send(hello_frame(self.node))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
+                self._handle(frames[1:])
+                while True:
+                    self._handle(await _read_frames(sock, unpacker, broken))
+        except PeerError as exc:
+            log.error("peer %s (%s): %s; disconnecting", self.peer_name, self.address, exc)
+        except ConnectionLost:
+            pass
+        except OSError as exc:
+            log.warning("peer %s (%s): %s", self.peer_name, self.address, exc)
+        finally:
+            self.closed = True
+            sock.close()
+
+    def _handle(self, frames: list) -> None:
+        node = self.node
+        datastore_send = node.datastore.send
+        for frame in frames:
+            try:
+                kind, request_id, flags, payload = frame
+            except (TypeError, ValueError):
+                if isinstance(frame, list) and frame and frame[0] == GOSSIP:
+                    continue  # membership arrives in a later issue; ignore, don't drop the link
+                raise PeerError(f"malformed frame {frame!r:.80}") from None
+            if kind != REQUEST or payload.__class__ is not bytes or request_id.__class__ is not int:
+                raise PeerError(f"unexpected frame {frame!r:.80}")
+            sink = _PeerReply(self, request_id)
+            if flags & COORDINATE:
+                node.coordinator.coordinate_for_dc(payload, sink)
+            else:
+                datastore_send(payload, sink, request_id)
+
+
+class PeerServer:
+    def __init__(self, node: "Node", host: str, port: int):
+        self.node = node
+        self.host = host
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.connections: set[PeerConnection] = set()
+
+    def bind(self) -> None:
+        self.sock = listen_socket(self.host, self.port)
+        self.port = self.sock.getsockname()[1]
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        node = self.node
+
+        def on_connection(conn: socket.socket, address) -> None:
+            peer = PeerConnection(node, conn, address)
+            self.connections.add(peer)
+
+            async def run() -> None:
+                try:
+                    await peer.run()
+                finally:
+                    self.connections.discard(peer)
+
+            nursery.start_soon(run)
+
+        await accept_loop(self.sock, on_connection, log)
