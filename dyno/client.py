@@ -10,7 +10,8 @@ is ready in one ``send`` when that batch ends.
 
 Back-pressure: a client with more than ``MAX_IN_FLIGHT`` unanswered requests, or
 whose unsent replies exceed ``MAX_UNSENT`` bytes because it does not read them, is
-not read from until it catches up. Nothing is buffered without bound.
+not read from until it catches up; and no client is read from while a peer link is
+congested (``Node.congestion``). Nothing is buffered without bound.
 """
 
 from __future__ import annotations
@@ -85,12 +86,13 @@ class ClientConnection:
         sock = self.sock
         parser = resp.RequestParser()
         execute_batch = self.node.coordinator.execute_batch
+        congestion = self.node.congestion
         replies = self.replies
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 short_read = True
-                while not self.closing:
+                while not self.closing and not self.dead:
                     if short_read:
                         await trio.lowlevel.wait_readable(sock)
                     else:
@@ -115,6 +117,8 @@ class ClientConnection:
                     self.flush()
                     if len(replies) > MAX_IN_FLIGHT or self._unsent_bytes > MAX_UNSENT:
                         await self._catch_up()
+                    if congestion:
+                        await congestion.wait_clear()
                 if self.closing:
                     await self._finish()
                 nursery.cancel_scope.cancel()
@@ -128,7 +132,9 @@ class ClientConnection:
         """Back-pressure: stop reading until replies are answered and sent."""
         self._waiting = True
         try:
-            while len(self.replies) > MAX_IN_FLIGHT // 2 or self._unsent_bytes > MAX_UNSENT // 2:
+            while not self.dead and (
+                len(self.replies) > MAX_IN_FLIGHT // 2 or self._unsent_bytes > MAX_UNSENT // 2
+            ):
                 await self._caught_up.wait()
         finally:
             self._waiting = False
@@ -137,7 +143,7 @@ class ClientConnection:
         """Deliver every reply owed before closing (QUIT, protocol error)."""
         self._waiting = True
         with trio.move_on_after(CLOSE_GRACE):
-            while self.replies or self._unsent:
+            while not self.dead and (self.replies or self._unsent):
                 await self._caught_up.wait()
         self._waiting = False
 
@@ -146,7 +152,12 @@ class ClientConnection:
     def flush(self) -> None:
         """Send every reply that is ready, in order, in one write."""
         replies = self.replies
-        if not replies or replies[0].data is None or self.dead:
+        if self.dead:  # the client is gone: nothing will ever read these replies
+            replies.clear()
+            if self._waiting:
+                self._caught_up.set()
+            return
+        if not replies or replies[0].data is None:
             return
         data = replies.popleft().data
         if replies and replies[0].data is not None:
@@ -169,6 +180,7 @@ class ClientConnection:
             sent = 0
         except OSError:
             self.dead = True
+            self.replies.clear()
             return
         if sent < len(data):
             rest = memoryview(data)[sent:]

@@ -106,7 +106,8 @@ class Connection:
                         write_loop, self.sock, self._out, self._writer_wakeup, store.broken
                     )
                     nursery.start_soon(self._watchdog)
-            except ConnectionLost as lost:
+            except* ConnectionLost as group:  # a nursery wraps it in an ExceptionGroup
+                lost = group.exceptions[0]
                 reason = lost.reply
                 log.warning("datastore %s connection %d lost: %s", store.address, self.index, lost)
             finally:

@@ -27,6 +27,31 @@ from dyno.ring import Ring, topology_from_config
 log = logging.getLogger("dyno.node")
 
 
+class Congestion:
+    """The peer links that have too many unanswered requests. While any has,
+    clients are not read from (``wait_clear``), so a slow replica slows writers
+    down instead of making the node queue without bound."""
+
+    def __init__(self) -> None:
+        self.links: set = set()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def __bool__(self) -> bool:
+        return bool(self.links)
+
+    def add(self, link) -> None:
+        self.links.add(link)
+
+    def remove(self, link) -> None:
+        self.links.discard(link)
+        if not self.links:
+            self._lot.unpark_all()
+
+    async def wait_clear(self) -> None:
+        while self.links:
+            await self._lot.park()
+
+
 @dataclass
 class Stats:
     """Counters on the hot path are plain integers, read only when asked."""
@@ -47,6 +72,7 @@ class Node:
         self.stats = Stats()
         self.started = time.time()
         self.clients: dict[int, ClientConnection] = {}
+        self.congestion = Congestion()
         # Clients with at least one reply ready; flushed after each batch of replies.
         self.ready_clients: list[ClientConnection] = []
         server = config.servers[0]

@@ -51,6 +51,11 @@ HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 
 RECV_SIZE = 256 * 1024
+# Back-pressure: past HIGH_WATER unanswered requests a link makes the node stop
+# reading client requests until it is back under LOW_WATER (or its requests time
+# out). Clients slow down; no replica write is ever dropped for want of room.
+HIGH_WATER = 20_000
+LOW_WATER = 10_000
 MAX_FRAME = 600 * 1024 * 1024  # a request can carry a 512 MB value
 HELLO_TIMEOUT = 5.0
 BACKOFF_MIN = 0.05
@@ -134,6 +139,7 @@ class PeerLink:
         self.address = address
         self.sent = 0
         self.failed = 0
+        self.congested = False
 
     @property
     def in_flight(self) -> int:
@@ -146,10 +152,20 @@ class PeerLink:
             sink.fail(self.down_error)
             return
         request_id = next(self._ids)
-        self._pending[request_id] = (sink, trio.current_time() + self.timeout)
+        pending = self._pending
+        pending[request_id] = (sink, trio.current_time() + self.timeout)
         self._out.append(msgpack.packb([REQUEST, request_id, flags, payload]))
         self.sent += 1
         self._wakeup.set()
+        if len(pending) > HIGH_WATER and not self.congested:
+            self.congested = True
+            self.node.congestion.add(self)
+            log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, len(pending))
+
+    def _check_drained(self) -> None:
+        if self.congested and len(self._pending) < LOW_WATER:
+            self.congested = False
+            self.node.congestion.remove(self)
 
     async def run(self) -> None:
         backoff = BACKOFF_MIN
@@ -176,11 +192,12 @@ class PeerLink:
                     nursery.start_soon(self._reader, sock, unpacker)
                     nursery.start_soon(write_loop, sock, self._out, self._wakeup, self.broken)
                     nursery.start_soon(self._watchdog)
-            except ConnectionLost as lost:
+            except* ConnectionLost as group:  # raised alone or wrapped by the nursery
+                lost = group.exceptions[0]
                 reason = lost.reply
                 log.warning("peer %s: %s", self.peer.name, lost)
-            except PeerError as exc:
-                log.error("peer %s: %s; disconnecting", self.peer.name, exc)
+            except* PeerError as group:
+                log.error("peer %s: %s; disconnecting", self.peer.name, group.exceptions[0])
             finally:
                 self.up = False
                 sock.close()
@@ -222,6 +239,8 @@ class PeerLink:
                 else:
                     self.failed += 1
                     entry[0].fail(reply)
+            if self.congested:
+                self._check_drained()
             after_batch()
 
     async def _watchdog(self) -> None:
@@ -240,6 +259,7 @@ class PeerLink:
                 pending.pop(request_id)[0].fail(self.timed_out)
             if expired:
                 log.warning("peer %s: %d request(s) timed out", self.peer.name, len(expired))
+                self._check_drained()
                 self.node.flush_ready()
 
     def _fail_all(self, reply: bytes) -> None:
@@ -248,6 +268,7 @@ class PeerLink:
         for sink, _ in pending.values():
             self.failed += 1
             sink.fail(reply)
+        self._check_drained()
         self.node.flush_ready()
 
 
@@ -309,12 +330,14 @@ class PeerConnection:
                 self._handle(frames[1:])
                 while True:
                     self._handle(await _read_frames(sock, unpacker, broken))
-        except PeerError as exc:
-            log.error("peer %s (%s): %s; disconnecting", self.peer_name, self.address, exc)
-        except ConnectionLost:
+        except* PeerError as group:  # raised alone or wrapped by the nursery
+            log.error(
+                "peer %s (%s): %s; disconnecting", self.peer_name, self.address, group.exceptions[0]
+            )
+        except* ConnectionLost:
             pass
-        except OSError as exc:
-            log.warning("peer %s (%s): %s", self.peer_name, self.address, exc)
+        except* OSError as group:
+            log.warning("peer %s (%s): %s", self.peer_name, self.address, group.exceptions[0])
         finally:
             self.closed = True
             sock.close()

@@ -184,9 +184,7 @@ def _parse_multibulk(buffer: bytearray, pos: int) -> tuple[list[bytes], int] | N
         if newline < 0:
             if len(buffer) - pos > MAX_INLINE:
                 raise ProtocolError("too big bulk count string")
-            if buffer[pos] != 0x24:
-                raise ProtocolError("expected '$', got '%c'" % buffer[pos])
-            return None
+            return None  # Redis waits for the whole line before looking at it
         if buffer[pos] != 0x24:  # '$'
             raise ProtocolError("expected '$', got '%c'" % buffer[pos])
         size = _parse_length(bytes(buffer[pos + 1 : newline]))
