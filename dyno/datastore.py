@@ -18,6 +18,7 @@ Failure rules, which the client-facing side relies on:
 from __future__ import annotations
 
 import logging
+import socket
 from collections import deque
 from typing import Callable
 

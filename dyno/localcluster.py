@@ -654,14 +654,16 @@ def up(
     racks: int = 3,
     nodes_per_rack: int = 1,
     *,
-    timeout: float = DEFAULT_START_TIMEOUT,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
     redis_server: str = "redis-server",
     node_command: Callable[[NodeState], list[str]] | None = None,
     **kw: object,
 ) -> ClusterState:
     """Plan, configure and start a local cluster in `dir`; return once every node answers PING.
 
-    `kw` goes to `plan()` (host, base_port, read_consistency, write_consistency, any config key).
+    `kw` goes to `plan()` (host, base_port, read_consistency, write_consistency, any config key,
+    including `timeout`, the nodes' request timeout in ms; `start_timeout` is this call's deadline
+    in seconds).
     `node_command(node)` replaces `python -m dyno start --config FILE` (e.g. to run Dynomite
     itself, or a stand-in in tests).  On any failure everything started is stopped and
     ClusterError carries the tail of the failing log.
@@ -679,7 +681,7 @@ def up(
     attempts = 3 if kw.get("base_port") is None else 1
     for attempt in range(1, attempts + 1):
         try:
-            return _start(dir, dcs, racks, nodes_per_rack, timeout, redis_server, node_command, kw)
+            return _start(dir, dcs, racks, nodes_per_rack, start_timeout, redis_server, node_command, kw)
         except ClusterError as e:
             if attempt == attempts or not any(s in str(e) for s in _PORT_TAKEN):
                 raise

@@ -8,8 +8,9 @@ without bound. (DESIGN.md suggested a length prefix; it would cost a Python-leve
 loop per frame and buys nothing msgpack does not already give.)
 
     HELLO    [0, 0, {cluster, node, version, dc, rack}]   first frame each way
-    REQUEST  [1, id, flags, payload]   payload: the canonical RESP request
-    REPLY    [2, id, reply]            reply: Redis's reply bytes, relayed verbatim
+    REQUEST  [1, id, flags, payload, n]  payload: n canonical RESP requests (a client's
+                                       pipelined read travels as one frame)
+    REPLY    [2, id, replies]          replies: Redis's n replies, relayed verbatim
     REFUSED  [3, 0, reason]            a HELLO was refused; the connection closes
     GOSSIP   [4, 0, digest]            membership (a later issue)
     FAILED   [5, id, error]            the receiver could not run the request (its
@@ -140,30 +141,40 @@ class PeerLink:
         self.sent = 0
         self.failed = 0
         self.congested = False
+        self.queued = 0  # requests (not frames) sent and not yet answered
 
     @property
     def in_flight(self) -> int:
         """Requests sent to this peer and not yet answered."""
-        return len(self._pending)
+        return self.queued
 
     def send(self, payload: bytes, sink: Sink, flags: int = 0) -> None:
+        """One request; its reply goes to ``sink``."""
+        self._send(payload, sink, 1, flags)
+
+    def send_batch(self, payload: bytes, sink: Sink, flags: int = 0) -> None:
+        """``sink.count`` requests in one frame; the replies come back in one frame
+        and ``sink`` gets them all (or one failure for all)."""
+        self._send(payload, sink, sink.count, flags)
+
+    def _send(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
         if not self.up:
-            self.failed += 1
+            self.failed += count
             sink.fail(self.down_error)
             return
         request_id = next(self._ids)
-        pending = self._pending
-        pending[request_id] = (sink, trio.current_time() + self.timeout)
-        self._out.append(msgpack.packb([REQUEST, request_id, flags, payload]))
-        self.sent += 1
+        self._pending[request_id] = (sink, trio.current_time() + self.timeout, count)
+        self._out.append(msgpack.packb([REQUEST, request_id, flags, payload, count]))
+        self.sent += count
+        self.queued += count
         self._wakeup.set()
-        if len(pending) > HIGH_WATER and not self.congested:
+        if self.queued > HIGH_WATER and not self.congested:
             self.congested = True
             self.node.congestion.add(self)
-            log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, len(pending))
+            log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, self.queued)
 
     def _check_drained(self) -> None:
-        if self.congested and len(self._pending) < LOW_WATER:
+        if self.congested and self.queued < LOW_WATER:
             self.congested = False
             self.node.congestion.remove(self)
 
@@ -231,13 +242,16 @@ class PeerLink:
                     raise PeerError(f"malformed frame {frame!r:.80}") from None
                 if (kind != REPLY and kind != FAILED) or reply.__class__ is not bytes:
                     raise PeerError(f"unexpected frame {frame!r:.80}")
+                if request_id.__class__ is not int:
+                    raise PeerError(f"unexpected frame {frame!r:.80}")
                 entry = pending.pop(request_id, None)
                 if entry is None:  # it timed out already
                     continue
+                self.queued -= entry[2]
                 if kind == REPLY:
                     entry[0].deliver(reply)
                 else:
-                    self.failed += 1
+                    self.failed += entry[2]
                     entry[0].fail(reply)
             if self.congested:
                 self._check_drained()
@@ -250,13 +264,15 @@ class PeerLink:
             await trio.sleep(self.timeout / 4)
             now = trio.current_time()
             expired = []
-            for request_id, (sink, deadline) in pending.items():
+            for request_id, (_, deadline, _) in pending.items():
                 if deadline > now:
                     break  # ids are in send order, so deadlines are too
                 expired.append(request_id)
             for request_id in expired:
-                self.failed += 1
-                pending.pop(request_id)[0].fail(self.timed_out)
+                sink, _, count = pending.pop(request_id)
+                self.failed += count
+                self.queued -= count
+                sink.fail(self.timed_out)
             if expired:
                 log.warning("peer %s: %d request(s) timed out", self.peer.name, len(expired))
                 self._check_drained()
@@ -265,8 +281,9 @@ class PeerLink:
     def _fail_all(self, reply: bytes) -> None:
         self._out.clear()
         pending, self._pending = self._pending, {}
-        for sink, _ in pending.values():
-            self.failed += 1
+        self.queued = 0
+        for sink, _, count in pending.values():
+            self.failed += count
             sink.fail(reply)
         self._check_drained()
         self.node.flush_ready()
@@ -294,6 +311,42 @@ class _PeerReply(Sink):
             conn.wakeup.set()
 
 
+class _PeerBatchReply(Sink):
+    """Collects the replies of a batch frame and sends them back in one frame. The
+    datastore delivers them in order; if any request of the batch could not run,
+    the whole batch is reported FAILED (its requests may or may not have run)."""
+
+    __slots__ = ("conn", "request_id", "replies", "count", "error")
+
+    def __init__(self, conn: "PeerConnection", request_id: int, count: int):
+        self.conn = conn
+        self.request_id = request_id
+        self.replies: list[bytes] = []
+        self.count = count
+        self.error: bytes | None = None
+
+    def deliver(self, reply: bytes) -> None:
+        replies = self.replies
+        replies.append(reply)
+        if len(replies) == self.count:
+            self._done()
+
+    def fail(self, error: bytes) -> None:
+        if self.error is None:
+            self.error = error
+        self.deliver(b"")
+
+    def _done(self) -> None:
+        conn = self.conn
+        if conn.closed:
+            return
+        if self.error is None:
+            conn.out.append(msgpack.packb([REPLY, self.request_id, b"".join(self.replies)]))
+        else:
+            conn.out.append(msgpack.packb([FAILED, self.request_id, self.error]))
+        conn.wakeup.set()
+
+
 class PeerConnection:
     """One incoming connection from a peer."""
 
@@ -305,6 +358,7 @@ class PeerConnection:
         self.wakeup = Wakeup()
         self.closed = False
         self.peer_name = "?"
+        self.parser = resp.RequestParser()
 
     async def run(self) -> None:
         sock = self.sock
@@ -344,21 +398,35 @@ class PeerConnection:
 
     def _handle(self, frames: list) -> None:
         node = self.node
-        datastore_send = node.datastore.send
+        datastore = node.datastore
         for frame in frames:
             try:
-                kind, request_id, flags, payload = frame
+                kind, request_id, flags, payload, count = frame
             except (TypeError, ValueError):
                 if isinstance(frame, list) and frame and frame[0] == GOSSIP:
                     continue  # membership arrives in a later issue; ignore, don't drop the link
                 raise PeerError(f"malformed frame {frame!r:.80}") from None
-            if kind != REQUEST or payload.__class__ is not bytes or request_id.__class__ is not int:
+            if (
+                kind != REQUEST or payload.__class__ is not bytes or request_id.__class__ is not int
+                or flags.__class__ is not int or count.__class__ is not int or count < 1
+            ):
                 raise PeerError(f"unexpected frame {frame!r:.80}")
-            sink = _PeerReply(self, request_id)
-            if flags & COORDINATE:
-                node.coordinator.coordinate_for_dc(payload, sink)
+            # The payload goes to a Redis connection other clients share: it must be
+            # exactly `count` whole, canonical commands, or replies would fall out of step.
+            parser = self.parser
+            if len(parser.feed(payload)) != count or not parser.clean:
+                raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
+            if count == 1:
+                sink = _PeerReply(self, request_id)
+                if flags & COORDINATE:
+                    node.coordinator.coordinate_for_dc(payload, sink)
+                else:
+                    datastore.send(payload, sink, request_id)
+            elif flags & COORDINATE:
+                raise PeerError("a COORDINATE request must carry one command")
             else:
-                datastore_send(payload, sink, request_id)
+                collector = _PeerBatchReply(self, request_id, count)
+                datastore.send_many(payload, [collector] * count, request_id)
 
 
 class PeerServer:

@@ -701,11 +701,6 @@ def test_cluster_configs_agree_with_each_other(directory):
     assert ring.replicas(ring.token_of(b"{user1}:a")) == ring.replicas(ring.token_of(b"{user1}:b"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG dyno/localcluster.py up(): its keyword-only `timeout` (the start deadline, seconds) "
-    "takes the config key `timeout` (ms) that its docstring says goes to plan() with 'any "
-    "config key'; so cluster_factory(timeout=1000) / `up(..., timeout=1000)` silently writes "
-    "no `timeout` to the node configs (nodes keep 5000 ms) and waits up to 1000 s to start"))  # fmt: skip
 @integration
 def test_localcluster_passes_the_config_key_timeout_to_the_nodes(cluster_factory):
     cluster = cluster_factory(racks=1, nodes_per_rack=1, timeout=1000)

@@ -7,7 +7,7 @@ connection (or fail that one replica), say so in its log, and keep serving its c
 its real peers.
 
 Frames (dyno/peer.py): msgpack arrays [kind, id, ...]; HELLO [0, 0, {...}], REQUEST
-[1, id, flags, payload], REPLY [2, id, reply], REFUSED [3, 0, reason], FAILED [5, id, error].
+[1, id, flags, payload, n], REPLY [2, id, replies], REFUSED [3, 0, reason], FAILED [5, id, error].
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 import msgpack
 import pytest
 import redis
-import yaml
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -155,27 +154,14 @@ def still_serving(cluster: support.Cluster) -> None:
 # --------------------------------------------------------------------------- clusters
 
 
-def set_node_timeout(cluster: support.Cluster, milliseconds: int) -> None:
-    """Give every node the config key `timeout` and restart it. (The harness cannot pass it:
-    localcluster.up()'s own `timeout` argument, the start deadline, takes that keyword.)"""
-    for n in cluster.nodes:
-        path = Path(n.config)
-        config = yaml.safe_load(path.read_text())
-        (root,) = config
-        config[root]["timeout"] = milliseconds
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        n.restart()
-    support.wait_for(lambda: all(info_dyno(n)["peers_up"] == info_dyno(n)["peers"] for n in cluster.nodes),
-                     10, "every peer link up after the restarts", ignore=(redis.ConnectionError,))  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """3 racks x 1 node, timeout 1000 ms."""
     if support.dyno_missing():
         pytest.skip(support.dyno_missing())
-    with support.running_cluster(tmp_path_factory.mktemp("peer"), racks=3, nodes_per_rack=1) as cluster:
-        set_node_timeout(cluster, TIMEOUT_MS)
+    with support.running_cluster(
+        tmp_path_factory.mktemp("peer"), racks=3, nodes_per_rack=1, timeout=TIMEOUT_MS
+    ) as cluster:
         yield cluster
 
 
@@ -188,7 +174,7 @@ BEFORE_HELLO = {
     "resp command": b"*1\r\n$4\r\nPING\r\n",
     "msgpack map, not a frame": msgpack.packb({"hello": "world"}),
     "msgpack int": msgpack.packb(12345),
-    "request before hello": msgpack.packb([REQUEST, 1, 0, b"*1\r\n$4\r\nPING\r\n"]),
+    "request before hello": msgpack.packb([REQUEST, 1, 0, b"*1\r\n$4\r\nPING\r\n", 1]),
     "reply before hello": msgpack.packb([REPLY, 1, b"+OK\r\n"]),
     "hello with a list body": msgpack.packb([HELLO, 0, ["cluster", POOL]]),
     "hello without fields": msgpack.packb([HELLO, 0, {}]),
@@ -218,8 +204,8 @@ def test_garbage_before_hello_closes_that_connection_only(shared, garbage):
 AFTER_HELLO = {
     "undecodable bytes": b"\xc1\xc1\xc1",
     "unknown kind": msgpack.packb([9, 9]),
-    "request with a string id": msgpack.packb([REQUEST, "one", 0, b"*1\r\n$4\r\nPING\r\n"]),
-    "request with a text payload": msgpack.packb([REQUEST, 1, 0, "*1\r\n$4\r\nPING\r\n"]),
+    "request with a string id": msgpack.packb([REQUEST, "one", 0, b"*1\r\n$4\r\nPING\r\n", 1]),
+    "request with a text payload": msgpack.packb([REQUEST, 1, 0, "*1\r\n$4\r\nPING\r\n", 1]),
     "reply sent to the server side": msgpack.packb([REPLY, 1, b"+OK\r\n"]),
     "second hello": hello(),
     "not an array": msgpack.packb("hello"),
@@ -250,8 +236,8 @@ def test_a_well_formed_request_from_a_raw_peer_is_answered(shared):
     node.redis_client().set("raw-peer", "seen")
     sock = handshake(node)
     try:
-        sock.sendall(msgpack.packb([REQUEST, 41, 0, b"*2\r\n$3\r\nGET\r\n$8\r\nraw-peer\r\n"]))
-        sock.sendall(msgpack.packb([REQUEST, 42, 0, b"*1\r\n$4\r\nPING\r\n"]))
+        sock.sendall(msgpack.packb([REQUEST, 41, 0, b"*2\r\n$3\r\nGET\r\n$8\r\nraw-peer\r\n", 1]))
+        sock.sendall(msgpack.packb([REQUEST, 42, 0, b"*1\r\n$4\r\nPING\r\n", 1]))
         unpacker = msgpack.Unpacker(raw=False)
         frames: list = []
         sock.settimeout(5)
@@ -397,19 +383,15 @@ def test_a_hung_peer_fails_its_replica_within_timeout_not_the_node(shared):
     still_serving(shared)
 
 
-# --------------------------------------------------------------------------- bugs found
+# --------------------------------------------------------------------------- peers that break the protocol
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG dyno/peer.py PeerConnection._handle: REQUEST flags are not type-checked; "
-    "`flags & COORDINATE` raises TypeError for a non-integer flags field, which escapes "
-    "PeerConnection.run (only PeerError/ConnectionLost/OSError are caught) and kills the node"))  # fmt: skip
 def test_request_with_non_integer_flags_disconnects_the_peer_only(cluster_factory):
     cluster = cluster_factory(racks=3, nodes_per_rack=1)
     node = cluster.nodes[0]
     sock = handshake(node)
     try:
-        sock.sendall(msgpack.packb([REQUEST, 7, None, b"*1\r\n$4\r\nPING\r\n"]))
+        sock.sendall(msgpack.packb([REQUEST, 7, None, b"*1\r\n$4\r\nPING\r\n", 1]))
         read_until_closed(sock)
     finally:
         sock.close()
@@ -417,16 +399,12 @@ def test_request_with_non_integer_flags_disconnects_the_peer_only(cluster_factor
     still_serving(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG dyno/coordinator.py Coordinator.coordinate_for_dc: a COORDINATE request whose "
-    "payload hiredis cannot parse raises hiredis.ProtocolError out of "
-    "PeerConnection._handle and kills the node"))  # fmt: skip
 def test_coordinate_request_with_unparseable_payload_fails_that_request_only(cluster_factory):
     cluster = cluster_factory(racks=3, nodes_per_rack=1)
     node = cluster.nodes[0]
     sock = handshake(node)
     try:
-        sock.sendall(msgpack.packb([REQUEST, 7, 1, b"garbage\r\n"]))
+        sock.sendall(msgpack.packb([REQUEST, 7, 1, b"garbage\r\n", 1]))
         # A FAILED frame for request 7, or a disconnect: either is fine.
         unpacker = msgpack.Unpacker(raw=False)
         sock.settimeout(3)
@@ -442,12 +420,6 @@ def test_coordinate_request_with_unparseable_payload_fails_that_request_only(clu
     still_serving(cluster)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG dyno/peer.py PeerConnection._handle: a REQUEST payload is forwarded to the node's "
-    "Redis without checking that it is exactly one complete RESP command; an empty or "
-    "incomplete payload shifts the shared pipelined datastore connection by one reply, so "
-    "clients get other requests' replies (the raw peer receives a client's GET reply) or "
-    "time out"))  # fmt: skip
 @pytest.mark.parametrize("payload", [b"", b"*2\r\n$3\r\nGET\r\n$1\r\n"], ids=["empty", "incomplete"])
 def test_request_payload_that_is_not_one_command_does_not_disturb_clients(cluster_factory, payload):
     cluster = cluster_factory(racks=1, nodes_per_rack=1)
@@ -455,7 +427,7 @@ def test_request_payload_that_is_not_one_command_does_not_disturb_clients(cluste
     node.redis_client().mset({"a": "1", "b": "2", "c": "3"})
     sock = handshake(node)
     try:
-        sock.sendall(msgpack.packb([REQUEST, 7, 0, payload]))
+        sock.sendall(msgpack.packb([REQUEST, 7, 0, payload, 1]))
         client = node.client(single_connection_client=True, socket_timeout=1, retry=Retry(NoBackoff(), 0))
         got = []
         for key in "abc":
@@ -479,10 +451,6 @@ def test_request_payload_that_is_not_one_command_does_not_disturb_clients(cluste
     assert not [f for f in unpacker if f[0] == REPLY], "a client's reply went to the peer"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG dyno/peer.py PeerLink._reader: the id of a REPLY/FAILED frame is used as a dict key "
-    "unchecked; an unhashable id (a msgpack map or array) raises TypeError while a request "
-    "is pending, which kills the node"))  # fmt: skip
 def test_reply_with_unhashable_id_disconnects_that_peer_only(cluster_factory):
     """A node's outgoing link meets a bad peer: node3 is killed and the test listens on its
     dyn port, answers the HELLO of whichever node connects, lets it send one request,
