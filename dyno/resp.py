@@ -201,7 +201,9 @@ def _parse_multibulk(buffer: bytearray, pos: int) -> tuple[list[bytes], int] | N
 def _parse_inline(buffer: bytearray, pos: int) -> tuple[list[bytes], int] | None:
     """One inline command (``SET a b\\r\\n``) at ``pos`` (networking.c processInlineBuffer)."""
     newline = buffer.find(b"\n", pos)
-    if newline < 0:
+    # Redis looks for the newline with strchr(), which stops at a NUL byte: a NUL
+    # before the newline hides it, and Redis waits for more, up to the size limit.
+    if newline < 0 or buffer.find(b"\0", pos, newline) >= 0:
         if len(buffer) - pos > MAX_INLINE:
             raise ProtocolError("too big inline request")
         return None
@@ -220,7 +222,9 @@ _HEX = b"0123456789abcdefABCDEF"
 
 def split_args(line: bytes) -> list[bytes] | None:
     """Redis's sdssplitargs: words, "double quoted" with escapes, 'single quoted'.
-    Returns None for unbalanced quotes (or a closing quote not followed by a space)."""
+    Returns None for unbalanced quotes (or a closing quote not followed by a space).
+    Redis reads the line as a C string, so a NUL byte ends it."""
+    line = line.split(b"\0", 1)[0]  # (the caller already holds back lines with a NUL)
     args: list[bytes] = []
     i, n = 0, len(line)
     while True:
@@ -271,7 +275,7 @@ def split_args(line: bytes) -> list[bytes] | None:
                 if i >= n:
                     break
                 c = line[i]
-                if c in b" \n\r\t\v\f\0":
+                if c in b" \n\r\t\v\f":
                     break
                 if c == 0x22:
                     in_double = True

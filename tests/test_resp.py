@@ -172,3 +172,18 @@ def test_resp3_elements_are_refused(request):
     assert parser.feed(bad) == []
     assert not parser.clean
     assert parser.error == b"-ERR Protocol error: expected '$', got '+'\r\n"
+
+
+def test_nul_byte_in_an_inline_command_hides_its_newline_as_in_redis():
+    # Redis finds the newline with strchr(), which stops at the NUL: no command is
+    # seen, Redis waits for more, and past the inline limit it is a protocol error.
+    parsed, parser = parse_all([b"SET a\x00b c\r\nGET a\r\n"])
+    assert parsed == [] and parser.error is None
+    parser.feed(b"x" * resp.MAX_INLINE)
+    assert parser.error == b"-ERR Protocol error: too big inline request\r\n"
+
+
+@given(st.binary(max_size=60))
+def test_split_args_always_ends(line):
+    args = resp.split_args(line)
+    assert args is None or all(isinstance(a, bytes) for a in args)
