@@ -312,3 +312,59 @@ class QuorumTracker:
             if not candidates:
                 return False
         return True
+
+
+class LocalQuorum:
+    """DC_QUORUM / DC_SAFE_QUORUM over replicas that are all in the local DC, made
+    cheap for the case that matters on the hot path: every replica answers the same.
+
+    It only counts identical replies. At the first reply that differs, or the first
+    failure, it hands over to a full ``QuorumTracker``, replaying what it has seen,
+    so every other case is decided by the exhaustively tested general logic.
+    Same interface and same answers as ``QuorumTracker(level, [local_dc] * replicas,
+    local_dc)``; creating one costs a few attribute stores.
+    """
+
+    __slots__ = ("level", "replicas", "needed", "first", "agreeing", "general", "done", "result")
+
+    def __init__(self, level: str, replicas: int):
+        self.level = level
+        self.replicas = replicas
+        self.needed = replicas // 2 + 1
+        self.first: bytes | None = None
+        self.agreeing: list[int] = []  # replicas that answered ``first``, in order
+        self.general: QuorumTracker | None = None
+        self.done = False
+        self.result: bytes | None = None
+
+    def reply(self, index: int, data: bytes) -> bytes | None:
+        if self.general is None:
+            if self.done:
+                return None
+            first = self.first
+            if first is None or data == first:
+                self.first = data
+                agreeing = self.agreeing
+                agreeing.append(index)
+                if len(agreeing) == self.needed:
+                    self.done = True
+                    self.result = data
+                    return data
+                return None
+        return self._generally("reply", index, data)
+
+    def failure(self, index: int, error: bytes) -> bytes | None:
+        if self.general is None and self.done:
+            return None
+        return self._generally("failure", index, error)
+
+    def _generally(self, outcome: str, index: int, data: bytes) -> bytes | None:
+        general = self.general
+        if general is None:
+            general = self.general = QuorumTracker(self.level, ["local"] * self.replicas, "local")
+            for earlier in self.agreeing:
+                general.reply(earlier, self.first)
+        result = getattr(general, outcome)(index, data)
+        self.done = general.done
+        self.result = general.result
+        return result
