@@ -158,6 +158,7 @@ class Config:
     timeout: int = 5000            # ms, CONF_DEFAULT_TIMEOUT
     gos_interval: int = 1000       # ms; dyno's (Dynomite: 30000)
     enable_gossip: bool = True     # dyno's (Dynomite: false)
+    phi_convict_threshold: float = 8.0  # dyno's: failure detector (Cassandra's name)
     secure_server_option: str = "none"
     pem_key_file: str = "conf/dynomite.pem"   # PEM_KEY_FILE
     preconnect: bool = True
@@ -273,6 +274,17 @@ def _integer(minimum: int, maximum: int = _MAX_INT, *, unit: str = "",
         return value
 
     return parse_integer
+
+
+def _positive_number(value: object) -> float:
+    """A number above zero, whole or not (phi_convict_threshold: 8, 12.5)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _expected("a number above 0", value)
+    if not 0 < value < 1e9:
+        raise _Invalid(f"{value} is out of range; expected a number above 0")
+    return float(value)
 
 
 def _one_of(choices: Sequence[str]) -> Callable[[object], str]:
@@ -472,6 +484,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "timeout": _integer(1, unit="milliseconds"),
     "gos_interval": _integer(1, unit="milliseconds"),
     "enable_gossip": _boolean,
+    "phi_convict_threshold": _positive_number,
     "secure_server_option": _one_of(SECURE_SERVER_OPTIONS),
     "pem_key_file": _text,
     "preconnect": _boolean,

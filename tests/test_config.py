@@ -83,6 +83,7 @@ DEFAULTS = {
     "timeout": 5000,
     "gos_interval": 1000,
     "enable_gossip": True,
+    "phi_convict_threshold": 8.0,
     "secure_server_option": "none",
     "pem_key_file": "conf/dynomite.pem",
     "preconnect": True,
@@ -182,6 +183,7 @@ EVERY_KEY = [
     ("requirepass", "s3cret", "s3cret"),
     ("hints_dir", "/var/lib/dyno/hints", "/var/lib/dyno/hints"),
     ("flush_enabled", False, False),
+    ("phi_convict_threshold", 12.5, 12.5),
 ]
 
 
@@ -469,6 +471,8 @@ KEY_ERRORS = [
     ("preconnect", "maybe", "expected true or false, got 'maybe'"),
     ("auto_eject_hosts", None, "expected true or false, got an empty value"),
     ("flush_enabled", "no", "expected true or false, got 'no'"),
+    ("phi_convict_threshold", 0, "out of range; expected a number above 0"),
+    ("phi_convict_threshold", "high", "expected a number above 0"),
     # strings
     ("pem_key_file", 5, "expected a string, got 5; put it in quotes"),
     ("pem_key_file", "", "is empty; expected a non-empty string"),
