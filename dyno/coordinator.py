@@ -33,6 +33,7 @@ from dyno.client import ReplySlot
 from dyno.commands import Merge, Route
 from dyno.consistency import QuorumTracker
 from dyno.datastore import Sink
+from dyno.metrics import SAMPLE_EVERY, TimedSink
 
 if TYPE_CHECKING:
     from dyno.client import ClientConnection
@@ -49,25 +50,35 @@ DC_EACH_SAFE_QUORUM = "DC_EACH_SAFE_QUORUM"
 
 
 class _Replica(Sink):
-    """One replica's part in a replicated request."""
+    """One replica's part in a replicated request. A reply arriving after the
+    request was decided that differs from the decided reply is counted as a
+    replica disagreement (dyno.metrics)."""
 
-    __slots__ = ("tracker", "index", "sink", "coordinator")
+    __slots__ = ("tracker", "index", "sink", "coordinator", "level")
 
-    def __init__(self, tracker: QuorumTracker, index: int, sink: Sink, coordinator: "Coordinator"):
+    def __init__(self, tracker: QuorumTracker, index: int, sink: Sink, coordinator: "Coordinator", level: str):
         self.tracker = tracker
         self.index = index
         self.sink = sink
         self.coordinator = coordinator
+        self.level = level
 
     def deliver(self, reply: bytes) -> None:
-        result = self.tracker.reply(self.index, reply)
+        tracker = self.tracker
+        result = tracker.reply(self.index, reply)
         if result is not None:
+            if result[:1] == b"-":
+                self.coordinator.decided_error(result, self.level)
             self.sink.deliver(result)
+        elif tracker.done and reply != tracker.result:
+            self.coordinator.metrics.disagreements += 1
 
     def fail(self, error: bytes) -> None:
         self.coordinator.replica_failed(error)
         result = self.tracker.failure(self.index, error)
         if result is not None:
+            if result[:1] == b"-":
+                self.coordinator.decided_error(result, self.level)
             self.sink.deliver(result)
 
 
@@ -142,6 +153,23 @@ class Coordinator:
         self.stats = node.stats
         self.ring = node.ring
         self.links = node.peer_links
+        self.metrics = node.metrics
+        self.admin_down = node.admin_down  # the node's set, changed in place
+        # The plain path of execute_batch costs one decrement: when ``countdown``
+        # reaches 0 the batch goes to ``_execute_special`` instead, to be timed (one in
+        # SAMPLE_EVERY, dyno.metrics) or, while ``refusing``, filtered by node state.
+        self.countdown = SAMPLE_EVERY
+        self.refusing = False  # the node is in STANDBY or WRITES_ONLY (set_refusing)
+        self.sampling = False  # the current batch is timed: targets time their part
+        self.slot_class = ReplySlot  # a timed subclass while sampling
+        self._standby_error = resp.error(
+            "ERR dyno: node is in STANDBY (set by an operator on the admin port); it serves "
+            "no reads or writes until /state/normal"
+        )
+        self._writes_only_error = resp.error(
+            "ERR dyno: node is in WRITES_ONLY (set by an operator on the admin port); it "
+            "accepts writes but serves no reads until /state/normal"
+        )
         # A ring of one node: everything is the local datastore's (issue-2 fast path).
         self.solo = not self.links
         ring = self.ring
@@ -171,22 +199,36 @@ class Coordinator:
         """Run ``requests`` for ``client``; each gets a reply slot in the client's
         FIFO, in order. ``raw``, if not None, is their canonical encoding as read."""
         self.stats.commands += len(requests)
+        self.countdown -= 1
+        if not self.countdown:
+            self._execute_special(client, requests, raw)
+            return
+        Slot = self.slot_class
         if raw is not None and self.single_dc and not self.solo:
-            if self._replicate_batch(client, requests, raw):
+            if self._replicate_batch(client, requests, raw, Slot):
                 return
         replies = client.replies
         resolve = commands.resolve
+        last = None  # requests per command are counted by runs of one command
+        run = 0
         local_only: list[list[bytes]] = []  # requests the local datastore answers alone
         local_slots: list[ReplySlot] = []
         solo = self.solo
         for argv in requests:
-            slot = ReplySlot(client)
+            slot = Slot(client)
             replies.append(slot)
             spec = resolve(argv)
             if spec.__class__ is bytes:
                 raw = None
                 slot.data = self._refused(client, argv, spec)
                 continue
+            if spec is last:
+                run += 1
+            else:
+                if run:
+                    self._count(last, run)
+                last = spec
+                run = 1
             route = spec.route
             if solo and (route is _KEY or route is _MULTI_KEY or route is _ONE_REPLICA or route is _ALL_REPLICAS):
                 if route is _ALL_REPLICAS and not self._flush_allowed(spec, slot):
@@ -213,8 +255,13 @@ class Coordinator:
                     self._all_replicas(argv, slot)
             else:
                 slot.data = resp.error(f"ERR dyno: '{spec.name.decode()}' cannot be routed")
+        if run:
+            calls = self.metrics.calls
+            calls[last] = calls.get(last, 0) + run
         if not local_slots:
             return
+        if self.sampling:  # the batch's last request stands for its datastore latency
+            local_slots[-1] = TimedSink(local_slots[-1], self.metrics.datastore_latency)
         if raw is not None:
             self.datastore.send_many(raw, local_slots, client.id)
         else:
@@ -223,7 +270,7 @@ class Coordinator:
             for argv, slot in zip(local_only, local_slots):
                 send(encode(argv), slot, client.id)
 
-    def _replicate_batch(self, client, requests: list[list[bytes]], raw: bytes) -> bool:
+    def _replicate_batch(self, client, requests: list[list[bytes]], raw: bytes, Slot) -> bool:
         """The fast path (DESIGN.md §10, issue 6): a read made only of single-key
         commands that are all reads or all writes, whose keys share one replica
         set. Its bytes go as they came - once to the local Redis, once per peer
@@ -233,14 +280,19 @@ class Coordinator:
         ring = self.ring
         write = None
         group = None
+        first = None  # the batch's command, if it has only one (counted per batch)
+        mixed = False
         for argv in requests:
             spec = resolve(argv)
             if spec.__class__ is bytes or spec.route is not _KEY or spec.fixed_keys != (1,):
                 return False
             if write is None:
                 write = spec.write
+                first = spec
             elif spec.write is not write:
                 return False
+            elif spec is not first:
+                mixed = True
             if not self.uniform:
                 replicas = ring.local_replicas(ring.token_of(argv[1]))
                 if group is None:
@@ -252,8 +304,19 @@ class Coordinator:
         level = self._level(client, write)
         if level == DC_EACH_SAFE_QUORUM:
             return False
+        if level == DC_ONE and write and not self.available(group[0]):
+            return False  # the general path falls back to another rack per request
         count = len(requests)
-        slots = [ReplySlot(client) for _ in range(count)]
+        metrics = self.metrics
+        calls = metrics.calls
+        if mixed:
+            for argv in requests:
+                spec = resolve(argv)
+                calls[spec] = calls.get(spec, 0) + 1
+        else:
+            calls[first] = calls.get(first, 0) + count
+        metrics.by_level[level] += count
+        slots = [Slot(client) for _ in range(count)]
         if level == DC_ONE:
             primary = group[0]
             if not write:
@@ -261,8 +324,6 @@ class Coordinator:
                 client.replies.extend(slots)
                 self._send_batch(target, raw, slots)
                 return True
-            if not self.available(primary):
-                return False  # the general path falls back to another rack per request
             client.replies.extend(slots)
             self._send_batch(primary, raw, slots)  # the owner in this rack: maybe not us
             for replica in group[1:]:
@@ -273,20 +334,27 @@ class Coordinator:
         trackers = [QuorumTracker(level, dcs, local_dc, 0) for _ in range(count)]
         client.replies.extend(slots)
         for index, replica in enumerate(group):
-            sinks = [_Replica(t, index, slot, self) for t, slot in zip(trackers, slots)]
+            sinks = [_Replica(t, index, slot, self, level) for t, slot in zip(trackers, slots)]
             self._send_batch(replica, raw, sinks)
         return True
 
     def _send_batch(self, replica: "RingNode", payload: bytes, sinks: list[Sink]) -> None:
         if replica.local:
+            if self.sampling:  # the batch's last request stands for its latency
+                sinks = [*sinks[:-1], TimedSink(sinks[-1], self.metrics.datastore_latency)]
             self.datastore.send_many(payload, sinks)
         else:
-            self.links[replica.name].send_batch(payload, _BatchSplit(sinks))
+            split = _BatchSplit(sinks)
+            if self.sampling:
+                split = TimedSink(split, self.metrics.peer_histogram(replica.name), split.count)
+            self.links[replica.name].send_batch(payload, split)
 
     def _refused(self, client: "ClientConnection", argv: list[bytes], error: bytes) -> bytes:
         if argv[0][:12].upper() == b"DYNO_CONFIG:":
             return node_commands.dyno_config(client, argv)
         self.stats.errors += 1
+        spec = commands.lookup(argv[0]) if argv else None
+        self.metrics.count_refused(spec.name if spec is not None else b"unknown")
         return error
 
     def _flush_allowed(self, spec, slot: ReplySlot) -> bool:
@@ -312,15 +380,20 @@ class Coordinator:
             replicas = ring.replicas(token)
             for key in keys[1:]:
                 if ring.replicas(ring.token_of(key)) != replicas:
+                    self.stats.errors += 1
+                    self.metrics.count_refused(spec.name)
                     slot.deliver(self.crossslot)
                     return
-        self.route(token, payload, write, self._level(client, write), slot)
+        level = self._level(client, write)
+        self.metrics.by_level[level] += 1
+        self.route(token, payload, write, level, slot)
 
     def _level(self, client, write: bool) -> str:
         override = client.consistency_override
         if override:
             return override["write" if write else "read"]
-        return self.config.write_consistency if write else self.config.read_consistency
+        # The node's runtime levels: the admin port's /set_consistency changes them.
+        return self.node.write_consistency if write else self.node.read_consistency
 
     def route(self, token: int, payload: bytes, write: bool, level: str, sink: Sink) -> None:
         """Send one request for ``token`` to its replicas at ``level``."""
@@ -340,7 +413,7 @@ class Coordinator:
             remote = self._remote_representatives(token) if write else ()
         tracker = QuorumTracker(level, [n.dc for n in targets], ring.local.dc, 0)
         for index, replica in enumerate(targets):
-            self._send(replica, payload, _Replica(tracker, index, sink, self))
+            self._send(replica, payload, _Replica(tracker, index, sink, self, level))
         for replica in remote:
             self._send(replica, payload, _Background(self), coordinate=True)
 
@@ -370,7 +443,7 @@ class Coordinator:
         targets = ring.local_replicas(token)
         tracker = QuorumTracker(DC_ONE, [n.dc for n in targets], ring.local.dc, 0)
         for index, replica in enumerate(targets):
-            self._send(replica, payload, _Replica(tracker, index, sink, self))
+            self._send(replica, payload, _Replica(tracker, index, sink, self, DC_ONE))
 
     # -- targets --------------------------------------------------------------------
 
@@ -378,13 +451,75 @@ class Coordinator:
         if replica.local:
             return self.datastore.up
         link = self.links.get(replica.name)
-        return link is not None and link.up
+        return link is not None and link.up and not (self.admin_down and replica.name in self.admin_down)
 
     def _send(self, replica: "RingNode", payload: bytes, sink: Sink, coordinate: bool = False) -> None:
+        if self.sampling:
+            sink = TimedSink(sink, self.metrics.datastore_latency if replica.local
+                             else self.metrics.peer_histogram(replica.name))
         if replica.local:
             self.datastore.send(payload, sink)
         else:
             self.links[replica.name].send(payload, sink, 1 if coordinate else 0)
+
+    def decided_error(self, result: bytes, level: str) -> None:
+        """A replicated request was answered with an error: count quorum failures."""
+        if result.startswith(b"-ERR dyno: ") and b" not achieved" in result:
+            self.metrics.failures_by_level[level] += 1
+            if result.endswith(b"disagree\r\n"):
+                self.metrics.disagreements += 1
+
+    def _count(self, spec, run: int) -> None:
+        calls = self.metrics.calls
+        calls[spec] = calls.get(spec, 0) + run
+
+    def set_refusing(self, refusing: bool) -> None:
+        """The node entered (or left) STANDBY or WRITES_ONLY (Node.set_state)."""
+        self.refusing = refusing
+        self.countdown = 1  # the next batch goes through _execute_special
+
+    def _execute_special(self, client: "ClientConnection", requests: list[list[bytes]], raw: bytes | None) -> None:
+        """A batch off the plain path: the node refuses some requests (every batch
+        comes here while ``refusing``), or the batch is timed. Either way the work is
+        done by execute_batch again, with ``countdown`` set so that it takes the
+        plain path; ``stats.commands`` is taken back as it counts them again."""
+        self.stats.commands -= len(requests)
+        if self.refusing:
+            self._execute_restricted(client, requests)
+            self.countdown = 1
+            return
+        self.countdown = SAMPLE_EVERY + 1
+        self.slot_class = self.metrics.timed_slot
+        self.sampling = True
+        try:
+            self.execute_batch(client, requests, raw)
+        finally:
+            self.slot_class = ReplySlot
+            self.sampling = False
+
+    def _execute_restricted(self, client: "ClientConnection", requests: list[list[bytes]]) -> None:
+        """STANDBY refuses every request but those the node answers itself (PING,
+        INFO, QUIT ...); WRITES_ONLY refuses reads. What is allowed runs as usual,
+        one request at a time (an operator state is not the fast path)."""
+        from dyno.node import STANDBY
+
+        standby = self.node.state == STANDBY
+        refusal = self._standby_error if standby else self._writes_only_error
+        for argv in requests:
+            spec = commands.resolve(argv)
+            if spec.__class__ is bytes or spec.route is _LOCAL or (
+                not standby and commands.is_write(spec, argv)
+            ):
+                self.countdown = 2  # the plain path, not back here
+                self.execute_batch(client, [argv], None)
+            else:
+                self.stats.commands += 1
+                self.stats.errors += 1
+                self.metrics.state_refusals += 1
+                self.metrics.count_refused(spec.name)
+                client.replies.append(ReplySlot(client, refusal))
+            if client.closing:
+                break
 
     def replica_failed(self, error: bytes, count: int = 1) -> None:
         """Count replica requests that could not be answered; log at most once a second."""
@@ -409,6 +544,7 @@ class Coordinator:
         stride = 2 if kind is Merge.MSET else 1
         write = commands.is_write(spec, argv)
         level = self._level(client, write)
+        self.metrics.by_level[level] += 1
         tokens: dict = {}
 
         def owner_group(key: bytes):

@@ -17,14 +17,21 @@ from dataclasses import dataclass
 import trio
 
 from dyno import node_commands
+from dyno.admin import AdminServer
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
 from dyno.datastore import Datastore
+from dyno.metrics import Metrics
 from dyno.peer import PeerLink, PeerServer
 from dyno.ring import Ring, topology_from_config
 
 log = logging.getLogger("dyno.node")
+
+# Operator states (Dynomite's), set on the admin port (/state/<name>). STANDBY refuses
+# client reads and writes, WRITES_ONLY refuses reads; RESUMING serves like NORMAL.
+NORMAL, STANDBY, WRITES_ONLY, RESUMING = "NORMAL", "STANDBY", "WRITES_ONLY", "RESUMING"
+OPERATOR_STATES = (NORMAL, STANDBY, WRITES_ONLY, RESUMING)
 
 
 class Congestion:
@@ -70,6 +77,12 @@ class Node:
             peer.name: PeerLink(self, peer) for peer in self.ring.nodes if not peer.local
         }
         self.stats = Stats()
+        self.metrics = Metrics()
+        self.state = NORMAL
+        # Runtime settings the admin port changes; the coordinator reads these.
+        self.read_consistency = config.read_consistency
+        self.write_consistency = config.write_consistency
+        self.admin_down: set[str] = set()  # peers an operator marked down (not read from)
         self.started = time.time()
         self.clients: dict[int, ClientConnection] = {}
         self.congestion = Congestion()
@@ -86,6 +99,7 @@ class Node:
         self.coordinator = Coordinator(self)
         self.listener = ClientListener(self, config.listen.host, config.listen.port)
         self.peer_server = PeerServer(self, config.dyn_listen.host, config.dyn_listen.port)
+        self.admin = AdminServer(self, config.stats_listen.host, config.stats_listen.port)
         self.nursery: trio.Nursery | None = None
 
     @property
@@ -107,6 +121,7 @@ class Node:
         so a caller knows the ports are open."""
         self.listener.bind()
         self.peer_server.bind()
+        self.admin.bind()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self.datastore.run)
@@ -114,14 +129,35 @@ class Node:
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
             nursery.start_soon(self.listener.serve, nursery)
+            nursery.start_soon(self.admin.serve)
             log.info(
                 "node %s serving clients on %s:%d, peers on %s:%d, datastore %s "
-                "(dc %s, rack %s, %d peers)",
+                "(dc %s, rack %s, %d peers), admin on %s",
                 self.name, self.listener.host, self.listener.port, self.peer_server.host,
                 self.peer_server.port, self.datastore.address, self.config.datacenter,
-                self.config.rack, len(self.peer_links),
+                self.config.rack, len(self.peer_links), self.admin.address,
             )
             task_status.started(self)
+
+    def set_state(self, state: str) -> None:
+        """Change the operator state (admin port); the coordinator refuses what it must."""
+        if state not in OPERATOR_STATES:
+            raise ValueError(f"unknown node state {state!r}; expected one of {', '.join(OPERATOR_STATES)}")
+        previous, self.state = self.state, state
+        self.coordinator.set_refusing(state in (STANDBY, WRITES_ONLY))
+        log.warning("node %s: state %s -> %s (admin request)", self.name, previous, state)
+
+    def set_consistency(self, operation: str, level: str) -> None:
+        """Change the read or write consistency level at run time (admin port)."""
+        previous = getattr(self, f"{operation}_consistency")
+        setattr(self, f"{operation}_consistency", level)
+        log.warning("node %s: %s consistency %s -> %s (admin request)", self.name, operation, previous, level)
+
+    def set_peer_admin_down(self, name: str, down: bool) -> None:
+        """Mark a peer down (not chosen to answer reads) or clear the mark (admin port)."""
+        if down != (name in self.admin_down):
+            (self.admin_down.add if down else self.admin_down.discard)(name)
+            log.warning("node %s: peer %s marked %s (admin request)", self.name, name, "down" if down else "up")
 
     def stop(self) -> None:
         if self.nursery is not None:
@@ -143,8 +179,9 @@ class Node:
                 "datacenter": config.datacenter,
                 "rack": config.rack,
                 "tokens": ",".join(map(str, config.tokens)),
-                "read_consistency": config.read_consistency,
-                "write_consistency": config.write_consistency,
+                "state": self.state,
+                "read_consistency": self.read_consistency,
+                "write_consistency": self.write_consistency,
                 "datastore": self.datastore.address,
                 "datastore_up": int(self.datastore.up),
                 "peers": len(self.peer_links),

@@ -1,0 +1,483 @@
+"""The admin port (``stats_listen``, Dynomite's 22222): HTTP for operators and monitoring.
+
+What it owns: the HTTP server (h11 over trio streams: this port is not the hot path,
+so the high-level trio tools are fine here), the table of paths and their handlers,
+and the node's *cluster view* as the admin port and the CLI see it.
+
+What it must never do: slow down or stop client traffic. Handlers only read the
+node's counters and change a few plain attributes (state, consistency levels, log
+level, peers marked down); the one that talks to Redis (``/info`` asks DBSIZE) waits
+at most ``DATASTORE_TIMEOUT``. A bad request gets a 4xx with a reason, never a
+dropped node.
+
+Paths keep Dynomite's reply shapes (``/info`` JSON, ``/cluster_describe`` JSON,
+``OK`` for commands, ``Read Consistency: ...`` for ``/get_consistency``, ``State:
+...`` for ``/state/get_state``) and add ``/metrics`` (Prometheus). Unlike Dynomite,
+an unknown path is a 404 listing the paths, and a bad parameter is a 400 saying why.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Awaitable, Callable
+from urllib.parse import unquote
+
+import h11
+import trio
+
+from dyno import __version__, metrics, resp
+from dyno.consistency import LEVELS
+from dyno.datastore import Sink
+from dyno.stream import listen_socket
+
+if TYPE_CHECKING:
+    from dyno.node import Node
+
+log = logging.getLogger("dyno.admin")
+
+MAX_RECV = 16 * 1024
+IDLE_TIMEOUT = 30.0        # seconds an idle keep-alive connection is kept
+DATASTORE_TIMEOUT = 1.0    # seconds /info waits for its Redis's DBSIZE
+SAMPLE_INTERVAL = 1.0      # seconds between samples of the recent-history window
+
+# Log levels in order of verbosity: /loglevelup moves right, /logleveldown left.
+LOG_LEVELS = (logging.CRITICAL, logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _text(body: str, status: int = 200) -> Reply:
+    return Reply(status, body.encode())
+
+
+def _json(value: object, status: int = 200) -> Reply:
+    return Reply(status, (json.dumps(value, indent=1) + "\n").encode(), "application/json")
+
+
+def _bad(reason: str) -> Reply:
+    return _text(f"400 Bad Request: {reason}\n", 400)
+
+
+OK = "OK\r\n"  # Dynomite's reply to every command
+
+
+# -- the cluster view ------------------------------------------------------------------
+
+
+def cluster_view(node: "Node") -> list[dict]:
+    """Every node of the ring as this node sees it: name, host, port, dc, rack,
+    tokens, state, up, admin (its admin address when known), local.
+
+    The view's source is this one function. Until gossip membership lands, "up" is
+    the peer link's state (and not marked down by an operator), a peer's state is
+    NORMAL or DOWN, and only this node's own admin address is known; gossip fills
+    these from its digests (states, addresses) by replacing the body.
+    """
+    view = []
+    for member in node.ring.nodes:
+        if member.local:
+            up, state, admin_down = True, node.state, False
+            admin = node.admin.address
+        else:
+            link = node.peer_links.get(member.name)
+            admin_down = member.name in node.admin_down
+            up = link is not None and link.up and not admin_down
+            state = "NORMAL" if up else "DOWN"
+            admin = None
+        view.append({
+            "name": member.name, "host": member.host, "port": member.port,
+            "dc": member.dc, "rack": member.rack, "tokens": list(member.tokens),
+            "state": state, "up": up, "admin_down": admin_down, "admin": admin,
+            "local": member.local,
+        })
+    return view
+
+
+def cluster_describe(node: "Node") -> dict:
+    """Dynomite's ``/cluster_describe``: ``{dcs: [{name, racks: [{name, servers:
+    [{name, host, port, token}]}]}]}``; dyno adds each server's ``tokens`` (all of
+    them), ``state``, ``up`` and ``admin`` address (null when unknown)."""
+    dcs: dict[str, dict[str, list[dict]]] = {}
+    for entry in cluster_view(node):
+        servers = dcs.setdefault(entry["dc"], {}).setdefault(entry["rack"], [])
+        servers.append({
+            "name": entry["name"], "host": entry["host"], "port": entry["port"],
+            "token": entry["tokens"][0], "tokens": entry["tokens"], "state": entry["state"],
+            "up": entry["up"], "admin": entry["admin"],
+        })
+    return {
+        "dcs": [
+            {"name": dc, "racks": [
+                {"name": rack, "servers": sorted(servers, key=lambda s: (s["token"], s["name"]))}
+                for rack, servers in sorted(racks.items())
+            ]}
+            for dc, racks in sorted(dcs.items())
+        ]
+    }
+
+
+# -- the handlers --------------------------------------------------------------------
+
+
+class _Waiter(Sink):
+    """Receives one datastore reply for an admin request."""
+
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: bytes | None = None
+
+    def deliver(self, reply: bytes) -> None:
+        self.reply = reply
+        self.event.set()
+
+
+async def datastore_keys(node: "Node") -> int | None:
+    """DBSIZE of the node's own Redis, or None if it does not answer in time."""
+    waiter = _Waiter()
+    node.datastore.send(resp.encode_command([b"DBSIZE"]), waiter)
+    with trio.move_on_after(DATASTORE_TIMEOUT):
+        await waiter.event.wait()
+    reply = waiter.reply
+    if reply is None or reply[:1] != b":":
+        return None
+    return int(reply[1:-2])
+
+
+def _microseconds(seconds: float) -> int:
+    return int(seconds * 1_000_000)
+
+
+def _latency_summary(histogram: metrics.Histogram, counts: list[int], prefix: str = "latency") -> dict:
+    count = sum(counts)
+    mean = histogram.sum / histogram.count if histogram.count else 0.0
+    return {
+        f"{prefix}_max": _microseconds(histogram.max),
+        f"{prefix}_999th": _microseconds(metrics.percentile(counts, 0.999)),
+        f"{prefix}_99th": _microseconds(metrics.percentile(counts, 0.99)),
+        f"{prefix}_95th": _microseconds(metrics.percentile(counts, 0.95)),
+        f"{prefix}_mean": _microseconds(mean),
+        f"{prefix}_samples": count,
+    }
+
+
+async def info(server: "AdminServer") -> dict:
+    """Dynomite's ``/info`` fields (latencies in microseconds, percentiles over the
+    last minute, sampled), plus dyno's: node, state, consistency, keys, ops/s."""
+    node = server.node
+    config = node.config
+    m = node.metrics
+    stats = node.stats
+    now = time.time()
+    recent = server.window.recent_counts(m.client_latency)
+    datastore_counts = list(m.datastore_latency.counts)
+    peers = {}
+    for name in sorted(node.peer_links):
+        link = node.peer_links[name]
+        peers[name] = {
+            "dc": link.peer.dc, "rack": link.peer.rack, "up": int(link.up),
+            "admin_down": int(name in node.admin_down), "sent": link.sent,
+            "failed": link.failed, "in_flight": link.in_flight,
+            "latency_99th": _microseconds(
+                metrics.percentile(m.peer_latency[name].counts, 0.99)) if name in m.peer_latency else 0,
+        }
+    datastore = node.datastore
+    body = {
+        "service": "dyno",
+        "source": socket.gethostname(),
+        "version": __version__,
+        "uptime": int(now - node.started),
+        "timestamp": int(now),
+        "rack": config.rack,
+        "dc": config.datacenter,
+        "node": node.name,
+        "state": node.state,
+        "read_consistency": node.read_consistency,
+        "write_consistency": node.write_consistency,
+        "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        **_latency_summary(m.client_latency, recent),
+        "99_server_latency": _microseconds(metrics.percentile(datastore_counts, 0.99)),
+        "average_server_latency": _microseconds(
+            m.datastore_latency.sum / m.datastore_latency.count if m.datastore_latency.count else 0.0),
+        "keys": await datastore_keys(node),
+        "ops_per_sec": round(server.window.ops_per_sec(time.monotonic(), stats.commands), 1),
+        config.pool: {
+            "client_connections": len(node.clients),
+            "client_requests": stats.commands,
+            **{f"client_{name}_requests": count for name, count in m.by_class().items()},
+            "client_err": stats.errors,
+            "client_state_refusals": m.state_refusals,
+            "quorum_failures": m.quorum_failures(),
+            "replica_disagreements": m.disagreements,
+            "replica_failures": stats.replica_failures,
+            "requests_by_command": m.commands(),
+            "requests_by_consistency": dict(m.by_level),
+            "quorum_failures_by_consistency": dict(m.failures_by_level),
+            "peers": peers,
+            datastore.address: {
+                "up": int(datastore.up),
+                "connections": len(datastore.connections),
+                "connections_up": sum(c.up for c in datastore.connections),
+            },
+        },
+    }
+    return body
+
+
+def _help(server: "AdminServer") -> Reply:
+    return _text("".join(f"{path}\n    {what}\n" for path, what in PATHS))
+
+
+async def _info(server: "AdminServer") -> Reply:
+    return _json(await info(server))
+
+
+def _ping(server: "AdminServer") -> Reply:
+    return _text(OK)
+
+
+def _cluster_describe(server: "AdminServer") -> Reply:
+    return _json(cluster_describe(server.node))
+
+
+def _get_consistency(server: "AdminServer") -> Reply:
+    node = server.node
+    return _text(f"Read Consistency: {node.read_consistency}\r\n"
+                 f"Write Consistency: {node.write_consistency}\r\n")
+
+
+def _set_consistency(server: "AdminServer", operation: str, level: str) -> Reply:
+    node = server.node
+    if operation not in ("read", "write"):
+        return _bad(f"'{operation}' is neither read nor write (/set_consistency/<read|write>/<level>)")
+    if level.upper() not in LEVELS:
+        return _bad(f"'{level}' is not a consistency level; use one of {', '.join(LEVELS)}")
+    node.set_consistency(operation, level.upper())
+    return _text(OK)
+
+
+def _state(server: "AdminServer", name: str) -> Reply:
+    from dyno.node import OPERATOR_STATES
+
+    node = server.node
+    if name == "get_state":
+        return _text(f"State: {node.state}\n")
+    state = name.upper()
+    if state not in OPERATOR_STATES:
+        choices = ", ".join(["get_state", *(s.lower() for s in OPERATOR_STATES)])
+        return _bad(f"'{name}' is not a state; use one of {choices}")
+    node.set_state(state)
+    return _text(OK)
+
+
+def _peer(server: "AdminServer", action: str, name: str) -> Reply:
+    node = server.node
+    if action not in ("down", "up", "reset"):
+        return _bad(f"'{action}' is not a peer action; use down, up or reset (/peer/<down|up|reset>/<name>)")
+    names = sorted(node.peer_links) if name == "all" else [name]
+    unknown = [n for n in names if n not in node.peer_links]
+    if unknown:
+        known = ", ".join(sorted(node.peer_links)) or "none"
+        return _bad(f"no peer named '{unknown[0]}'; the peers are: {known} (or 'all')")
+    for peer in names:
+        node.set_peer_admin_down(peer, action == "down")
+    return _text(OK)
+
+
+def _log_level(server: "AdminServer", step: int) -> Reply:
+    root = logging.getLogger()
+    current = root.getEffectiveLevel()
+    index = min(range(len(LOG_LEVELS)), key=lambda i: abs(LOG_LEVELS[i] - current))
+    new = LOG_LEVELS[max(0, min(len(LOG_LEVELS) - 1, index + step))]
+    root.setLevel(new)
+    log.warning("node %s: log level %s -> %s (admin request)", server.node.name,
+                logging.getLevelName(current), logging.getLevelName(new))
+    return _text(OK)
+
+
+def _metrics(server: "AdminServer") -> Reply:
+    node = server.node
+    text = metrics.render_prometheus(node, cluster_view(node))
+    return Reply(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
+
+
+Handler = Callable[..., "Reply | Awaitable[Reply]"]
+
+# path -> handler, for paths without parameters
+FIXED: dict[str, Handler] = {
+    "/": _info,
+    "/info": _info,
+    "/ping": _ping,
+    "/help": _help,
+    "/cluster_describe": _cluster_describe,
+    "/get_consistency": _get_consistency,
+    "/loglevelup": lambda server: _log_level(server, +1),
+    "/logleveldown": lambda server: _log_level(server, -1),
+    "/metrics": _metrics,
+}
+# first path segment -> (handler, number of parameters, usage)
+WITH_PARAMETERS: dict[str, tuple[Handler, int, str]] = {
+    "set_consistency": (_set_consistency, 2, "/set_consistency/<read|write>/<level>"),
+    "state": (_state, 1, "/state/<get_state|standby|writes_only|resuming|normal>"),
+    "peer": (_peer, 2, "/peer/<down|up|reset>/<name>"),
+}
+PATHS = [
+    ("/info", "JSON: version, uptime, state, latency percentiles (us), request, peer and datastore counters"),
+    ("/ping", "OK when the admin port answers"),
+    ("/cluster_describe", "JSON: the ring by datacenter and rack, with tokens and up/down"),
+    ("/get_consistency", "the node's read and write consistency levels"),
+    ("/set_consistency/<read|write>/<level>", f"change a level at run time ({', '.join(LEVELS)})"),
+    ("/state/<get_state|standby|writes_only|resuming|normal>", "show or change the node state"),
+    ("/peer/<down|up|reset>/<name>", "mark a peer down for reads (up/reset: clear the mark); name or 'all'"),
+    ("/loglevelup", "log more (towards DEBUG)"),
+    ("/logleveldown", "log less (towards CRITICAL)"),
+    ("/metrics", "every counter and histogram in Prometheus text format"),
+    ("/help", "this list"),
+]
+
+
+def _not_found(path: str) -> Reply:
+    listing = "\n".join(f"  {p}" for p, _ in PATHS)
+    return _text(f"404 Not Found: no admin path {path}; the paths are:\n{listing}\n", 404)
+
+
+def route(path: str) -> tuple[Handler, tuple[str, ...]] | Reply:
+    """The handler and parameters for ``path``, or the error reply. No I/O."""
+    if path != "/" and path.endswith("/"):
+        path = path.rstrip("/")
+    handler = FIXED.get(path)
+    if handler is not None:
+        return handler, ()
+    head, _, rest = path.lstrip("/").partition("/")
+    entry = WITH_PARAMETERS.get(head)
+    if entry is None:
+        return _not_found(path)
+    handler, count, usage = entry
+    parameters = tuple(rest.split("/", count - 1)) if rest else ()
+    if len(parameters) != count or not all(parameters):
+        return _bad(f"{path} needs {count} parameter{'s' if count > 1 else ''}: {usage}")
+    return handler, parameters
+
+
+# -- the server --------------------------------------------------------------------
+
+
+class AdminServer:
+    def __init__(self, node: "Node", host: str, port: int):
+        self.node = node
+        self.host = host
+        self.port = port
+        self.sock: socket.socket | None = None
+        self.window = metrics.Window()
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def bind(self) -> None:
+        self.sock = listen_socket(self.host, self.port, backlog=64)
+        self.port = self.sock.getsockname()[1]
+
+    async def serve(self) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.sock))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sample_forever)
+            await trio.serve_listeners(self._serve_connection, [listener], handler_nursery=nursery)
+
+    async def _sample_forever(self) -> None:
+        node = self.node
+        while True:
+            self.window.sample(time.monotonic(), node.stats.commands, node.metrics.client_latency)
+            await trio.sleep(SAMPLE_INTERVAL)
+
+    async def respond(self, method: str, target: str) -> Reply:
+        path = unquote(target.split("?", 1)[0]) or "/"
+        if method not in ("GET", "HEAD"):
+            reply = _text(f"405 Method Not Allowed: the admin port answers GET only, not {method}\n", 405)
+            reply.headers.append(("Allow", "GET, HEAD"))
+            return reply
+        found = route(path)
+        if isinstance(found, Reply):
+            return found
+        handler, parameters = found
+        result = handler(self, *parameters)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                with trio.move_on_after(IDLE_TIMEOUT):
+                    request = await self._read_request(conn, stream)
+                if request is None:
+                    return
+                try:
+                    reply = await self.respond(request.method.decode("ascii", "replace"),
+                                               request.target.decode("latin-1"))
+                except Exception:  # a bug in a handler: answer 500, keep the node up
+                    log.exception("admin %s: handler failed", request.target.decode("latin-1"))
+                    reply = _text("500 Internal Server Error: see the node's log\n", 500)
+                await self._send(conn, stream, reply, head=request.method == b"HEAD")
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except h11.RemoteProtocolError as exc:
+            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                reply = _text(f"{exc.error_status_hint} Bad Request: {exc}\n", exc.error_status_hint)
+                try:
+                    await self._send(conn, stream, reply)
+                except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:  # never let one admin connection take the node down
+            log.exception("admin connection failed")
+        finally:
+            await stream.aclose()
+
+    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+        """The next request, its body (ignored) read through; None on close."""
+        request = None
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(MAX_RECV)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+
+    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, reply: Reply,
+                    head: bool = False) -> None:
+        headers = [
+            ("Content-Type", reply.content_type),
+            ("Content-Length", str(len(reply.body))),
+            ("Server", f"dyno/{__version__}"),
+            *reply.headers,
+        ]
+        reason = HTTPStatus(reply.status).phrase.encode()
+        data = conn.send(h11.Response(status_code=reply.status, headers=headers, reason=reason))
+        if not head:
+            data += conn.send(h11.Data(data=reply.body))
+        data += conn.send(h11.EndOfMessage())
+        await stream.send_all(data)

@@ -1,0 +1,352 @@
+"""Counters and latency histograms of a node, and their Prometheus text rendering.
+
+What it owns: the numbers the admin port shows (``/metrics``, ``/info``) that the
+node's plain ``Stats`` does not already hold, and the one place they are turned into
+text. What it must never do: cost the hot path anything but plain-integer work.
+
+* Counters are ints in dicts and attributes, bumped by the coordinator: per command
+  (keyed by the command table's row, so a client cannot grow the dict with made-up
+  names), per consistency level, per kind of failure. Request classes (read, write,
+  local...) are derived from the per-command counts when rendered, not counted.
+* Latency is *sampled*: one client batch in ``SAMPLE_EVERY`` gets timed reply slots
+  (client-facing latency) and timed sinks on its datastore and peer requests. An
+  unsampled batch pays one integer decrement. Histograms have fixed buckets
+  (Prometheus style); percentiles for ``/info`` are estimated from a recent window.
+* Rendering (``render_prometheus``) walks everything; it runs only when asked.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from dyno import __version__
+from dyno.client import ReplySlot
+from dyno.commands import CommandSpec, Route
+from dyno.consistency import LEVELS
+from dyno.datastore import Sink
+
+if TYPE_CHECKING:
+    from dyno.node import Node
+
+#: One client batch in this many is timed (with all its requests).
+SAMPLE_EVERY = 128
+
+#: Upper bounds (seconds) of the latency buckets; the last bucket is +Inf.
+BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+
+_perf_counter = time.perf_counter
+
+
+class Histogram:
+    """Counts of observations per bucket, their sum and their maximum."""
+
+    __slots__ = ("counts", "sum", "count", "max")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+        self.max = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(BUCKETS, seconds)] += 1
+        self.sum += seconds
+        self.count += 1
+        if seconds > self.max:
+            self.max = seconds
+
+    def snapshot(self) -> tuple[list[int], float]:
+        return list(self.counts), self.sum
+
+
+def percentile(counts: list[int], fraction: float) -> float:
+    """Estimate the ``fraction`` quantile (seconds) from bucket counts, interpolating
+    linearly inside the bucket it falls in. 0.0 when there are no observations."""
+    total = sum(counts)
+    if not total:
+        return 0.0
+    rank = fraction * total
+    seen = 0
+    for index, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low = BUCKETS[index - 1] if index else 0.0
+            high = BUCKETS[index] if index < len(BUCKETS) else BUCKETS[-1] * 2
+            return low + (high - low) * ((rank - seen) / count)
+        seen += count
+    return BUCKETS[-1] * 2
+
+
+class TimedSink(Sink):
+    """Wraps a sink of a sampled request: records how long the target took."""
+
+    __slots__ = ("sink", "histogram", "start", "count")
+
+    def __init__(self, sink: Sink, histogram: Histogram, count: int = 1):
+        self.sink = sink
+        self.histogram = histogram
+        self.start = _perf_counter()
+        self.count = count  # requests in the frame, for a batch sent to a peer
+
+    def deliver(self, reply: bytes) -> None:
+        self.histogram.observe(_perf_counter() - self.start)
+        self.sink.deliver(reply)
+
+    def fail(self, error: bytes) -> None:
+        self.histogram.observe(_perf_counter() - self.start)
+        self.sink.fail(error)
+
+
+def timed_slot_class(histogram: Histogram) -> type[ReplySlot]:
+    """A ``ReplySlot`` that records, when its reply lands, how long it took since
+    the request was handed to the coordinator (client-facing latency)."""
+
+    class TimedSlot(ReplySlot):
+        __slots__ = ("start",)
+
+        def __init__(self, client, data: bytes | None = None):
+            self.client = client
+            self.data = data
+            self.start = _perf_counter()
+
+        def deliver(self, reply: bytes) -> None:
+            histogram.observe(_perf_counter() - self.start)
+            ReplySlot.deliver(self, reply)
+
+    return TimedSlot
+
+
+class Metrics:
+    """The node's counters beyond ``Stats``; see the module docstring for the rules."""
+
+    def __init__(self) -> None:
+        self.calls: dict[CommandSpec, int] = {}       # requests per command (table row)
+        self.refused: dict[bytes, int] = {}           # errors dyno answered itself, per command
+        self.by_level: dict[str, int] = dict.fromkeys(LEVELS, 0)      # replicated requests
+        self.failures_by_level: dict[str, int] = dict.fromkeys(LEVELS, 0)  # quorum errors
+        self.disagreements = 0      # a replica answered differently from the decided reply
+        self.state_refusals = 0     # requests refused because of the node state
+        self.client_latency = Histogram()
+        self.datastore_latency = Histogram()
+        self.peer_latency: dict[str, Histogram] = {}
+        self.timed_slot = timed_slot_class(self.client_latency)
+
+    def peer_histogram(self, name: str) -> Histogram:
+        histogram = self.peer_latency.get(name)
+        if histogram is None:
+            histogram = self.peer_latency[name] = Histogram()
+        return histogram
+
+    def count_refused(self, name: bytes) -> None:
+        self.refused[name] = self.refused.get(name, 0) + 1
+
+    def quorum_failures(self) -> int:
+        return sum(self.failures_by_level.values())
+
+    def commands(self) -> dict[str, int]:
+        """Requests per command name (subcommands as ``object|encoding``)."""
+        out: dict[str, int] = {}
+        for spec, count in self.calls.items():
+            name = spec.name.decode()
+            out[name] = out.get(name, 0) + count
+        return dict(sorted(out.items()))
+
+    def by_class(self) -> dict[str, int]:
+        """Requests per class: read, write, local (answered by the node), rack
+        (fanned out over a rack: DBSIZE, KEYS, SCAN), all (every replica: FLUSHALL)."""
+        out = {"read": 0, "write": 0, "local": 0, "rack": 0, "all": 0}
+        for spec, count in self.calls.items():
+            out[request_class(spec)] += count
+        return out
+
+
+def request_class(spec: CommandSpec) -> str:
+    route = spec.route
+    if route is Route.LOCAL:
+        return "local"
+    if route is Route.ONE_REPLICA:
+        return "rack"
+    if route is Route.ALL_REPLICAS:
+        return "all"
+    return "write" if spec.write else "read"
+
+
+class Window:
+    """Recent history, sampled once a second by the admin server: rates and
+    percentiles over the last minute rather than since the node started."""
+
+    def __init__(self, seconds: int = 60):
+        self.samples: list[tuple[float, int, list[int]]] = []
+        self.seconds = seconds
+
+    def sample(self, now: float, commands: int, latency: Histogram) -> None:
+        self.samples.append((now, commands, list(latency.counts)))
+        cutoff = now - self.seconds
+        while len(self.samples) > 2 and self.samples[1][0] <= cutoff:
+            del self.samples[0]
+
+    def ops_per_sec(self, now: float, commands: int, span: float = 10.0) -> float:
+        """Commands per second over the last ``span`` seconds (or what history there is)."""
+        base = None
+        for when, count, _ in self.samples:
+            if now - when <= span:
+                base = (when, count)
+                break
+        if base is None or now - base[0] < 0.5:
+            return 0.0
+        return (commands - base[1]) / (now - base[0])
+
+    def recent_counts(self, latency: Histogram) -> list[int]:
+        """Latency bucket counts observed within the window."""
+        if not self.samples:
+            return list(latency.counts)
+        oldest = self.samples[0][2]
+        return [now - then for now, then in zip(latency.counts, oldest)]
+
+
+# -- Prometheus text format ------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: Mapping[str, object]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{key}="{_escape(str(value))}"' for key, value in labels.items()) + "}"
+
+
+class _Family:
+    def __init__(self, name: str, kind: str, help_text: str):
+        self.name = name
+        self.kind = kind
+        self.help = help_text
+        self.lines: list[str] = []
+
+    def add(self, value: float, **labels: object) -> None:
+        self.lines.append(f"{self.name}{_labels(labels)} {_number(value)}")
+
+    def histogram(self, histogram: Histogram, **labels: object) -> None:
+        cumulative = 0
+        for bound, count in zip((*BUCKETS, float("inf")), histogram.counts):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            self.lines.append(f"{self.name}_bucket{_labels({**labels, 'le': le})} {cumulative}")
+        self.lines.append(f"{self.name}_sum{_labels(labels)} {_number(histogram.sum)}")
+        self.lines.append(f"{self.name}_count{_labels(labels)} {histogram.count}")
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        yield from self.lines
+
+
+def _number(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+def render_prometheus(node: "Node", view: list[dict]) -> str:
+    """Every metric of ``node`` in the Prometheus text exposition format (0.0.4).
+    ``view`` is the node's cluster view (``dyno.admin.cluster_view``)."""
+    metrics: Metrics = node.metrics
+    stats = node.stats
+    families: list[_Family] = []
+
+    def family(name: str, kind: str, help_text: str) -> _Family:
+        f = _Family(name, kind, help_text)
+        families.append(f)
+        return f
+
+    family("dyno_info", "gauge", "Constant 1; the labels describe the node.").add(
+        1, node=node.name, dc=node.config.datacenter, rack=node.config.rack,
+        version=__version__, state=node.state,
+    )
+    family("dyno_uptime_seconds", "gauge", "Seconds since the node started.").add(
+        round(time.time() - node.started, 3))
+    states = family("dyno_node_state", "gauge", "1 for the node's current operator state.")
+    for state in _states():
+        states.add(int(node.state == state), state=state)
+    family("dyno_client_connections", "gauge", "Client connections open.").add(len(node.clients))
+    family("dyno_commands_total", "counter", "Client requests received, all commands.").add(stats.commands)
+    family("dyno_errors_total", "counter",
+           "Error replies dyno itself gave clients (refused commands).").add(stats.errors)
+
+    requests = family("dyno_requests_total", "counter",
+                      "Client requests per command (unknown and malformed ones are not included).")
+    for name, count in metrics.commands().items():
+        requests.add(count, command=name)
+    classes = family("dyno_requests_by_class_total", "counter",
+                     "Client requests per class: read, write, local, rack (over one rack), all (every replica).")
+    for name, count in metrics.by_class().items():
+        classes.add(count, **{"class": name})
+    refused = family("dyno_request_errors_total", "counter",
+                     "Requests dyno refused with an error, per command: unknown command, wrong arity, "
+                     "unsupported, CROSSSLOT, node state.")
+    for name, count in sorted(metrics.refused.items()):
+        refused.add(count, command=name.decode(errors="replace"))
+    family("dyno_state_refusals_total", "counter",
+           "Requests refused because the node is in STANDBY or WRITES_ONLY.").add(metrics.state_refusals)
+
+    levels = family("dyno_consistency_requests_total", "counter",
+                    "Replicated client requests per consistency level.")
+    for level, count in metrics.by_level.items():
+        levels.add(count, level=level)
+    failures = family("dyno_quorum_failures_total", "counter",
+                      "Requests answered with a quorum error (not achieved, replicas disagree), per level.")
+    for level, count in metrics.failures_by_level.items():
+        failures.add(count, level=level)
+    family("dyno_replica_disagreements_total", "counter",
+           "Replica replies that differed from the reply the client got.").add(metrics.disagreements)
+    family("dyno_replica_failures_total", "counter",
+           "Replica requests that failed (peer or datastore down, timed out, connection lost).").add(
+        stats.replica_failures)
+
+    client = family("dyno_request_latency_seconds", "histogram",
+                    f"Client-facing latency, from request to reply ready (1 batch in {SAMPLE_EVERY} sampled).")
+    client.histogram(metrics.client_latency)
+    datastore = family("dyno_datastore_latency_seconds", "histogram",
+                       "Latency of requests to the node's own Redis (sampled).")
+    datastore.histogram(metrics.datastore_latency, datastore=node.datastore.address)
+    peer_latency = family("dyno_peer_latency_seconds", "histogram",
+                          "Latency of requests to each peer (sampled).")
+    for name in sorted(metrics.peer_latency):
+        peer_latency.histogram(metrics.peer_latency[name], peer=name)
+
+    family("dyno_datastore_up", "gauge", "1 when a connection to the node's Redis is up.").add(
+        int(node.datastore.up), datastore=node.datastore.address)
+    link_up = family("dyno_peer_up", "gauge", "1 when the peer link is connected.")
+    sent = family("dyno_peer_requests_total", "counter", "Requests sent to each peer.")
+    failed = family("dyno_peer_failures_total", "counter", "Requests to each peer that failed.")
+    in_flight = family("dyno_peer_in_flight", "gauge", "Requests sent to each peer, not answered yet.")
+    admin_down = family("dyno_peer_admin_down", "gauge", "1 when an operator marked the peer down.")
+    for name in sorted(node.peer_links):
+        link = node.peer_links[name]
+        link_up.add(int(link.up), peer=name)
+        sent.add(link.sent, peer=name)
+        failed.add(link.failed, peer=name)
+        in_flight.add(link.in_flight, peer=name)
+        admin_down.add(int(name in node.admin_down), peer=name)
+    view_up = family("dyno_view_node_up", "gauge", "This node's view of the cluster: 1 up, 0 down.")
+    for entry in view:
+        view_up.add(int(entry["up"]), node=entry["name"], dc=entry["dc"], rack=entry["rack"])
+
+    lines: list[str] = []
+    for f in families:
+        lines.extend(f.render())
+    return "\n".join(lines) + "\n"
+
+
+def _states() -> tuple[str, ...]:
+    from dyno.node import OPERATOR_STATES  # here: dyno.node imports this module
+
+    return OPERATOR_STATES
