@@ -11,12 +11,14 @@ from dyno import __version__
 from dyno.config import ConfigError, load_config
 
 
-def _setup_logging(verbose: int, log_file: str | None) -> None:
-    level = logging.DEBUG if verbose >= 1 else logging.INFO
+def _setup_logging(verbose: int, log_file: str | None, node: str = "", level_name: str | None = None) -> None:
+    """One line per event: time, level, the node's name, the module, the message."""
+    level = logging.DEBUG if verbose >= 1 else getattr(logging, (level_name or "info").upper())
     handler: logging.Handler = (
         logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    where = f" [{node}]" if node else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s{where} %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -46,7 +48,9 @@ def main() -> None:
 )
 @click.option("--verbose", "-v", count=True, help="Log more (debug level).")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
-def start(config_path: str, verbose: int, log_file: str | None) -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              default="info", show_default=True, help="Least severe level logged (-v: debug).")
+def start(config_path: str, verbose: int, log_file: str | None, log_level: str) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM.
 
     The node serves RESP clients on `listen`, and keeps its data in the Redis
@@ -57,7 +61,7 @@ def start(config_path: str, verbose: int, log_file: str | None) -> None:
     from dyno.node import serve
 
     config = _load(config_path)
-    _setup_logging(verbose, log_file)
+    _setup_logging(verbose, log_file, config.name, log_level)
     try:
         trio.run(serve, config)
     except OSError as exc:  # e.g. the listen port is taken
@@ -111,3 +115,67 @@ def cluster_down(directory):
 
     stopped = localcluster.down(directory)
     click.echo(f"stopped {stopped} process(es)")
+
+
+# -- the operator's view (admin ports of running nodes) ---------------------------------
+
+_NODE_HELP = "A node's admin address (its stats_listen, HOST:PORT)."
+
+
+def _print_json(value) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2))
+
+
+@main.command()
+@click.option("--node", "nodes", multiple=True, metavar="HOST:PORT",
+              help=_NODE_HELP + " Default 127.0.0.1:22222. Repeat it to reach nodes whose "
+              "admin port the first one does not know.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def status(nodes: tuple[str, ...], as_json: bool) -> None:
+    """The cluster as one node sees it: DC, rack, node, tokens, state, up/down,
+    keys, ops/s and p99 latency of each node."""
+    from dyno import status as view
+
+    try:
+        result = view.gather_status(nodes or (view.DEFAULT_ADMIN,))
+    except view.StatusError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(result)
+    else:
+        view.render_status(result, view.console())
+
+
+@main.command()
+@click.option("--node", default=None, metavar="HOST:PORT", help=_NODE_HELP + " Default 127.0.0.1:22222.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def ring(node: str | None, as_json: bool) -> None:
+    """Token ownership: each node's share of its rack's ring, and a warning when a
+    rack is uneven."""
+    from dyno import status as view
+
+    try:
+        _, describe, _ = view.describe_from([node or view.DEFAULT_ADMIN])
+        result = view.ring_shares(describe)
+    except view.StatusError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        _print_json(result)
+    else:
+        view.render_ring(result, view.console())
+
+
+@main.command()
+@click.option("--nodes-per-rack", required=True, type=click.IntRange(1, 2**32), help="Nodes in each rack.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def tokens(nodes_per_rack: int, as_json: bool) -> None:
+    """Evenly spaced tokens for the nodes of a new cluster's racks."""
+    from dyno import status as view
+
+    plan = view.tokens_plan(nodes_per_rack)
+    if as_json:
+        _print_json(plan)
+    else:
+        view.render_tokens(plan, view.console())

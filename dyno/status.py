@@ -1,0 +1,260 @@
+"""What ``dyno status``, ``dyno ring`` and ``dyno tokens`` print.
+
+Each command is split in two: a function that gathers plain data (dicts and lists,
+which ``--json`` prints as they are) and a function that renders that data as a
+rich table fitting 80 columns. Gathering talks to the admin port of running nodes
+(HTTP, ``dyno.admin``) with a short time-out per request: a dead node is reported
+as such, never waited for. Nothing here runs inside a node.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from dyno.ring import MAX_TOKEN, Ring, RingError, RingNode, evenly_spaced_tokens
+
+DEFAULT_ADMIN = "127.0.0.1:22222"
+TIMEOUT = 2.0          # seconds per HTTP request
+UNEVEN = 1.2           # a rack is uneven when its largest share / smallest share exceeds this
+WIDTH = 80
+
+
+class StatusError(Exception):
+    """No node could be asked; the message says which and why."""
+
+
+def console(width: int | None = None) -> Console:
+    """A console no wider than 80 columns (narrower if the terminal is)."""
+    if width is None:
+        width = min(WIDTH, shutil.get_terminal_size((WIDTH, 24)).columns)
+    return Console(width=width, highlight=False, soft_wrap=False)
+
+
+# -- talking to admin ports ----------------------------------------------------------
+
+
+def fetch(address: str, path: str, timeout: float = TIMEOUT) -> bytes:
+    """GET ``path`` from the admin port at ``address`` (HOST:PORT); raises OSError
+    (URLError is one) when the node cannot be reached or answers an error."""
+    with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout) as response:
+        return response.read()
+
+
+def fetch_json(address: str, path: str, timeout: float = TIMEOUT) -> dict:
+    return json.loads(fetch(address, path, timeout))
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
+        return str(error.reason)
+    return str(error)
+
+
+def _reachable_address(admin: str | None, via: str) -> str | None:
+    """A node's advertised admin address, with a wildcard host (0.0.0.0, ::)
+    replaced by the host we reached its neighbour on."""
+    if not admin:
+        return None
+    host, _, port = admin.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = via.rpartition(":")[0]
+    return f"{host}:{port}"
+
+
+def describe_from(addresses: Sequence[str]) -> tuple[str, dict, list[str]]:
+    """The first node of ``addresses`` that answers /cluster_describe: (its address,
+    the description, the warnings about those that did not)."""
+    warnings = []
+    for address in addresses:
+        try:
+            return address, fetch_json(address, "/cluster_describe"), warnings
+        except (OSError, ValueError) as error:
+            warnings.append(f"{address}: {_reason(error)}")
+    tried = "; ".join(warnings)
+    raise StatusError(
+        f"no admin port answered ({tried}); give a node's stats_listen address with --node HOST:PORT"
+    )
+
+
+def _servers(describe: dict):
+    for dc in describe.get("dcs", []):
+        for rack in dc.get("racks", []):
+            for server in rack.get("servers", []):
+                yield dc["name"], rack["name"], server
+
+
+# -- dyno status ---------------------------------------------------------------------
+
+
+def gather_status(addresses: Sequence[str]) -> dict:
+    """The cluster as the first reachable node of ``addresses`` describes it, with
+    each node's own /info where its admin port is known (advertised, or one of
+    ``addresses``) and answers. Up/down is the describing node's view."""
+    source, describe, warnings = describe_from(addresses)
+    infos: dict[str, dict] = {}  # node name -> its /info
+    for address in dict.fromkeys([source, *addresses]):
+        try:
+            info = fetch_json(address, "/info")
+        except (OSError, ValueError) as error:
+            if address != source:
+                warnings.append(f"{address}: {_reason(error)}")
+            continue
+        infos.setdefault(info.get("node", address), {**info, "admin": address})
+    viewpoint = next((name for name, info in infos.items() if info["admin"] == source), None)
+    rows = []
+    for dc, rack, server in _servers(describe):
+        name = server["name"]
+        info = infos.get(name)
+        admin = _reachable_address(server.get("admin"), source)
+        if info is None and admin and server.get("up", True):
+            try:
+                info = fetch_json(admin, "/info", timeout=1.0)
+                infos[name] = {**info, "admin": admin}
+            except (OSError, ValueError) as error:
+                warnings.append(f"{name} (admin {admin}): {_reason(error)}")
+        up = bool(server.get("up", True)) or name == viewpoint
+        rows.append({
+            "dc": dc, "rack": rack, "node": name,
+            "tokens": server.get("tokens", [server.get("token")]),
+            "state": info["state"] if info else server.get("state", "UNKNOWN"),
+            "up": up,
+            "keys": info.get("keys") if info else None,
+            "ops_per_sec": info.get("ops_per_sec") if info else None,
+            "p99_ms": round(info["latency_99th"] / 1000, 3) if info and "latency_99th" in info else None,
+            "admin": info["admin"] if info else admin,
+        })
+    return {"source": source, "viewpoint": viewpoint, "nodes": rows, "warnings": warnings}
+
+
+def _unknown(value, fmt="{}") -> str:
+    return "?" if value is None else fmt.format(value)
+
+
+def render_status(status: dict, out: Console) -> None:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  title=f"dyno cluster, as {status['viewpoint'] or status['source']} sees it")
+    table.add_column("DC/rack", overflow="fold")
+    table.add_column("node", overflow="fold", min_width=15)
+    table.add_column("tokens", overflow="fold", max_width=12)
+    table.add_column("state", overflow="fold")
+    table.add_column("up", no_wrap=True)
+    table.add_column("keys", justify="right", no_wrap=True)
+    table.add_column("ops/s", justify="right", no_wrap=True)
+    table.add_column("p99 ms", justify="right", no_wrap=True)
+    for row in status["nodes"]:
+        up = "[green]UP[/]" if row["up"] else "[bold red]DOWN[/]"
+        down = not row["up"]
+        table.add_row(
+            f"{row['dc']}/{row['rack']}", row["node"], ",".join(map(str, row["tokens"])),
+            row["state"], up,
+            "-" if down else _unknown(row["keys"]),
+            "-" if down else _unknown(row["ops_per_sec"], "{:.0f}"),
+            "-" if down else _unknown(row["p99_ms"], "{:.2f}"),
+        )
+    out.print(table)
+    for warning in status["warnings"]:
+        out.print(f"warning: {warning}", style="yellow")
+    if any(row["keys"] is None and row["up"] for row in status["nodes"]):
+        out.print("?: that node's admin port is not known to the node asked (until gossip "
+                  "carries it): add --node HOST:PORT for it")
+
+
+# -- dyno ring -----------------------------------------------------------------------
+
+
+def ring_of(describe: dict) -> Ring:
+    nodes = [
+        RingNode(name=server["name"], host=server["host"], port=server["port"], dc=dc, rack=rack,
+                 tokens=tuple(server.get("tokens") or [server["token"]]))
+        for dc, rack, server in _servers(describe)
+    ]
+    if not nodes:
+        raise StatusError("the node described an empty ring")
+    try:
+        return Ring(nodes[1:], nodes[0])
+    except RingError as error:
+        raise StatusError(f"the described ring is inconsistent: {error}") from None
+
+
+def ring_shares(describe: dict) -> dict:
+    """Per rack, the share of the token space each node owns, and whether the rack
+    is uneven (largest share / smallest share > ``UNEVEN``)."""
+    ring = ring_of(describe)
+    racks = []
+    warnings = []
+    for dc in sorted(ring.dcs):
+        for rack in sorted(ring.racks(dc)):
+            shares = ring.shares(dc, rack)
+            members = {node.name: node for node in ring.rack_nodes(dc, rack)}
+            smallest, largest = min(shares.values()), max(shares.values())
+            ratio = largest / smallest if smallest else float("inf")
+            uneven = ratio > UNEVEN
+            racks.append({
+                "dc": dc, "rack": rack,
+                "nodes": [{"node": name, "tokens": list(members[name].tokens), "share": share}
+                          for name, share in shares.items()],
+                "imbalance": None if ratio == float("inf") else round(ratio, 3),
+                "uneven": uneven,
+            })
+            if uneven:
+                warnings.append(
+                    f"rack {rack} of {dc} is uneven: its largest share is "
+                    + ("infinitely" if ratio == float("inf") else f"{ratio:.2f}x")
+                    + f" its smallest (more than {UNEVEN}x); `dyno tokens --nodes-per-rack "
+                    f"{len(shares)}` gives even tokens"
+                )
+    return {"racks": racks, "warnings": warnings}
+
+
+def render_ring(shares: dict, out: Console) -> None:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
+                  title="token ownership per rack")
+    table.add_column("DC/rack", overflow="fold")
+    table.add_column("node", overflow="fold", min_width=15)
+    table.add_column("tokens", overflow="fold", max_width=24)
+    table.add_column("share", justify="right", no_wrap=True)
+    for rack in shares["racks"]:
+        for index, node in enumerate(rack["nodes"]):
+            table.add_row(
+                f"{rack['dc']}/{rack['rack']}" if index == 0 else "", node["node"],
+                ",".join(map(str, node["tokens"])), f"{node['share'] * 100:.1f}%",
+                style="yellow" if rack["uneven"] else None,
+            )
+    out.print(table)
+    for warning in shares["warnings"]:
+        out.print(f"warning: {warning}", style="bold yellow")
+    if not shares["warnings"]:
+        out.print(f"every rack is even (largest share within {UNEVEN}x of the smallest)")
+
+
+# -- dyno tokens ---------------------------------------------------------------------
+
+
+def tokens_plan(nodes_per_rack: int) -> dict:
+    tokens = evenly_spaced_tokens(nodes_per_rack)
+    return {
+        "nodes_per_rack": nodes_per_rack,
+        "tokens": tokens,
+        "share": (MAX_TOKEN + 1) // nodes_per_rack / (MAX_TOKEN + 1),
+    }
+
+
+def render_tokens(plan: dict, out: Console) -> None:
+    out.print(f"Evenly spaced tokens for {plan['nodes_per_rack']} node(s) per rack:")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("node", justify="right")
+    table.add_column("token", justify="right")
+    table.add_column("share", justify="right")
+    for index, token in enumerate(plan["tokens"], 1):
+        table.add_row(str(index), str(token), f"{plan['share'] * 100:.2f}%")
+    out.print(table)
+    out.print("Give node i of every rack token i: each rack then holds a full copy, "
+              "and a key has the same owner position in every rack.", soft_wrap=False)
