@@ -337,9 +337,9 @@ def test_placement_in_two_datacenters(cluster_factory):
 def test_set_on_one_node_get_on_every_other(c3):
     a, b, c = c3.nodes
     assert a.client().set("greeting", "hello") is True
+    settle(c3)  # DC_ONE: acknowledged by a's rack; the others follow
     assert b.client().get("greeting") == b"hello"
     assert c.client().get("greeting") == b"hello"
-    settle(c3)
     assert [redis_of(n).get("greeting") for n in c3.nodes] == [b"hello"] * 3
 
 
@@ -477,12 +477,15 @@ def test_multi_key_commands_split_per_owner_and_merge(c6):
     r = c6.nodes[0].client()
     r2 = c6.nodes[3].client()
 
-    # MSET across owners, then GET each through another node
+    # MSET across owners, then GET each through another node (of another rack: at
+    # DC_ONE a write is acknowledged by one rack, so wait for the others first)
     assert r.mset({x[0]: "x0", y[0]: "y0", x[1]: "x1", y[1]: "y1"})
+    settle(c6)
     assert [r2.get(k) for k in (x[0], y[0], x[1], y[1])] == [b"x0", b"y0", b"x1", b"y1"]
 
     # MGET keeps the order, nil for missing and wrong-type keys
     r.sadd(y[2], "member")
+    settle(c6)
     assert r2.mget(y[1], x[0], x[2], y[0], y[2], x[1], y[1]) == [b"y1", b"x0", None, b"y0", None, b"x1", b"y1"]
 
     # EXISTS / TOUCH count every argument, duplicates included; DEL / UNLINK each key once
@@ -513,8 +516,10 @@ def test_multi_key_commands_split_per_owner_and_merge(c6):
     r.sadd("{u1}:a", "a", "b")
     r.sadd("{u1}:b", "b", "c")
     assert r.sinterstore("{u1}:both", ["{u1}:a", "{u1}:b"]) == 1
+    settle(c6)
     assert r2.smembers("{u1}:both") == {b"b"}
     assert r.rename("{u1}:both", "{u1}:renamed")
+    settle(c6)
     assert r2.smembers("{u1}:renamed") == {b"b"}
     assert r2.exists("{u1}:both") == 0
     settle(c6)
