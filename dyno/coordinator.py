@@ -154,6 +154,7 @@ class Coordinator:
         self.ring = node.ring
         self.links = node.peer_links
         self.metrics = node.metrics
+        self.calls = node.metrics.calls  # requests per command
         self.admin_down = node.admin_down  # the node's set, changed in place
         # The plain path of execute_batch costs one decrement: when ``countdown``
         # reaches 0 the batch goes to ``_execute_special`` instead, to be timed (one in
@@ -256,8 +257,7 @@ class Coordinator:
             else:
                 slot.data = resp.error(f"ERR dyno: '{spec.name.decode()}' cannot be routed")
         if run:
-            calls = self.metrics.calls
-            calls[last] = calls.get(last, 0) + run
+            self.calls[last] += run
         if not local_slots:
             return
         if self.sampling:  # the batch's last request stands for its datastore latency
@@ -308,13 +308,12 @@ class Coordinator:
             return False  # the general path falls back to another rack per request
         count = len(requests)
         metrics = self.metrics
-        calls = metrics.calls
         if mixed:
+            calls = self.calls
             for argv in requests:
-                spec = resolve(argv)
-                calls[spec] = calls.get(spec, 0) + 1
+                calls[resolve(argv)] += 1
         else:
-            calls[first] = calls.get(first, 0) + count
+            self.calls[first] += count
         metrics.by_level[level] += count
         slots = [Slot(client) for _ in range(count)]
         if level == DC_ONE:
@@ -470,8 +469,7 @@ class Coordinator:
                 self.metrics.disagreements += 1
 
     def _count(self, spec, run: int) -> None:
-        calls = self.metrics.calls
-        calls[spec] = calls.get(spec, 0) + run
+        self.calls[spec] += run
 
     def set_refusing(self, refusing: bool) -> None:
         """The node entered (or left) STANDBY or WRITES_ONLY (Node.set_state)."""

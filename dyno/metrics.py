@@ -6,12 +6,16 @@ text. What it must never do: cost the hot path anything but plain-integer work.
 
 * Counters are ints in dicts and attributes, bumped by the coordinator: per command
   (keyed by the command table's row, so a client cannot grow the dict with made-up
-  names), per consistency level, per kind of failure. Request classes (read, write,
-  local...) are derived from the per-command counts when rendered, not counted.
+  names; a batch adds once per run of one command, not once per request), per
+  consistency level, per kind of failure. Request classes (read, write, local...)
+  are derived from the per-command counts when rendered, not counted.
 * Latency is *sampled*: one client batch in ``SAMPLE_EVERY`` gets timed reply slots
   (client-facing latency) and timed sinks on its datastore and peer requests. An
-  unsampled batch pays one integer decrement. Histograms have fixed buckets
+  unsampled batch pays one integer decrement for it. Histograms have fixed buckets
   (Prometheus style); percentiles for ``/info`` are estimated from a recent window.
+* Measured cost (execute_batch alone, in-process, 2-core box): about +0.12 us per
+  request at pipeline depth 1 and +0.02 us at depth 16, against ~14 us and ~2 us of
+  CPU per request for the whole node (scripts/bench.py's dyno-1).
 * Rendering (``render_prometheus``) walks everything; it runs only when asked.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -125,7 +130,7 @@ class Metrics:
     """The node's counters beyond ``Stats``; see the module docstring for the rules."""
 
     def __init__(self) -> None:
-        self.calls: dict[CommandSpec, int] = {}       # requests per command (table row)
+        self.calls: defaultdict[CommandSpec, int] = defaultdict(int)  # per command (table row)
         self.refused: dict[bytes, int] = {}           # errors dyno answered itself, per command
         self.by_level: dict[str, int] = dict.fromkeys(LEVELS, 0)      # replicated requests
         self.failures_by_level: dict[str, int] = dict.fromkeys(LEVELS, 0)  # quorum errors
