@@ -80,12 +80,14 @@ def cluster_view(node: "Node") -> list[dict]:
     """Every node of the ring as this node sees it: name, host, port, dc, rack,
     tokens, state, up, admin (its admin address when known), local.
 
-    The view's source is this one function. Until gossip membership lands, "up" is
-    the peer link's state (and not marked down by an operator), a peer's state is
-    NORMAL or DOWN, and only this node's own admin address is known; gossip fills
-    these from its digests (states, addresses) by replacing the body.
+    The view's source is this one function. "up" is what routing uses: the peer
+    link is connected, gossip judges the peer up (and it has not declared LEAVING
+    or STANDBY), and no operator marked it down. A peer's state is the one it
+    declared through gossip (NORMAL without gossip), or DOWN. Only this node's own
+    admin address is known.
     """
     view = []
+    gossip = node.gossiper.describe() if node.gossiper is not None else {}
     for member in node.ring.nodes:
         if member.local:
             up, state, admin_down = True, node.state, False
@@ -93,8 +95,11 @@ def cluster_view(node: "Node") -> list[dict]:
         else:
             link = node.peer_links.get(member.name)
             admin_down = member.name in node.admin_down
-            up = link is not None and link.up and not admin_down
-            state = "NORMAL" if up else "DOWN"
+            up = link is not None and link.usable and not admin_down
+            declared = gossip.get(member.name)
+            state = "DOWN" if not up and (declared is None or declared.state.value == "NORMAL") else (
+                declared.state.value if declared is not None else "NORMAL"
+            )
             admin = None
         view.append({
             "name": member.name, "host": member.host, "port": member.port,
@@ -223,6 +228,8 @@ async def info(server: "AdminServer") -> dict:
             "quorum_failures": m.quorum_failures(),
             "replica_disagreements": m.disagreements,
             "replica_failures": stats.replica_failures,
+            "client_bytes_in": stats.client_bytes_in,
+            "client_bytes_out": stats.client_bytes_out,
             "requests_by_command": m.commands(),
             "requests_by_consistency": dict(m.by_level),
             "quorum_failures_by_consistency": dict(m.failures_by_level),

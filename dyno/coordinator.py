@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from dyno import commands, merge, node_commands, resp
 from dyno.client import ReplySlot
 from dyno.commands import Merge, Route
-from dyno.consistency import QuorumTracker
+from dyno.consistency import LocalQuorum, QuorumTracker
 from dyno.datastore import Sink
 from dyno.metrics import SAMPLE_EVERY, TimedSink
 
@@ -80,6 +80,44 @@ class _Replica(Sink):
             if result[:1] == b"-":
                 self.coordinator.decided_error(result, self.level)
             self.sink.deliver(result)
+
+
+class _ReplicaCursor(Sink):
+    """Replica ``index``'s replies to a batch of replicated requests, in order: the
+    i-th reply goes to the i-th request's tracker. One object per replica per batch
+    (repeated in the sink list) instead of one per request and replica."""
+
+    __slots__ = ("trackers", "slots", "index", "position", "coordinator", "level")
+
+    def __init__(self, trackers: list, slots: list, index: int, coordinator: "Coordinator", level: str):
+        self.trackers = trackers
+        self.slots = slots
+        self.index = index
+        self.position = 0
+        self.coordinator = coordinator
+        self.level = level
+
+    def deliver(self, reply: bytes) -> None:
+        position = self.position
+        self.position = position + 1
+        tracker = self.trackers[position]
+        result = tracker.reply(self.index, reply)
+        if result is not None:
+            if result[:1] == b"-":
+                self.coordinator.decided_error(result, self.level)
+            self.slots[position].deliver(result)
+        elif tracker.done and reply != tracker.result:
+            self.coordinator.metrics.disagreements += 1
+
+    def fail(self, error: bytes) -> None:
+        position = self.position
+        self.position = position + 1
+        self.coordinator.replica_failed(error)
+        result = self.trackers[position].failure(self.index, error)
+        if result is not None:
+            if result[:1] == b"-":
+                self.coordinator.decided_error(result, self.level)
+            self.slots[position].deliver(result)
 
 
 class _Background(Sink):
@@ -171,15 +209,7 @@ class Coordinator:
             "ERR dyno: node is in WRITES_ONLY (set by an operator on the admin port); it "
             "accepts writes but serves no reads until /state/normal"
         )
-        # A ring of one node: everything is the local datastore's (issue-2 fast path).
-        self.solo = not self.links
-        ring = self.ring
-        # One datacenter whose racks have one node each: every key has the same
-        # replicas, so a batch needs no hashing to know where it goes.
-        self.single_dc = len(ring.dcs) == 1
-        self.uniform = self.single_dc and all(
-            len(ring.rack_nodes(ring.local.dc, rack)) == 1 for rack in ring.racks(ring.local.dc)
-        )
+        self.set_ring(node.ring)
         self._last_failure_log = 0.0
         self._failures_since_log = 0
         self.crossslot = resp.error(
@@ -328,13 +358,14 @@ class Coordinator:
             for replica in group[1:]:
                 self.links[replica.name].send_batch(raw, _BackgroundBatch(self, count))
             return True
-        dcs = [replica.dc for replica in group]
-        local_dc = ring.local.dc
-        trackers = [QuorumTracker(level, dcs, local_dc, 0) for _ in range(count)]
+        # One datacenter (this path's precondition): LocalQuorum is QuorumTracker's
+        # cheap twin for replicas that all live here.
+        replicas = len(group)
+        trackers = [LocalQuorum(level, replicas) for _ in range(count)]
         client.replies.extend(slots)
         for index, replica in enumerate(group):
-            sinks = [_Replica(t, index, slot, self, level) for t, slot in zip(trackers, slots)]
-            self._send_batch(replica, raw, sinks)
+            cursor = _ReplicaCursor(trackers, slots, index, self, level)
+            self._send_batch(replica, raw, [cursor] * count)
         return True
 
     def _send_batch(self, replica: "RingNode", payload: bytes, sinks: list[Sink]) -> None:
@@ -446,11 +477,23 @@ class Coordinator:
 
     # -- targets --------------------------------------------------------------------
 
+    def set_ring(self, ring) -> None:
+        """Route by ``ring`` from now on (at start, and when gossip changes it)."""
+        self.ring = ring
+        # A ring of one node: everything is the local datastore's (issue-2 fast path).
+        self.solo = len(ring.nodes) == 1
+        # One datacenter whose racks have one node each: every key has the same
+        # replicas, so a batch needs no hashing to know where it goes.
+        self.single_dc = len(ring.dcs) == 1
+        self.uniform = self.single_dc and all(
+            len(ring.rack_nodes(ring.local.dc, rack)) == 1 for rack in ring.racks(ring.local.dc)
+        )
+
     def available(self, replica: "RingNode") -> bool:
         if replica.local:
             return self.datastore.up
         link = self.links.get(replica.name)
-        return link is not None and link.up and not (self.admin_down and replica.name in self.admin_down)
+        return link is not None and link.usable and not (self.admin_down and replica.name in self.admin_down)
 
     def _send(self, replica: "RingNode", payload: bytes, sink: Sink, coordinate: bool = False) -> None:
         if self.sampling:

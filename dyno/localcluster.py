@@ -142,6 +142,7 @@ def plan(
     base_port: int | None = None,
     read_consistency: str = "DC_ONE",
     write_consistency: str = "DC_ONE",
+    seeds: str = "all",
     **extra_config: object,
 ) -> list[NodePlan]:
     """Plan a cluster of `dcs` datacenters x `racks` racks x `nodes_per_rack` nodes.
@@ -150,9 +151,13 @@ def plan(
     rack1..rackR (rack names repeat in every DC, as in Dynomite's examples).
     `base_port=None` picks free ports (all 4*N distinct, probed together); otherwise ports
     follow PORT_OFFSETS / NODE_PORT_STRIDE from `base_port`.
+    `seeds="all"` lists every other node in each node's dyn_seeds; `seeds="one"` only the
+    node before it (node1 lists the last one), so the ring must be learned by gossip.
     `extra_config` keys go verbatim into every node's config (e.g. hash_tag="{}",
     timeout=2000, enable_gossip=False) and override the generated ones.
     """
+    if seeds not in ("all", "one"):
+        raise ValueError(f"seeds must be 'all' or 'one', got {seeds!r}")
     for what, value in (("dcs", dcs), ("racks", racks), ("nodes_per_rack", nodes_per_rack)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{what} must be a positive integer, got {value!r}")
@@ -193,6 +198,11 @@ def plan(
                         config=tuple(config.items()),
                     )
                 )
+    if seeds == "one" and count > 1:
+        return [
+            dataclasses.replace(node, seeds=(skeleton[index - 1].seed,))
+            for index, node in enumerate(skeleton)
+        ]
     return [
         dataclasses.replace(node, seeds=tuple(other.seed for other in skeleton if other is not node))
         for node in skeleton

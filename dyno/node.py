@@ -22,9 +22,10 @@ from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
 from dyno.datastore import Datastore
+from dyno.gossip import Gossiper
 from dyno.metrics import Metrics
 from dyno.peer import PeerLink, PeerServer
-from dyno.ring import Ring, topology_from_config
+from dyno.ring import Ring, RingNode, topology_from_config
 
 log = logging.getLogger("dyno.node")
 
@@ -67,6 +68,8 @@ class Stats:
     errors: int = 0
     connections_received: int = 0
     replica_failures: int = 0
+    client_bytes_in: int = 0   # request bytes read from clients
+    client_bytes_out: int = 0  # reply bytes written to clients
 
 
 class Node:
@@ -99,6 +102,8 @@ class Node:
         self.coordinator = Coordinator(self)
         self.listener = ClientListener(self, config.listen.host, config.listen.port)
         self.peer_server = PeerServer(self, config.dyn_listen.host, config.dyn_listen.port)
+        # enable_gossip: false keeps the static ring of the config, as in Dynomite.
+        self.gossiper = Gossiper(self) if config.enable_gossip else None
         self.admin = AdminServer(self, config.stats_listen.host, config.stats_listen.port)
         self.nursery: trio.Nursery | None = None
 
@@ -116,6 +121,52 @@ class Node:
     def forget_client(self, client: ClientConnection) -> None:
         self.clients.pop(client.id, None)
 
+    # -- membership (dyno.gossip drives these) ------------------------------------------
+
+    def link_to(self, name: str) -> PeerLink | None:
+        """The link to peer ``name`` ("host:port"), created on first use: gossip
+        may come from a node that is not in the ring yet (it is joining)."""
+        link = self.peer_links.get(name)
+        if link is None and name != self.name and self.nursery is not None:
+            host, _, port = name.rpartition(":")
+            if not host or not port.isdigit():
+                return None
+            peer = RingNode(name, host.strip("[]"), int(port), "?", "?", (0,))
+            link = self.peer_links[name] = PeerLink(self, peer)
+            self.nursery.start_soon(link.run)
+        return link
+
+    def set_ring(self, ring: Ring) -> None:
+        """Route by a new ring (a node joined, or changed its tokens)."""
+        added = [n.name for n in ring.nodes if n.name not in {m.name for m in self.ring.nodes}]
+        self.ring = ring
+        for peer in ring.nodes:
+            if not peer.local:
+                self.link_to(peer.name)
+        self.coordinator.set_ring(ring)
+        if added:
+            log.info("node %s: ring now has %d nodes (added %s)", self.name, len(ring.nodes), ", ".join(added))
+
+    async def peer_links_flushed(self) -> None:
+        """Wait until every connected peer link has sent what it queued."""
+        while any(link.up and link.has_unsent for link in self.peer_links.values()):
+            await trio.sleep(0.01)
+
+    def set_judged_down(self, names: set[str]) -> None:
+        for name, link in self.peer_links.items():
+            down = name in names
+            if down != link.judged_down:
+                link.judged_down = down
+                log.warning("node %s: peer %s is %s", self.name, name, "DOWN" if down else "UP")
+
+    def peer_unreachable(self, name: str) -> None:
+        if self.gossiper is not None:
+            self.gossiper.unreachable(name)
+
+    def gossip_received(self, sender: str, message) -> None:
+        if self.gossiper is not None:
+            self.gossiper.receive(sender, message)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Binding happens before ``task_status.started()``
         so a caller knows the ports are open."""
@@ -128,6 +179,8 @@ class Node:
             nursery.start_soon(self.peer_server.serve, nursery)
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
+            if self.gossiper is not None:
+                nursery.start_soon(self.gossiper.run)
             nursery.start_soon(self.listener.serve, nursery)
             nursery.start_soon(self.admin.serve)
             log.info(
@@ -145,6 +198,8 @@ class Node:
             raise ValueError(f"unknown node state {state!r}; expected one of {', '.join(OPERATOR_STATES)}")
         previous, self.state = self.state, state
         self.coordinator.set_refusing(state in (STANDBY, WRITES_ONLY))
+        if self.gossiper is not None:  # peers route around a STANDBY node at once
+            self.gossiper.set_operator_state(state)
         log.warning("node %s: state %s -> %s (admin request)", self.name, previous, state)
 
     def set_consistency(self, operation: str, level: str) -> None:
@@ -185,7 +240,8 @@ class Node:
                 "datastore": self.datastore.address,
                 "datastore_up": int(self.datastore.up),
                 "peers": len(self.peer_links),
-                "peers_up": sum(link.up for link in self.peer_links.values()),
+                # Connected and judged up by gossip: what routing will use.
+                "peers_up": sum(link.usable for link in self.peer_links.values()),
                 # Replica requests still in flight: 0 on every node means every
                 # acknowledged write has reached every replica.
                 "peer_requests_in_flight": sum(
@@ -212,6 +268,11 @@ async def serve(config: Config) -> None:
             async def watch_signals():
                 async for signum in signals:
                     log.info("node %s: %s received, stopping", node.name, signal.Signals(signum).name)
+                    if node.gossiper is not None:
+                        # Tell the peers first, so they route around this node at once.
+                        node.gossiper.leave()
+                        with trio.move_on_after(1.0):
+                            await node.peer_links_flushed()
                     nursery.cancel_scope.cancel()
                     return
 

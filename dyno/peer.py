@@ -12,7 +12,7 @@ loop per frame and buys nothing msgpack does not already give.)
                                        pipelined read travels as one frame)
     REPLY    [2, id, replies]          replies: Redis's n replies, relayed verbatim
     REFUSED  [3, 0, reason]            a HELLO was refused; the connection closes
-    GOSSIP   [4, 0, digest]            membership (a later issue)
+    GOSSIP   [4, 0, message]           membership (dyno.membership), both ways
     FAILED   [5, id, error]            the receiver could not run the request (its
                                        Redis is down, ...): a failure, not a reply
 
@@ -142,6 +142,29 @@ class PeerLink:
         self.failed = 0
         self.congested = False
         self.queued = 0  # requests (not frames) sent and not yet answered
+        # Set by gossip when this peer is judged down or declared LEAVING/STANDBY:
+        # requests fail at once instead of waiting for the link to notice.
+        self.judged_down = False
+        self._early_gossip: list[bytes] = []  # gossip to send once connected
+
+    @property
+    def has_unsent(self) -> bool:
+        return bool(self._out)
+
+    @property
+    def usable(self) -> bool:
+        return self.up and not self.judged_down
+
+    def send_gossip(self, message) -> int:
+        """Queue a GOSSIP frame; returns its size. Before the link is up the last
+        few wait for the connection (gossip tolerates loss; it must not pile up)."""
+        frame = msgpack.packb([GOSSIP, 0, message])
+        if self.up:
+            self._out.append(frame)
+            self._wakeup.set()
+        else:
+            self._early_gossip = self._early_gossip[-3:] + [frame]
+        return len(frame)
 
     @property
     def in_flight(self) -> int:
@@ -158,7 +181,7 @@ class PeerLink:
         self._send(payload, sink, sink.count, flags)
 
     def _send(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
-        if not self.up:
+        if not self.up or self.judged_down:
             self.failed += count
             sink.fail(self.down_error)
             return
@@ -188,6 +211,7 @@ class PeerLink:
                 if not logged_down:
                     log.warning("peer %s unreachable: %s", self.peer.name, exc.strerror or exc)
                     logged_down = True
+                self.node.peer_unreachable(self.peer.name)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
@@ -199,6 +223,9 @@ class PeerLink:
                 logged_down = False
                 log.info("peer %s connected", self.peer.name)
                 self.up = True
+                if self._early_gossip:
+                    self._out.extend(self._early_gossip)
+                    self._early_gossip = []
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, sock, unpacker)
                     nursery.start_soon(write_loop, sock, self._out, self._wakeup, self.broken)
@@ -210,9 +237,11 @@ class PeerLink:
             except* PeerError as group:
                 log.error("peer %s: %s; disconnecting", self.peer.name, group.exceptions[0])
             finally:
-                self.up = False
+                was_up, self.up = self.up, False
                 sock.close()
                 self._fail_all(reason)
+                if was_up:
+                    self.node.peer_unreachable(self.peer.name)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
@@ -400,11 +429,12 @@ class PeerConnection:
         node = self.node
         datastore = node.datastore
         for frame in frames:
+            if frame.__class__ is list and len(frame) == 3 and frame[0] == GOSSIP:
+                node.gossip_received(self.peer_name, frame[2])
+                continue
             try:
                 kind, request_id, flags, payload, count = frame
             except (TypeError, ValueError):
-                if isinstance(frame, list) and frame and frame[0] == GOSSIP:
-                    continue  # membership arrives in a later issue; ignore, don't drop the link
                 raise PeerError(f"malformed frame {frame!r:.80}") from None
             if (
                 kind != REQUEST or payload.__class__ is not bytes or request_id.__class__ is not int

@@ -1,0 +1,174 @@
+"""Gossip on real processes (issue 4): nodes learn the ring from one seed, a killed
+node is routed around within the detection bound and no acknowledged write is lost,
+a restarted node is routed to again, and a node joins a running cluster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+import support
+from dyno.ring import murmur
+
+pytestmark = pytest.mark.integration
+
+GOS_INTERVAL_MS = 1000
+DETECTION_BOUND = 5 * GOS_INTERVAL_MS / 1000  # issue 4: DOWN everywhere within 5 intervals
+RETURN_BOUND = 3 * GOS_INTERVAL_MS / 1000     # ... and UP again within 3 intervals
+LOAD_SECONDS = float(os.environ.get("DYNO_GOSSIP_LOAD_SECONDS", "20"))
+
+
+def info_dyno(node_or_client) -> dict[str, str]:
+    client = node_or_client.client() if hasattr(node_or_client, "client") else node_or_client
+    return {k: str(v) for k, v in client.info("dyno").items()}
+
+
+def ring_complete(node, peers: int) -> bool:
+    info = info_dyno(node)
+    return info["peers"] == str(peers) and info["peers_up"] == str(peers)
+
+
+def test_nodes_seeded_with_one_other_learn_the_whole_ring(cluster_factory):
+    cluster = cluster_factory(racks=3, seeds="one", gos_interval=GOS_INTERVAL_MS)
+    support.wait_for(lambda: all(ring_complete(n, 2) for n in cluster.nodes), 10 * DETECTION_BOUND,
+                     "every node knows and reaches both others", ignore=(redis.ConnectionError,))  # fmt: skip
+    first, *others = cluster.nodes
+    first.client().set("learned", "yes")
+    for node in others:  # replicated to racks the writer learned by gossip only
+        support.wait_for(lambda: node.redis_client().get("learned") == b"yes", 5, f"the write on {node}")
+
+
+def test_killed_node_is_routed_around_and_no_acknowledged_write_is_lost(cluster_factory):
+    cluster = cluster_factory(racks=3, seeds="one", gos_interval=GOS_INTERVAL_MS, timeout=2000)
+    writer_node, reader_node, victim = cluster.nodes
+    support.wait_for(lambda: all(ring_complete(n, 2) for n in cluster.nodes), 10 * DETECTION_BOUND,
+                     "a complete ring", ignore=(redis.ConnectionError,))  # fmt: skip
+
+    acknowledged: list[str] = []
+    errors: list[tuple[float, str]] = []
+    reads = [0]
+    stop = threading.Event()
+
+    def write() -> None:
+        client = writer_node.client(socket_timeout=10)
+        client.execute_command("DYNO_CONFIG:CONN_CONSISTENCY", "DC_QUORUM")
+        i = 0
+        while not stop.is_set():
+            key = f"w:{i}"
+            try:
+                client.set(key, i)
+                acknowledged.append(key)
+            except redis.RedisError as exc:
+                errors.append((time.monotonic(), f"SET {key}: {exc}"))
+            i += 1
+
+    def read() -> None:
+        client = reader_node.client(socket_timeout=10)  # DC_ONE, the node's default
+        while not stop.is_set():
+            if not acknowledged:
+                continue
+            key = acknowledged[-1]
+            try:
+                client.get(key)
+                reads[0] += 1
+            except redis.RedisError as exc:
+                errors.append((time.monotonic(), f"GET {key}: {exc}"))
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    try:
+        support.wait_for(lambda: len(acknowledged) > 100, 10, "writes flowing")
+        time.sleep(LOAD_SECONDS / 4)  # load before the kill (a duration, not a synchronisation)
+        victim.kill()
+        killed_at = time.monotonic()
+        support.wait_for(lambda: not ring_complete(writer_node, 2) and not ring_complete(reader_node, 2),
+                         DETECTION_BOUND, "the killed node seen as down by both survivors")  # fmt: skip
+        detected_after = time.monotonic() - killed_at
+        time.sleep(LOAD_SECONDS * 3 / 4)  # load with the node dead
+        reads_before = reads[0]
+        support.wait_for(lambda: reads[0] > reads_before, 5, "reads still succeeding")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    late = [(round(t - killed_at, 2), what) for t, what in errors if t - killed_at > DETECTION_BOUND]
+    assert not late, f"client-visible errors after the detection bound: {late[:5]}"
+    assert detected_after <= DETECTION_BOUND
+    # Every acknowledged write is readable afterwards from every live rack (DC_ONE reads
+    # through a node are served by its own rack's replica).
+    for node in (writer_node, reader_node):
+        client = node.client()
+        missing = [key for key in acknowledged if client.get(key) is None]
+        assert not missing, f"{len(missing)} acknowledged writes missing on {node}: {missing[:5]}"
+    assert len(acknowledged) > 1000
+
+    # Restart it: routed to again within the bound, and it gets new writes.
+    victim.start()
+    started = time.monotonic()
+    support.wait_for(lambda: ring_complete(writer_node, 2) and ring_complete(reader_node, 2),
+                     RETURN_BOUND, "the restarted node routed to again")  # fmt: skip
+    assert time.monotonic() - started <= RETURN_BOUND
+    writer_node.client().set("after-return", "1")
+    support.wait_for(lambda: victim.redis_client().get("after-return") == b"1", 5, "a write reaching it")
+
+
+def test_a_node_joins_a_running_cluster_with_one_seed(cluster_factory, tmp_path):
+    cluster = cluster_factory(racks=3, gos_interval=GOS_INTERVAL_MS)
+    node1, node2, _ = cluster.nodes
+    support.wait_for(lambda: all(ring_complete(n, 2) for n in cluster.nodes), 10 * DETECTION_BOUND,
+                     "a complete ring", ignore=(redis.ConnectionError,))  # fmt: skip
+    # The newcomer takes the upper half of rack1's ring (node1 keeps (2**31, 0]).
+    token = 2**31
+    with support.RedisServer(tmp_path / "redis") as newcomer_redis:
+        ports = [support.free_port() for _ in range(3)]
+        config = {"dyn_o_mite": {
+            "datacenter": "dc1", "rack": "rack1", "tokens": str(token),
+            "listen": f"127.0.0.1:{ports[0]}", "dyn_listen": f"127.0.0.1:{ports[1]}",
+            "stats_listen": f"127.0.0.1:{ports[2]}",
+            "servers": [f"127.0.0.1:{newcomer_redis.port}:1"],
+            "dyn_seeds": [f"127.0.0.1:{node2.state.dyn_port}:rack2:dc1:0"],  # one seed only
+            "gos_interval": GOS_INTERVAL_MS, "hash_tag": "{}",
+        }}
+        path = tmp_path / "newcomer.yml"
+        path.write_text(yaml.safe_dump(config))
+        log = open(tmp_path / "newcomer.log", "wb")
+        process = subprocess.Popen([sys.executable, "-m", "dyno", "start", "--config", str(path)],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        support.TRACKER.track(process.pid, "joining dyno node")
+        try:
+            newcomer = redis.Redis(port=ports[0], protocol=2, socket_timeout=5)
+            everyone = [n.client() for n in cluster.nodes] + [newcomer]
+            support.wait_for(lambda: all(ring_complete(c, 3) for c in everyone), 10 * DETECTION_BOUND,
+                             "every node lists and reaches the newcomer",
+                             ignore=(redis.ConnectionError, KeyError))  # fmt: skip
+            # New keys in the newcomer's range land in its Redis; the others in node1's.
+            for i in range(200):
+                node2.client().set(f"join:{i}", i)
+            support.wait_for(lambda: all(info_dyno(n)["peer_requests_in_flight"] == "0" for n in cluster.nodes),
+                             10, "replication settled")  # fmt: skip
+            mine = [f"join:{i}" for i in range(200) if 0 < murmur(f"join:{i}".encode()) <= token]
+            others = [f"join:{i}" for i in range(200) if f"join:{i}" not in mine]
+            assert mine and others
+            local = newcomer_redis.client()
+            assert all(local.exists(key) for key in mine)
+            assert not any(local.exists(key) for key in others)
+            assert all(node1.redis_client().exists(key) for key in others)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+            print(Path(tmp_path / "newcomer.log").read_text()[-3000:])
