@@ -87,6 +87,7 @@ class ClientConnection:
         parser = resp.RequestParser()
         execute_batch = self.node.coordinator.execute_batch
         congestion = self.node.congestion
+        stats = self.node.stats
         replies = self.replies
         try:
             async with trio.open_nursery() as nursery:
@@ -107,6 +108,7 @@ class ClientConnection:
                     if not data:
                         break
                     short_read = len(data) < RECV_SIZE
+                    stats.client_bytes_in += len(data)
                     requests = parser.feed(data)
                     if requests:
                         execute_batch(self, requests, data if parser.clean else None)
@@ -170,6 +172,7 @@ class ClientConnection:
             self._caught_up.set()
 
     def _send(self, data: bytes) -> None:
+        self.node.stats.client_bytes_out += len(data)
         if self._unsent:
             self._unsent.append(data)
             self._unsent_bytes += len(data)

@@ -315,6 +315,10 @@ def render_prometheus(node: "Node", view: list[dict]) -> str:
     family("dyno_replica_failures_total", "counter",
            "Replica requests that failed (peer or datastore down, timed out, connection lost).").add(
         stats.replica_failures)
+    family("dyno_client_bytes_received_total", "counter",
+           "Request bytes read from clients.").add(stats.client_bytes_in)
+    family("dyno_client_bytes_sent_total", "counter",
+           "Reply bytes written to clients.").add(stats.client_bytes_out)
 
     client = family("dyno_request_latency_seconds", "histogram",
                     f"Client-facing latency, from request to reply ready (1 batch in {SAMPLE_EVERY} sampled).")

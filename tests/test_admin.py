@@ -266,6 +266,11 @@ def test_metrics_count_the_traffic_sent(cluster):
         assert value(after, "dyno_peer_up", peer=node_name(peer)) == 1
         assert value(after, "dyno_peer_failures_total", peer=node_name(peer)) == 0
     assert delta("dyno_replica_failures_total") == 0
+    # bytes: at least the requests sent and the replies they got (settle's INFOs add more)
+    sent = sum(len(b"*3\r\n$3\r\nSET\r\n$%d\r\nm:%d\r\n$%d\r\n%d\r\n" % (len(b"m:%d" % i), i, len(b"%d" % i), i))
+               for i in range(sets))
+    assert delta("dyno_client_bytes_received_total") >= sent
+    assert delta("dyno_client_bytes_sent_total") >= sets * len(b"+OK\r\n") + gets * len(b"$1\r\n0\r\n")
     # latency is sampled: one batch in SAMPLE_EVERY, and these were 500 batches
     samples = delta("dyno_request_latency_seconds_count")
     assert (sets + gets) // metrics.SAMPLE_EVERY - 1 <= samples <= (sets + gets + unknown) // metrics.SAMPLE_EVERY + 1
