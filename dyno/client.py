@@ -59,6 +59,31 @@ class ReplySlot(Sink):
             client.ready.append(client)
 
 
+class BatchSlot(ReplySlot):
+    """The place the replies of ``count`` requests land when they were forwarded
+    together, as one read, to one Redis connection: they arrive in order, and the
+    slot is ready when the last one is in (one object and one FIFO entry per read
+    instead of per request)."""
+
+    __slots__ = ("parts", "count")
+
+    def __init__(self, client: "ClientConnection", count: int):
+        self.client = client
+        self.data = None
+        self.parts: list[bytes] = []
+        self.count = count
+
+    def deliver(self, reply: bytes) -> None:
+        parts = self.parts
+        parts.append(reply)
+        if len(parts) == self.count:
+            self.data = b"".join(parts)
+            client = self.client
+            if not client.queued:
+                client.queued = True
+                client.ready.append(client)
+
+
 class ClientConnection:
     def __init__(self, node: "Node", sock: socket.socket, address: tuple):
         self.node = node

@@ -29,7 +29,7 @@ import time
 from typing import TYPE_CHECKING
 
 from dyno import commands, merge, node_commands, resp
-from dyno.client import ReplySlot
+from dyno.client import BatchSlot, ReplySlot
 from dyno.commands import Merge, Route
 from dyno.consistency import LocalQuorum, QuorumTracker
 from dyno.datastore import Sink
@@ -235,6 +235,9 @@ class Coordinator:
             self._execute_special(client, requests, raw)
             return
         Slot = self.slot_class
+        if raw is not None and self.solo and not client.replies and not self.sampling:
+            if self._solo_batch(client, requests, raw):
+                return
         if raw is not None and self.single_dc and not self.solo:
             if self._replicate_batch(client, requests, raw, Slot):
                 return
@@ -366,6 +369,32 @@ class Coordinator:
         for index, replica in enumerate(group):
             cursor = _ReplicaCursor(trackers, slots, index, self, level)
             self._send_batch(replica, raw, [cursor] * count)
+        return True
+
+    def _solo_batch(self, client, requests: list[list[bytes]], raw: bytes) -> bool:
+        """A ring of one node, a read of whole requests that all go to the local
+        Redis, and nothing else in flight for this client (the request/response
+        pattern of most clients): the read is forwarded as it came and one
+        BatchSlot takes its replies. Returns False, having done nothing, otherwise
+        (a client streaming requests keeps per-request slots, which the
+        back-pressure limit counts)."""
+        resolve = commands.resolve
+        specs = []
+        for argv in requests:
+            spec = resolve(argv)
+            if spec.__class__ is bytes:
+                return False
+            route = spec.route
+            if not (route is _KEY or route is _MULTI_KEY or route is _ONE_REPLICA):
+                return False
+            specs.append(spec)
+        calls = self.calls
+        for spec in specs:
+            calls[spec] += 1
+        count = len(requests)
+        slot = BatchSlot(client, count)
+        client.replies.append(slot)
+        self.datastore.send_many(raw, [slot] * count, client.id)
         return True
 
     def _send_batch(self, replica: "RingNode", payload: bytes, sinks: list[Sink]) -> None:
