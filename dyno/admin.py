@@ -83,8 +83,8 @@ def cluster_view(node: "Node") -> list[dict]:
     The view's source is this one function. "up" is what routing uses: the peer
     link is connected, gossip judges the peer up (and it has not declared LEAVING
     or STANDBY), and no operator marked it down. A peer's state is the one it
-    declared through gossip (NORMAL without gossip), or DOWN. Only this node's own
-    admin address is known.
+    declared through gossip (NORMAL without gossip), or DOWN. A peer's admin
+    address is the one its peer-link HELLO carried.
     """
     view = []
     gossip = node.gossiper.describe() if node.gossiper is not None else {}
@@ -100,7 +100,7 @@ def cluster_view(node: "Node") -> list[dict]:
             state = "DOWN" if not up and (declared is None or declared.state.value == "NORMAL") else (
                 declared.state.value if declared is not None else "NORMAL"
             )
-            admin = None
+            admin = node.peer_admin.get(member.name)
         view.append({
             "name": member.name, "host": member.host, "port": member.port,
             "dc": member.dc, "rack": member.rack, "tokens": list(member.tokens),

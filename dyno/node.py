@@ -86,6 +86,7 @@ class Node:
         self.read_consistency = config.read_consistency
         self.write_consistency = config.write_consistency
         self.admin_down: set[str] = set()  # peers an operator marked down (not read from)
+        self.peer_admin: dict[str, str] = {}  # peer name -> its admin address (HELLO)
         self.started = time.time()
         self.clients: dict[int, ClientConnection] = {}
         self.congestion = Congestion()
@@ -158,6 +159,11 @@ class Node:
             if down != link.judged_down:
                 link.judged_down = down
                 log.warning("node %s: peer %s is %s", self.name, name, "DOWN" if down else "UP")
+
+    def learn_admin_address(self, name: str, address) -> None:
+        """A peer's admin HTTP address, from its HELLO (dyno status follows it)."""
+        if isinstance(address, str) and len(address) < 300:
+            self.peer_admin[name] = address
 
     def peer_unreachable(self, name: str) -> None:
         if self.gossiper is not None:

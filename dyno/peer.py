@@ -7,7 +7,8 @@ Unpacker's buffer limits stop a peer that sends garbage from making us buffer
 without bound. (DESIGN.md suggested a length prefix; it would cost a Python-level
 loop per frame and buys nothing msgpack does not already give.)
 
-    HELLO    [0, 0, {cluster, node, version, dc, rack}]   first frame each way
+    HELLO    [0, 0, {cluster, node, version, dc, rack, admin}]   first frame each way
+                                       (admin: the node's admin HTTP address, for dyno status)
     REQUEST  [1, id, flags, payload, n]  payload: n canonical RESP requests (a client's
                                        pipelined read travels as one frame)
     REPLY    [2, id, replies]          replies: Redis's n replies, relayed verbatim
@@ -79,7 +80,7 @@ def hello_frame(node: "Node") -> bytes:
     return msgpack.packb(
         [HELLO, 0, {
             "cluster": config.pool, "node": node.name, "version": PROTOCOL_VERSION,
-            "dc": config.datacenter, "rack": config.rack,
+            "dc": config.datacenter, "rack": config.rack, "admin": node.admin.address,
         }]
     )
 
@@ -259,6 +260,7 @@ class PeerLink:
             raise PeerError(f"bad HELLO reply: {reason}")
         if len(frames) > 1:
             raise PeerError("frames before the handshake completed")
+        self.node.learn_admin_address(self.peer.name, frame[2].get("admin"))
 
     async def _reader(self, sock: socket.socket, unpacker: msgpack.Unpacker) -> None:
         pending = self._pending
@@ -407,6 +409,7 @@ class PeerConnection:
                     pass
                 return
             self.peer_name = frames[0][2].get("node", "?")
+            self.node.learn_admin_address(self.peer_name, frames[0][2].get("admin"))
             sock.send(hello_frame(self.node))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)

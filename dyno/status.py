@@ -116,8 +116,7 @@ def gather_status(addresses: Sequence[str]) -> dict:
         admin = _reachable_address(server.get("admin"), source)
         if info is None and admin and server.get("up", True):
             try:
-                info = fetch_json(admin, "/info", timeout=1.0)
-                infos[name] = {**info, "admin": admin}
+                info = infos[name] = {**fetch_json(admin, "/info", timeout=1.0), "admin": admin}
             except (OSError, ValueError) as error:
                 warnings.append(f"{name} (admin {admin}): {_reason(error)}")
         up = bool(server.get("up", True)) or name == viewpoint

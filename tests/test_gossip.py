@@ -101,6 +101,12 @@ def test_killed_node_is_routed_around_and_no_acknowledged_write_is_lost(cluster_
         for thread in threads:
             thread.join(timeout=30)
 
+    # No flapping: under load, neither survivor ever judged the other down.
+    for node, other in ((writer_node, reader_node), (reader_node, writer_node)):
+        other_name = f"127.0.0.1:{other.state.dyn_port}"
+        flaps = [line for line in Path(node.state.log).read_text().splitlines()
+                 if f"peer {other_name} is DOWN" in line]
+        assert len(flaps) <= 1, f"{node} judged a live peer down under load: {flaps}"  # 1: before it was first heard
     late = [(round(t - killed_at, 2), what) for t, what in errors if t - killed_at > DETECTION_BOUND]
     assert not late, f"client-visible errors after the detection bound: {late[:5]}"
     assert detected_after <= DETECTION_BOUND
@@ -172,3 +178,41 @@ def test_a_node_joins_a_running_cluster_with_one_seed(cluster_factory, tmp_path)
                 process.wait()
             log.close()
             print(Path(tmp_path / "newcomer.log").read_text()[-3000:])
+
+
+def declared_states(node) -> dict[str, str]:
+    """Each server's state in the node's /cluster_describe (its gossip view)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.state.stats_port}/cluster_describe", timeout=5) as reply:
+        describe = json.load(reply)
+    return {server["name"]: server["state"]
+            for dc in describe["dcs"] for rack in dc["racks"] for server in rack["servers"]}
+
+
+def test_a_node_stopped_with_sigterm_is_seen_leaving(cluster_factory):
+    cluster = cluster_factory(racks=3, gos_interval=GOS_INTERVAL_MS)
+    first, _, leaving = cluster.nodes
+    support.wait_for(lambda: all(ring_complete(n, 2) for n in cluster.nodes), 10 * DETECTION_BOUND,
+                     "a complete ring", ignore=(redis.ConnectionError,))  # fmt: skip
+    name = f"127.0.0.1:{leaving.state.dyn_port}"
+    leaving.stop()  # SIGTERM
+    support.wait_for(lambda: declared_states(first).get(name) == "LEAVING", GOS_INTERVAL_MS / 1000,
+                     "the stopped node declared LEAVING in the others' view")  # fmt: skip
+    first.client().set("after-leave", "1")  # DC_ONE writes keep working without it
+
+
+def test_without_gossip_the_static_ring_is_used(cluster_factory):
+    cluster = cluster_factory(racks=3, enable_gossip=False)
+    first, second, third = cluster.nodes
+    support.wait_for(lambda: all(ring_complete(n, 2) for n in cluster.nodes), 10,
+                     "peer links up", ignore=(redis.ConnectionError,))  # fmt: skip
+    first.client().set("static", "ring")
+    support.wait_for(lambda: third.redis_client().get("static") == b"ring", 5, "replicated")
+    third.kill()  # without gossip a dead peer is noticed by its broken link
+    support.wait_for(lambda: not ring_complete(first, 2), 5, "the broken link noticed")
+    quorum = first.client()
+    quorum.execute_command("DYNO_CONFIG:CONN_CONSISTENCY", "DC_QUORUM")
+    assert quorum.set("still", "works") and quorum.get("still") == b"works"
+    assert "gossip" not in Path(first.state.log).read_text().lower()

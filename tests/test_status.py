@@ -142,6 +142,10 @@ def test_status_of_a_three_rack_cluster_shows_a_killed_node_down(cluster_factory
     for node in cluster.nodes:
         row = _row(table, node)
         assert row[0] == f"{node.dc}/{node.rack}" and "UP" in row and "20" in row
+    # One node is enough: the others' admin addresses came with their peer-link HELLOs.
+    alone = json.loads(dyno("status", "--node", admin_of(cluster[0]), "--json").stdout)
+    assert [row["keys"] for row in alone["nodes"]] == [20, 20, 20]
+    assert all(row["ops_per_sec"] is not None for row in alone["nodes"])
 
     victim = cluster[2]
     victim.kill()
