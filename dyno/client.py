@@ -26,7 +26,7 @@ import trio
 
 from dyno import resp
 from dyno.datastore import Sink
-from dyno.stream import accept_loop, listen_socket
+from dyno.stream import Listener
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -243,18 +243,12 @@ class ClientConnection:
                 self._caught_up.set()
 
 
-class ClientListener:
+class ClientListener(Listener):
     """Accepts clients on ``listen`` and gives each its own task."""
 
     def __init__(self, node: "Node", host: str, port: int):
+        super().__init__(host, port)
         self.node = node
-        self.host = host
-        self.port = port
-        self.sock: socket.socket | None = None
-
-    def bind(self) -> None:
-        self.sock = listen_socket(self.host, self.port)
-        self.port = self.sock.getsockname()[1]
 
     async def serve(self, nursery: trio.Nursery) -> None:
         node = self.node
@@ -264,4 +258,4 @@ class ClientListener:
             node.clients[client.id] = client
             nursery.start_soon(client.run)
 
-        await accept_loop(self.sock, on_connection, log)
+        await super().serve(on_connection, log)

@@ -25,7 +25,7 @@ from typing import Callable
 import trio
 
 from dyno import resp
-from dyno.stream import ConnectionLost, connect, write_loop
+from dyno.stream import ConnectionLost, connect, receive, write_loop
 from dyno.wakeup import Wakeup
 
 log = logging.getLogger("dyno.datastore")
@@ -131,15 +131,7 @@ class Connection:
         after_batch = self.store.after_batch
         pending: bytearray | None = None
         while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                data = sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise ConnectionLost(self.store.broken, f"recv failed: {exc}") from None
-            if not data:
-                raise ConnectionLost(self.store.broken, "closed by Redis")
+            data = await receive(sock, RECV_SIZE, self.store.broken, "closed by Redis")
             self._last_progress = trio.current_time()
             if pending is not None:
                 pending += data

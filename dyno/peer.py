@@ -39,7 +39,7 @@ import trio
 
 from dyno import resp
 from dyno.datastore import Sink
-from dyno.stream import ConnectionLost, accept_loop, connect, listen_socket, write_loop
+from dyno.stream import ConnectionLost, Listener, connect, receive, write_loop
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -100,15 +100,7 @@ def check_hello(node: "Node", frame) -> str | None:
 async def _read_frames(sock: socket.socket, unpacker: msgpack.Unpacker, broken: bytes):
     """Wait for data and return the complete frames it finished."""
     while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            raise ConnectionLost(broken, f"recv failed: {exc}") from None
-        if not data:
-            raise ConnectionLost(broken, "connection closed")
+        data = await receive(sock, RECV_SIZE, broken)
         try:
             unpacker.feed(data)
             frames = list(unpacker)
@@ -462,17 +454,11 @@ class PeerConnection:
                 datastore.send_many(payload, [collector] * count, request_id)
 
 
-class PeerServer:
+class PeerServer(Listener):
     def __init__(self, node: "Node", host: str, port: int):
+        super().__init__(host, port)
         self.node = node
-        self.host = host
-        self.port = port
-        self.sock: socket.socket | None = None
         self.connections: set[PeerConnection] = set()
-
-    def bind(self) -> None:
-        self.sock = listen_socket(self.host, self.port)
-        self.port = self.sock.getsockname()[1]
 
     async def serve(self, nursery: trio.Nursery) -> None:
         node = self.node
@@ -489,4 +475,4 @@ class PeerServer:
 
             nursery.start_soon(run)
 
-        await accept_loop(self.sock, on_connection, log)
+        await super().serve(on_connection, log)

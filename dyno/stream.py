@@ -57,6 +57,39 @@ def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
+async def receive(sock: socket.socket, size: int, broken: bytes, closed: str = "connection closed") -> bytes:
+    """Wait until ``sock`` is readable and return what it has (at most ``size``
+    bytes). The connection ending or failing raises ConnectionLost(broken, ...)."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(size)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise ConnectionLost(broken, f"recv failed: {exc}") from None
+        if not data:
+            raise ConnectionLost(broken, closed)
+        return data
+
+
+class Listener:
+    """A listening socket whose every connection gets its own task."""
+
+    def __init__(self, host: str, port: int):
+        self.host = host
+        self.port = port
+        self.sock: socket.socket | None = None
+
+    def bind(self) -> None:
+        """Open the port now (port 0 picks a free one), so callers know it is open."""
+        self.sock = listen_socket(self.host, self.port)
+        self.port = self.sock.getsockname()[1]
+
+    async def serve(self, on_connection, log) -> None:
+        await accept_loop(self.sock, on_connection, log)
+
+
 async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: bytes) -> None:
     """Send whatever is appended to ``out``, batching everything queued since the
     last turn into one send. ``wakeup`` is set by whoever appends."""
