@@ -91,6 +91,7 @@ class ClientConnection:
         self.id = next(_client_ids)
         self.address = f"{address[0]}:{address[1]}" if len(address) >= 2 else str(address)
         self.name = b""
+        self.protocol = 2  # 3 after HELLO 3
         self.consistency_override: dict[str, str] = {}  # set by DYNO_CONFIG:CONN_CONSISTENCY
         self.replies: deque[ReplySlot] = deque()
         self.ready = node.ready_clients

@@ -33,6 +33,7 @@ from dyno.client import BatchSlot, ReplySlot
 from dyno.commands import Merge, Route
 from dyno.consistency import LocalQuorum, QuorumTracker
 from dyno.datastore import Sink
+from dyno.peer import COORDINATE, RESP3
 from dyno.metrics import SAMPLE_EVERY, TimedSink
 
 if TYPE_CHECKING:
@@ -187,7 +188,12 @@ class Coordinator:
     def __init__(self, node: "Node"):
         self.node = node
         self.config = node.config
+        # The datastore pool and peer flags of the client whose batch is being run:
+        # RESP3 clients are served by connections that said HELLO 3, so replies are
+        # relayed as Redis wrote them in either protocol. Set at the start of every
+        # batch; the whole batch is dispatched before anything else runs.
         self.datastore = node.datastore
+        self.link_flags = 0
         self.stats = node.stats
         self.ring = node.ring
         self.links = node.peer_links
@@ -230,6 +236,7 @@ class Coordinator:
         """Run ``requests`` for ``client``; each gets a reply slot in the client's
         FIFO, in order. ``raw``, if not None, is their canonical encoding as read."""
         self.stats.commands += len(requests)
+        self._use_protocol(client.protocol)
         self.countdown -= 1
         if not self.countdown:
             self._execute_special(client, requests, raw)
@@ -359,7 +366,7 @@ class Coordinator:
             client.replies.extend(slots)
             self._send_batch(primary, raw, slots)  # the owner in this rack: maybe not us
             for replica in group[1:]:
-                self.links[replica.name].send_batch(raw, _BackgroundBatch(self, count))
+                self.links[replica.name].send_batch(raw, _BackgroundBatch(self, count), self.link_flags)
             return True
         # One datacenter (this path's precondition): LocalQuorum is QuorumTracker's
         # cheap twin for replicas that all live here.
@@ -406,7 +413,7 @@ class Coordinator:
             split = _BatchSplit(sinks)
             if self.sampling:
                 split = TimedSink(split, self.metrics.peer_histogram(replica.name), split.count)
-            self.links[replica.name].send_batch(payload, split)
+            self.links[replica.name].send_batch(payload, split, self.link_flags)
 
     def _refused(self, client: "ClientConnection", argv: list[bytes], error: bytes) -> bytes:
         if argv[0][:12].upper() == b"DYNO_CONFIG:":
@@ -485,8 +492,17 @@ class Coordinator:
             chosen.append(next((n for n in owners if self.available(n)), owners[0]))
         return chosen
 
-    def coordinate_for_dc(self, payload: bytes, sink: Sink) -> None:
+    def _use_protocol(self, protocol: int) -> None:
+        if protocol == 3:
+            self.datastore = self.node.datastore3
+            self.link_flags = RESP3
+        else:
+            self.datastore = self.node.datastore
+            self.link_flags = 0
+
+    def coordinate_for_dc(self, payload: bytes, sink: Sink, flags: int = 0) -> None:
         """A write sent by a node of another DC: replicate it in this DC (2nd hop)."""
+        self._use_protocol(3 if flags & RESP3 else 2)
         parsed = resp.RequestParser().feed(payload)  # the peer server checked it is one command
         argv = parsed[0] if len(parsed) == 1 else None
         spec = commands.resolve(argv) if argv else None
@@ -531,7 +547,7 @@ class Coordinator:
         if replica.local:
             self.datastore.send(payload, sink)
         else:
-            self.links[replica.name].send(payload, sink, 1 if coordinate else 0)
+            self.links[replica.name].send(payload, sink, (COORDINATE if coordinate else 0) | self.link_flags)
 
     def decided_error(self, result: bytes, level: str) -> None:
         """A replicated request was answered with an error: count quorum failures."""

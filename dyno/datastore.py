@@ -97,6 +97,11 @@ class Connection:
             if not was_up:
                 log.info("datastore %s reachable again", store.address)
             was_up = True
+            if store.protocol == 3:  # its replies are relayed to RESP3 clients as they are
+                self._last_progress = trio.current_time()
+                self._out.append(_HELLO3)
+                self._sinks.append(_DISCARD)
+                self._writer_wakeup.set()
             self.up = True
             reason = store.unavailable
             try:
@@ -165,6 +170,17 @@ class Connection:
                 )
 
 
+class _Discard(Sink):
+    __slots__ = ()
+
+    def deliver(self, reply: bytes) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+_HELLO3 = resp.encode_command([b"HELLO", b"3"])
+
+
 class Datastore:
     """The pool. ``after_batch`` is called after each batch of replies has been
     delivered, so that whoever collects replies (clients) sends them in one go."""
@@ -177,10 +193,12 @@ class Datastore:
         connections: int = 1,
         timeout: float = 5.0,
         after_batch: Callable[[], None] = lambda: None,
+        protocol: int = 2,
     ):
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
+        self.protocol = protocol  # 3: the pool RESP3 clients' requests go to
         self.timeout = timeout
         self.after_batch = after_batch
         self.unavailable = resp.error(f"ERR dyno: datastore {self.address} is unavailable")

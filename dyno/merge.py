@@ -104,7 +104,7 @@ def merge_concat(parts: list[bytes]) -> bytes:
 def merge_first_non_null(parts: list[bytes]) -> bytes:
     """RANDOMKEY over the nodes of a rack."""
     for reply in parts:
-        if reply != resp.NULL_BULK and not is_error(reply):
+        if reply != resp.NULL_BULK and reply != resp.NULL3 and not is_error(reply):
             return reply
     return first_error(parts) or resp.NULL_BULK
 

@@ -100,6 +100,16 @@ class Node:
             timeout=config.timeout / 1000,
             after_batch=self.flush_ready,
         )
+        # Clients that said HELLO 3 are served by connections that did too, so that
+        # Redis's RESP3 replies are relayed as they are, like RESP2 ones.
+        self.datastore3 = Datastore(
+            server.host,
+            server.port,
+            connections=config.datastore_connections,
+            timeout=config.timeout / 1000,
+            after_batch=self.flush_ready,
+            protocol=3,
+        )
         self.coordinator = Coordinator(self)
         self.listener = ClientListener(self, config.listen.host, config.listen.port)
         self.peer_server = PeerServer(self, config.dyn_listen.host, config.dyn_listen.port)
@@ -182,6 +192,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self.datastore.run)
+            nursery.start_soon(self.datastore3.run)
             nursery.start_soon(self.peer_server.serve, nursery)
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)

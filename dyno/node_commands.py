@@ -66,7 +66,7 @@ def _hello(node, client, argv, slot):
             version = int(args[0])
         except ValueError:
             return resp.error("ERR Protocol version is not an integer or out of range")
-        if version != 2:
+        if version not in (2, 3):
             return resp.error("NOPROTO unsupported protocol version")
         rest = args[1:]
         while rest:
@@ -80,12 +80,14 @@ def _hello(node, client, argv, slot):
                 return _auth(node, client, argv, slot)
             else:
                 return resp.error(f"ERR Syntax error in HELLO option '{rest[0].decode(errors='replace')}'")
-    return resp.encode(
-        [
-            b"server", b"redis", b"version", REDIS_VERSION, b"proto", 2, b"id", client.id,
-            b"mode", b"standalone", b"role", b"master", b"modules", [],
-        ]
-    )
+        client.protocol = version
+    fields = [
+        b"server", b"redis", b"version", REDIS_VERSION, b"proto", client.protocol, b"id", client.id,
+        b"mode", b"standalone", b"role", b"master", b"modules", [],
+    ]
+    if client.protocol == 3:  # a map, as Redis answers a RESP3 client
+        return b"%%%d\r\n" % (len(fields) // 2) + b"".join(resp.encode(f) for f in fields)
+    return resp.encode(fields)
 
 
 def _set_client_name(client, name: bytes) -> bytes | None:
@@ -100,6 +102,8 @@ def _client(node, client, argv, slot):
     if sub == b"setname":
         return _set_client_name(client, argv[2]) or resp.OK
     if sub == b"getname":
+        if not client.name and client.protocol == 3:
+            return resp.NULL3
         return resp.bulk(client.name or None)
     if sub == b"id":
         return resp.integer(client.id)
@@ -137,7 +141,8 @@ def _client_line(node, client) -> bytes:
 def _command(node, client, argv, slot):
     # Redis's own COMMAND replies are the truth about arity, flags and key specs;
     # clients only use them for hints and key extraction.
-    node.datastore.send(resp.encode_command(argv), slot, client.id)
+    # The coordinator has picked this client's pool (RESP2 or RESP3 connections).
+    node.coordinator.datastore.send(resp.encode_command(argv), slot, client.id)
     return None
 
 

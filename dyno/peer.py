@@ -51,6 +51,7 @@ log = logging.getLogger("dyno.peer")
 PROTOCOL_VERSION = 1
 HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
+RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
 
 RECV_SIZE = 256 * 1024
 # Back-pressure: past HIGH_WATER unanswered requests a link makes the node stop
@@ -422,7 +423,6 @@ class PeerConnection:
 
     def _handle(self, frames: list) -> None:
         node = self.node
-        datastore = node.datastore
         for frame in frames:
             if frame.__class__ is list and len(frame) == 3 and frame[0] == GOSSIP:
                 node.gossip_received(self.peer_name, frame[2])
@@ -441,10 +441,11 @@ class PeerConnection:
             parser = self.parser
             if len(parser.feed(payload)) != count or not parser.clean:
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
+            datastore = node.datastore3 if flags & RESP3 else node.datastore
             if count == 1:
                 sink = _PeerReply(self, request_id)
                 if flags & COORDINATE:
-                    node.coordinator.coordinate_for_dc(payload, sink)
+                    node.coordinator.coordinate_for_dc(payload, sink, flags)
                 else:
                     datastore.send(payload, sink, request_id)
             elif flags & COORDINATE:

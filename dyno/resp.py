@@ -40,6 +40,7 @@ OK = b"+OK\r\n"
 PONG = b"+PONG\r\n"
 NULL_BULK = b"$-1\r\n"
 NULL_ARRAY = b"*-1\r\n"
+NULL3 = b"_\r\n"  # RESP3's null
 EMPTY_ARRAY = b"*0\r\n"
 
 
@@ -299,14 +300,17 @@ def scan_reply(buffer, pos: int) -> int:
     newline = buffer.find(b"\r\n", pos)
     if newline < 0:
         return -1
-    if kind == 0x24:  # '$' bulk
+    if kind == 0x24 or kind == 0x3D or kind == 0x21:  # '$' bulk; RESP3 '=' verbatim, '!' error
         size = int(buffer[pos + 1 : newline])
         if size < 0:
             return newline + 2
         end = newline + size + 4
         return end if end <= len(buffer) else -1
-    if kind == 0x2A:  # '*' array
+    if kind == 0x2A or kind == 0x7E or kind == 0x3E or kind == 0x25 or kind == 0x7C:
+        # '*' array; RESP3 '~' set, '>' push; '%' map and '|' attribute hold pairs
         count = int(buffer[pos + 1 : newline])
+        if kind == 0x25 or kind == 0x7C:
+            count *= 2
         pos = newline + 2
         for _ in range(count):
             if pos >= len(buffer):
@@ -314,8 +318,10 @@ def scan_reply(buffer, pos: int) -> int:
             pos = scan_reply(buffer, pos)
             if pos < 0:
                 return -1
+        if kind == 0x7C:  # an attribute comes before the reply it describes
+            return scan_reply(buffer, pos) if pos < len(buffer) else -1
         return pos
-    return newline + 2  # '+', '-', ':'
+    return newline + 2  # '+', '-', ':'; RESP3 '_' null, ',' double, '#' boolean, '(' big number
 
 
 # -- Encoding -------------------------------------------------------------------------

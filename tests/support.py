@@ -31,8 +31,8 @@ from dyno import localcluster
 HOST = "127.0.0.1"
 T = TypeVar("T")
 
-# redis-py >= 8 opens with HELLO 3 (RESP3) unless told otherwise; dyno speaks RESP2 for now
-# (HELLO 3 gets -NOPROTO), so the harness's clients ask for RESP2. Pass protocol=3 to test RESP3.
+# redis-py >= 8 opens with HELLO 3 (RESP3) unless told otherwise. The harness's clients ask
+# for RESP2, the protocol most tests check bytes of; tests/test_resp3.py covers RESP3.
 CLIENT_DEFAULTS = {"socket_timeout": 10, "protocol": 2}
 
 

@@ -905,8 +905,10 @@ def test_node_local_commands_over_a_raw_socket(redis_server, dyno_node):
         assert c.call("PING", "hi there") == b"hi there"
         assert c.call("ECHO", "\x00bin\r\n") == b"\x00bin\r\n"
 
-        c.send(command("HELLO", "3"))
+        c.send(command("HELLO", "4"))
         assert c.replies(1)[1] == b"-NOPROTO unsupported protocol version\r\n"
+        c.send(command("HELLO", "3"))
+        assert c.replies(1)[1].startswith(b"%7\r\n")  # RESP3 from here on (tests/test_resp3.py)
         hello = c.call("HELLO", "2")
         fields = dict(zip(hello[::2], hello[1::2]))
         assert fields[b"proto"] == 2 and fields[b"server"] == b"redis"

@@ -187,3 +187,17 @@ def test_nul_byte_in_an_inline_command_hides_its_newline_as_in_redis():
 def test_split_args_always_ends(line):
     args = resp.split_args(line)
     assert args is None or all(isinstance(a, bytes) for a in args)
+
+
+@pytest.mark.parametrize("reply", [
+    b"_\r\n", b",3.14\r\n", b"#t\r\n", b"(3492890328409238509324850943850943825024385\r\n",
+    b"=15\r\ntxt:Some string\r\n", b"!21\r\nSYNTAX invalid syntax\r\n",
+    b"%2\r\n+first\r\n:1\r\n+second\r\n:2\r\n", b"~3\r\n:1\r\n:2\r\n:3\r\n",
+    b">2\r\n+message\r\n$2\r\nhi\r\n",
+    b"|1\r\n+key-popularity\r\n%1\r\n$1\r\na\r\n,0.19\r\n*1\r\n:2039123\r\n",  # attribute + reply
+    b"%1\r\n$1\r\nk\r\n~1\r\n_\r\n",
+])
+def test_scan_reply_knows_resp3(reply):
+    assert resp.scan_reply(reply + b"+next\r\n", 0) == len(reply)
+    for cut in range(1, len(reply)):
+        assert resp.scan_reply(reply[:cut], 0) == -1
