@@ -121,6 +121,156 @@ class _ReplicaCursor(Sink):
             self.slots[position].deliver(result)
 
 
+class _BatchQuorum:
+    """A client's read of n requests sent whole to every local-DC replica at
+    DC_QUORUM / DC_SAFE_QUORUM, decided whole when it can be.
+
+    Each replica's n replies arrive concatenated. If Q replicas' concatenations are
+    byte-identical, every request has Q identical replies: that is the answer, with
+    no per-request work (the common case). Otherwise each request is decided by its
+    own tracker over the replies split back out, which is the per-request logic
+    exactly; it runs only once enough outcomes are in to decide every request."""
+
+    __slots__ = ("coordinator", "level", "slot", "count", "outcomes", "order", "needed", "done")
+
+    def __init__(self, coordinator: "Coordinator", level: str, slot: Sink, count: int, replicas: int):
+        self.coordinator = coordinator
+        self.level = level
+        self.slot = slot
+        self.count = count
+        self.outcomes: list[tuple[bool, bytes] | None] = [None] * replicas
+        self.order: list[int] = []  # replicas in the order their outcomes came
+        self.needed = replicas // 2 + 1
+        self.done = False
+
+    def arrived(self, index: int, replies: bytes) -> None:
+        self.outcomes[index] = (True, replies)
+        self.order.append(index)
+        if self.done:
+            if replies != self.slot.data:
+                self.coordinator.metrics.disagreements += 1
+            return
+        same = sum(1 for outcome in self.outcomes if outcome is not None and outcome[1] == replies and outcome[0])
+        if same >= self.needed:
+            self._decide(replies)
+        else:
+            self._try_each()
+
+    def failed(self, index: int, error: bytes) -> None:
+        self.coordinator.replica_failed(error, self.count)
+        self.outcomes[index] = (False, error)
+        self.order.append(index)
+        if not self.done:
+            self._try_each()
+
+    def _try_each(self) -> None:
+        """Decide request by request, if the outcomes so far decide them all."""
+        replicas = len(self.outcomes)
+        trackers = [LocalQuorum(self.level, replicas) for _ in range(self.count)]
+        for index in self.order:  # replayed as they came: error texts count them
+            ok, data = self.outcomes[index]
+            parts = _split_replies(data, self.count) if ok else None
+            for position, tracker in enumerate(trackers):
+                if parts is None:
+                    tracker.failure(index, data if not ok else _UNSPLITTABLE)
+                else:
+                    tracker.reply(index, parts[position])
+        if all(tracker.done for tracker in trackers):
+            coordinator = self.coordinator
+            for tracker in trackers:
+                if tracker.result[:1] == b"-":
+                    coordinator.decided_error(tracker.result, self.level)
+            self._decide(b"".join(tracker.result for tracker in trackers))
+
+    def _decide(self, replies: bytes) -> None:
+        self.done = True
+        self.slot.deliver(replies)
+
+
+_UNSPLITTABLE = resp.error("ERR dyno: a replica's replies could not be split")
+
+
+def _split_replies(data: bytes, count: int) -> list[bytes] | None:
+    parts = []
+    pos = 0
+    for _ in range(count):
+        end = resp.scan_reply(data, pos) if pos < len(data) else -1
+        if end < 0:
+            return None
+        parts.append(data[pos:end])
+        pos = end
+    return parts if pos == len(data) else None
+
+
+class _WholeReplies(Sink):
+    """One replica's replies to a _BatchQuorum's requests, gathered whole: the local
+    datastore delivers them one by one (this sink stands ``count`` times in its
+    FIFO); a peer sends them in one frame (``send_batch`` reads ``count``)."""
+
+    __slots__ = ("quorum", "index", "count", "parts", "error", "whole")
+
+    def __init__(self, quorum: _BatchQuorum, index: int, count: int, whole: bool):
+        self.quorum = quorum
+        self.index = index
+        self.count = count
+        self.parts: list[bytes] = []
+        self.error: bytes | None = None
+        self.whole = whole  # a peer's frame: one delivery holds all the replies
+
+    def deliver(self, reply: bytes) -> None:
+        if self.whole:
+            self.quorum.arrived(self.index, reply)
+            return
+        parts = self.parts
+        parts.append(reply)
+        if len(parts) == self.count:
+            if self.error is None:
+                self.quorum.arrived(self.index, b"".join(parts))
+            else:
+                self.quorum.failed(self.index, self.error)
+
+    def fail(self, error: bytes) -> None:
+        if self.whole:
+            self.quorum.failed(self.index, error)
+            return
+        if self.error is None:
+            self.error = error
+        self.deliver(b"")
+
+
+# Replies whose order Redis does not define: a set kept in a hashtable iterates in an
+# order that depends on a per-process seed, so replicas holding the same set answer
+# SMEMBERS with different bytes. Quorum compares them in a canonical (sorted) form.
+UNORDERED_REPLIES = frozenset({
+    b"smembers", b"sinter", b"sunion", b"sdiff", b"hgetall", b"hkeys", b"hvals",
+})
+# Reads whose answer is random by design: replicas can never agree, any one is right.
+RANDOM_READS = frozenset({b"srandmember", b"hrandfield", b"zrandmember"})
+
+
+def canonical(reply: bytes) -> bytes:
+    """An unordered collection reply with its elements (or a map's pairs) sorted."""
+    kind = reply[:1]
+    if kind in (b"*", b"~"):
+        items = merge.array_items(reply)
+        return reply[: reply.index(b"\r\n") + 2] + b"".join(sorted(items))
+    if kind == b"%":
+        newline = reply.index(b"\r\n")
+        items = merge.array_items(b"*%d" % (2 * int(reply[1:newline])) + reply[newline:])
+        pairs = sorted(zip(items[::2], items[1::2]))
+        return reply[: reply.index(b"\r\n") + 2] + b"".join(k + v for k, v in pairs)
+    return reply
+
+
+class _CanonicalReplica(_Replica):
+    """A replica of an UNORDERED_REPLIES read: compared (and answered) sorted."""
+
+    __slots__ = ()
+
+    def deliver(self, reply: bytes) -> None:
+        _Replica.deliver(self, canonical(reply))
+
+
 class _Background(Sink):
     """A replica write the client does not wait for (a remote DC): its failure is
     still counted and logged (hinted handoff will pick these up)."""
@@ -324,7 +474,10 @@ class Coordinator:
         mixed = False
         for argv in requests:
             spec = resolve(argv)
-            if spec.__class__ is bytes or spec.route is not _KEY or spec.fixed_keys != (1,):
+            if (
+                spec.__class__ is bytes or spec.route is not _KEY or spec.fixed_keys != (1,)
+                or spec.name in UNORDERED_REPLIES or spec.name in RANDOM_READS
+            ):
                 return False
             if write is None:
                 write = spec.write
@@ -355,8 +508,8 @@ class Coordinator:
         else:
             self.calls[first] += count
         metrics.by_level[level] += count
-        slots = [Slot(client) for _ in range(count)]
         if level == DC_ONE:
+            slots = [Slot(client) for _ in range(count)]
             primary = group[0]
             if not write:
                 target = next((r for r in group if self.available(r)), primary)
@@ -368,9 +521,23 @@ class Coordinator:
             for replica in group[1:]:
                 self.links[replica.name].send_batch(raw, _BackgroundBatch(self, count), self.link_flags)
             return True
-        # One datacenter (this path's precondition): LocalQuorum is QuorumTracker's
-        # cheap twin for replicas that all live here.
+        # One datacenter (this path's precondition).
         replicas = len(group)
+        if not client.replies and not self.sampling:
+            # Nothing else in flight for this client: decide the read whole.
+            slot = ReplySlot(client)
+            client.replies.append(slot)
+            quorum = _BatchQuorum(self, level, slot, count, replicas)
+            for index, replica in enumerate(group):
+                if replica.local:
+                    gather = _WholeReplies(quorum, index, count, whole=False)
+                    self.datastore.send_many(raw, [gather] * count)
+                else:
+                    gather = _WholeReplies(quorum, index, count, whole=True)
+                    self.links[replica.name].send_batch(raw, gather, self.link_flags)
+            return True
+        # LocalQuorum is QuorumTracker's cheap twin for replicas that all live here.
+        slots = [Slot(client) for _ in range(count)]
         trackers = [LocalQuorum(level, replicas) for _ in range(count)]
         client.replies.extend(slots)
         for index, replica in enumerate(group):
@@ -451,8 +618,10 @@ class Coordinator:
                     slot.deliver(self.crossslot)
                     return
         level = self._level(client, write)
+        if spec.name in RANDOM_READS:
+            level = DC_ONE  # any replica's random pick is a right answer
         self.metrics.by_level[level] += 1
-        self.route(token, payload, write, level, slot)
+        self.route(token, payload, write, level, slot, spec.name in UNORDERED_REPLIES)
 
     def _level(self, client, write: bool) -> str:
         override = client.consistency_override
@@ -461,8 +630,11 @@ class Coordinator:
         # The node's runtime levels: the admin port's /set_consistency changes them.
         return self.node.write_consistency if write else self.node.read_consistency
 
-    def route(self, token: int, payload: bytes, write: bool, level: str, sink: Sink) -> None:
-        """Send one request for ``token`` to its replicas at ``level``."""
+    def route(
+        self, token: int, payload: bytes, write: bool, level: str, sink: Sink, unordered: bool = False
+    ) -> None:
+        """Send one request for ``token`` to its replicas at ``level``. ``unordered``:
+        the replies are collections in no defined order, compared sorted."""
         ring = self.ring
         if not write and level == DC_ONE:
             for replica in ring.replicas(token):
@@ -478,8 +650,9 @@ class Coordinator:
             targets = ring.local_replicas(token)
             remote = self._remote_representatives(token) if write else ()
         tracker = QuorumTracker(level, [n.dc for n in targets], ring.local.dc, 0)
+        replica_sink = _CanonicalReplica if unordered else _Replica
         for index, replica in enumerate(targets):
-            self._send(replica, payload, _Replica(tracker, index, sink, self, level))
+            self._send(replica, payload, replica_sink(tracker, index, sink, self, level))
         for replica in remote:
             self._send(replica, payload, _Background(self), coordinate=True)
 

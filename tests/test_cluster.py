@@ -717,3 +717,22 @@ def test_readme_documents_cluster_configs():
     assert "## Cluster configs" in readme
     for directory in CONFIG_DIRS:
         assert directory in readme
+
+
+@integration
+def test_unordered_and_random_replies_do_not_break_quorum(c3):
+    """Replicas keep a set of strings in hashtables whose order differs per process:
+    SMEMBERS answers differ as bytes but agree as sets. SRANDMEMBER can never agree."""
+    members = {f"member-{i}".encode() for i in range(40)}
+    writer = c3.nodes[0].client()
+    writer.sadd("unordered", *members)
+    writer.hset("fields", mapping={f"f{i}": i for i in range(40)})
+    settle(c3)
+    orders = {tuple(redis_of(n).execute_command("SMEMBERS", "unordered")) for n in c3.nodes}
+    assert len(orders) > 1, "the replicas happened to order the set alike: the test proves nothing"
+    reader = c3.nodes[1].client(single_connection_client=True)
+    reader.execute_command("DYNO_CONFIG:CONN_CONSISTENCY", "DC_SAFE_QUORUM")
+    assert reader.smembers("unordered") == members, f"replica orders seen: {len(orders)}"
+    assert len(reader.hgetall("fields")) == 40
+    assert reader.srandmember("unordered") in members
+    assert set(reader.srandmember("unordered", 5)) <= members

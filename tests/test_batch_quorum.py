@@ -1,0 +1,59 @@
+"""A read decided whole (coordinator._BatchQuorum) answers exactly what deciding each
+request with its own QuorumTracker answers, whatever the replicas reply or fail."""
+
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dyno.consistency import QuorumTracker
+from dyno.coordinator import _BatchQuorum
+
+
+class FakeCoordinator:
+    def __init__(self):
+        self.metrics = type("M", (), {"disagreements": 0})()
+        self.errors = Counter()
+
+    def replica_failed(self, error, count=1):
+        pass
+
+    def decided_error(self, result, level):
+        self.errors[level] += 1
+
+
+class Slot:
+    data = None
+
+    def deliver(self, reply):
+        assert self.data is None, "answered twice"
+        self.data = reply
+
+
+REPLIES = [b"+OK\r\n", b":1\r\n", b"$1\r\nx\r\n", b"*1\r\n$1\r\na\r\n"]
+
+
+@given(st.sampled_from(["DC_QUORUM", "DC_SAFE_QUORUM"]), st.integers(1, 5), st.integers(1, 4), st.data())
+def test_whole_batch_equals_each_request(level, replicas, count, data):
+    failed = data.draw(st.lists(st.booleans(), min_size=replicas, max_size=replicas))
+    answers = [data.draw(st.lists(st.sampled_from(REPLIES), min_size=count, max_size=count))
+               for _ in range(replicas)]
+    order = data.draw(st.permutations(range(replicas)))
+    slot = Slot()
+    quorum = _BatchQuorum(FakeCoordinator(), level, slot, count, replicas)
+    error = b"-ERR dyno: peer x is unavailable\r\n"
+    for index in order:
+        if failed[index]:
+            quorum.failed(index, error)
+        else:
+            quorum.arrived(index, b"".join(answers[index]))
+    expected = []
+    for position in range(count):
+        tracker = QuorumTracker(level, ["dc"] * replicas, "dc")
+        for index in order:
+            if failed[index]:
+                tracker.failure(index, error)
+            else:
+                tracker.reply(index, answers[index][position])
+        expected.append(tracker.result)
+    assert slot.data == b"".join(expected)
