@@ -248,6 +248,51 @@ UNORDERED_REPLIES = frozenset({
 RANDOM_READS = frozenset({b"srandmember", b"hrandfield", b"zrandmember"})
 
 
+def _spop_effect(argv: list[bytes], reply: bytes) -> list[bytes] | None:
+    """SPOP key [count] -> SREM key <the members it popped>."""
+    if reply[:1] == b"$":
+        if reply == resp.NULL_BULK:
+            return None
+        members = [reply[reply.index(b"\r\n") + 2 : -2]]
+    elif reply[:1] in (b"*", b"~"):
+        members = [item[item.index(b"\r\n") + 2 : -2] for item in merge.array_items(reply)]
+    else:
+        return None
+    return [b"SREM", argv[1], *members] if members else None
+
+
+def _xadd_effect(argv: list[bytes], reply: bytes) -> list[bytes] | None:
+    """XADD key ... * field value ... -> the same with the ID the first replica chose."""
+    if reply[:1] != b"$" or reply == resp.NULL_BULK:
+        return None
+    chosen = reply[reply.index(b"\r\n") + 2 : -2]
+    position = _xadd_id_position(argv)
+    if position is None:
+        return None
+    return [*argv[:position], chosen, *argv[position + 1 :]]
+
+
+def _xadd_id_position(argv: list[bytes]) -> int | None:
+    """Index of XADD's ID argument (after NOMKSTREAM, MAXLEN/MINID [=|~] n [LIMIT n])."""
+    i = 2
+    while i < len(argv):
+        word = argv[i].upper()
+        if word == b"NOMKSTREAM":
+            i += 1
+        elif word in (b"MAXLEN", b"MINID"):
+            i += 2 if i + 1 < len(argv) and argv[i + 1] not in (b"=", b"~") else 3
+        elif word == b"LIMIT":
+            i += 2
+        else:
+            return i
+    return None
+
+
+# Writes whose effect is chosen by the replica that runs them (a random member, a
+# time-based ID): run once, then replicate what they did, so replicas stay identical.
+REPLICATE_EFFECT = {b"spop": _spop_effect, b"xadd": _xadd_effect}
+
+
 def canonical(reply: bytes) -> bytes:
     """An unordered collection reply with its elements (or a map's pairs) sorted."""
     kind = reply[:1]
@@ -269,6 +314,35 @@ class _CanonicalReplica(_Replica):
 
     def deliver(self, reply: bytes) -> None:
         _Replica.deliver(self, canonical(reply))
+
+
+class _RunOnceThenReplicate(Sink):
+    """The reply of a REPLICATE_EFFECT write run on one replica: answer the client,
+    then send the other replicas the deterministic form of what it did."""
+
+    __slots__ = ("coordinator", "argv", "sink", "others", "effect")
+
+    def __init__(self, coordinator, argv, sink, others, effect):
+        self.coordinator = coordinator
+        self.argv = argv
+        self.sink = sink
+        self.others = others
+        self.effect = effect
+
+    def deliver(self, reply: bytes) -> None:
+        self.sink.deliver(reply)
+        if reply[:1] == b"-":
+            return
+        rewritten = self.effect(self.argv, reply)
+        if rewritten is None:
+            return
+        payload = resp.encode_command(rewritten)
+        coordinator = self.coordinator
+        for replica in self.others:
+            coordinator._send(replica, payload, _Background(coordinator))
+
+    def fail(self, error: bytes) -> None:
+        self.sink.deliver(error)
 
 
 class _Background(Sink):
@@ -477,6 +551,7 @@ class Coordinator:
             if (
                 spec.__class__ is bytes or spec.route is not _KEY or spec.fixed_keys != (1,)
                 or spec.name in UNORDERED_REPLIES or spec.name in RANDOM_READS
+                or spec.name in REPLICATE_EFFECT
             ):
                 return False
             if write is None:
@@ -618,6 +693,11 @@ class Coordinator:
                     slot.deliver(self.crossslot)
                     return
         level = self._level(client, write)
+        effect = REPLICATE_EFFECT.get(spec.name)
+        if effect is not None:
+            self.metrics.by_level[level] += 1
+            self._run_once_then_replicate(token, argv, payload, slot, effect)
+            return
         if spec.name in RANDOM_READS:
             level = DC_ONE  # any replica's random pick is a right answer
         self.metrics.by_level[level] += 1
@@ -655,6 +735,14 @@ class Coordinator:
             self._send(replica, payload, replica_sink(tracker, index, sink, self, level))
         for replica in remote:
             self._send(replica, payload, _Background(self), coordinate=True)
+
+    def _run_once_then_replicate(self, token: int, argv, payload: bytes, sink: Sink, effect) -> None:
+        """A REPLICATE_EFFECT write: run it on the first available replica (this
+        rack's first), then replicate its effect to every other replica."""
+        replicas = self.ring.replicas(token)
+        first = next((r for r in replicas if self.available(r)), replicas[0])
+        others = [r for r in replicas if r is not first]
+        self._send(first, payload, _RunOnceThenReplicate(self, argv, sink, others, effect))
 
     def _remote_representatives(self, token: int) -> list["RingNode"]:
         """For each remote DC, the first available owner of ``token`` there."""

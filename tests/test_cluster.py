@@ -736,3 +736,22 @@ def test_unordered_and_random_replies_do_not_break_quorum(c3):
     assert len(reader.hgetall("fields")) == 40
     assert reader.srandmember("unordered") in members
     assert set(reader.srandmember("unordered", 5)) <= members
+
+
+@integration
+def test_spop_and_xadd_leave_every_replica_identical(c3):
+    """SPOP picks members at random and XADD * makes a time-based ID: run on every
+    replica independently, replicas would diverge. dyno runs them once and
+    replicates what they did."""
+    client = c3.nodes[0].client()
+    client.sadd("pool", *range(50))
+    popped = set(client.spop("pool", 10)) | {client.spop("pool")}
+    assert len(popped) == 11
+    ids = [client.xadd("events", {"n": i}) for i in range(5)]
+    client.xadd("events", {"n": "trimmed"}, maxlen=3, approximate=False)
+    settle(c3)
+    sets = [frozenset(redis_of(n).smembers("pool")) for n in c3.nodes]
+    assert len(set(sets)) == 1 and len(sets[0]) == 39 and not popped & sets[0]
+    streams = [redis_of(n).xrange("events") for n in c3.nodes]
+    assert all(stream == streams[0] for stream in streams) and len(streams[0]) == 3
+    assert all(entry_id in {e[0] for e in streams[0]} for entry_id in ids[-2:])
