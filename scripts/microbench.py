@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Microbenchmark of dyno's pure hot-path functions: a regression guard that is
+reported, never asserted against wall-clock time (issue 6).
+
+Prints microseconds per call for what every request goes through without I/O:
+parsing (hiredis fast path), the command table, hashing and ownership on the ring,
+quorum decisions, reply scanning and merging. Compare the figures before and after
+a change on the same machine:
+
+    .venv/bin/python scripts/microbench.py            # about 10 s
+    .venv/bin/python scripts/microbench.py --quick    # about 1 s
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import timeit
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dyno import commands, merge, resp  # noqa: E402
+from dyno.consistency import LocalQuorum, QuorumTracker  # noqa: E402
+from dyno.ring import Ring, RingNode, murmur  # noqa: E402
+
+SET = resp.encode_command([b"SET", b"key:000000012345", b"xxx"])
+GET = resp.encode_command([b"GET", b"key:000000012345"])
+PIPELINE = SET * 16
+
+
+def _ring() -> Ring:
+    nodes = [
+        RingNode(f"127.0.0.1:{8101 + 10 * i}", "127.0.0.1", 8101 + 10 * i, "dc1", f"rack{r}", (t,))
+        for i, (r, t) in enumerate((r, t) for r in (1, 2, 3) for t in (0, 2**31))
+    ]
+    return Ring(nodes, nodes[0], "murmur", b"{}")
+
+
+def cases() -> dict[str, tuple[callable, int]]:
+    """name -> (function to time, requests it stands for)."""
+    parser = resp.RequestParser()
+    ring = _ring()
+    argv = [b"GET", b"key:000000012345"]
+    mget_parts = [resp.array([resp.bulk(b"v%d" % i) for i in range(4)]) for _ in range(2)]
+    replies = b"+OK\r\n" * 16
+
+    def quorum_general():
+        tracker = QuorumTracker("DC_QUORUM", ["dc1"] * 3, "dc1")
+        tracker.reply(0, b"+OK\r\n")
+        tracker.reply(1, b"+OK\r\n")
+
+    def quorum_local():
+        tracker = LocalQuorum("DC_QUORUM", 3)
+        tracker.reply(0, b"+OK\r\n")
+        tracker.reply(1, b"+OK\r\n")
+
+    def scan16():
+        pos = 0
+        while pos < len(replies):
+            pos = resp.scan_reply(replies, pos)
+
+    return {
+        "parse SET (1 request)": (lambda: parser.feed(SET), 1),
+        "parse pipeline of 16 SETs": (lambda: parser.feed(PIPELINE), 16),
+        "resolve GET": (lambda: commands.resolve(argv), 1),
+        "murmur 16-byte key": (lambda: murmur(b"key:000000012345"), 1),
+        "token + replicas (2 nodes x 3 racks)": (lambda: ring.replicas(ring.token_of(b"key:000000012345")), 1),
+        "QuorumTracker, 2 of 3 agree": (quorum_general, 1),
+        "LocalQuorum, 2 of 3 agree": (quorum_local, 1),
+        "scan 16 replies": (scan16, 16),
+        "encode SET": (lambda: resp.encode_command([b"SET", b"key:000000012345", b"xxx"]), 1),
+        "merge MGET of 2 parts x 4 keys": (
+            lambda: merge.merge_mget(mget_parts, [[0, 2, 4, 6], [1, 3, 5, 7]], 8), 8),
+    }
+
+
+def measure(number: int, repeat: int) -> dict[str, float]:
+    """Microseconds per request for every case (best of ``repeat``)."""
+    results = {}
+    for name, (function, requests) in cases().items():
+        best = min(timeit.repeat(function, number=number, repeat=repeat))
+        results[name] = best / number / requests * 1e6
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (about 1 s)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    number, repeat = (2_000, 3) if args.quick else (20_000, 5)
+    results = measure(number, repeat)
+    width = max(map(len, results))
+    for name, micros in results.items():
+        print(f"{name:<{width}}  {micros:8.3f} us/request")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
