@@ -21,3 +21,11 @@ def test_every_case_runs_and_reports_a_positive_time(tmp_path):
     out = tmp_path / "figures.json"
     assert microbench.main(["--quick", "--json", str(out)]) == 0
     assert out.read_text().startswith("{")
+
+
+def test_idle_memory_script_runs(capsys):
+    spec = importlib.util.spec_from_file_location("idle_memory", SCRIPT.parent / "idle_memory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--connections", "20"]) == 0
+    assert "KiB per connection" in capsys.readouterr().out
