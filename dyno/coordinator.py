@@ -65,22 +65,10 @@ class _Replica(Sink):
         self.level = level
 
     def deliver(self, reply: bytes) -> None:
-        tracker = self.tracker
-        result = tracker.reply(self.index, reply)
-        if result is not None:
-            if result[:1] == b"-":
-                self.coordinator.decided_error(result, self.level)
-            self.sink.deliver(result)
-        elif tracker.done and reply != tracker.result:
-            self.coordinator.metrics.disagreements += 1
+        self.coordinator.replica_replied(self.tracker, self.index, reply, self.sink, self.level)
 
     def fail(self, error: bytes) -> None:
-        self.coordinator.replica_failed(error)
-        result = self.tracker.failure(self.index, error)
-        if result is not None:
-            if result[:1] == b"-":
-                self.coordinator.decided_error(result, self.level)
-            self.sink.deliver(result)
+        self.coordinator.replica_could_not(self.tracker, self.index, error, self.sink, self.level)
 
 
 class _ReplicaCursor(Sink):
@@ -101,24 +89,16 @@ class _ReplicaCursor(Sink):
     def deliver(self, reply: bytes) -> None:
         position = self.position
         self.position = position + 1
-        tracker = self.trackers[position]
-        result = tracker.reply(self.index, reply)
-        if result is not None:
-            if result[:1] == b"-":
-                self.coordinator.decided_error(result, self.level)
-            self.slots[position].deliver(result)
-        elif tracker.done and reply != tracker.result:
-            self.coordinator.metrics.disagreements += 1
+        self.coordinator.replica_replied(
+            self.trackers[position], self.index, reply, self.slots[position], self.level
+        )
 
     def fail(self, error: bytes) -> None:
         position = self.position
         self.position = position + 1
-        self.coordinator.replica_failed(error)
-        result = self.trackers[position].failure(self.index, error)
-        if result is not None:
-            if result[:1] == b"-":
-                self.coordinator.decided_error(result, self.level)
-            self.slots[position].deliver(result)
+        self.coordinator.replica_could_not(
+            self.trackers[position], self.index, error, self.slots[position], self.level
+        )
 
 
 class _BatchQuorum:
@@ -491,7 +471,7 @@ class Coordinator:
                 run += 1
             else:
                 if run:
-                    self._count(last, run)
+                    self.calls[last] += run
                 last = spec
                 run = 1
             route = spec.route
@@ -810,15 +790,33 @@ class Coordinator:
         else:
             self.links[replica.name].send(payload, sink, (COORDINATE if coordinate else 0) | self.link_flags)
 
+    def replica_replied(self, tracker, index: int, reply: bytes, sink: Sink, level: str) -> None:
+        """Replica ``index`` answered a replicated request: feed its tracker; answer
+        the client if that decided it, else count a late reply that disagrees."""
+        result = tracker.reply(index, reply)
+        if result is not None:
+            if result[:1] == b"-":
+                self.decided_error(result, level)
+            sink.deliver(result)
+        elif tracker.done and reply != tracker.result:
+            self.metrics.disagreements += 1
+
+    def replica_could_not(self, tracker, index: int, error: bytes, sink: Sink, level: str) -> None:
+        """Replica ``index`` could not answer: count it, feed its tracker, answer
+        the client if that decided it."""
+        self.replica_failed(error)
+        result = tracker.failure(index, error)
+        if result is not None:
+            if result[:1] == b"-":
+                self.decided_error(result, level)
+            sink.deliver(result)
+
     def decided_error(self, result: bytes, level: str) -> None:
         """A replicated request was answered with an error: count quorum failures."""
         if result.startswith(b"-ERR dyno: ") and b" not achieved" in result:
             self.metrics.failures_by_level[level] += 1
             if result.endswith(b"disagree\r\n"):
                 self.metrics.disagreements += 1
-
-    def _count(self, spec, run: int) -> None:
-        self.calls[spec] += run
 
     def set_refusing(self, refusing: bool) -> None:
         """The node entered (or left) STANDBY or WRITES_ONLY (Node.set_state)."""
