@@ -246,9 +246,3 @@ class Datastore:
         async with trio.open_nursery() as nursery:
             for conn in self.connections:
                 nursery.start_soon(conn.run)
-
-    async def wait_up(self, timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            while not self.up:
-                await trio.sleep(0.01)
-        return self.up

@@ -41,7 +41,6 @@ PONG = b"+PONG\r\n"
 NULL_BULK = b"$-1\r\n"
 NULL_ARRAY = b"*-1\r\n"
 NULL3 = b"_\r\n"  # RESP3's null
-EMPTY_ARRAY = b"*0\r\n"
 
 
 class ProtocolError(Exception):
