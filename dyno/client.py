@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dyno import resp
+from dyno import poller, resp
 from dyno.datastore import Sink
 from dyno.stream import Listener
 from dyno.wakeup import Wakeup
@@ -88,6 +88,7 @@ class ClientConnection:
     def __init__(self, node: "Node", sock: socket.socket, address: tuple):
         self.node = node
         self.sock = sock
+        self.watch = poller.watch(sock)
         self.id = next(_client_ids)
         self.address = f"{address[0]}:{address[1]}" if len(address) >= 2 else str(address)
         self.name = b""
@@ -115,13 +116,14 @@ class ClientConnection:
         congestion = self.node.congestion
         stats = self.node.stats
         replies = self.replies
+        wait_readable = self.watch.wait
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 short_read = True
                 while not self.closing and not self.dead:
                     if short_read:
-                        await trio.lowlevel.wait_readable(sock)
+                        await wait_readable()
                     else:
                         await trio.lowlevel.checkpoint()
                     try:
@@ -153,6 +155,7 @@ class ClientConnection:
         finally:
             self.dead = True
             self.replies.clear()
+            self.watch.close()
             sock.close()
             self.node.forget_client(self)
 

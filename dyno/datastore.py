@@ -25,7 +25,7 @@ from typing import Callable
 import trio
 
 from dyno import resp
-from dyno.stream import ConnectionLost, connect, receive, write_loop
+from dyno.stream import ConnectionLost, Receiver, connect, write_loop
 from dyno.wakeup import Wakeup
 
 log = logging.getLogger("dyno.datastore")
@@ -135,30 +135,34 @@ class Connection:
         scan = resp.scan_reply
         after_batch = self.store.after_batch
         pending: bytearray | None = None
-        while True:
-            data = await receive(sock, RECV_SIZE, self.store.broken, "closed by Redis")
-            self._last_progress = trio.current_time()
-            if pending is not None:
-                pending += data
-                # A reply larger than one read: rescan only once the socket is
-                # drained, so a huge reply is scanned a few times, not per read.
-                if len(data) == RECV_SIZE:
-                    continue
-                buffer = bytes(pending)
-            else:
-                buffer = data
-            pos = 0
-            size = len(buffer)
-            while pos < size:
-                end = scan(buffer, pos)
-                if end < 0:
-                    break
-                if not sinks:
-                    raise ConnectionLost(self.store.broken, "reply without a request")
-                sinks.popleft().deliver(buffer[pos:end] if pos or end != size else buffer)
-                pos = end
-            pending = bytearray(buffer[pos:]) if pos < size else None
-            after_batch()
+        receiver = Receiver(sock, RECV_SIZE, self.store.broken, "closed by Redis")
+        try:
+            while True:
+                data = await receiver.receive()
+                self._last_progress = trio.current_time()
+                if pending is not None:
+                    pending += data
+                    # A reply larger than one read: rescan only once the socket is
+                    # drained, so a huge reply is scanned a few times, not per read.
+                    if len(data) == RECV_SIZE:
+                        continue
+                    buffer = bytes(pending)
+                else:
+                    buffer = data
+                pos = 0
+                size = len(buffer)
+                while pos < size:
+                    end = scan(buffer, pos)
+                    if end < 0:
+                        break
+                    if not sinks:
+                        raise ConnectionLost(self.store.broken, "reply without a request")
+                    sinks.popleft().deliver(buffer[pos:end] if pos or end != size else buffer)
+                    pos = end
+                pending = bytearray(buffer[pos:]) if pos < size else None
+                after_batch()
+        finally:
+            receiver.close()
 
     async def _watchdog(self) -> None:
         timeout = self.store.timeout

@@ -39,7 +39,7 @@ import trio
 
 from dyno import resp
 from dyno.datastore import Sink
-from dyno.stream import ConnectionLost, Listener, connect, receive, write_loop
+from dyno.stream import ConnectionLost, Listener, Receiver, connect, write_loop
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -98,10 +98,10 @@ def check_hello(node: "Node", frame) -> str | None:
     return None
 
 
-async def _read_frames(sock: socket.socket, unpacker: msgpack.Unpacker, broken: bytes):
+async def _read_frames(receiver: Receiver, unpacker: msgpack.Unpacker):
     """Wait for data and return the complete frames it finished."""
     while True:
-        data = await receive(sock, RECV_SIZE, broken)
+        data = await receiver.receive()
         try:
             unpacker.feed(data)
             frames = list(unpacker)
@@ -210,9 +210,10 @@ class PeerLink:
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
             reason = self.broken
+            receiver = Receiver(sock, RECV_SIZE, self.broken)
             try:
                 unpacker = _unpacker()
-                await self._handshake(sock, unpacker)
+                await self._handshake(sock, receiver, unpacker)
                 backoff = BACKOFF_MIN
                 logged_down = False
                 log.info("peer %s connected", self.peer.name)
@@ -221,7 +222,7 @@ class PeerLink:
                     self._out.extend(self._early_gossip)
                     self._early_gossip = []
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._reader, sock, unpacker)
+                    nursery.start_soon(self._reader, receiver, unpacker)
                     nursery.start_soon(write_loop, sock, self._out, self._wakeup, self.broken)
                     nursery.start_soon(self._watchdog)
             except* ConnectionLost as group:  # raised alone or wrapped by the nursery
@@ -232,6 +233,7 @@ class PeerLink:
                 log.error("peer %s: %s; disconnecting", self.peer.name, group.exceptions[0])
             finally:
                 was_up, self.up = self.up, False
+                receiver.close()
                 sock.close()
                 self._fail_all(reason)
                 if was_up:
@@ -239,10 +241,10 @@ class PeerLink:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    async def _handshake(self, sock: socket.socket, unpacker: msgpack.Unpacker) -> None:
+    async def _handshake(self, sock: socket.socket, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
         sock.send(hello_frame(self.node))
         with trio.move_on_after(HELLO_TIMEOUT) as scope:
-            frames = await _read_frames(sock, unpacker, self.broken)
+            frames = await _read_frames(receiver, unpacker)
         if scope.cancelled_caught:
             raise PeerError("no HELLO reply")
         frame = frames[0]
@@ -255,11 +257,11 @@ class PeerLink:
             raise PeerError("frames before the handshake completed")
         self.node.learn_admin_address(self.peer.name, frame[2].get("admin"))
 
-    async def _reader(self, sock: socket.socket, unpacker: msgpack.Unpacker) -> None:
+    async def _reader(self, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
         pending = self._pending
         after_batch = self.node.flush_ready
         while True:
-            for frame in await _read_frames(sock, unpacker, self.broken):
+            for frame in await _read_frames(receiver, unpacker):
                 try:
                     kind, request_id, reply = frame
                 except (TypeError, ValueError):
@@ -388,9 +390,10 @@ class PeerConnection:
         sock = self.sock
         unpacker = _unpacker()
         broken = b""
+        receiver = Receiver(sock, RECV_SIZE, broken)
         try:
             with trio.move_on_after(HELLO_TIMEOUT) as scope:
-                frames = await _read_frames(sock, unpacker, broken)
+                frames = await _read_frames(receiver, unpacker)
             if scope.cancelled_caught:
                 raise PeerError("no HELLO within %.0f s" % HELLO_TIMEOUT)
             reason = check_hello(self.node, frames[0])
@@ -408,7 +411,7 @@ class PeerConnection:
                 nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
                 self._handle(frames[1:])
                 while True:
-                    self._handle(await _read_frames(sock, unpacker, broken))
+                    self._handle(await _read_frames(receiver, unpacker))
         except* PeerError as group:  # raised alone or wrapped by the nursery
             log.error(
                 "peer %s (%s): %s; disconnecting", self.peer_name, self.address, group.exceptions[0]
@@ -419,6 +422,7 @@ class PeerConnection:
             log.warning("peer %s (%s): %s", self.peer_name, self.address, group.exceptions[0])
         finally:
             self.closed = True
+            receiver.close()
             sock.close()
 
     def _handle(self, frames: list) -> None:

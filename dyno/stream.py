@@ -12,6 +12,7 @@ import socket
 
 import trio
 
+from dyno import poller
 from dyno.wakeup import Wakeup
 
 
@@ -57,20 +58,43 @@ def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
-async def receive(sock: socket.socket, size: int, broken: bytes, closed: str = "connection closed") -> bytes:
-    """Wait until ``sock`` is readable and return what it has (at most ``size``
-    bytes). The connection ending or failing raises ConnectionLost(broken, ...)."""
-    while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(size)
-        except BlockingIOError:
-            continue
-        except OSError as exc:
-            raise ConnectionLost(broken, f"recv failed: {exc}") from None
-        if not data:
-            raise ConnectionLost(broken, closed)
-        return data
+class Receiver:
+    """Reads one socket for its connection's reader task: try first, and wait through
+    the Poller only when the last read emptied the socket (dyno.poller).
+    The connection ending or failing raises ConnectionLost(broken, ...)."""
+
+    __slots__ = ("sock", "size", "broken", "closed", "_watch", "_drained")
+
+    def __init__(self, sock: socket.socket, size: int, broken: bytes, closed: str = "connection closed"):
+        self.sock = sock
+        self.size = size
+        self.broken = broken
+        self.closed = closed
+        self._watch = poller.watch(sock)
+        self._drained = True
+
+    async def receive(self) -> bytes:
+        """What the socket has (at most ``size`` bytes), once it has something."""
+        if self._drained:
+            await self._watch.wait()
+        else:  # the last read filled the buffer: more is likely there, but let others run
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = self.sock.recv(self.size)
+            except BlockingIOError:
+                await self._watch.wait()
+                continue
+            except OSError as exc:
+                raise ConnectionLost(self.broken, f"recv failed: {exc}") from None
+            if not data:
+                raise ConnectionLost(self.broken, self.closed)
+            self._drained = len(data) < self.size
+            return data
+
+    def close(self) -> None:
+        """Stop watching the socket (call before closing it)."""
+        self._watch.close()
 
 
 class Listener:

@@ -1,0 +1,122 @@
+"""Readability of many sockets through one private epoll, one trio wait per turn.
+
+DESIGN.md §10 measured that trio's cost is per *wait*. Part of that cost is trio's own
+epoll: it registers every fd with EPOLLONESHOT, so each ``wait_readable`` re-arms the fd
+with one ``epoll_ctl`` syscall, and each event goes through trio's per-fd bookkeeping. A
+proxy at ``-P 1`` waits once per request on each client, each backend and each peer
+connection, so py-spy put about 16% of a node's time in that one syscall.
+
+A ``Poller`` registers each long-lived socket once, edge-triggered, in an epoll of its
+own, and only that epoll's fd is known to trio. One task waits for it, asks it which
+sockets became readable, and wakes the task parked on each; a socket that became
+readable while its task was busy keeps a flag, so the next ``wait`` returns at once.
+Tasks keep their structure: a parked task is cancelled as with any trio wait.
+
+There is one Poller per trio run, made on the first ``watch(sock)``; its task is a trio
+system task, so it needs no nursery and ends with the run.
+
+Edge-triggered means an event comes only when new data arrives, so a ``Watch.wait``
+caller must have read until ``recv`` came back short or with EAGAIN before it waits
+again; every caller in dyno does (a short read means the socket buffer was emptied).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import trio
+
+_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_MAX_EVENTS = 512
+_current: trio.lowlevel.RunVar = trio.lowlevel.RunVar("dyno.poller")
+
+
+class Watch:
+    """One socket's readability, from a Poller. ``wait()`` by one task at a time."""
+
+    __slots__ = ("poller", "fd", "task", "ready", "_abort")
+
+    def __init__(self, poller: "Poller", fd: int):
+        self.poller = poller
+        self.fd = fd
+        self.task: trio.lowlevel.Task | None = None
+        self.ready = True  # the first wait reads at once: data may predate the watch
+
+        def abort(_raise_cancel) -> trio.lowlevel.Abort:
+            self.task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self._abort = abort
+
+    async def wait(self) -> None:
+        """Return once the socket has had new data (or an error, or EOF) since the
+        last ``wait`` returned."""
+        if self.ready:
+            self.ready = False
+            return
+        assert self.task is None, "one task waits on a socket at a time"
+        self.task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def close(self) -> None:
+        """Stop watching (before the socket is closed)."""
+        self.poller._forget(self)
+
+
+def watch(sock: socket.socket) -> Watch:
+    """Watch ``sock`` with this trio run's Poller (made and started on first use)."""
+    poller = _current.get(None)
+    if poller is None:
+        poller = Poller()
+        _current.set(poller)
+        trio.lowlevel.spawn_system_task(poller.run, name="dyno.poller")
+    return poller.watch(sock)
+
+
+class Poller:
+    """See the module docstring. ``run()`` must be running (``watch`` starts it)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._watches: dict[int, Watch] = {}
+
+    def watch(self, sock: socket.socket) -> Watch:
+        fd = sock.fileno()
+        watch = Watch(self, fd)
+        self._watches[fd] = watch
+        self._epoll.register(fd, _EVENTS)
+        return watch
+
+    def _forget(self, watch: Watch) -> None:
+        if self._watches.get(watch.fd) is watch:
+            del self._watches[watch.fd]
+            try:
+                self._epoll.unregister(watch.fd)
+            except (OSError, ValueError):  # the socket or the epoll is closed already
+                pass
+        task, watch.task = watch.task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task)
+
+    async def run(self) -> None:
+        epoll = self._epoll
+        watches = self._watches
+        reschedule = trio.lowlevel.reschedule
+        wait_readable = trio.lowlevel.wait_readable
+        fileno = epoll.fileno()
+        try:
+            while True:
+                await wait_readable(fileno)
+                for fd, _events in epoll.poll(0, _MAX_EVENTS):
+                    watch = watches.get(fd)
+                    if watch is None:
+                        continue
+                    task = watch.task
+                    if task is None:
+                        watch.ready = True
+                    else:
+                        watch.task = None
+                        reschedule(task)
+        finally:
+            epoll.close()

@@ -1,0 +1,153 @@
+"""dyno.poller: edge-triggered readability through one private epoll, and
+stream.Receiver on top of it (try first, wait only once the socket is drained)."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from dyno import poller
+from dyno.stream import ConnectionLost, Receiver
+
+
+def pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def test_a_parked_wait_returns_when_data_arrives():
+    a, b = pair()
+    with a, b:
+        watch = poller.watch(a)
+        await watch.wait()  # the first wait returns at once: data may predate the watch
+        woke = []
+
+        async def waiter():
+            await watch.wait()
+            woke.append(a.recv(100))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            assert woke == []  # nothing to read: it stays parked
+            b.send(b"hello")
+        assert woke == [b"hello"]
+        watch.close()
+
+
+async def test_data_arriving_while_busy_is_not_lost():
+    """An edge reported while no task waits is kept, so the next wait returns."""
+    a, b = pair()
+    with a, b:
+        watch = poller.watch(a)
+        await watch.wait()
+        b.send(b"x")
+        await trio.testing.wait_all_tasks_blocked()  # the poller sees the edge now
+        with trio.fail_after(5):
+            await watch.wait()
+        assert a.recv(10) == b"x"
+        watch.close()
+
+
+async def test_a_parked_wait_can_be_cancelled_and_the_watch_reused():
+    a, b = pair()
+    with a, b:
+        watch = poller.watch(a)
+        await watch.wait()
+        with trio.move_on_after(0.05) as scope:
+            await watch.wait()
+        assert scope.cancelled_caught
+        b.send(b"y")
+        with trio.fail_after(5):
+            await watch.wait()
+        assert a.recv(10) == b"y"
+        watch.close()
+
+
+async def test_close_wakes_the_waiter_and_a_new_socket_can_take_the_fd():
+    a, b = pair()
+    watch = poller.watch(a)
+    await watch.wait()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.wait)
+        await trio.testing.wait_all_tasks_blocked()
+        watch.close()
+    a.close()
+    b.close()
+    c, d = pair()  # very likely the same fd numbers
+    with c, d:
+        watch = poller.watch(c)
+        await watch.wait()
+        d.send(b"z")
+        with trio.fail_after(5):
+            await watch.wait()
+        assert c.recv(10) == b"z"
+        watch.close()
+
+
+async def test_receiver_reads_everything_in_chunks_and_reports_the_end():
+    a, b = pair()
+    with a, b:
+        receiver = Receiver(a, 1000, b"-ERR lost\r\n", "closed by the test")
+        payload = bytes(range(256)) * 40  # 10240 bytes: full reads, then a short one
+        got = bytearray()
+
+        async def reader():
+            try:
+                while True:
+                    got.extend(await receiver.receive())
+            except ConnectionLost as exc:
+                assert str(exc) == "closed by the test"
+                assert exc.reply == b"-ERR lost\r\n"
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            b.sendall(payload)
+            await trio.testing.wait_all_tasks_blocked()
+            b.send(b"tail")
+            await trio.testing.wait_all_tasks_blocked()
+            b.shutdown(socket.SHUT_WR)
+        assert bytes(got) == payload + b"tail"
+        receiver.close()
+
+
+@pytest.mark.parametrize("sockets", [1, 40])
+async def test_many_sockets_each_wake_their_own_task(sockets):
+    pairs = [pair() for _ in range(sockets)]
+    try:
+        received = {}
+
+        async def echo(index, sock):
+            watch = poller.watch(sock)
+            await watch.wait()
+            data = b""
+            while not data.endswith(b"."):
+                try:
+                    chunk = sock.recv(100)
+                except BlockingIOError:
+                    await watch.wait()
+                    continue
+                data += chunk
+            received[index] = data
+            watch.close()
+
+        async with trio.open_nursery() as nursery:
+            for index, (a, _) in enumerate(pairs):
+                nursery.start_soon(echo, index, a)
+            await trio.testing.wait_all_tasks_blocked()
+            for round_ in range(3):
+                for index, (_, b) in enumerate(reversed(pairs)):
+                    b.send(b"%d," % round_)
+                await trio.testing.wait_all_tasks_blocked()
+            for _, b in pairs:
+                b.send(b".")
+        assert received == {i: b"0,1,2,." for i in range(sockets)}
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
