@@ -371,23 +371,6 @@ class _BatchSplit(Sink):
             sink.fail(error)
 
 
-class _BackgroundBatch(Sink):
-    """A batch of replica writes the client does not wait for (DC_ONE): only a
-    failure matters, and it is counted for every request of the batch."""
-
-    __slots__ = ("coordinator", "count")
-
-    def __init__(self, coordinator: "Coordinator", count: int):
-        self.coordinator = coordinator
-        self.count = count
-
-    def deliver(self, replies: bytes) -> None:
-        pass
-
-    def fail(self, error: bytes) -> None:
-        self.coordinator.replica_failed(error, self.count)
-
-
 class Coordinator:
     def __init__(self, node: "Node"):
         self.node = node
@@ -574,7 +557,7 @@ class Coordinator:
             client.replies.extend(slots)
             self._send_batch(primary, raw, slots)  # the owner in this rack: maybe not us
             for replica in group[1:]:
-                self.links[replica.name].send_batch(raw, _BackgroundBatch(self, count), self.link_flags)
+                self.links[replica.name].send_background(raw, count, self.link_flags)
             return True
         # One datacenter (this path's precondition).
         replicas = len(group)

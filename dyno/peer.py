@@ -58,6 +58,9 @@ RECV_SIZE = 256 * 1024
 # reading client requests until it is back under LOW_WATER (or its requests time
 # out). Clients slow down; no replica write is ever dropped for want of room.
 HIGH_WATER = 20_000
+# Background requests (replica writes no client waits for) queued since the link's
+# writer last ran travel in one frame; past this many requests the frame is sealed.
+BACKGROUND_BATCH = 2_000
 LOW_WATER = 10_000
 MAX_FRAME = 600 * 1024 * 1024  # a request can carry a 512 MB value
 HELLO_TIMEOUT = 5.0
@@ -140,10 +143,15 @@ class PeerLink:
         # requests fail at once instead of waiting for the link to notice.
         self.judged_down = False
         self._early_gossip: list[bytes] = []  # gossip to send once connected
+        # Background requests not yet framed (send_background): payloads, their
+        # request count, and the flags they share.
+        self._background: list[bytes] = []
+        self._background_count = 0
+        self._background_flags = 0
 
     @property
     def has_unsent(self) -> bool:
-        return bool(self._out)
+        return bool(self._out or self._background)
 
     @property
     def usable(self) -> bool:
@@ -174,11 +182,58 @@ class PeerLink:
         and ``sink`` gets them all (or one failure for all)."""
         self._send(payload, sink, sink.count, flags)
 
+    def send_background(self, payload: bytes, count: int, flags: int = 0) -> None:
+        """``count`` requests whose replies nobody waits for (replica writes at
+        DC_ONE): only a failure matters, and the coordinator counts it. Every such
+        request queued before the writer's next turn goes in one frame, so a peer
+        gets one frame per turn, not one per client request; frame order on the
+        link stays the order of the calls."""
+        if not self.up or self.judged_down:
+            self.failed += count
+            self.node.coordinator.replica_failed(self.down_error, count)
+            return
+        if self._background and flags != self._background_flags:
+            self._seal_background()
+        self._background.append(payload)
+        self._background_count += count
+        self._background_flags = flags
+        self.queued += count
+        self._wakeup.set()
+        if self._background_count >= BACKGROUND_BATCH:
+            self._seal_background()
+        elif self.queued > HIGH_WATER and not self.congested:
+            self._congested()
+
+    def _seal_background(self) -> None:
+        """Frame the background requests queued so far (the writer's turn, or
+        another frame is about to be queued behind them)."""
+        parts = self._background
+        if not parts:
+            return
+        count = self._background_count
+        payload = b"".join(parts) if len(parts) > 1 else parts[0]
+        self._background = []
+        self._background_count = 0
+        request_id = next(self._ids)
+        sink = _Unwatched(self.node, count)
+        self._pending[request_id] = (sink, trio.current_time() + self.timeout, count)
+        self._out.append(msgpack.packb([REQUEST, request_id, self._background_flags, payload, count]))
+        self.sent += count
+        if self.queued > HIGH_WATER and not self.congested:
+            self._congested()
+
+    def _congested(self) -> None:
+        self.congested = True
+        self.node.congestion.add(self)
+        log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, self.queued)
+
     def _send(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
         if not self.up or self.judged_down:
             self.failed += count
             sink.fail(self.down_error)
             return
+        if self._background:
+            self._seal_background()
         request_id = next(self._ids)
         self._pending[request_id] = (sink, trio.current_time() + self.timeout, count)
         self._out.append(msgpack.packb([REQUEST, request_id, flags, payload, count]))
@@ -186,9 +241,7 @@ class PeerLink:
         self.queued += count
         self._wakeup.set()
         if self.queued > HIGH_WATER and not self.congested:
-            self.congested = True
-            self.node.congestion.add(self)
-            log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, self.queued)
+            self._congested()
 
     def _check_drained(self) -> None:
         if self.congested and self.queued < LOW_WATER:
@@ -223,7 +276,9 @@ class PeerLink:
                     self._early_gossip = []
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, receiver, unpacker)
-                    nursery.start_soon(write_loop, sock, self._out, self._wakeup, self.broken)
+                    nursery.start_soon(
+                        write_loop, sock, self._out, self._wakeup, self.broken, self._seal_background
+                    )
                     nursery.start_soon(self._watchdog)
             except* ConnectionLost as group:  # raised alone or wrapped by the nursery
                 lost = group.exceptions[0]
@@ -306,6 +361,11 @@ class PeerLink:
 
     def _fail_all(self, reply: bytes) -> None:
         self._out.clear()
+        if self._background:
+            self.failed += self._background_count
+            self.node.coordinator.replica_failed(reply, self._background_count)
+            self._background = []
+            self._background_count = 0
         pending, self._pending = self._pending, {}
         self.queued = 0
         for sink, _, count in pending.values():
@@ -313,6 +373,23 @@ class PeerLink:
             sink.fail(reply)
         self._check_drained()
         self.node.flush_ready()
+
+
+class _Unwatched(Sink):
+    """The sink of a background frame: replies are dropped, a failure is counted
+    for every request of the frame (they may or may not have run)."""
+
+    __slots__ = ("node", "count")
+
+    def __init__(self, node: "Node", count: int):
+        self.node = node
+        self.count = count
+
+    def deliver(self, replies: bytes) -> None:
+        pass
+
+    def fail(self, error: bytes) -> None:
+        self.node.coordinator.replica_failed(error, self.count)
 
 
 class _PeerReply(Sink):

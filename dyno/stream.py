@@ -114,10 +114,13 @@ class Listener:
         await accept_loop(self.sock, on_connection, log)
 
 
-async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: bytes) -> None:
+async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: bytes, before_turn=None) -> None:
     """Send whatever is appended to ``out``, batching everything queued since the
-    last turn into one send. ``wakeup`` is set by whoever appends."""
+    last turn into one send. ``wakeup`` is set by whoever appends. ``before_turn``,
+    if given, is called at the start of every turn (to append what was held back)."""
     while True:
+        if before_turn is not None:
+            before_turn()
         if not out:
             await wakeup.wait()
             continue

@@ -1,0 +1,160 @@
+"""PeerLink against a scripted peer (a socket in this process speaking the peer
+protocol): background requests queued in one turn travel in one frame, in call
+order, sealed before any other frame; their failures are counted, never lost."""
+
+from __future__ import annotations
+
+import types
+
+import msgpack
+import trio
+import trio.testing
+
+from dyno import peer, resp
+from dyno.node import Congestion
+from dyno.ring import RingNode
+from dyno.stream import Receiver, listen_socket
+
+
+class Failures:
+    def __init__(self):
+        self.count = 0
+        self.errors: list[bytes] = []
+
+    def replica_failed(self, error: bytes, count: int = 1) -> None:
+        self.count += count
+        self.errors.append(error)
+
+
+class Collect:
+    def __init__(self):
+        self.replies: list[bytes] = []
+
+    def deliver(self, reply: bytes) -> None:
+        self.replies.append(reply)
+
+    def fail(self, error: bytes) -> None:
+        self.replies.append(error)
+
+
+def fake_node(failures: Failures):
+    config = types.SimpleNamespace(pool="test", datacenter="dc1", rack="rack1", timeout=5000)
+    return types.SimpleNamespace(
+        config=config, name="127.0.0.1:1", admin=types.SimpleNamespace(address="127.0.0.1:2"),
+        congestion=Congestion(), coordinator=failures, flush_ready=lambda: None,
+        learn_admin_address=lambda name, address: None, peer_unreachable=lambda name: None,
+    )
+
+
+class ScriptedPeer:
+    """Accepts the link, answers its HELLO, then records every frame it gets."""
+
+    def __init__(self):
+        self.listener = listen_socket("127.0.0.1", 0)
+        self.port = self.listener.getsockname()[1]
+        self.frames: list = []
+        self.conn = None
+
+    async def serve(self, answer: bool):
+        await trio.lowlevel.wait_readable(self.listener)
+        conn, _ = self.listener.accept()
+        conn.setblocking(False)
+        self.conn = conn
+        receiver = Receiver(conn, 65536, b"")
+        unpacker = msgpack.Unpacker(raw=False)
+        try:
+            while True:
+                unpacker.feed(await receiver.receive())
+                for frame in unpacker:
+                    if frame[0] == peer.HELLO:
+                        conn.send(msgpack.packb([peer.HELLO, 0, {
+                            "cluster": "test", "node": "127.0.0.1:9", "version": peer.PROTOCOL_VERSION,
+                        }]))
+                        continue
+                    self.frames.append(frame)
+                    if answer:
+                        _, request_id, _, _, count = frame
+                        conn.send(msgpack.packb([peer.REPLY, request_id, b"+OK\r\n" * count]))
+        except Exception:
+            pass
+        finally:
+            receiver.close()
+
+
+async def start_link(nursery, scripted: ScriptedPeer, failures: Failures, answer: bool = True):
+    nursery.start_soon(scripted.serve, answer)
+    node = fake_node(failures)
+    link = peer.PeerLink(node, RingNode("127.0.0.1:%d" % scripted.port, "127.0.0.1", scripted.port, "dc1", "rack2", (0,)))
+    nursery.start_soon(link.run)
+    with trio.fail_after(5):
+        while not link.up:
+            await trio.sleep(0.001)
+    return link
+
+
+def command(*argv: bytes) -> bytes:
+    return resp.encode_command(list(argv))
+
+
+async def test_background_requests_of_one_turn_travel_in_one_frame_in_order():
+    failures = Failures()
+    scripted = ScriptedPeer()
+    async with trio.open_nursery() as nursery:
+        link = await start_link(nursery, scripted, failures)
+        sets = [command(b"SET", b"k%d" % i, b"v") for i in range(5)]
+        for payload in sets[:3]:
+            link.send_background(payload, 1)
+        link.send_background(sets[3] + sets[4], 2)  # a batch of two requests
+        answer = Collect()
+        link.send(command(b"GET", b"k0"), answer)  # seals the background frame first
+        with trio.fail_after(5):
+            while link.in_flight:
+                await trio.sleep(0.001)
+        assert [(f[0], f[3], f[4]) for f in scripted.frames] == [
+            (peer.REQUEST, b"".join(sets), 5),
+            (peer.REQUEST, command(b"GET", b"k0"), 1),
+        ]
+        assert answer.replies == [b"+OK\r\n"]
+        assert failures.count == 0
+        link.send_background(sets[0], 1)  # alone in its turn: sealed by the writer
+        with trio.fail_after(5):
+            while link.in_flight:
+                await trio.sleep(0.001)
+        assert scripted.frames[-1][3:] == [sets[0], 1]
+        nursery.cancel_scope.cancel()
+
+
+async def test_background_requests_with_other_flags_get_their_own_frame():
+    failures = Failures()
+    scripted = ScriptedPeer()
+    async with trio.open_nursery() as nursery:
+        link = await start_link(nursery, scripted, failures)
+        link.send_background(command(b"SET", b"a", b"1"), 1, 0)
+        link.send_background(command(b"SET", b"b", b"1"), 1, peer.RESP3)
+        with trio.fail_after(5):
+            while link.in_flight:
+                await trio.sleep(0.001)
+        assert [(f[2], f[4]) for f in scripted.frames] == [(0, 1), (peer.RESP3, 1)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_background_requests_lost_with_the_connection_are_counted_as_failures():
+    failures = Failures()
+    scripted = ScriptedPeer()
+    async with trio.open_nursery() as nursery:
+        link = await start_link(nursery, scripted, failures, answer=False)
+        link.send_background(command(b"SET", b"a", b"1"), 1)
+        link.send_background(command(b"SET", b"b", b"1"), 1)
+        with trio.fail_after(5):
+            while len(scripted.frames) < 1:
+                await trio.sleep(0.001)
+        link.send_background(command(b"SET", b"c", b"1"), 1)  # queued, not yet framed
+        scripted.conn.close()
+        with trio.fail_after(5):
+            while failures.count < 3:
+                await trio.sleep(0.001)
+        assert failures.count == 3 and link.in_flight == 0
+        assert not link.up
+        link.send_background(command(b"SET", b"d", b"1"), 1)  # the link is down: fails at once
+        assert failures.count == 4
+        nursery.cancel_scope.cancel()
