@@ -288,12 +288,32 @@ def canonical(reply: bytes) -> bytes:
 
 
 class _CanonicalReplica(_Replica):
-    """A replica of an UNORDERED_REPLIES read: compared (and answered) sorted."""
+    """A replica of an UNORDERED_REPLIES read: compared sorted, and answered as one
+    of the agreeing replicas sent it (HKEYS and HVALS of a small hash keep
+    Redis's order, which pairs them up). ``sink`` is the request's _Uncanonical."""
 
     __slots__ = ()
 
     def deliver(self, reply: bytes) -> None:
-        _Replica.deliver(self, canonical(reply))
+        key = canonical(reply)
+        self.sink.originals.setdefault(key, reply)
+        _Replica.deliver(self, key)
+
+
+class _Uncanonical(Sink):
+    """Turns the canonical reply a quorum decided back into a replica's own bytes."""
+
+    __slots__ = ("sink", "originals")
+
+    def __init__(self, sink: Sink):
+        self.sink = sink
+        self.originals: dict[bytes, bytes] = {}
+
+    def deliver(self, reply: bytes) -> None:
+        self.sink.deliver(self.originals.get(reply, reply))
+
+    def fail(self, error: bytes) -> None:
+        self.sink.fail(error)
 
 
 class _RunOnceThenReplicate(Sink):
@@ -693,7 +713,10 @@ class Coordinator:
             targets = ring.local_replicas(token)
             remote = self._remote_representatives(token) if write else ()
         tracker = QuorumTracker(level, [n.dc for n in targets], ring.local.dc, 0)
-        replica_sink = _CanonicalReplica if unordered else _Replica
+        replica_sink = _Replica
+        if unordered:
+            replica_sink = _CanonicalReplica
+            sink = _Uncanonical(sink)
         for index, replica in enumerate(targets):
             self._send(replica, payload, replica_sink(tracker, index, sink, self, level))
         for replica in remote:

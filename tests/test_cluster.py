@@ -734,6 +734,12 @@ def test_unordered_and_random_replies_do_not_break_quorum(c3):
     reader.execute_command("DYNO_CONFIG:CONN_CONSISTENCY", "DC_SAFE_QUORUM")
     assert reader.smembers("unordered") == members, f"replica orders seen: {len(orders)}"
     assert len(reader.hgetall("fields")) == 40
+    # A small hash keeps insertion order in Redis; HKEYS and HVALS pair up, so a
+    # quorum answers a replica's own bytes, not the sorted form it compared.
+    writer.hset("small", mapping={"f2": "two", "f1": "one", "f3": "three"})
+    settle(c3)
+    assert reader.hkeys("small") == [b"f2", b"f1", b"f3"]
+    assert reader.hvals("small") == [b"two", b"one", b"three"]
     assert reader.srandmember("unordered") in members
     assert set(reader.srandmember("unordered", 5)) <= members
 
