@@ -58,9 +58,9 @@ RECV_SIZE = 256 * 1024
 # reading client requests until it is back under LOW_WATER (or its requests time
 # out). Clients slow down; no replica write is ever dropped for want of room.
 HIGH_WATER = 20_000
-# Background requests (replica writes no client waits for) queued since the link's
-# writer last ran travel in one frame; past this many requests the frame is sealed.
-BACKGROUND_BATCH = 2_000
+# Requests queued since the link's writer last ran travel in one frame; past this
+# many requests the frame is sealed at once.
+MAX_FRAME_REQUESTS = 2_000
 LOW_WATER = 10_000
 MAX_FRAME = 600 * 1024 * 1024  # a request can carry a 512 MB value
 HELLO_TIMEOUT = 5.0
@@ -143,15 +143,17 @@ class PeerLink:
         # requests fail at once instead of waiting for the link to notice.
         self.judged_down = False
         self._early_gossip: list[bytes] = []  # gossip to send once connected
-        # Background requests not yet framed (send_background): payloads, their
-        # request count, and the flags they share.
-        self._background: list[bytes] = []
-        self._background_count = 0
-        self._background_flags = 0
+        # Requests held for the writer's next turn (_send): payloads, their sinks
+        # (None: nobody waits) and request counts; the flags they share.
+        self._held: list[bytes] = []
+        self._held_sinks: list[Sink | None] = []
+        self._held_counts: list[int] = []
+        self._held_count = 0
+        self._held_flags = 0
 
     @property
     def has_unsent(self) -> bool:
-        return bool(self._out or self._background)
+        return bool(self._out or self._held)
 
     @property
     def usable(self) -> bool:
@@ -178,62 +180,66 @@ class PeerLink:
         self._send(payload, sink, 1, flags)
 
     def send_batch(self, payload: bytes, sink: Sink, flags: int = 0) -> None:
-        """``sink.count`` requests in one frame; the replies come back in one frame
-        and ``sink`` gets them all (or one failure for all)."""
+        """``sink.count`` requests; ``sink`` gets their replies together (or one
+        failure for all)."""
         self._send(payload, sink, sink.count, flags)
 
     def send_background(self, payload: bytes, count: int, flags: int = 0) -> None:
         """``count`` requests whose replies nobody waits for (replica writes at
-        DC_ONE): only a failure matters, and the coordinator counts it. Every such
-        request queued before the writer's next turn goes in one frame, so a peer
-        gets one frame per turn, not one per client request; frame order on the
-        link stays the order of the calls."""
+        DC_ONE): only a failure matters, and the coordinator counts it."""
+        self._send(payload, None, count, flags)
+
+    def _send(self, payload: bytes, sink: Sink | None, count: int, flags: int) -> None:
+        """Requests are held until the writer's next turn and go in one frame with
+        every other request held by then (one frame per turn, not one per client
+        batch: the peer reads, runs and answers them in one go); the order on the
+        link is the order of the calls."""
         if not self.up or self.judged_down:
             self.failed += count
-            self.node.coordinator.replica_failed(self.down_error, count)
+            if sink is None:
+                self.node.coordinator.replica_failed(self.down_error, count)
+            else:
+                sink.fail(self.down_error)
             return
-        if self._background and flags != self._background_flags:
-            self._seal_background()
-        self._background.append(payload)
-        self._background_count += count
-        self._background_flags = flags
+        if flags & COORDINATE:  # the peer coordinates such a frame: one command each
+            self._seal()
+            self._frame(payload, sink, count, flags)
+            return
+        if self._held_count and flags != self._held_flags:
+            self._seal()
+        self._held.append(payload)
+        self._held_sinks.append(sink)
+        self._held_counts.append(count)
+        self._held_count += count
+        self._held_flags = flags
         self.queued += count
         self._wakeup.set()
-        if self._background_count >= BACKGROUND_BATCH:
-            self._seal_background()
+        if self._held_count >= MAX_FRAME_REQUESTS:
+            self._seal()
         elif self.queued > HIGH_WATER and not self.congested:
             self._congested()
 
-    def _seal_background(self) -> None:
-        """Frame the background requests queued so far (the writer's turn, or
-        another frame is about to be queued behind them)."""
-        parts = self._background
-        if not parts:
+    def _seal(self) -> None:
+        """Frame the requests held so far (the writer's turn, or a frame that must
+        follow them)."""
+        count = self._held_count
+        if not count:
             return
-        count = self._background_count
-        payload = b"".join(parts) if len(parts) > 1 else parts[0]
-        self._background = []
-        self._background_count = 0
-        request_id = next(self._ids)
-        sink = _Unwatched(self.node, count)
-        self._pending[request_id] = (sink, trio.current_time() + self.timeout, count)
-        self._out.append(msgpack.packb([REQUEST, request_id, self._background_flags, payload, count]))
-        self.sent += count
-        if self.queued > HIGH_WATER and not self.congested:
-            self._congested()
-
-    def _congested(self) -> None:
-        self.congested = True
-        self.node.congestion.add(self)
-        log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, self.queued)
-
-    def _send(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
-        if not self.up or self.judged_down:
-            self.failed += count
-            sink.fail(self.down_error)
+        parts, sinks, counts = self._held, self._held_sinks, self._held_counts
+        self._held, self._held_sinks, self._held_counts = [], [], []
+        self._held_count = 0
+        self.queued -= count  # _frame counts them again
+        if len(sinks) == 1:
+            sink = sinks[0] if sinks[0] is not None else _Unwatched(self.node, count)
+            self._frame(parts[0], sink, count, self._held_flags)
             return
-        if self._background:
-            self._seal_background()
+        if any(sink is not None for sink in sinks):
+            sink = _Coalesced(self.node, sinks, counts)
+        else:
+            sink = _Unwatched(self.node, count)
+        self._frame(b"".join(parts), sink, count, self._held_flags)
+
+    def _frame(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
         request_id = next(self._ids)
         self._pending[request_id] = (sink, trio.current_time() + self.timeout, count)
         self._out.append(msgpack.packb([REQUEST, request_id, flags, payload, count]))
@@ -242,6 +248,11 @@ class PeerLink:
         self._wakeup.set()
         if self.queued > HIGH_WATER and not self.congested:
             self._congested()
+
+    def _congested(self) -> None:
+        self.congested = True
+        self.node.congestion.add(self)
+        log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, self.queued)
 
     def _check_drained(self) -> None:
         if self.congested and self.queued < LOW_WATER:
@@ -277,7 +288,7 @@ class PeerLink:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, receiver, unpacker)
                     nursery.start_soon(
-                        write_loop, sock, self._out, self._wakeup, self.broken, self._seal_background
+                        write_loop, sock, self._out, self._wakeup, self.broken, self._seal
                     )
                     nursery.start_soon(self._watchdog)
             except* ConnectionLost as group:  # raised alone or wrapped by the nursery
@@ -361,11 +372,13 @@ class PeerLink:
 
     def _fail_all(self, reply: bytes) -> None:
         self._out.clear()
-        if self._background:
-            self.failed += self._background_count
-            self.node.coordinator.replica_failed(reply, self._background_count)
-            self._background = []
-            self._background_count = 0
+        if self._held_count:
+            sinks, counts = self._held_sinks, self._held_counts
+            self._held, self._held_sinks, self._held_counts = [], [], []
+            self.queued -= self._held_count
+            self.failed += self._held_count
+            self._held_count = 0
+            _Coalesced(self.node, sinks, counts).fail(reply)
         pending, self._pending = self._pending, {}
         self.queued = 0
         for sink, _, count in pending.values():
@@ -390,6 +403,47 @@ class _Unwatched(Sink):
 
     def fail(self, error: bytes) -> None:
         self.node.coordinator.replica_failed(error, self.count)
+
+
+class _Coalesced(Sink):
+    """The sink of a frame that carries several callers' requests: splits the
+    joined replies by caller (``counts[i]`` replies for ``sinks[i]``). A None sink
+    is a background request: its replies are dropped, its failure counted."""
+
+    __slots__ = ("node", "sinks", "counts")
+
+    def __init__(self, node: "Node", sinks: list[Sink | None], counts: list[int]):
+        self.node = node
+        self.sinks = sinks
+        self.counts = counts
+
+    def deliver(self, replies: bytes) -> None:
+        scan = resp.scan_reply
+        size = len(replies)
+        pos = 0
+        for index, (sink, count) in enumerate(zip(self.sinks, self.counts)):
+            end = pos
+            for _ in range(count):
+                end = scan(replies, end) if end < size else -1
+                if end < 0:
+                    self._fail_from(index, resp.error("ERR dyno: a peer answered fewer requests than it was sent"))
+                    return
+            if sink is not None:
+                sink.deliver(replies[pos:end])
+            pos = end
+
+    def fail(self, error: bytes) -> None:
+        self._fail_from(0, error)
+
+    def _fail_from(self, start: int, error: bytes) -> None:
+        background = 0
+        for sink, count in zip(self.sinks[start:], self.counts[start:]):
+            if sink is None:
+                background += count
+            else:
+                sink.fail(error)
+        if background:
+            self.node.coordinator.replica_failed(error, background)
 
 
 class _PeerReply(Sink):

@@ -1,6 +1,7 @@
 """PeerLink against a scripted peer (a socket in this process speaking the peer
-protocol): background requests queued in one turn travel in one frame, in call
-order, sealed before any other frame; their failures are counted, never lost."""
+protocol): the requests queued in one turn travel in one frame, in call order, and
+the joined replies are split back to their callers; background requests' failures
+are counted, never lost."""
 
 from __future__ import annotations
 
@@ -26,6 +27,12 @@ class Failures:
         self.errors.append(error)
 
 
+async def wait_answered(link) -> None:
+    with trio.fail_after(5):
+        while link.in_flight or link.has_unsent:
+            await trio.sleep(0.001)
+
+
 class Collect:
     def __init__(self):
         self.replies: list[bytes] = []
@@ -35,6 +42,12 @@ class Collect:
 
     def fail(self, error: bytes) -> None:
         self.replies.append(error)
+
+
+class BatchCollect(Collect):
+    def __init__(self, count: int):
+        super().__init__()
+        self.count = count
 
 
 def fake_node(failures: Failures):
@@ -49,7 +62,9 @@ def fake_node(failures: Failures):
 class ScriptedPeer:
     """Accepts the link, answers its HELLO, then records every frame it gets."""
 
-    def __init__(self):
+    def __init__(self, numbered: bool = False, short: bool = False):
+        self.numbered = numbered  # reply ":n" to the n-th request of a frame, else "+OK"
+        self.short = short  # answer only the first request of each frame
         self.listener = listen_socket("127.0.0.1", 0)
         self.port = self.listener.getsockname()[1]
         self.frames: list = []
@@ -74,7 +89,13 @@ class ScriptedPeer:
                     self.frames.append(frame)
                     if answer:
                         _, request_id, _, _, count = frame
-                        conn.send(msgpack.packb([peer.REPLY, request_id, b"+OK\r\n" * count]))
+                        if self.numbered:
+                            replies = b"".join(b":%d\r\n" % n for n in range(1, count + 1))
+                        else:
+                            replies = b"+OK\r\n" * count
+                        if self.short:
+                            replies = replies[: replies.index(b"\n") + 1]
+                        conn.send(msgpack.packb([peer.REPLY, request_id, replies]))
         except Exception:
             pass
         finally:
@@ -96,31 +117,43 @@ def command(*argv: bytes) -> bytes:
     return resp.encode_command(list(argv))
 
 
-async def test_background_requests_of_one_turn_travel_in_one_frame_in_order():
+async def test_requests_of_one_turn_travel_in_one_frame_in_order_and_replies_are_split():
+    failures = Failures()
+    scripted = ScriptedPeer(numbered=True)
+    async with trio.open_nursery() as nursery:
+        link = await start_link(nursery, scripted, failures)
+        sets = [command(b"SET", b"k%d" % i, b"v") for i in range(5)]
+        first, batch, last = Collect(), BatchCollect(2), Collect()
+        link.send_background(sets[0], 1)
+        link.send(sets[1], first)
+        link.send_background(sets[2], 1)
+        link.send_batch(sets[3] + sets[4], batch)  # a client batch of two requests
+        link.send(command(b"GET", b"k0"), last)
+        await wait_answered(link)
+        assert [(f[0], f[3], f[4]) for f in scripted.frames] == [
+            (peer.REQUEST, b"".join(sets) + command(b"GET", b"k0"), 6),
+        ]
+        assert first.replies == [b":2\r\n"]
+        assert batch.replies == [b":4\r\n:5\r\n"]
+        assert last.replies == [b":6\r\n"]
+        assert failures.count == 0
+        link.send_background(sets[0], 1)  # alone in its turn: a frame of its own
+        await wait_answered(link)
+        assert scripted.frames[-1][3:] == [sets[0], 1]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_coordinate_request_gets_a_frame_of_its_own_after_those_held():
     failures = Failures()
     scripted = ScriptedPeer()
     async with trio.open_nursery() as nursery:
         link = await start_link(nursery, scripted, failures)
-        sets = [command(b"SET", b"k%d" % i, b"v") for i in range(5)]
-        for payload in sets[:3]:
-            link.send_background(payload, 1)
-        link.send_background(sets[3] + sets[4], 2)  # a batch of two requests
-        answer = Collect()
-        link.send(command(b"GET", b"k0"), answer)  # seals the background frame first
-        with trio.fail_after(5):
-            while link.in_flight:
-                await trio.sleep(0.001)
-        assert [(f[0], f[3], f[4]) for f in scripted.frames] == [
-            (peer.REQUEST, b"".join(sets), 5),
-            (peer.REQUEST, command(b"GET", b"k0"), 1),
-        ]
-        assert answer.replies == [b"+OK\r\n"]
-        assert failures.count == 0
-        link.send_background(sets[0], 1)  # alone in its turn: sealed by the writer
-        with trio.fail_after(5):
-            while link.in_flight:
-                await trio.sleep(0.001)
-        assert scripted.frames[-1][3:] == [sets[0], 1]
+        a, b, c = (command(b"SET", key, b"1") for key in (b"a", b"b", b"c"))
+        link.send_background(a, 1)
+        link.send(b, Collect(), peer.COORDINATE)
+        link.send_background(c, 1)
+        await wait_answered(link)
+        assert [(f[2], f[3]) for f in scripted.frames] == [(0, a), (peer.COORDINATE, b), (0, c)]
         nursery.cancel_scope.cancel()
 
 
@@ -131,9 +164,7 @@ async def test_background_requests_with_other_flags_get_their_own_frame():
         link = await start_link(nursery, scripted, failures)
         link.send_background(command(b"SET", b"a", b"1"), 1, 0)
         link.send_background(command(b"SET", b"b", b"1"), 1, peer.RESP3)
-        with trio.fail_after(5):
-            while link.in_flight:
-                await trio.sleep(0.001)
+        await wait_answered(link)
         assert [(f[2], f[4]) for f in scripted.frames] == [(0, 1), (peer.RESP3, 1)]
         nursery.cancel_scope.cancel()
 
@@ -157,4 +188,20 @@ async def test_background_requests_lost_with_the_connection_are_counted_as_failu
         assert not link.up
         link.send_background(command(b"SET", b"d", b"1"), 1)  # the link is down: fails at once
         assert failures.count == 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_answering_too_few_replies_fails_the_callers_left_without_one():
+    failures = Failures()
+    scripted = ScriptedPeer(short=True)
+    async with trio.open_nursery() as nursery:
+        link = await start_link(nursery, scripted, failures)
+        first, second = Collect(), Collect()
+        link.send(command(b"GET", b"a"), first)
+        link.send(command(b"GET", b"b"), second)
+        link.send_background(command(b"SET", b"c", b"1"), 1)
+        await wait_answered(link)
+        assert first.replies == [b"+OK\r\n"]
+        assert second.replies == [b"-ERR dyno: a peer answered fewer requests than it was sent\r\n"]
+        assert failures.count == 1
         nursery.cancel_scope.cancel()
