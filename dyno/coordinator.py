@@ -362,8 +362,8 @@ class _Background(Sink):
 
 
 class _BatchSplit(Sink):
-    """The replies of a batch sent to one peer in one frame: split them and hand
-    each to its request's sink."""
+    """The replies of a batch sent to one peer: hand each to its request's sink
+    (a list of them from a peer; joined bytes, split here, for a batch of one)."""
 
     __slots__ = ("sinks", "count")
 
@@ -389,6 +389,10 @@ class _BatchSplit(Sink):
     def fail(self, error: bytes) -> None:
         for sink in self.sinks:
             sink.fail(error)
+
+    def deliver_each(self, replies: list[bytes]) -> None:
+        for sink, reply in zip(self.sinks, replies):
+            sink.deliver(reply)
 
 
 class Coordinator:

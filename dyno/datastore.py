@@ -49,6 +49,11 @@ class Sink:
     def fail(self, error: bytes) -> None:
         self.deliver(error)
 
+    def deliver_each(self, replies: list[bytes]) -> None:
+        """The replies of a batch of requests this sink stands for (a peer sends
+        them as a list); by default they are delivered joined."""
+        self.deliver(b"".join(replies))
+
 
 class Connection:
     """One pipelined connection to Redis, with its reader, writer and watchdog."""

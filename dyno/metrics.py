@@ -106,6 +106,10 @@ class TimedSink(Sink):
         self.histogram.observe(_perf_counter() - self.start)
         self.sink.fail(error)
 
+    def deliver_each(self, replies: list[bytes]) -> None:
+        self.histogram.observe(_perf_counter() - self.start)
+        self.sink.deliver_each(replies)
+
 
 def timed_slot_class(histogram: Histogram) -> type[ReplySlot]:
     """A ``ReplySlot`` that records, when its reply lands, how long it took since

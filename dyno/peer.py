@@ -11,7 +11,9 @@ loop per frame and buys nothing msgpack does not already give.)
                                        (admin: the node's admin HTTP address, for dyno status)
     REQUEST  [1, id, flags, payload, n]  payload: n canonical RESP requests (a client's
                                        pipelined read travels as one frame)
-    REPLY    [2, id, replies]          replies: Redis's n replies, relayed verbatim
+    REPLY    [2, id, replies]          Redis's reply, relayed verbatim (bytes) when n is 1;
+                                       a list of its n replies when n > 1 (the receiver
+                                       scanned them already; the sender need not)
     REFUSED  [3, 0, reason]            a HELLO was refused; the connection closes
     GOSSIP   [4, 0, message]           membership (dyno.membership), both ways
     FAILED   [5, id, error]            the receiver could not run the request (its
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dyno.peer")
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: a REPLY to n > 1 requests is a list
 HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
@@ -63,6 +65,7 @@ HIGH_WATER = 20_000
 MAX_FRAME_REQUESTS = 2_000
 LOW_WATER = 10_000
 MAX_FRAME = 600 * 1024 * 1024  # a request can carry a 512 MB value
+MAX_REQUESTS = 1024 * 1024  # per frame (Redis's own limit on a multibulk's length)
 HELLO_TIMEOUT = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
@@ -71,7 +74,7 @@ BACKOFF_MAX = 2.0
 def _unpacker() -> msgpack.Unpacker:
     return msgpack.Unpacker(
         max_buffer_size=MAX_FRAME, raw=False, strict_map_key=True,
-        max_array_len=16, max_map_len=64,
+        max_array_len=MAX_REQUESTS, max_map_len=64,
     )
 
 
@@ -229,15 +232,13 @@ class PeerLink:
         self._held, self._held_sinks, self._held_counts = [], [], []
         self._held_count = 0
         self.queued -= count  # _frame counts them again
-        if len(sinks) == 1:
-            sink = sinks[0] if sinks[0] is not None else _Unwatched(self.node, count)
-            self._frame(parts[0], sink, count, self._held_flags)
-            return
-        if any(sink is not None for sink in sinks):
-            sink = _Coalesced(self.node, sinks, counts)
-        else:
+        if all(sink is None for sink in sinks):
             sink = _Unwatched(self.node, count)
-        self._frame(b"".join(parts), sink, count, self._held_flags)
+        elif count == 1:
+            sink = sinks[0]
+        else:  # the reply is a list: _Coalesced hands each caller its part
+            sink = _Coalesced(self.node, sinks, counts)
+        self._frame(b"".join(parts) if len(parts) > 1 else parts[0], sink, count, self._held_flags)
 
     def _frame(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
         request_id = next(self._ids)
@@ -332,18 +333,26 @@ class PeerLink:
                     kind, request_id, reply = frame
                 except (TypeError, ValueError):
                     raise PeerError(f"malformed frame {frame!r:.80}") from None
-                if (kind != REPLY and kind != FAILED) or reply.__class__ is not bytes:
+                if (kind != REPLY and kind != FAILED) or request_id.__class__ is not int:
                     raise PeerError(f"unexpected frame {frame!r:.80}")
-                if request_id.__class__ is not int:
-                    raise PeerError(f"unexpected frame {frame!r:.80}")
-                entry = pending.pop(request_id, None)
+                entry = pending.get(request_id)
                 if entry is None:  # it timed out already
                     continue
-                self.queued -= entry[2]
+                count = entry[2]
+                if (
+                    (kind == FAILED or count == 1) and reply.__class__ is not bytes
+                    or kind == REPLY and count > 1 and (
+                        reply.__class__ is not list or len(reply) != count
+                        or not all(r.__class__ is bytes for r in reply)
+                    )
+                ):  # the request stays pending: losing the link fails it
+                    raise PeerError(f"unexpected frame {frame!r:.80} for {count} request(s)")
+                del pending[request_id]
+                self.queued -= count
                 if kind == REPLY:
                     entry[0].deliver(reply)
                 else:
-                    self.failed += entry[2]
+                    self.failed += count
                     entry[0].fail(reply)
             if self.congested:
                 self._check_drained()
@@ -406,9 +415,10 @@ class _Unwatched(Sink):
 
 
 class _Coalesced(Sink):
-    """The sink of a frame that carries several callers' requests: splits the
-    joined replies by caller (``counts[i]`` replies for ``sinks[i]``). A None sink
-    is a background request: its replies are dropped, its failure counted."""
+    """The sink of a frame of several requests: hands each caller its replies
+    (``counts[i]`` of them for ``sinks[i]``: ``deliver`` with one, ``deliver_each``
+    with more). A None sink is a background request: its replies are dropped, its
+    failure counted."""
 
     __slots__ = ("node", "sinks", "counts")
 
@@ -417,20 +427,18 @@ class _Coalesced(Sink):
         self.sinks = sinks
         self.counts = counts
 
-    def deliver(self, replies: bytes) -> None:
-        scan = resp.scan_reply
-        size = len(replies)
+    def deliver(self, replies: list[bytes]) -> None:
+        if len(replies) != sum(self.counts):  # the link checked; a defence in depth
+            self._fail_from(0, resp.error("ERR dyno: a peer answered the wrong number of requests"))
+            return
         pos = 0
-        for index, (sink, count) in enumerate(zip(self.sinks, self.counts)):
-            end = pos
-            for _ in range(count):
-                end = scan(replies, end) if end < size else -1
-                if end < 0:
-                    self._fail_from(index, resp.error("ERR dyno: a peer answered fewer requests than it was sent"))
-                    return
+        for sink, count in zip(self.sinks, self.counts):
             if sink is not None:
-                sink.deliver(replies[pos:end])
-            pos = end
+                if count == 1:
+                    sink.deliver(replies[pos])
+                else:
+                    sink.deliver_each(replies[pos : pos + count])
+            pos += count
 
     def fail(self, error: bytes) -> None:
         self._fail_from(0, error)
@@ -498,7 +506,7 @@ class _PeerBatchReply(Sink):
         if conn.closed:
             return
         if self.error is None:
-            conn.out.append(msgpack.packb([REPLY, self.request_id, b"".join(self.replies)]))
+            conn.out.append(msgpack.packb([REPLY, self.request_id, self.replies]))
         else:
             conn.out.append(msgpack.packb([FAILED, self.request_id, self.error]))
         conn.wakeup.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import types
 
 import msgpack
+import pytest
 import trio
 import trio.testing
 
@@ -49,6 +50,9 @@ class BatchCollect(Collect):
         super().__init__()
         self.count = count
 
+    def deliver_each(self, replies: list[bytes]) -> None:
+        self.replies.append(replies)
+
 
 def fake_node(failures: Failures):
     config = types.SimpleNamespace(pool="test", datacenter="dc1", rack="rack1", timeout=5000)
@@ -62,9 +66,9 @@ def fake_node(failures: Failures):
 class ScriptedPeer:
     """Accepts the link, answers its HELLO, then records every frame it gets."""
 
-    def __init__(self, numbered: bool = False, short: bool = False):
+    def __init__(self, numbered: bool = False, bad=None):
         self.numbered = numbered  # reply ":n" to the n-th request of a frame, else "+OK"
-        self.short = short  # answer only the first request of each frame
+        self.bad = bad  # if not None: the reply to every frame of several requests
         self.listener = listen_socket("127.0.0.1", 0)
         self.port = self.listener.getsockname()[1]
         self.frames: list = []
@@ -90,11 +94,13 @@ class ScriptedPeer:
                     if answer:
                         _, request_id, _, _, count = frame
                         if self.numbered:
-                            replies = b"".join(b":%d\r\n" % n for n in range(1, count + 1))
+                            replies = [b":%d\r\n" % n for n in range(1, count + 1)]
                         else:
-                            replies = b"+OK\r\n" * count
-                        if self.short:
-                            replies = replies[: replies.index(b"\n") + 1]
+                            replies = [b"+OK\r\n"] * count
+                        if count == 1:
+                            replies = replies[0]
+                        elif self.bad is not None:
+                            replies = self.bad
                         conn.send(msgpack.packb([peer.REPLY, request_id, replies]))
         except Exception:
             pass
@@ -134,7 +140,7 @@ async def test_requests_of_one_turn_travel_in_one_frame_in_order_and_replies_are
             (peer.REQUEST, b"".join(sets) + command(b"GET", b"k0"), 6),
         ]
         assert first.replies == [b":2\r\n"]
-        assert batch.replies == [b":4\r\n:5\r\n"]
+        assert batch.replies == [[b":4\r\n", b":5\r\n"]]
         assert last.replies == [b":6\r\n"]
         assert failures.count == 0
         link.send_background(sets[0], 1)  # alone in its turn: a frame of its own
@@ -191,9 +197,15 @@ async def test_background_requests_lost_with_the_connection_are_counted_as_failu
         nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_answering_too_few_replies_fails_the_callers_left_without_one():
+@pytest.mark.parametrize("bad", [
+    [b"+OK\r\n"],  # one reply for three requests
+    [b"+OK\r\n"] * 4,  # four
+    b"+OK\r\n+OK\r\n+OK\r\n",  # joined bytes, not a list
+    [b"+OK\r\n", "+OK\r\n", b"+OK\r\n"],  # a str among them
+], ids=["too-few", "too-many", "bytes", "str"])
+async def test_a_peer_answering_a_frame_wrongly_is_disconnected_and_every_caller_fails(bad):
     failures = Failures()
-    scripted = ScriptedPeer(short=True)
+    scripted = ScriptedPeer(bad=bad)
     async with trio.open_nursery() as nursery:
         link = await start_link(nursery, scripted, failures)
         first, second = Collect(), Collect()
@@ -201,7 +213,7 @@ async def test_a_peer_answering_too_few_replies_fails_the_callers_left_without_o
         link.send(command(b"GET", b"b"), second)
         link.send_background(command(b"SET", b"c", b"1"), 1)
         await wait_answered(link)
-        assert first.replies == [b"+OK\r\n"]
-        assert second.replies == [b"-ERR dyno: a peer answered fewer requests than it was sent\r\n"]
+        assert first.replies == second.replies == [link.broken]
         assert failures.count == 1
+        assert link.failed == 3
         nursery.cancel_scope.cancel()
