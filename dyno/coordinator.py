@@ -571,14 +571,20 @@ class Coordinator:
             self.calls[first] += count
         metrics.by_level[level] += count
         if level == DC_ONE:
-            slots = [Slot(client) for _ in range(count)]
+            if count > 1 and not client.replies and not self.sampling:
+                # Nothing else in flight for this client (the request/response
+                # pattern): one slot takes the batch's replies, as in _solo_batch.
+                slot = BatchSlot(client, count)
+                client.replies.append(slot)
+                slots = [slot] * count
+            else:
+                slots = [Slot(client) for _ in range(count)]
+                client.replies.extend(slots)
             primary = group[0]
             if not write:
                 target = next((r for r in group if self.available(r)), primary)
-                client.replies.extend(slots)
                 self._send_batch(target, raw, slots)
                 return True
-            client.replies.extend(slots)
             self._send_batch(primary, raw, slots)  # the owner in this rack: maybe not us
             for replica in group[1:]:
                 self.links[replica.name].send_background(raw, count, self.link_flags)
