@@ -40,6 +40,8 @@ MAX_UNSENT = 1024 * 1024
 CLOSE_GRACE = 5.0  # seconds to deliver the last replies before closing
 
 _client_ids = itertools.count(1)
+# What one read of a client's socket came to (ClientConnection._read).
+_FULL, _DRAINED, _NOTHING, _CLOSED = "full", "drained", "nothing", "closed"
 
 
 class ReplySlot(Sink):
@@ -106,49 +108,37 @@ class ClientConnection:
         self._caught_up = Wakeup()
         self._waiting = False
         self.created = trio.current_time()
+        self.parser = resp.RequestParser()
+        self._eof = False  # the poller's read found the connection closed
 
     # -- reading ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        sock = self.sock
-        parser = resp.RequestParser()
-        execute_batch = self.node.coordinator.execute_batch
         congestion = self.node.congestion
-        stats = self.node.stats
         replies = self.replies
         wait_readable = self.watch.wait
+        on_readable = self._on_readable
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 short_read = True
                 while not self.closing and not self.dead:
-                    if short_read:
-                        await wait_readable()
-                    else:
-                        await trio.lowlevel.checkpoint()
-                    try:
-                        data = sock.recv(RECV_SIZE)
-                    except BlockingIOError:
-                        short_read = True
-                        continue
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    short_read = len(data) < RECV_SIZE
-                    stats.client_bytes_in += len(data)
-                    requests = parser.feed(data)
-                    if requests:
-                        execute_batch(self, requests, data if parser.clean else None)
-                    if parser.error is not None and not self.closing:
-                        replies.append(ReplySlot(self, parser.error))
-                        self.closing = True
-                        log.info("client %s: %s", self.address, parser.error[1:-2].decode())
-                    self.flush()
                     if len(replies) > MAX_IN_FLIGHT or self._unsent_bytes > MAX_UNSENT:
                         await self._catch_up()
                     if congestion:
                         await congestion.wait_clear()
+                    if short_read:
+                        # While parked, the poller runs _on_readable itself: most
+                        # requests are read and dispatched without waking this task.
+                        await wait_readable(on_readable)
+                        if self._eof or self.closing or self.dead:
+                            break
+                    else:
+                        await trio.lowlevel.checkpoint()
+                    outcome = self._read()
+                    if outcome is _CLOSED:
+                        break
+                    short_read = outcome is not _FULL
                 if self.closing:
                     await self._finish()
                 nursery.cancel_scope.cancel()
@@ -156,8 +146,51 @@ class ClientConnection:
             self.dead = True
             self.replies.clear()
             self.watch.close()
-            sock.close()
+            self.sock.close()
             self.node.forget_client(self)
+
+    def _read(self):
+        """One ``recv``, and the requests it completes dispatched and their ready
+        replies sent. Returns _FULL (the read filled the buffer: read again),
+        _DRAINED, _NOTHING (EAGAIN) or _CLOSED."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return _NOTHING
+        except OSError:
+            return _CLOSED
+        if not data:
+            return _CLOSED
+        self.node.stats.client_bytes_in += len(data)
+        parser = self.parser
+        requests = parser.feed(data)
+        if requests:
+            self.node.coordinator.execute_batch(self, requests, data if parser.clean else None)
+        if parser.error is not None and not self.closing:
+            self.replies.append(ReplySlot(self, parser.error))
+            self.closing = True
+            log.info("client %s: %s", self.address, parser.error[1:-2].decode())
+        self.flush()
+        return _FULL if len(data) == RECV_SIZE else _DRAINED
+
+    def _on_readable(self) -> bool:
+        """The poller's call while this client's task is parked and its socket
+        became readable: handle the read here, in the poller's task, and return
+        True; or return False to have the task woken (more to read, back-pressure,
+        closing), which then carries on as if it had done the read itself."""
+        try:
+            outcome = self._read()
+        except Exception:  # a bug must cost this client, never the poller
+            log.exception("client %s: unexpected error; closing the connection", self.address)
+            self.dead = True
+            return False
+        if outcome is _CLOSED:
+            self._eof = True
+            return False
+        return outcome is not _FULL and not (
+            self.closing or self.dead or self.node.congestion
+            or len(self.replies) > MAX_IN_FLIGHT or self._unsent_bytes > MAX_UNSENT
+        )
 
     async def _catch_up(self) -> None:
         """Back-pressure: stop reading until replies are answered and sent."""

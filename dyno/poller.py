@@ -35,28 +35,36 @@ _current: trio.lowlevel.RunVar = trio.lowlevel.RunVar("dyno.poller")
 class Watch:
     """One socket's readability, from a Poller. ``wait()`` by one task at a time."""
 
-    __slots__ = ("poller", "fd", "task", "ready", "_abort")
+    __slots__ = ("poller", "fd", "task", "ready", "inline", "_abort")
 
     def __init__(self, poller: "Poller", fd: int):
         self.poller = poller
         self.fd = fd
         self.task: trio.lowlevel.Task | None = None
         self.ready = True  # the first wait reads at once: data may predate the watch
+        self.inline = None  # while parked: the poller calls it instead of waking the task
 
         def abort(_raise_cancel) -> trio.lowlevel.Abort:
             self.task = None
+            self.inline = None
             return trio.lowlevel.Abort.SUCCEEDED
 
         self._abort = abort
 
-    async def wait(self) -> None:
+    async def wait(self, inline=None) -> None:
         """Return once the socket has had new data (or an error, or EOF) since the
-        last ``wait`` returned."""
+        last ``wait`` returned.
+
+        ``inline``: while the task is parked, each time the socket becomes readable
+        the poller calls ``inline()`` in its own task; the task stays parked while
+        it returns True (it read and handled the data), and is woken when it
+        returns False. It must not raise."""
         if self.ready:
             self.ready = False
             return
         assert self.task is None, "one task waits on a socket at a time"
         self.task = trio.lowlevel.current_task()
+        self.inline = inline
         await trio.lowlevel.wait_task_rescheduled(self._abort)
 
     def close(self) -> None:
@@ -96,6 +104,7 @@ class Poller:
             except (OSError, ValueError):  # the socket or the epoll is closed already
                 pass
         task, watch.task = watch.task, None
+        watch.inline = None
         if task is not None:
             trio.lowlevel.reschedule(task)
 
@@ -115,8 +124,9 @@ class Poller:
                     task = watch.task
                     if task is None:
                         watch.ready = True
-                    else:
+                    elif watch.inline is None or not watch.inline():
                         watch.task = None
+                        watch.inline = None
                         reschedule(task)
         finally:
             epoll.close()

@@ -151,3 +151,35 @@ async def test_many_sockets_each_wake_their_own_task(sockets):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+async def test_inline_handler_runs_in_the_pollers_task_while_the_waiter_stays_parked():
+    a, b = pair()
+    with a, b:
+        watch = poller.watch(a)
+        await watch.wait()
+        handled = []
+        verdicts = [True, True, False]  # handle two reads inline, then wake the task
+
+        def inline() -> bool:
+            handled.append((trio.lowlevel.current_task() is not waiter_task, a.recv(100)))
+            return verdicts[len(handled) - 1]
+
+        woke = []
+
+        async def waiter():
+            await watch.wait(inline)
+            woke.append(True)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.testing.wait_all_tasks_blocked()
+            waiter_task = watch.task
+            for n, message in enumerate([b"one", b"two", b"three"]):
+                b.send(message)
+                await trio.testing.wait_all_tasks_blocked()
+                assert len(handled) == n + 1
+                assert woke == ([True] if n == 2 else [])
+        assert handled == [(True, b"one"), (True, b"two"), (True, b"three")]
+        assert watch.inline is None  # a woken task's next wait starts clean
+        watch.close()
