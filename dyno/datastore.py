@@ -135,37 +135,40 @@ class Connection:
         self.store.after_batch()
 
     async def _reader(self) -> None:
-        sock = self.sock
         sinks = self._sinks
         scan = resp.scan_reply
         after_batch = self.store.after_batch
+        broken = self.store.broken
         pending: bytearray | None = None
-        receiver = Receiver(sock, RECV_SIZE, self.store.broken, "closed by Redis")
+
+        def on_data(data: bytes) -> None:
+            nonlocal pending
+            self._last_progress = trio.current_time()
+            if pending is not None:
+                pending += data
+                # A reply larger than one read: rescan only once the socket is
+                # drained, so a huge reply is scanned a few times, not per read.
+                if len(data) == RECV_SIZE:
+                    return
+                buffer = bytes(pending)
+            else:
+                buffer = data
+            pos = 0
+            size = len(buffer)
+            while pos < size:
+                end = scan(buffer, pos)
+                if end < 0:
+                    break
+                if not sinks:
+                    raise ConnectionLost(broken, "reply without a request")
+                sinks.popleft().deliver(buffer[pos:end] if pos or end != size else buffer)
+                pos = end
+            pending = bytearray(buffer[pos:]) if pos < size else None
+            after_batch()
+
+        receiver = Receiver(self.sock, RECV_SIZE, broken, "closed by Redis")
         try:
-            while True:
-                data = await receiver.receive()
-                self._last_progress = trio.current_time()
-                if pending is not None:
-                    pending += data
-                    # A reply larger than one read: rescan only once the socket is
-                    # drained, so a huge reply is scanned a few times, not per read.
-                    if len(data) == RECV_SIZE:
-                        continue
-                    buffer = bytes(pending)
-                else:
-                    buffer = data
-                pos = 0
-                size = len(buffer)
-                while pos < size:
-                    end = scan(buffer, pos)
-                    if end < 0:
-                        break
-                    if not sinks:
-                        raise ConnectionLost(self.store.broken, "reply without a request")
-                    sinks.popleft().deliver(buffer[pos:end] if pos or end != size else buffer)
-                    pos = end
-                pending = bytearray(buffer[pos:]) if pos < size else None
-                after_batch()
+            await receiver.serve(on_data)
         finally:
             receiver.close()
 

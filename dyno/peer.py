@@ -71,6 +71,9 @@ BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
 
+_BYTES = {bytes}
+
+
 def _unpacker() -> msgpack.Unpacker:
     return msgpack.Unpacker(
         max_buffer_size=MAX_FRAME, raw=False, strict_map_key=True,
@@ -104,15 +107,19 @@ def check_hello(node: "Node", frame) -> str | None:
     return None
 
 
-async def _read_frames(receiver: Receiver, unpacker: msgpack.Unpacker):
+def _decode(unpacker: msgpack.Unpacker, data: bytes) -> list:
+    """The complete frames ``data`` finished (maybe none)."""
+    try:
+        unpacker.feed(data)
+        return list(unpacker)
+    except (msgpack.UnpackException, ValueError) as exc:
+        raise PeerError(f"undecodable frame ({exc.__class__.__name__}: {exc})") from None
+
+
+async def _read_frames(receiver: Receiver, unpacker: msgpack.Unpacker) -> list:
     """Wait for data and return the complete frames it finished."""
     while True:
-        data = await receiver.receive()
-        try:
-            unpacker.feed(data)
-            frames = list(unpacker)
-        except (msgpack.UnpackException, ValueError) as exc:
-            raise PeerError(f"undecodable frame ({exc.__class__.__name__}: {exc})") from None
+        frames = _decode(unpacker, await receiver.receive())
         if frames:
             return frames
 
@@ -327,8 +334,9 @@ class PeerLink:
     async def _reader(self, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
         pending = self._pending
         after_batch = self.node.flush_ready
-        while True:
-            for frame in await _read_frames(receiver, unpacker):
+
+        def on_data(data: bytes) -> None:
+            for frame in _decode(unpacker, data):
                 try:
                     kind, request_id, reply = frame
                 except (TypeError, ValueError):
@@ -343,7 +351,7 @@ class PeerLink:
                     (kind == FAILED or count == 1) and reply.__class__ is not bytes
                     or kind == REPLY and count > 1 and (
                         reply.__class__ is not list or len(reply) != count
-                        or not all(r.__class__ is bytes for r in reply)
+                        or set(map(type, reply)) != _BYTES
                     )
                 ):  # the request stays pending: losing the link fails it
                     raise PeerError(f"unexpected frame {frame!r:.80} for {count} request(s)")
@@ -357,6 +365,8 @@ class PeerLink:
             if self.congested:
                 self._check_drained()
             after_batch()
+
+        await receiver.serve(on_data)
 
     async def _watchdog(self) -> None:
         """Fail requests past their deadline; the link itself stays up."""
@@ -549,8 +559,8 @@ class PeerConnection:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
                 self._handle(frames[1:])
-                while True:
-                    self._handle(await _read_frames(receiver, unpacker))
+                handle = self._handle
+                await receiver.serve(lambda data: handle(_decode(unpacker, data)))
         except* PeerError as group:  # raised alone or wrapped by the nursery
             log.error(
                 "peer %s (%s): %s; disconnecting", self.peer_name, self.address, group.exceptions[0]

@@ -63,7 +63,7 @@ class Receiver:
     the Poller only when the last read emptied the socket (dyno.poller).
     The connection ending or failing raises ConnectionLost(broken, ...)."""
 
-    __slots__ = ("sock", "size", "broken", "closed", "_watch", "_drained")
+    __slots__ = ("sock", "size", "broken", "closed", "_watch", "_drained", "_handle", "_error")
 
     def __init__(self, sock: socket.socket, size: int, broken: bytes, closed: str = "connection closed"):
         self.sock = sock
@@ -72,6 +72,8 @@ class Receiver:
         self.closed = closed
         self._watch = poller.watch(sock)
         self._drained = True
+        self._handle = None
+        self._error: BaseException | None = None
 
     async def receive(self) -> bytes:
         """What the socket has (at most ``size`` bytes), once it has something."""
@@ -80,17 +82,55 @@ class Receiver:
         else:  # the last read filled the buffer: more is likely there, but let others run
             await trio.lowlevel.checkpoint()
         while True:
-            try:
-                data = self.sock.recv(self.size)
-            except BlockingIOError:
-                await self._watch.wait()
-                continue
-            except OSError as exc:
-                raise ConnectionLost(self.broken, f"recv failed: {exc}") from None
-            if not data:
-                raise ConnectionLost(self.broken, self.closed)
-            self._drained = len(data) < self.size
-            return data
+            data = self._recv()
+            if data is not None:
+                return data
+            await self._watch.wait()
+
+    async def serve(self, handle) -> None:
+        """Pass everything the socket receives to ``handle(data)`` (synchronous), until
+        the connection ends (ConnectionLost) or ``handle`` raises. While the task is
+        parked the poller reads and calls ``handle`` itself, so a read costs no task
+        switch; the task wakes only to let others run after a full read, or to
+        raise what the poller's read ran into."""
+        self._handle = handle
+        while True:
+            if self._drained:
+                await self._watch.wait(self._inline)
+            else:
+                await trio.lowlevel.checkpoint()
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            data = self._recv()
+            if data is None:
+                self._drained = True
+            else:
+                handle(data)
+
+    def _recv(self) -> bytes | None:
+        """One recv: the data, or None if there was none (EAGAIN)."""
+        try:
+            data = self.sock.recv(self.size)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise ConnectionLost(self.broken, f"recv failed: {exc}") from None
+        if not data:
+            raise ConnectionLost(self.broken, self.closed)
+        self._drained = len(data) < self.size
+        return data
+
+    def _inline(self) -> bool:
+        """The poller's read while ``serve``'s task is parked (see Watch.wait)."""
+        try:
+            data = self._recv()
+            if data is not None:
+                self._handle(data)
+        except Exception as exc:  # raised in the reader's task, as if it had read
+            self._error = exc
+            return False
+        return self._drained
 
     def close(self) -> None:
         """Stop watching the socket (call before closing it)."""

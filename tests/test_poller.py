@@ -183,3 +183,39 @@ async def test_inline_handler_runs_in_the_pollers_task_while_the_waiter_stays_pa
         assert handled == [(True, b"one"), (True, b"two"), (True, b"three")]
         assert watch.inline is None  # a woken task's next wait starts clean
         watch.close()
+
+
+async def test_receiver_serve_hands_every_chunk_over_and_raises_what_the_pollers_read_met():
+    a, b = pair()
+    with a, b:
+        receiver = Receiver(a, 1000, b"-ERR lost\r\n", "closed by the test")
+        got = bytearray()
+
+        class Stop(Exception):
+            pass
+
+        def handle(data: bytes) -> None:
+            got.extend(data)
+            if got.endswith(b"!"):
+                raise Stop
+
+        payload = bytes(range(256)) * 40  # full reads, then short ones
+        with pytest.RaisesGroup(Stop):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver.serve, handle)
+                await trio.testing.wait_all_tasks_blocked()
+                b.sendall(payload)
+                await trio.testing.wait_all_tasks_blocked()
+                b.send(b"tail")
+                await trio.testing.wait_all_tasks_blocked()
+                assert bytes(got) == payload + b"tail"
+                b.send(b"!")  # the handler raises, in the poller's read or the task's
+        receiver.close()
+
+        receiver = Receiver(a, 1000, b"-ERR lost\r\n", "closed by the test")
+        with pytest.RaisesGroup(pytest.RaisesExc(ConnectionLost, match="closed by the test")):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver.serve, handle)
+                await trio.testing.wait_all_tasks_blocked()
+                b.shutdown(socket.SHUT_WR)
+        receiver.close()
