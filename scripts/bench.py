@@ -180,6 +180,23 @@ class Goal:
         return f">={self.minimum:.2f} {'ok' if self.met else 'FAIL'}"
 
 
+@dataclasses.dataclass(frozen=True)
+class LatencyGoal:
+    """Issue 6: p99 latency at -P 1 no worse than ``maximum`` times plain Redis's."""
+    maximum: float
+    ratio: float
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.maximum
+
+    def describe(self) -> str:
+        return f"{self.ratio:.1f}x <={self.maximum:.0f}x {'ok' if self.met else 'FAIL'}"
+
+
+P99_GOAL = 2.0  # issue 6, at -P 1, for every dyno target
+
+
 def goal_minimum(goals: dict, target: str, test: str, pipeline: int) -> float | None:
     """The goal for one table cell, or None when the issue sets none."""
     row = goals.get(target)
@@ -201,6 +218,7 @@ class SummaryRow:
     vs_twemproxy: float | None
     base_goal: Goal | None
     fast_path_goal: Goal | None
+    p99_goal: LatencyGoal | None = None
 
 
 def summarize(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[int]
@@ -214,6 +232,10 @@ def summarize(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[i
     def median_rps(target: str, test: str, pipeline: int) -> float | None:
         found = samples.get((target, test, pipeline))
         return statistics.median(r.rps for r in found) if found else None
+
+    def median_p99(target: str, test: str, pipeline: int) -> float | None:
+        found = samples.get((target, test, pipeline))
+        return statistics.median(r.p99_ms for r in found) if found else None
 
     def ratio(value: float, reference: float | None) -> float | None:
         return value / reference if reference else None
@@ -232,13 +254,18 @@ def summarize(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[i
                     minimum = goal_minimum(table, target, test, pipeline)
                     goals.append(None if minimum is None or vs_redis is None
                                  else Goal(issue, minimum, vs_redis))
+                p99 = statistics.median(r.p99_ms for r in found)
+                redis_p99 = median_p99("redis", test, pipeline)
+                p99_goal = None
+                if target.startswith("dyno") and pipeline == 1 and redis_p99:
+                    p99_goal = LatencyGoal(P99_GOAL, p99 / redis_p99)
                 rows.append(SummaryRow(
                     target=target, test=test, pipeline=pipeline, rounds=len(found), rps=rps,
                     p50_ms=statistics.median(r.p50_ms for r in found),
-                    p99_ms=statistics.median(r.p99_ms for r in found),
+                    p99_ms=p99,
                     vs_redis=vs_redis,
                     vs_twemproxy=ratio(rps, median_rps("twemproxy", test, pipeline)),
-                    base_goal=goals[0], fast_path_goal=goals[1],
+                    base_goal=goals[0], fast_path_goal=goals[1], p99_goal=p99_goal,
                 ))
     return rows
 
@@ -261,15 +288,16 @@ def _fmt_ratio(value: float | None) -> str:
 
 def render_summary(rows: Sequence[SummaryRow]) -> str:
     headers = ["target", "test", "P", "ops/s", "x redis", "x twemproxy", "p50 ms", "p99 ms",
-               "goal #2/#3", "goal #6"]
+               "goal #2/#3", "goal #6", "p99 goal #6"]
     cells = [[
         row.target, row.test, str(row.pipeline), f"{row.rps:,.0f}",
         _fmt_ratio(row.vs_redis), _fmt_ratio(row.vs_twemproxy),
         f"{row.p50_ms:.3f}", f"{row.p99_ms:.3f}",
         row.base_goal.describe() if row.base_goal else "",
         row.fast_path_goal.describe() if row.fast_path_goal else "",
+        row.p99_goal.describe() if row.p99_goal else "",
     ] for row in rows]
-    return render_table(headers, cells, "llrrrrrrll")
+    return render_table(headers, cells, "llrrrrrrlll")
 
 
 def render_cpu(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[int]) -> str:

@@ -104,7 +104,20 @@ def test_render_summary_shows_ratios_and_goals():
     text = bench.render_summary(bench.summarize(runs, bench.ALL_TARGETS, [1]))
     dyno_set = next(line for line in text.splitlines() if line.startswith("dyno-1  SET"))
     assert dyno_set.split() == ["dyno-1", "SET", "1", "400", "0.40", "-", "0.200", "0.500",
-                                ">=0.35", "ok", ">=0.45", "FAIL"]
+                                ">=0.35", "ok", ">=0.45", "FAIL", "1.0x", "<=2x", "ok"]
+
+
+def test_p99_goal_compares_with_redis_at_pipeline_1_only():
+    runs = [bench.Run("redis", 1, p, 1000, results={"SET": result("SET", 1000, p99=0.5)})
+            for p in (1, 16)]
+    runs += [bench.Run("dyno-1", 1, p, 1000, results={"SET": result("SET", 500, p99=1.5)})
+             for p in (1, 16)]
+    rows = {(r.target, r.pipeline): r for r in bench.summarize(runs, bench.ALL_TARGETS, [1, 16])
+            if r.test == "SET"}
+    assert rows["dyno-1", 1].p99_goal.ratio == pytest.approx(3.0)
+    assert not rows["dyno-1", 1].p99_goal.met
+    assert rows["dyno-1", 16].p99_goal is None
+    assert rows["redis", 1].p99_goal is None
 
 
 def test_compare_racks_counts_what_each_rack_misses():
