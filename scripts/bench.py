@@ -191,7 +191,7 @@ class LatencyGoal:
         return self.ratio <= self.maximum
 
     def describe(self) -> str:
-        return f"{self.ratio:.1f}x <={self.maximum:.0f}x {'ok' if self.met else 'FAIL'}"
+        return f"{self.ratio:.2f}x <={self.maximum:.0f}x {'ok' if self.met else 'FAIL'}"
 
 
 P99_GOAL = 2.0  # issue 6, at -P 1, for every dyno target

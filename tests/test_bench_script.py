@@ -104,7 +104,7 @@ def test_render_summary_shows_ratios_and_goals():
     text = bench.render_summary(bench.summarize(runs, bench.ALL_TARGETS, [1]))
     dyno_set = next(line for line in text.splitlines() if line.startswith("dyno-1  SET"))
     assert dyno_set.split() == ["dyno-1", "SET", "1", "400", "0.40", "-", "0.200", "0.500",
-                                ">=0.35", "ok", ">=0.45", "FAIL", "1.0x", "<=2x", "ok"]
+                                ">=0.35", "ok", ">=0.45", "FAIL", "1.00x", "<=2x", "ok"]
 
 
 def test_p99_goal_compares_with_redis_at_pipeline_1_only():
