@@ -133,7 +133,10 @@ class _BatchQuorum:
         same = sum(1 for outcome in self.outcomes if outcome is not None and outcome[1] == replies and outcome[0])
         if same >= self.needed:
             self._decide(replies)
-        else:
+        elif same < len(self.order):
+            # Some outcome differs from this one: per request, replicas may agree
+            # where the whole batches do not. (If all so far are identical, every
+            # request has exactly `same` agreeing replies: undecided as a whole.)
             self._try_each()
 
     def failed(self, index: int, error: bytes) -> None:

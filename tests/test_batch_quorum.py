@@ -42,18 +42,18 @@ def test_whole_batch_equals_each_request(level, replicas, count, data):
     slot = Slot()
     quorum = _BatchQuorum(FakeCoordinator(), level, slot, count, replicas)
     error = b"-ERR dyno: peer x is unavailable\r\n"
+    trackers = [QuorumTracker(level, ["dc"] * replicas, "dc") for _ in range(count)]
     for index in order:
         if failed[index]:
             quorum.failed(index, error)
         else:
             quorum.arrived(index, b"".join(answers[index]))
-    expected = []
-    for position in range(count):
-        tracker = QuorumTracker(level, ["dc"] * replicas, "dc")
-        for index in order:
-            if failed[index]:
-                tracker.failure(index, error)
-            else:
-                tracker.reply(index, answers[index][position])
-        expected.append(tracker.result)
-    assert slot.data == b"".join(expected)
+        for position, tracker in enumerate(trackers):
+            if tracker.result is None:
+                if failed[index]:
+                    tracker.failure(index, error)
+                else:
+                    tracker.reply(index, answers[index][position])
+        # Decided whole exactly when every request would be decided on its own.
+        assert (slot.data is not None) == all(t.result is not None for t in trackers)
+    assert slot.data == b"".join(tracker.result for tracker in trackers)
