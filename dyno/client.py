@@ -67,19 +67,24 @@ class BatchSlot(ReplySlot):
     slot is ready when the last one is in (one object and one FIFO entry per read
     instead of per request)."""
 
-    __slots__ = ("parts", "count")
+    __slots__ = ("parts", "count", "received")
+    runs = True
 
     def __init__(self, client: "ClientConnection", count: int):
         self.client = client
         self.data = None
         self.parts: list[bytes] = []
         self.count = count
+        self.received = 0
 
     def deliver(self, reply: bytes) -> None:
-        parts = self.parts
-        parts.append(reply)
-        if len(parts) == self.count:
-            self.data = b"".join(parts)
+        self.deliver_run(reply, 1)
+
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self.parts.append(replies)
+        self.received += n
+        if self.received == self.count:
+            self.data = b"".join(self.parts)
             client = self.client
             if not client.queued:
                 client.queued = True

@@ -190,7 +190,8 @@ class _WholeReplies(Sink):
     datastore delivers them one by one (this sink stands ``count`` times in its
     FIFO); a peer sends them in one frame (``send_batch`` reads ``count``)."""
 
-    __slots__ = ("quorum", "index", "count", "parts", "error", "whole")
+    __slots__ = ("quorum", "index", "count", "parts", "error", "whole", "received")
+    runs = True  # a local replica's replies (whole=False) come from the datastore
 
     def __init__(self, quorum: _BatchQuorum, index: int, count: int, whole: bool):
         self.quorum = quorum
@@ -199,16 +200,20 @@ class _WholeReplies(Sink):
         self.parts: list[bytes] = []
         self.error: bytes | None = None
         self.whole = whole  # a peer's frame: one delivery holds all the replies
+        self.received = 0
 
     def deliver(self, reply: bytes) -> None:
         if self.whole:
             self.quorum.arrived(self.index, reply)
             return
-        parts = self.parts
-        parts.append(reply)
-        if len(parts) == self.count:
+        self.deliver_run(reply, 1)
+
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self.parts.append(replies)
+        self.received += n
+        if self.received == self.count:
             if self.error is None:
-                self.quorum.arrived(self.index, b"".join(parts))
+                self.quorum.arrived(self.index, b"".join(self.parts))
             else:
                 self.quorum.failed(self.index, self.error)
 
@@ -218,7 +223,7 @@ class _WholeReplies(Sink):
             return
         if self.error is None:
             self.error = error
-        self.deliver(b"")
+        self.deliver_run(b"", 1)
 
 
 # Replies whose order Redis does not define: a set kept in a hashtable iterates in an

@@ -42,6 +42,9 @@ class Sink:
     for a client slot the error line is the reply."""
 
     __slots__ = ()
+    # True for a sink that stands for several consecutive requests and takes their
+    # replies joined: ``deliver_run(replies, n)`` with n of them at once.
+    runs = False
 
     def deliver(self, reply: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -161,7 +164,22 @@ class Connection:
                     break
                 if not sinks:
                     raise ConnectionLost(broken, "reply without a request")
-                sinks.popleft().deliver(buffer[pos:end] if pos or end != size else buffer)
+                sink = sinks.popleft()
+                if sink.runs and sinks and sinks[0] is sink:
+                    # The same sink stands for the next requests too (a pipelined
+                    # read): hand it every reply of the run in this buffer at once.
+                    start, count = pos, 1
+                    pos = end
+                    while pos < size and sinks and sinks[0] is sink:
+                        end = scan(buffer, pos)
+                        if end < 0:
+                            break
+                        sinks.popleft()
+                        count += 1
+                        pos = end
+                    sink.deliver_run(buffer[start:pos] if start or pos != size else buffer, count)
+                    continue
+                sink.deliver(buffer[pos:end] if pos or end != size else buffer)
                 pos = end
             pending = bytearray(buffer[pos:]) if pos < size else None
             after_batch()

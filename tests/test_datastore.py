@@ -1,0 +1,129 @@
+"""dyno.datastore against a real redis-server: replies reach their sinks in order,
+a sink standing for a run of requests gets them joined (deliver_run), whether a run
+arrives in one read or is cut across many, and a lost connection fails what waits."""
+
+from __future__ import annotations
+
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dyno import resp
+from dyno.datastore import Datastore, Sink
+
+
+class One(Sink):
+    def __init__(self):
+        self.replies: list[bytes] = []
+
+    def deliver(self, reply: bytes) -> None:
+        self.replies.append(reply)
+
+
+class Run(Sink):
+    runs = True
+
+    def __init__(self):
+        self.chunks: list[tuple[bytes, int]] = []
+
+    def deliver(self, reply: bytes) -> None:
+        self.chunks.append((reply, 1))
+
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self.chunks.append((replies, n))
+
+    @property
+    def joined(self) -> bytes:
+        return b"".join(chunk for chunk, _ in self.chunks)
+
+    @property
+    def count(self) -> int:
+        return sum(n for _, n in self.chunks)
+
+
+async def wait_until(predicate, seconds=10):
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(0.001)
+
+
+def command(*argv) -> bytes:
+    return resp.encode_command([a if isinstance(a, bytes) else str(a).encode() for a in argv])
+
+
+# Batches of (is_run, sizes of the values its GETs return): big values cut runs across reads.
+batches = st.lists(
+    st.tuples(st.booleans(), st.lists(st.sampled_from([0, 1, 100, 70_000]), min_size=1, max_size=6)),
+    min_size=1, max_size=6,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=batches)
+def test_runs_and_single_replies_reach_their_sinks_in_order(redis_server, batches):
+    async def main():
+        store = Datastore(redis_server.host, redis_server.port, timeout=10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            await wait_until(lambda: store.up)
+            sizes = {size for _, values in batches for size in values}
+            for size in sizes:
+                store.send(command("SET", f"v{size}", "x" * size), One())
+            expected = []
+            for is_run, values in batches:
+                payload = b"".join(command("GET", f"v{size}") for size in values)
+                replies = [b"$%d\r\n%s\r\n" % (size, b"x" * size) for size in values]
+                if is_run:
+                    sink = Run()
+                    store.send_many(payload, [sink] * len(values))
+                    expected.append((sink, b"".join(replies), len(values)))
+                else:
+                    singles = [One() for _ in values]
+                    store.send_many(payload, singles)
+                    expected.extend((one, reply, 1) for one, reply in zip(singles, replies))
+            await wait_until(lambda: all(
+                (s.count if isinstance(s, Run) else len(s.replies)) == n for s, _, n in expected
+            ))
+            for sink, data, n in expected:
+                if isinstance(sink, Run):
+                    assert sink.joined == data and sink.count == n
+                else:
+                    assert sink.replies == [data]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_run_waiting_when_redis_goes_away_gets_one_failure_per_request(redis_server):
+    async def main():
+        store = Datastore(redis_server.host, redis_server.port, timeout=10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            await wait_until(lambda: store.up)
+            run = Run()
+            # BLPOP never answers; the run's three requests wait behind it.
+            store.send(command("BLPOP", "nothing", 0), One())
+            store.send_many(command("PING") * 3, [run] * 3)
+            await trio.sleep(0.05)
+            redis_server.stop()
+            await wait_until(lambda: run.count == 3)
+            assert run.joined == store.broken * 3 or run.joined == store.unavailable * 3
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_run_read_at_once_is_delivered_in_one_call(redis_server):
+    async def main():
+        store = Datastore(redis_server.host, redis_server.port, timeout=10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.run)
+            await wait_until(lambda: store.up)
+            run = Run()
+            store.send_many(command("PING") * 10, [run] * 10)
+            await wait_until(lambda: run.count == 10)
+            assert run.joined == b"+PONG\r\n" * 10
+            assert max(n for _, n in run.chunks) > 1  # not one call per reply
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
