@@ -13,7 +13,8 @@ loop per frame and buys nothing msgpack does not already give.)
                                        pipelined read travels as one frame)
     REPLY    [2, id, replies]          Redis's reply, relayed verbatim (bytes) when n is 1;
                                        a list of its n replies when n > 1 (the receiver
-                                       scanned them already; the sender need not)
+                                       scanned them already; the sender need not);
+                                       b"" for a QUIET request (replica writes at DC_ONE)
     REFUSED  [3, 0, reason]            a HELLO was refused; the connection closes
     GOSSIP   [4, 0, message]           membership (dyno.membership), both ways
     FAILED   [5, id, error]            the receiver could not run the request (its
@@ -54,6 +55,7 @@ PROTOCOL_VERSION = 2  # 2: a REPLY to n > 1 requests is a list
 HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
+QUIET = 4       # REQUEST flag: no one waits for the replies; answer REPLY b"" once all ran
 
 RECV_SIZE = 256 * 1024
 # Back-pressure: past HIGH_WATER unanswered requests a link makes the node stop
@@ -239,13 +241,15 @@ class PeerLink:
         self._held, self._held_sinks, self._held_counts = [], [], []
         self._held_count = 0
         self.queued -= count  # _frame counts them again
+        flags = self._held_flags
         if all(sink is None for sink in sinks):
             sink = _Unwatched(self.node, count)
+            flags |= QUIET
         elif count == 1:
             sink = sinks[0]
         else:  # the reply is a list: _Coalesced hands each caller its part
             sink = _Coalesced(self.node, sinks, counts)
-        self._frame(b"".join(parts) if len(parts) > 1 else parts[0], sink, count, self._held_flags)
+        self._frame(b"".join(parts) if len(parts) > 1 else parts[0], sink, count, flags)
 
     def _frame(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
         request_id = next(self._ids)
@@ -347,9 +351,10 @@ class PeerLink:
                 if entry is None:  # it timed out already
                     continue
                 count = entry[2]
+                listed = count > 1 and entry[0].__class__ is not _Unwatched  # not QUIET
                 if (
-                    (kind == FAILED or count == 1) and reply.__class__ is not bytes
-                    or kind == REPLY and count > 1 and (
+                    (kind == FAILED or not listed) and reply.__class__ is not bytes
+                    or kind == REPLY and listed and (
                         reply.__class__ is not list or len(reply) != count
                         or set(map(type, reply)) != _BYTES
                     )
@@ -462,6 +467,40 @@ class _Coalesced(Sink):
                 sink.fail(error)
         if background:
             self.node.coordinator.replica_failed(error, background)
+
+
+class _PeerAck(Sink):
+    """A QUIET request's sink: once its ``count`` replies are in, says so with an
+    empty REPLY (or FAILED, if one could not run); the replies are not sent back."""
+
+    __slots__ = ("conn", "request_id", "left", "error")
+    runs = True
+
+    def __init__(self, conn: "PeerConnection", request_id: int, count: int):
+        self.conn = conn
+        self.request_id = request_id
+        self.left = count
+        self.error: bytes | None = None
+
+    def deliver(self, reply: bytes) -> None:
+        self.deliver_run(reply, 1)
+
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self.left -= n
+        if self.left:
+            return
+        conn = self.conn
+        if not conn.closed:
+            if self.error is None:
+                conn.out.append(msgpack.packb([REPLY, self.request_id, b""]))
+            else:
+                conn.out.append(msgpack.packb([FAILED, self.request_id, self.error]))
+            conn.wakeup.set()
+
+    def fail(self, error: bytes) -> None:
+        if self.error is None:
+            self.error = error
+        self.deliver_run(b"", 1)
 
 
 class _PeerReply(Sink):
@@ -595,7 +634,12 @@ class PeerConnection:
             if len(parser.feed(payload)) != count or not parser.clean:
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
             datastore = node.datastore3 if flags & RESP3 else node.datastore
-            if count == 1:
+            if flags & QUIET:
+                if flags & COORDINATE:
+                    raise PeerError("a COORDINATE request cannot be QUIET")
+                ack = _PeerAck(self, request_id, count)
+                datastore.send_many(payload, [ack] * count, request_id)
+            elif count == 1:
                 sink = _PeerReply(self, request_id)
                 if flags & COORDINATE:
                     node.coordinator.coordinate_for_dc(payload, sink, flags)

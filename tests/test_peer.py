@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 import support
 from dyno import localcluster
-from dyno.peer import FAILED, HELLO, PROTOCOL_VERSION, REFUSED, REPLY, REQUEST
+from dyno.peer import FAILED, HELLO, PROTOCOL_VERSION, QUIET, REFUSED, REPLY, REQUEST
 
 pytestmark = pytest.mark.integration
 
@@ -249,6 +249,28 @@ def test_a_well_formed_request_from_a_raw_peer_is_answered(shared):
     finally:
         sock.close()
     assert frames == [[REPLY, 41, b"$4\r\nseen\r\n"], [REPLY, 42, b"+PONG\r\n"]]
+
+
+def test_batch_and_quiet_requests_from_a_raw_peer_are_answered_as_the_protocol_says(shared):
+    """n > 1 requests: a list of the n replies; QUIET: an empty REPLY once all ran."""
+    node = shared.nodes[2]
+    sock = handshake(node)
+    sets = b"*3\r\n$3\r\nSET\r\n$5\r\nquiet\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$6\r\nquiet2\r\n$1\r\n2\r\n"
+    gets = b"*2\r\n$3\r\nGET\r\n$5\r\nquiet\r\n*2\r\n$3\r\nGET\r\n$6\r\nquiet2\r\n"
+    try:
+        sock.sendall(msgpack.packb([REQUEST, 51, QUIET, sets, 2]))
+        sock.sendall(msgpack.packb([REQUEST, 52, 0, gets, 2]))
+        unpacker = msgpack.Unpacker(raw=False)
+        frames: list = []
+        sock.settimeout(5)
+        while len(frames) < 2:
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            unpacker.feed(data)
+            frames.extend(unpacker)
+    finally:
+        sock.close()
+    assert frames == [[REPLY, 51, b""], [REPLY, 52, [b"$1\r\n1\r\n", b"$1\r\n2\r\n"]]]
 
 
 # --------------------------------------------------------------------------- 9. refusals

@@ -92,12 +92,14 @@ class ScriptedPeer:
                         continue
                     self.frames.append(frame)
                     if answer:
-                        _, request_id, _, _, count = frame
+                        _, request_id, flags, _, count = frame
                         if self.numbered:
                             replies = [b":%d\r\n" % n for n in range(1, count + 1)]
                         else:
                             replies = [b"+OK\r\n"] * count
-                        if count == 1:
+                        if flags & peer.QUIET:
+                            replies = b""
+                        elif count == 1:
                             replies = replies[0]
                         elif self.bad is not None:
                             replies = self.bad
@@ -136,16 +138,18 @@ async def test_requests_of_one_turn_travel_in_one_frame_in_order_and_replies_are
         link.send_batch(sets[3] + sets[4], batch)  # a client batch of two requests
         link.send(command(b"GET", b"k0"), last)
         await wait_answered(link)
-        assert [(f[0], f[3], f[4]) for f in scripted.frames] == [
-            (peer.REQUEST, b"".join(sets) + command(b"GET", b"k0"), 6),
+        assert [(f[0], f[2], f[3], f[4]) for f in scripted.frames] == [
+            (peer.REQUEST, 0, b"".join(sets) + command(b"GET", b"k0"), 6),  # someone waits: not QUIET
         ]
         assert first.replies == [b":2\r\n"]
         assert batch.replies == [[b":4\r\n", b":5\r\n"]]
         assert last.replies == [b":6\r\n"]
         assert failures.count == 0
         link.send_background(sets[0], 1)  # alone in its turn: a frame of its own
+        link.send_background(sets[1], 1)
         await wait_answered(link)
-        assert scripted.frames[-1][3:] == [sets[0], 1]
+        assert scripted.frames[-1][2:] == [peer.QUIET, sets[0] + sets[1], 2]
+        assert failures.count == 0
         nursery.cancel_scope.cancel()
 
 
@@ -159,7 +163,9 @@ async def test_a_coordinate_request_gets_a_frame_of_its_own_after_those_held():
         link.send(b, Collect(), peer.COORDINATE)
         link.send_background(c, 1)
         await wait_answered(link)
-        assert [(f[2], f[3]) for f in scripted.frames] == [(0, a), (peer.COORDINATE, b), (0, c)]
+        assert [(f[2], f[3]) for f in scripted.frames] == [
+            (peer.QUIET, a), (peer.COORDINATE, b), (peer.QUIET, c),
+        ]
         nursery.cancel_scope.cancel()
 
 
@@ -171,7 +177,9 @@ async def test_background_requests_with_other_flags_get_their_own_frame():
         link.send_background(command(b"SET", b"a", b"1"), 1, 0)
         link.send_background(command(b"SET", b"b", b"1"), 1, peer.RESP3)
         await wait_answered(link)
-        assert [(f[2], f[4]) for f in scripted.frames] == [(0, 1), (peer.RESP3, 1)]
+        assert [(f[2], f[4]) for f in scripted.frames] == [
+            (peer.QUIET, 1), (peer.RESP3 | peer.QUIET, 1),
+        ]
         nursery.cancel_scope.cancel()
 
 
