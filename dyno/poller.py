@@ -11,6 +11,9 @@ own, and only that epoll's fd is known to trio. One task waits for it, asks it w
 sockets became readable, and wakes the task parked on each; a socket that became
 readable while its task was busy keeps a flag, so the next ``wait`` returns at once.
 Tasks keep their structure: a parked task is cancelled as with any trio wait.
+A task may also park with an ``inline`` handler: the poller then calls it in its own
+task, and wakes the parked task only when the handler asks (dyno's readers handle
+most reads that way, without a task switch).
 
 There is one Poller per trio run, made on the first ``watch(sock)``; its task is a trio
 system task, so it needs no nursery and ends with the run.
