@@ -4,6 +4,8 @@ arrives in one read or is cut across many, and a lost connection fails what wait
 
 from __future__ import annotations
 
+import contextlib
+
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,6 +43,17 @@ class Run(Sink):
         return sum(n for _, n in self.chunks)
 
 
+@contextlib.asynccontextmanager
+async def running(redis_server):
+    """A Datastore connected to ``redis_server``, stopped on the way out."""
+    store = Datastore(redis_server.host, redis_server.port, timeout=10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run)
+        await wait_until(lambda: store.up)
+        yield store
+        nursery.cancel_scope.cancel()
+
+
 async def wait_until(predicate, seconds=10):
     with trio.fail_after(seconds):
         while not predicate():
@@ -62,10 +75,7 @@ batches = st.lists(
 @given(batches=batches)
 def test_runs_and_single_replies_reach_their_sinks_in_order(redis_server, batches):
     async def main():
-        store = Datastore(redis_server.host, redis_server.port, timeout=10)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.run)
-            await wait_until(lambda: store.up)
+        async with running(redis_server) as store:
             sizes = {size for _, values in batches for size in values}
             for size in sizes:
                 store.send(command("SET", f"v{size}", "x" * size), One())
@@ -89,41 +99,33 @@ def test_runs_and_single_replies_reach_their_sinks_in_order(redis_server, batche
                     assert sink.joined == data and sink.count == n
                 else:
                     assert sink.replies == [data]
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
 
 def test_a_run_waiting_when_redis_goes_away_gets_one_failure_per_request(redis_server):
     async def main():
-        store = Datastore(redis_server.host, redis_server.port, timeout=10)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.run)
-            await wait_until(lambda: store.up)
+        async with running(redis_server) as store:
             run = Run()
             # BLPOP never answers; the run's three requests wait behind it.
             store.send(command("BLPOP", "nothing", 0), One())
             store.send_many(command("PING") * 3, [run] * 3)
-            await trio.sleep(0.05)
+            observer = redis_server.client()
+            await wait_until(lambda: observer.info("clients")["blocked_clients"] == 1)
             redis_server.stop()
             await wait_until(lambda: run.count == 3)
             assert run.joined == store.broken * 3 or run.joined == store.unavailable * 3
-            nursery.cancel_scope.cancel()
 
     trio.run(main)
 
 
 def test_a_run_read_at_once_is_delivered_in_one_call(redis_server):
     async def main():
-        store = Datastore(redis_server.host, redis_server.port, timeout=10)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(store.run)
-            await wait_until(lambda: store.up)
+        async with running(redis_server) as store:
             run = Run()
             store.send_many(command("PING") * 10, [run] * 10)
             await wait_until(lambda: run.count == 10)
             assert run.joined == b"+PONG\r\n" * 10
             assert max(n for _, n in run.chunks) > 1  # not one call per reply
-            nursery.cancel_scope.cancel()
 
     trio.run(main)

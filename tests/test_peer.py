@@ -112,6 +112,24 @@ def handshake(node: support.NodeHandle) -> socket.socket:
     return sock
 
 
+def exchange(node: support.NodeHandle, requests: list) -> list:
+    """Send frames through a raw peer connection; the node's answers, one per frame."""
+    sock = handshake(node)
+    try:
+        for frame in requests:
+            sock.sendall(msgpack.packb(frame))
+        unpacker = msgpack.Unpacker(raw=False)
+        frames: list = []
+        while len(frames) < len(requests):
+            data = sock.recv(65536)
+            assert data, "connection closed"
+            unpacker.feed(data)
+            frames.extend(unpacker)
+        return frames
+    finally:
+        sock.close()
+
+
 def log_size(node_log: os.PathLike) -> int:
     return Path(node_log).stat().st_size
 
@@ -234,42 +252,18 @@ def test_a_well_formed_request_from_a_raw_peer_is_answered(shared):
     garbage, not about the test's peer."""
     node = shared.nodes[2]
     node.redis_client().set("raw-peer", "seen")
-    sock = handshake(node)
-    try:
-        sock.sendall(msgpack.packb([REQUEST, 41, 0, b"*2\r\n$3\r\nGET\r\n$8\r\nraw-peer\r\n", 1]))
-        sock.sendall(msgpack.packb([REQUEST, 42, 0, b"*1\r\n$4\r\nPING\r\n", 1]))
-        unpacker = msgpack.Unpacker(raw=False)
-        frames: list = []
-        sock.settimeout(5)
-        while len(frames) < 2:
-            data = sock.recv(65536)
-            assert data, "connection closed"
-            unpacker.feed(data)
-            frames.extend(unpacker)
-    finally:
-        sock.close()
+    frames = exchange(node, [
+        [REQUEST, 41, 0, b"*2\r\n$3\r\nGET\r\n$8\r\nraw-peer\r\n", 1],
+        [REQUEST, 42, 0, b"*1\r\n$4\r\nPING\r\n", 1],
+    ])
     assert frames == [[REPLY, 41, b"$4\r\nseen\r\n"], [REPLY, 42, b"+PONG\r\n"]]
 
 
 def test_batch_and_quiet_requests_from_a_raw_peer_are_answered_as_the_protocol_says(shared):
     """n > 1 requests: a list of the n replies; QUIET: an empty REPLY once all ran."""
-    node = shared.nodes[2]
-    sock = handshake(node)
     sets = b"*3\r\n$3\r\nSET\r\n$5\r\nquiet\r\n$1\r\n1\r\n*3\r\n$3\r\nSET\r\n$6\r\nquiet2\r\n$1\r\n2\r\n"
     gets = b"*2\r\n$3\r\nGET\r\n$5\r\nquiet\r\n*2\r\n$3\r\nGET\r\n$6\r\nquiet2\r\n"
-    try:
-        sock.sendall(msgpack.packb([REQUEST, 51, QUIET, sets, 2]))
-        sock.sendall(msgpack.packb([REQUEST, 52, 0, gets, 2]))
-        unpacker = msgpack.Unpacker(raw=False)
-        frames: list = []
-        sock.settimeout(5)
-        while len(frames) < 2:
-            data = sock.recv(65536)
-            assert data, "connection closed"
-            unpacker.feed(data)
-            frames.extend(unpacker)
-    finally:
-        sock.close()
+    frames = exchange(shared.nodes[2], [[REQUEST, 51, QUIET, sets, 2], [REQUEST, 52, 0, gets, 2]])
     assert frames == [[REPLY, 51, b""], [REPLY, 52, [b"$1\r\n1\r\n", b"$1\r\n2\r\n"]]]
 
 
