@@ -487,15 +487,8 @@ class _PeerAck(Sink):
 
     def deliver_run(self, replies: bytes, n: int) -> None:
         self.left -= n
-        if self.left:
-            return
-        conn = self.conn
-        if not conn.closed:
-            if self.error is None:
-                conn.out.append(msgpack.packb([REPLY, self.request_id, b""]))
-            else:
-                conn.out.append(msgpack.packb([FAILED, self.request_id, self.error]))
-            conn.wakeup.set()
+        if not self.left:
+            self.conn.answer(self.request_id, b"", self.error)
 
     def fail(self, error: bytes) -> None:
         if self.error is None:
@@ -513,16 +506,10 @@ class _PeerReply(Sink):
         self.request_id = request_id
 
     def deliver(self, reply: bytes) -> None:
-        conn = self.conn
-        if not conn.closed:
-            conn.out.append(msgpack.packb([REPLY, self.request_id, reply]))
-            conn.wakeup.set()
+        self.conn.answer(self.request_id, reply)
 
     def fail(self, error: bytes) -> None:
-        conn = self.conn
-        if not conn.closed:
-            conn.out.append(msgpack.packb([FAILED, self.request_id, error]))
-            conn.wakeup.set()
+        self.conn.answer(self.request_id, None, error)
 
 
 class _PeerBatchReply(Sink):
@@ -543,22 +530,12 @@ class _PeerBatchReply(Sink):
         replies = self.replies
         replies.append(reply)
         if len(replies) == self.count:
-            self._done()
+            self.conn.answer(self.request_id, replies, self.error)
 
     def fail(self, error: bytes) -> None:
         if self.error is None:
             self.error = error
         self.deliver(b"")
-
-    def _done(self) -> None:
-        conn = self.conn
-        if conn.closed:
-            return
-        if self.error is None:
-            conn.out.append(msgpack.packb([REPLY, self.request_id, self.replies]))
-        else:
-            conn.out.append(msgpack.packb([FAILED, self.request_id, self.error]))
-        conn.wakeup.set()
 
 
 class PeerConnection:
@@ -573,6 +550,14 @@ class PeerConnection:
         self.closed = False
         self.peer_name = "?"
         self.parser = resp.RequestParser()
+
+    def answer(self, request_id: int, reply, error: bytes | None = None) -> None:
+        """Queue the answer to request ``request_id``: REPLY ``reply`` (bytes, or a
+        list for several requests), or FAILED ``error`` if that is not None."""
+        if not self.closed:
+            frame = [REPLY, request_id, reply] if error is None else [FAILED, request_id, error]
+            self.out.append(msgpack.packb(frame))
+            self.wakeup.set()
 
     async def run(self) -> None:
         sock = self.sock
