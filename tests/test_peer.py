@@ -95,6 +95,17 @@ def read_until_closed(sock: socket.socket, timeout: float = 5.0) -> list:
         frames.extend(unpacker)
 
 
+def send_until_closed(sock: socket.socket, data: bytes) -> tuple[int, list]:
+    """Send ``data`` on ``sock`` and read until the node closes it; our local port
+    (the node's log names it) and the frames the node sent. Closes ``sock``."""
+    try:
+        port = sock.getsockname()[1]
+        sock.sendall(data)
+        return port, read_until_closed(sock)
+    finally:
+        sock.close()
+
+
 def handshake(node: support.NodeHandle) -> socket.socket:
     """A raw peer connection past a valid HELLO (the node's HELLO read back)."""
     sock = connect(node)
@@ -205,13 +216,7 @@ BEFORE_HELLO = {
 def test_garbage_before_hello_closes_that_connection_only(shared, garbage):
     node = shared.nodes[0]
     offset = log_size(node.log)
-    sock = connect(node)
-    port = sock.getsockname()[1]
-    try:
-        sock.sendall(garbage)
-        frames = read_until_closed(sock)
-    finally:
-        sock.close()
+    port, frames = send_until_closed(connect(node), garbage)
     # At most a REFUSED frame, never a HELLO: the node did not accept us as a peer.
     assert all(f[0] == REFUSED for f in frames if isinstance(f, list)), frames
     line = log_has(node.log, f"127.0.0.1:{port}", after=offset)
@@ -234,13 +239,7 @@ AFTER_HELLO = {
 def test_garbage_after_hello_disconnects_that_peer_only(shared, garbage):
     node = shared.nodes[1]
     offset = log_size(node.log)
-    sock = handshake(node)
-    port = sock.getsockname()[1]
-    try:
-        sock.sendall(garbage)
-        frames = read_until_closed(sock)
-    finally:
-        sock.close()
+    port, frames = send_until_closed(handshake(node), garbage)
     assert frames == []
     line = log_has(node.log, f"127.0.0.1:{port}", "disconnecting", after=offset)
     assert "ERROR" in line

@@ -5,6 +5,8 @@ are counted, never lost."""
 
 from __future__ import annotations
 
+import contextlib
+
 import types
 
 import msgpack
@@ -110,15 +112,22 @@ class ScriptedPeer:
             receiver.close()
 
 
-async def start_link(nursery, scripted: ScriptedPeer, failures: Failures, answer: bool = True):
-    nursery.start_soon(scripted.serve, answer)
-    node = fake_node(failures)
-    link = peer.PeerLink(node, RingNode("127.0.0.1:%d" % scripted.port, "127.0.0.1", scripted.port, "dc1", "rack2", (0,)))
-    nursery.start_soon(link.run)
-    with trio.fail_after(5):
-        while not link.up:
-            await trio.sleep(0.001)
-    return link
+@contextlib.asynccontextmanager
+async def linked(scripted: ScriptedPeer, answer: bool = True):
+    """A PeerLink connected to ``scripted``, and the failures its node counted;
+    both stopped on the way out."""
+    failures = Failures()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scripted.serve, answer)
+        node = fake_node(failures)
+        link = peer.PeerLink(node, RingNode(
+            "127.0.0.1:%d" % scripted.port, "127.0.0.1", scripted.port, "dc1", "rack2", (0,)))
+        nursery.start_soon(link.run)
+        with trio.fail_after(5):
+            while not link.up:
+                await trio.sleep(0.001)
+        yield link, failures
+        nursery.cancel_scope.cancel()
 
 
 def command(*argv: bytes) -> bytes:
@@ -126,10 +135,8 @@ def command(*argv: bytes) -> bytes:
 
 
 async def test_requests_of_one_turn_travel_in_one_frame_in_order_and_replies_are_split():
-    failures = Failures()
     scripted = ScriptedPeer(numbered=True)
-    async with trio.open_nursery() as nursery:
-        link = await start_link(nursery, scripted, failures)
+    async with linked(scripted) as (link, failures):
         sets = [command(b"SET", b"k%d" % i, b"v") for i in range(5)]
         first, batch, last = Collect(), BatchCollect(2), Collect()
         link.send_background(sets[0], 1)
@@ -150,14 +157,11 @@ async def test_requests_of_one_turn_travel_in_one_frame_in_order_and_replies_are
         await wait_answered(link)
         assert scripted.frames[-1][2:] == [peer.QUIET, sets[0] + sets[1], 2]
         assert failures.count == 0
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_coordinate_request_gets_a_frame_of_its_own_after_those_held():
-    failures = Failures()
     scripted = ScriptedPeer()
-    async with trio.open_nursery() as nursery:
-        link = await start_link(nursery, scripted, failures)
+    async with linked(scripted) as (link, failures):
         a, b, c = (command(b"SET", key, b"1") for key in (b"a", b"b", b"c"))
         link.send_background(a, 1)
         link.send(b, Collect(), peer.COORDINATE)
@@ -166,28 +170,22 @@ async def test_a_coordinate_request_gets_a_frame_of_its_own_after_those_held():
         assert [(f[2], f[3]) for f in scripted.frames] == [
             (peer.QUIET, a), (peer.COORDINATE, b), (peer.QUIET, c),
         ]
-        nursery.cancel_scope.cancel()
 
 
 async def test_background_requests_with_other_flags_get_their_own_frame():
-    failures = Failures()
     scripted = ScriptedPeer()
-    async with trio.open_nursery() as nursery:
-        link = await start_link(nursery, scripted, failures)
+    async with linked(scripted) as (link, failures):
         link.send_background(command(b"SET", b"a", b"1"), 1, 0)
         link.send_background(command(b"SET", b"b", b"1"), 1, peer.RESP3)
         await wait_answered(link)
         assert [(f[2], f[4]) for f in scripted.frames] == [
             (peer.QUIET, 1), (peer.RESP3 | peer.QUIET, 1),
         ]
-        nursery.cancel_scope.cancel()
 
 
 async def test_background_requests_lost_with_the_connection_are_counted_as_failures():
-    failures = Failures()
     scripted = ScriptedPeer()
-    async with trio.open_nursery() as nursery:
-        link = await start_link(nursery, scripted, failures, answer=False)
+    async with linked(scripted, answer=False) as (link, failures):
         link.send_background(command(b"SET", b"a", b"1"), 1)
         link.send_background(command(b"SET", b"b", b"1"), 1)
         with trio.fail_after(5):
@@ -202,7 +200,6 @@ async def test_background_requests_lost_with_the_connection_are_counted_as_failu
         assert not link.up
         link.send_background(command(b"SET", b"d", b"1"), 1)  # the link is down: fails at once
         assert failures.count == 4
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("bad", [
@@ -212,10 +209,8 @@ async def test_background_requests_lost_with_the_connection_are_counted_as_failu
     [b"+OK\r\n", "+OK\r\n", b"+OK\r\n"],  # a str among them
 ], ids=["too-few", "too-many", "bytes", "str"])
 async def test_a_peer_answering_a_frame_wrongly_is_disconnected_and_every_caller_fails(bad):
-    failures = Failures()
     scripted = ScriptedPeer(bad=bad)
-    async with trio.open_nursery() as nursery:
-        link = await start_link(nursery, scripted, failures)
+    async with linked(scripted) as (link, failures):
         first, second = Collect(), Collect()
         link.send(command(b"GET", b"a"), first)
         link.send(command(b"GET", b"b"), second)
@@ -224,4 +219,3 @@ async def test_a_peer_answering_a_frame_wrongly_is_disconnected_and_every_caller
         assert first.replies == second.replies == [link.broken]
         assert failures.count == 1
         assert link.failed == 3
-        nursery.cancel_scope.cancel()

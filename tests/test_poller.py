@@ -3,6 +3,8 @@ stream.Receiver on top of it (try first, wait only once the socket is drained)."
 
 from __future__ import annotations
 
+import contextlib
+
 import socket
 
 import pytest
@@ -20,11 +22,22 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-async def test_a_parked_wait_returns_when_data_arrives():
+@contextlib.asynccontextmanager
+async def watched():
+    """A socket pair whose first end is watched, past the first (immediate) wait;
+    the watch and both sockets are closed on the way out."""
     a, b = pair()
     with a, b:
         watch = poller.watch(a)
-        await watch.wait()  # the first wait returns at once: data may predate the watch
+        try:
+            await watch.wait()  # returns at once: data may predate the watch
+            yield a, b, watch
+        finally:
+            watch.close()
+
+
+async def test_a_parked_wait_returns_when_data_arrives():
+    async with watched() as (a, b, watch):
         woke = []
 
         async def waiter():
@@ -37,28 +50,20 @@ async def test_a_parked_wait_returns_when_data_arrives():
             assert woke == []  # nothing to read: it stays parked
             b.send(b"hello")
         assert woke == [b"hello"]
-        watch.close()
 
 
 async def test_data_arriving_while_busy_is_not_lost():
     """An edge reported while no task waits is kept, so the next wait returns."""
-    a, b = pair()
-    with a, b:
-        watch = poller.watch(a)
-        await watch.wait()
+    async with watched() as (a, b, watch):
         b.send(b"x")
         await trio.testing.wait_all_tasks_blocked()  # the poller sees the edge now
         with trio.fail_after(5):
             await watch.wait()
         assert a.recv(10) == b"x"
-        watch.close()
 
 
 async def test_a_parked_wait_can_be_cancelled_and_the_watch_reused():
-    a, b = pair()
-    with a, b:
-        watch = poller.watch(a)
-        await watch.wait()
+    async with watched() as (a, b, watch):
         with trio.move_on_after(0.05) as scope:
             await watch.wait()
         assert scope.cancelled_caught
@@ -66,7 +71,6 @@ async def test_a_parked_wait_can_be_cancelled_and_the_watch_reused():
         with trio.fail_after(5):
             await watch.wait()
         assert a.recv(10) == b"y"
-        watch.close()
 
 
 async def test_close_wakes_the_waiter_and_a_new_socket_can_take_the_fd():
@@ -79,15 +83,11 @@ async def test_close_wakes_the_waiter_and_a_new_socket_can_take_the_fd():
         watch.close()
     a.close()
     b.close()
-    c, d = pair()  # very likely the same fd numbers
-    with c, d:
-        watch = poller.watch(c)
-        await watch.wait()
+    async with watched() as (c, d, watch):  # very likely the same fd numbers
         d.send(b"z")
         with trio.fail_after(5):
             await watch.wait()
         assert c.recv(10) == b"z"
-        watch.close()
 
 
 async def test_receiver_reads_everything_in_chunks_and_reports_the_end():
@@ -154,10 +154,7 @@ async def test_many_sockets_each_wake_their_own_task(sockets):
 
 
 async def test_inline_handler_runs_in_the_pollers_task_while_the_waiter_stays_parked():
-    a, b = pair()
-    with a, b:
-        watch = poller.watch(a)
-        await watch.wait()
+    async with watched() as (a, b, watch):
         handled = []
         verdicts = [True, True, False]  # handle two reads inline, then wake the task
 
@@ -182,7 +179,6 @@ async def test_inline_handler_runs_in_the_pollers_task_while_the_waiter_stays_pa
                 assert woke == ([True] if n == 2 else [])
         assert handled == [(True, b"one"), (True, b"two"), (True, b"three")]
         assert watch.inline is None  # a woken task's next wait starts clean
-        watch.close()
 
 
 async def test_receiver_serve_hands_every_chunk_over_and_raises_what_the_pollers_read_met():
