@@ -810,6 +810,19 @@ MALFORMED = [
     command("SET", "mal", "v") + command("GET", "mal") + b"*1\r\n$-5\r\n",
     command("PING") + b"*x\r\n",
     b"PING\r\n*2\r\n$3\r\nGET\r\n:1\r\n",
+    # hiredis reads '=' and '+' elements as bytes; this pair is exactly as long as
+    # the canonical encoding of [SET, a, abcdefghij], but Redis refuses it and drops
+    # the connection: it must never be forwarded to the shared one
+    b"*3\r\n$3\r\nSET\r\n=5\r\ntxt:a\r\n+abcdefghij\r\n",
+]
+
+# Frames Redis reads in its own way without closing (QUIT ends the exchange).
+ODD_FRAMES = [
+    # hiredis reads a '~' set like a '*' request of the same length; Redis reads
+    # three inline commands: forwarded as received it would put the shared
+    # connection three replies out of step
+    command("PING") + b"~1\r\n$4\r\nPING\r\n" + command("QUIT"),
+    b"|1\r\n+a\r\n+b\r\n" + command("QUIT"),
 ]
 
 
@@ -879,6 +892,11 @@ async def test_malformed_frames_close_only_their_connection(redis_server, dyno_n
             got = await raw_exchange(dyno_node.addr, frame)
             assert b"-ERR Protocol error: " in expected, (frame[:40], expected)
             assert got == expected, frame[:40]
+            await wait_steady(1)
+        for frame in ODD_FRAMES:
+            expected = await raw_exchange(redis_server.addr, frame)
+            assert expected.endswith(b"+OK\r\n"), expected
+            assert await raw_exchange(dyno_node.addr, frame) == expected, frame[:40]
             await wait_steady(1)
         # Redis 7 accepts an array header up to INT_MAX elements; dyno refuses over 1M.
         for frame in (b"*2000000000\r\n", b"*1048577\r\n"):

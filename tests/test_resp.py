@@ -201,3 +201,66 @@ def test_scan_reply_knows_resp3(reply):
     assert resp.scan_reply(reply + b"+next\r\n", 0) == len(reply)
     for cut in range(1, len(reply)):
         assert resp.scan_reply(reply[:cut], 0) == -1
+
+
+def _element(kind: str, arg: bytes) -> bytes:
+    """``arg`` as one array element in a form hiredis reads back as bytes."""
+    if kind == "$":
+        return b"$%d\r\n%s\r\n" % (len(arg), arg)
+    if kind == "=":
+        return b"=%d\r\ntxt:%s\r\n" % (len(arg) + 4, arg)
+    return kind.encode() + arg + b"\r\n"  # '+' status, '(' big number
+
+
+_line_args = st.binary(min_size=1, max_size=30).filter(lambda a: b"\r" not in a and b"\n" not in a)
+_elements = st.one_of(
+    st.tuples(st.just("$"), args),
+    st.tuples(st.sampled_from("+="), _line_args),
+    st.tuples(st.just("("), st.integers(0, 10**25).map(lambda n: str(n).encode())),
+)
+# '*' is a request; '~' (set) and '|' (attribute) frames come out of hiredis as
+# lists too, but Redis reads them as inline commands.
+_frames = st.tuples(st.sampled_from("***~|"), st.lists(_elements, min_size=1, max_size=5))
+
+
+@given(st.lists(_frames, min_size=1, max_size=4))
+@settings(max_examples=400)
+def test_clean_means_canonical_whatever_hiredis_reads_as_requests(frames):
+    data = b"".join(
+        b"%s%d\r\n" % (kind.encode(), len(elements) // 2 if kind == "|" else len(elements))
+        + b"".join(_element(*element) for element in elements)
+        for kind, elements in frames
+    )
+    parser = resp.RequestParser()
+    parsed = parser.feed(data)
+    if parser.clean:
+        assert b"".join(map(resp.encode_command, parsed)) == data
+    if any(kind != "*" or any(e != "$" for e, _ in elements) for kind, elements in frames):
+        assert not parser.clean
+
+
+def test_elements_that_add_up_to_the_canonical_length_are_still_refused():
+    # '=' is 4 bytes longer than the bulk form, '+' with a 2-digit length 4 shorter.
+    data = b"*3\r\n$3\r\nSET\r\n=5\r\ntxt:a\r\n+abcdefghij\r\n"
+    assert len(data) == len(resp.encode_command([b"SET", b"a", b"abcdefghij"]))
+    parser = resp.RequestParser()
+    assert parser.feed(data) == []
+    assert not parser.clean
+    assert parser.error == b"-ERR Protocol error: expected '$', got '='\r\n"
+
+
+def test_a_set_frame_as_long_as_a_request_is_not_forwarded():
+    # '~1' is as long as '*1', and hiredis reads both as a list: Redis would read
+    # it as three inline commands, and the shared connection would fall out of step.
+    data = resp.encode_command([b"PING"]) + b"~1\r\n$4\r\nPING\r\n"
+    parsed, parser = parse_all([data])
+    assert not parser.clean
+    assert parsed == [[b"PING"], [b"~1"], [b"$4"], [b"PING"]]  # as Redis reads it
+
+
+@pytest.mark.parametrize("arg", [b"(1", b"+inf", b"=x", b"~", b"|", b"a\r\n+OK\r\n=5\r\n(1", b"x" * 300 + b"(2"])
+def test_bulk_data_like_another_types_header_is_still_forwarded_as_received(arg):
+    request = [b"ZRANGEBYSCORE", b"k", arg, b"+inf"]
+    parsed, parser = parse_all([resp.encode_command(request)])
+    assert parsed == [request] and parser.error is None
+    assert parser.clean
