@@ -156,8 +156,8 @@ class ClientConnection:
 
     def _read(self):
         """One ``recv``, and the requests it completes dispatched and their ready
-        replies sent. Returns _FULL (the read filled the buffer: read again),
-        _DRAINED, _NOTHING (EAGAIN) or _CLOSED."""
+        replies sent. Returns _FULL (read again: the read filled the buffer, or
+        the client's FIN came with it), _DRAINED, _NOTHING (EAGAIN) or _CLOSED."""
         try:
             data = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -176,7 +176,8 @@ class ClientConnection:
             self.closing = True
             log.info("client %s: %s", self.address, parser.error[1:-2].decode())
         self.flush()
-        return _FULL if len(data) == RECV_SIZE else _DRAINED
+        # A short read empties the socket, unless the client's FIN came with it.
+        return _FULL if len(data) == RECV_SIZE or self.watch.ended else _DRAINED
 
     def _on_readable(self) -> bool:
         """The poller's call while this client's task is parked and its socket

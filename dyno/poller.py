@@ -21,6 +21,9 @@ system task, so it needs no nursery and ends with the run.
 Edge-triggered means an event comes only when new data arrives, so a ``Watch.wait``
 caller must have read until ``recv`` came back short or with EAGAIN before it waits
 again; every caller in dyno does (a short read means the socket buffer was emptied).
+The exception is the end of the connection: the last data and the FIN can come in one
+edge, and no edge follows the FIN. Once ``Watch.ended`` is set a reader must go on
+reading until ``recv`` returns b"" or fails.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import socket
 import trio
 
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MAX_EVENTS = 512
 _current: trio.lowlevel.RunVar = trio.lowlevel.RunVar("dyno.poller")
 
@@ -38,7 +42,7 @@ _current: trio.lowlevel.RunVar = trio.lowlevel.RunVar("dyno.poller")
 class Watch:
     """One socket's readability, from a Poller. ``wait()`` by one task at a time."""
 
-    __slots__ = ("poller", "fd", "task", "ready", "inline", "_abort")
+    __slots__ = ("poller", "fd", "task", "ready", "inline", "ended", "_abort")
 
     def __init__(self, poller: "Poller", fd: int):
         self.poller = poller
@@ -46,6 +50,10 @@ class Watch:
         self.task: trio.lowlevel.Task | None = None
         self.ready = True  # the first wait reads at once: data may predate the watch
         self.inline = None  # while parked: the poller calls it instead of waking the task
+        # The other side has shut down or the socket failed. The data before it and
+        # the end can come in one edge, so a short read no longer means drained:
+        # readers read on until recv reports the end.
+        self.ended = False
 
         def abort(_raise_cancel) -> trio.lowlevel.Abort:
             self.task = None
@@ -120,10 +128,12 @@ class Poller:
         try:
             while True:
                 await wait_readable(fileno)
-                for fd, _events in epoll.poll(0, _MAX_EVENTS):
+                for fd, events in epoll.poll(0, _MAX_EVENTS):
                     watch = watches.get(fd)
                     if watch is None:
                         continue
+                    if events & _ENDED:
+                        watch.ended = True
                     task = watch.task
                     if task is None:
                         watch.ready = True

@@ -118,7 +118,7 @@ class Receiver:
             raise ConnectionLost(self.broken, f"recv failed: {exc}") from None
         if not data:
             raise ConnectionLost(self.broken, self.closed)
-        self._drained = len(data) < self.size
+        self._drained = len(data) < self.size and not self._watch.ended
         return data
 
     def _inline(self) -> bool:

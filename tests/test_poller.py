@@ -215,3 +215,28 @@ async def test_receiver_serve_hands_every_chunk_over_and_raises_what_the_pollers
                 await trio.testing.wait_all_tasks_blocked()
                 b.shutdown(socket.SHUT_WR)
         receiver.close()
+
+
+@pytest.mark.parametrize("parked", [True, False], ids=["parked", "busy"])
+async def test_data_and_the_end_arriving_together_are_both_seen(parked):
+    """The last data and the peer's FIN can come in one edge: a short read then
+    does not mean the socket is drained, or the end would go unnoticed until some
+    other event (a Redis that replies and closes looked alive until the next
+    request was written to it)."""
+    a, b = pair()
+    with a, b:
+        receiver = Receiver(a, 1000, b"-ERR lost\r\n", "closed by the test")
+        got = bytearray()
+        with pytest.RaisesGroup(pytest.RaisesExc(ConnectionLost, match="closed by the test")):
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    if parked:
+                        nursery.start_soon(receiver.serve, got.extend)
+                        await trio.testing.wait_all_tasks_blocked()
+                    b.send(b"last words")
+                    b.shutdown(socket.SHUT_WR)
+                    if not parked:
+                        await trio.testing.wait_all_tasks_blocked()  # one edge, seen while no one waits
+                        nursery.start_soon(receiver.serve, got.extend)
+        receiver.close()
+        assert bytes(got) == b"last words"
