@@ -104,7 +104,7 @@ class ClientConnection:
         self.replies: deque[ReplySlot] = deque()
         self.ready = node.ready_clients
         self.queued = False
-        self.closing = False  # QUIT or a protocol error: answer what came before, then close
+        self.closing = False  # QUIT, a protocol error or EOF: answer what came before, then close
         self.dead = False
         self._unsent: list[bytes] = []
         self._unsent_bytes = 0
@@ -165,6 +165,9 @@ class ClientConnection:
         except OSError:
             return _CLOSED
         if not data:
+            # The client shut its sending side: like Redis, answer what it sent
+            # before (the FIN often comes with the last requests), then close.
+            self.closing = True
             return _CLOSED
         self.node.stats.client_bytes_in += len(data)
         parser = self.parser

@@ -19,6 +19,7 @@ import random
 import select
 import signal
 import socket
+import uuid
 import subprocess
 import sys
 import threading
@@ -571,6 +572,30 @@ def test_client_that_disconnects_mid_pipeline_does_not_disturb_the_node(dyno_nod
     for i, value in enumerate(values):  # each write applied or not, never mangled
         assert value in (None, f"value{i}".encode()), (i, value)
     assert fresh.get("big") == b"x" * 100_000
+
+
+def half_close_exchange(addr: tuple[str, int], payload: bytes) -> bytes:
+    """Send `payload`, shut the sending side (FIN), and read until the server closes."""
+    with socket.create_connection(addr, timeout=10) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return read_until_closed(sock, timeout=10)
+
+
+@pytest.mark.parametrize("count", [1, 3, 2000])
+def test_a_client_that_shuts_its_sending_side_gets_every_reply_like_from_redis(
+    redis_server, dyno_node, count
+):
+    """`printf 'SET a 1\\r\\n' | nc -N host port` and the like: Redis answers what it
+    read, then closes. The FIN often comes in the same read as the requests."""
+    prefix = f"half:{uuid.uuid4().hex}"
+    payload = b"".join(
+        command("SET", f"{prefix}:{i}", i) + command("INCR", f"{prefix}:{i}") + command("GET", f"{prefix}:{i}")
+        for i in range(count)
+    )
+    expected = half_close_exchange(redis_server.addr, payload)
+    assert expected.count(b"\r\n") == 4 * count  # +OK, :n, $len and the value
+    assert half_close_exchange(dyno_node.addr, payload) == expected
 
 
 def test_node_forgets_clients_that_vanish_with_replies_pending(dyno_node):
