@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from dyno import __version__, resp
+from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
 
@@ -30,6 +31,8 @@ _BAD_NAME = resp.error("ERR Client names cannot contain spaces, newlines or spec
 
 
 def _ping(node, client, argv, slot):
+    if len(argv) > 2:  # COMMAND says arity -1; pingCommand itself refuses more
+        return arity_error(b"ping")
     return resp.PONG if len(argv) == 1 else resp.bulk(argv[1])
 
 

@@ -980,7 +980,7 @@ def test_node_local_commands_over_a_raw_socket(redis_server, dyno_node):
         assert "# Server" in info and "redis_version:" in info
 
         # Redis's exact wording for unknown commands and wrong arity
-        for args in (("foo", "a"), ("foo", "a", "b", "c"), ("GET",), ("SET", "a"), ("HSET", "h", "f")):
+        for args in (("foo", "a"), ("foo", "a", "b", "c"), ("GET",), ("SET", "a"), ("HSET", "h", "f"), ("PING", "a", "b")):
             c.send(command(*args))
             plain.send(command(*args))
             assert c.replies(1)[1] == plain.replies(1)[1], args
