@@ -501,11 +501,18 @@ class Coordinator:
             if route is _KEY:
                 self._key_command(client, spec, argv, slot)
             elif route is _LOCAL:
+                protocol = client.protocol
                 reply = node_commands.run(self.node, client, spec, argv, slot)
                 if reply is not None:
                     slot.data = reply
                 if client.closing:  # QUIT: what follows it is not run
                     break
+                if client.protocol != protocol:
+                    # HELLO or RESET: the requests after it are served in the
+                    # new protocol, those before it in the old one.
+                    self._send_local_only(client, local_only, local_slots, None)
+                    local_only, local_slots = [], []
+                    self._use_protocol(client.protocol)
             elif route is _MULTI_KEY:
                 self._multi_key(client, spec, argv, slot)
             elif route is _ONE_REPLICA:
@@ -517,16 +524,21 @@ class Coordinator:
                 slot.data = resp.error(f"ERR dyno: '{spec.name.decode()}' cannot be routed")
         if run:
             self.calls[last] += run
-        if not local_slots:
+        if local_slots:
+            self._send_local_only(client, local_only, local_slots, raw)
+
+    def _send_local_only(self, client, requests: list[list[bytes]], slots: list[Sink], raw: bytes | None) -> None:
+        """A ring of one node: the batch's requests for Redis, in one go."""
+        if not slots:
             return
         if self.sampling:  # the batch's last request stands for its datastore latency
-            local_slots[-1] = TimedSink(local_slots[-1], self.metrics.datastore_latency)
+            slots[-1] = TimedSink(slots[-1], self.metrics.datastore_latency)
         if raw is not None:
-            self.datastore.send_many(raw, local_slots, client.id)
+            self.datastore.send_many(raw, slots, client.id)
         else:
             send = self.datastore.send
             encode = resp.encode_command
-            for argv, slot in zip(local_only, local_slots):
+            for argv, slot in zip(requests, slots):
                 send(encode(argv), slot, client.id)
 
     def _replicate_batch(self, client, requests: list[list[bytes]], raw: bytes, Slot) -> bool:

@@ -55,11 +55,23 @@ def _select(node, client, argv, slot):
     return resp.error("ERR dyno: only database 0 exists in a dyno cluster (SELECT is limited to 0)")
 
 
+_NO_PASSWORD = resp.error(
+    "ERR AUTH <password> called without any password configured for the default user. "
+    "Are you sure your configuration is correct?"
+)
+_WRONGPASS = resp.error("WRONGPASS invalid username-password pair or user is disabled.")
+
+
 def _auth(node, client, argv, slot):
-    return resp.error(
-        "ERR AUTH <password> called without any password configured for the default user. "
-        "Are you sure your configuration is correct?"
-    )
+    if len(argv) == 2:
+        return _NO_PASSWORD
+    return _authenticate(argv[1])
+
+
+def _authenticate(username: bytes) -> bytes | None:
+    """AUTH <username> <password>, as Redis with no password set answers it: the
+    default user takes any password ("nopass"), and there is no other user."""
+    return resp.OK if username == b"default" else _WRONGPASS
 
 
 def _hello(node, client, argv, slot):
@@ -80,7 +92,9 @@ def _hello(node, client, argv, slot):
                     return error
                 rest = rest[2:]
             elif option == b"AUTH" and len(rest) >= 3:
-                return _auth(node, client, argv, slot)
+                if _authenticate(rest[1]) is _WRONGPASS:
+                    return _WRONGPASS
+                rest = rest[3:]
             else:
                 return resp.error(f"ERR Syntax error in HELLO option '{rest[0].decode(errors='replace')}'")
         client.protocol = version
@@ -141,12 +155,23 @@ def _client_line(node, client) -> bytes:
     )
 
 
-def _command(node, client, argv, slot):
-    # Redis's own COMMAND replies are the truth about arity, flags and key specs;
-    # clients only use them for hints and key extraction.
-    # The coordinator has picked this client's pool (RESP2 or RESP3 connections).
+def _from_redis(node, client, argv, slot):
+    """Answers that are the same on every Redis: the local one's. COMMAND (Redis's
+    own replies are the truth about arity, flags and key specs; clients use them for
+    hints and key extraction), TIME, LOLWUT and the *HELP subcommands. Nothing here
+    may change the connection's state: other clients share it.
+    The coordinator has picked this client's pool (RESP2 or RESP3 connections)."""
     node.coordinator.datastore.send(resp.encode_command(argv), slot, client.id)
     return None
+
+
+def _reset(node, client, argv, slot):
+    # What RESET undoes that dyno keeps per client; never sent to the shared
+    # connection, whose RESP3 state other clients rely on.
+    client.protocol = 2
+    client.name = b""
+    client.consistency_override.clear()
+    return b"+RESET\r\n"
 
 
 class _InfoSink(Sink):
@@ -200,16 +225,13 @@ HANDLERS: dict[bytes, Handler] = {
     b"auth": _auth,
     b"hello": _hello,
     b"client": _client,
-    b"command": _command,
     b"info": _info,
+    b"reset": _reset,
 }
 
 
 def run(node, client, spec, argv, slot) -> bytes | None:
-    handler = HANDLERS.get(argv[0].lower())
-    if handler is None:
-        return resp.error(f"ERR dyno: '{argv[0].decode(errors='replace')}' is not answered by this node")
-    return handler(node, client, argv, slot)
+    return HANDLERS.get(argv[0].lower(), _from_redis)(node, client, argv, slot)
 
 
 def server_info(node) -> dict[str, object]:

@@ -987,6 +987,28 @@ def test_node_local_commands_over_a_raw_socket(redis_server, dyno_node):
         c.send(command("foo", "a"))
         assert c.replies(1)[1] == b"-ERR unknown command 'foo', with args beginning with: 'a' \r\n"
 
+        # AUTH as a Redis with no password answers it, and answers that are the same
+        # on every Redis (the node's own Redis gives them)
+        for args in (
+            ("AUTH", "pw"), ("AUTH", "default", "pw"), ("AUTH", "other", "pw"),
+            ("HELLO", "2", "AUTH", "other", "pw"), ("OBJECT", "HELP"), ("XINFO", "HELP"),
+            ("XGROUP", "HELP"), ("MEMORY", "HELP"), ("SCRIPT", "HELP"), ("LOLWUT",),
+        ):
+            c.send(command(*args))
+            plain.send(command(*args))
+            assert c.replies(1)[1] == plain.replies(1)[1], args
+        seconds, micros = c.call("TIME")
+        assert abs(int(seconds) - time.time()) < 60 and 0 <= int(micros) < 1_000_000
+        hello = c.call("HELLO", "2", "AUTH", "default", "any", "SETNAME", "authed")
+        assert dict(zip(hello[::2], hello[1::2]))[b"proto"] == 2
+        assert c.call("CLIENT", "GETNAME") == b"authed"
+
+        # RESET: this connection's state only (the shared Redis connection keeps its own)
+        c.send(command("HELLO", "3") + command("DYNO_CONFIG:CONN_CONSISTENCY", "DC_QUORUM"))
+        c.replies(2)
+        c.send(command("RESET") + command("CLIENT", "GETNAME") + command("HGETALL", "nothing"))
+        assert c.replies(3)[1] == b"+RESET\r\n$-1\r\n*0\r\n"  # RESP2 again
+
         # commands a cluster cannot support: an error, and the connection stays usable
         for args in (("MULTI",), ("EXEC",), ("WATCH", "k"), ("BLPOP", "l", "0")):
             c.send(command(*args) + command("PING"))

@@ -3,6 +3,8 @@ node and through a 3-rack cluster at DC_ONE and DC_QUORUM; redis-py's defaults w
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import redis
 
@@ -67,6 +69,34 @@ def test_resp3_replies_are_redis_bytes(redis_server, cluster_factory, shape):
     got = exchange(cluster.nodes[0].addr, COMMANDS)
     for command, want, have in zip(COMMANDS, expected, got):
         assert have == want, f"{command}: Redis {want!r}, dyno {have!r}"
+
+
+SWITCHES = [  # sent in one write: each request is answered in the protocol in force for it
+    ("HGETALL", "nope"), ("HELLO", "3"), ("HGETALL", "nope"), ("GET", "nope"), ("RESET",),
+    ("HGETALL", "nope"), ("HELLO", "3"), ("MGET", "nope", "nada"), ("HELLO", "2"), ("GET", "nope"),
+]
+
+
+def pipelined(addr) -> list[bytes]:
+    conn = d.RespConnection(addr)
+    try:
+        conn.send(SWITCHES)
+        replies = [conn.read_reply()[0] for _ in SWITCHES]
+    finally:
+        conn.close()
+    # HELLO tells each connection its own id
+    return [re.sub(rb"\$2\r\nid\r\n:\d+", b"id", reply) for reply in replies]
+
+
+@pytest.mark.parametrize("shape", [
+    dict(racks=1),
+    dict(racks=3, read_consistency="DC_ONE", write_consistency="DC_ONE"),
+    dict(racks=3, read_consistency="DC_QUORUM", write_consistency="DC_QUORUM"),
+], ids=["1-node", "3-racks-DC_ONE", "3-racks-DC_QUORUM"])
+def test_hello_and_reset_in_a_pipeline_switch_the_requests_after_them(redis_server, cluster_factory, shape):
+    expected = pipelined(redis_server.addr)
+    assert expected[2] == b"%0\r\n" and expected[5] == b"*0\r\n"
+    assert pipelined(cluster_factory(**shape).nodes[0].addr) == expected
 
 
 def test_redis_py_defaults_work(cluster_factory):
