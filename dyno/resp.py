@@ -43,6 +43,7 @@ _HUGE_ARRAY = re.compile(rb"\*-?\d{7}")
 # form, a mix can add up to the canonical length (see _only_bulk_strings).
 _OTHER_TYPES = b"+=(~|"
 _OTHER_TYPE_HEADER = re.compile(rb"\r\n[+=(~|]")
+_SMALL = 400
 
 CRLF = b"\r\n"
 OK = b"+OK\r\n"
@@ -90,11 +91,9 @@ def _only_bulk_strings(data: bytes, requests: list[list[bytes]]) -> bool:
     Every header but the chunk's first byte (a '*', checked before) follows a CRLF.
     So a chunk with none of the other types' bytes, or none of them right after a
     CRLF, is proven. Bulk data can hold them too (ZRANGEBYSCORE's '(1', '+inf'):
-    only then is the chunk re-encoded, in C, and compared."""
-    if len(data) <= 256:  # one C pass; on longer chunks five memchr scans are faster
-        if len(data.translate(None, _OTHER_TYPES)) == len(data):
-            return True
-    elif not (
+    only then is the chunk re-encoded, in C, and compared. The parser has already
+    checked a chunk of up to _SMALL bytes for those bytes (one translate pass)."""
+    if len(data) > _SMALL and not (  # five memchr scans beat translate here
         b"+" in data or b"=" in data or b"(" in data or b"~" in data or b"|" in data
     ):
         return True
@@ -161,7 +160,11 @@ class RequestParser:
         # for every byte of the chunk. With only '*' and '$' headers in it, that
         # also proves the chunk canonical.
         consumed = sum(map(_encoded_length, requests))
-        if consumed == len(data) and not skipped and _only_bulk_strings(data, requests):
+        size = len(data)
+        if consumed == size and not skipped and (
+            (size <= _SMALL and len(data.translate(None, _OTHER_TYPES)) == size)
+            or _only_bulk_strings(data, requests)
+        ):
             self.clean = True
             return requests
         # A request cut by the recv boundary, an inline command after a multibulk
