@@ -227,6 +227,7 @@ async def info(server: "AdminServer") -> dict:
             "client_state_refusals": m.state_refusals,
             "quorum_failures": m.quorum_failures(),
             "replica_disagreements": m.disagreements,
+            "quorum_reads_widened": m.widened_reads,
             "replica_failures": stats.replica_failures,
             "client_bytes_in": stats.client_bytes_in,
             "client_bytes_out": stats.client_bytes_out,

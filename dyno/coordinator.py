@@ -28,6 +28,8 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+import trio
+
 from dyno import commands, merge, node_commands, resp
 from dyno.client import BatchSlot, ReplySlot
 from dyno.commands import Merge, Route
@@ -48,6 +50,9 @@ _KEY, _MULTI_KEY, _ONE_REPLICA, _ALL_REPLICAS, _LOCAL = (
 )
 DC_ONE = "DC_ONE"
 DC_EACH_SAFE_QUORUM = "DC_EACH_SAFE_QUORUM"
+# A quorum read first goes to Q replicas; the others are asked too if those have not
+# decided it after one to two ticks (Coordinator.hedge_reads).
+HEDGE_TICK = 0.025
 
 
 class _Replica(Sink):
@@ -102,16 +107,24 @@ class _ReplicaCursor(Sink):
 
 
 class _BatchQuorum:
-    """A client's read of n requests sent whole to every local-DC replica at
-    DC_QUORUM / DC_SAFE_QUORUM, decided whole when it can be.
+    """A client's read of n requests sent whole to local-DC replicas at DC_QUORUM /
+    DC_SAFE_QUORUM, decided whole when it can be.
 
     Each replica's n replies arrive concatenated. If Q replicas' concatenations are
     byte-identical, every request has Q identical replies: that is the answer, with
     no per-request work (the common case). Otherwise each request is decided by its
     own tracker over the replies split back out, which is the per-request logic
-    exactly; it runs only once enough outcomes are in to decide every request."""
+    exactly; it runs only once enough outcomes are in to decide every request.
 
-    __slots__ = ("coordinator", "level", "slot", "count", "outcomes", "order", "needed", "done")
+    The read goes to Q replicas first; the others are held in ``reserve`` and asked
+    (``widen``) only if those Q cannot decide it: they disagree, one fails, or they
+    are slow (Coordinator.hedge_reads). What the client gets is what asking every
+    replica at once would give when the first Q to answer are those asked."""
+
+    __slots__ = (
+        "coordinator", "level", "slot", "count", "outcomes", "order", "needed", "done",
+        "asked", "reserve", "group", "payload", "datastore", "flags", "key",
+    )
 
     def __init__(self, coordinator: "Coordinator", level: str, slot: Sink, count: int, replicas: int):
         self.coordinator = coordinator
@@ -122,6 +135,25 @@ class _BatchQuorum:
         self.order: list[int] = []  # replicas in the order their outcomes came
         self.needed = replicas // 2 + 1
         self.done = False
+        self.asked = replicas  # replicas the read has gone to
+        self.reserve: list[int] = []  # replicas not asked yet
+        # What ``ask`` sends where (set by Coordinator._replicate_batch).
+        self.group: list[RingNode] = []
+        self.payload = b""
+        self.datastore = None
+        self.flags = 0
+        self.key = 0  # in Coordinator.quorum_reads while it may need widening
+
+    def ask(self, index: int) -> None:
+        """Send the read to replica ``index`` of the group."""
+        replica = self.group[index]
+        count = self.count
+        if replica.local:
+            gather = _WholeReplies(self, index, count, whole=False)
+            self.datastore.send_many(self.payload, [gather] * count)
+        else:
+            gather = _WholeReplies(self, index, count, whole=True)
+            self.coordinator.links[replica.name].send_batch(self.payload, gather, self.flags)
 
     def arrived(self, index: int, replies: bytes) -> None:
         self.outcomes[index] = (True, replies)
@@ -133,11 +165,14 @@ class _BatchQuorum:
         same = sum(1 for outcome in self.outcomes if outcome is not None and outcome[1] == replies and outcome[0])
         if same >= self.needed:
             self._decide(replies)
-        elif same < len(self.order):
+            return
+        if same < len(self.order):
             # Some outcome differs from this one: per request, replicas may agree
             # where the whole batches do not. (If all so far are identical, every
             # request has exactly `same` agreeing replies: undecided as a whole.)
             self._try_each()
+        if not self.done and self.reserve and len(self.order) == self.asked:
+            self.widen()
 
     def failed(self, index: int, error: bytes) -> None:
         self.coordinator.replica_failed(error, self.count)
@@ -145,6 +180,20 @@ class _BatchQuorum:
         self.order.append(index)
         if not self.done:
             self._try_each()
+            if not self.done and self.reserve:
+                self.widen()
+
+    def widen(self) -> None:
+        """Ask the replicas held in reserve: those asked could not decide."""
+        reserve = self.reserve
+        if self.done or not reserve:
+            return
+        self.reserve = []
+        self.coordinator.quorum_reads.pop(self.key, None)
+        self.asked += len(reserve)
+        self.coordinator.metrics.widened_reads += 1
+        for index in reserve:  # an ask may fail at once and decide the read
+            self.ask(index)
 
     def _try_each(self) -> None:
         """Decide request by request, if the outcomes so far decide them all."""
@@ -167,6 +216,8 @@ class _BatchQuorum:
 
     def _decide(self, replies: bytes) -> None:
         self.done = True
+        if self.reserve:
+            self.coordinator.quorum_reads.pop(self.key, None)
         self.slot.deliver(replies)
 
 
@@ -423,6 +474,15 @@ class Coordinator:
         # reaches 0 the batch goes to ``_execute_special`` instead, to be timed (one in
         # SAMPLE_EVERY, dyno.metrics) or, while ``refusing``, filtered by node state.
         self.countdown = SAMPLE_EVERY
+        # Quorum reads asked of Q replicas and not decided yet, oldest first:
+        # key -> (tick asked, _BatchQuorum). A read leaves it when decided or
+        # widened, so nothing is kept alive past its answer (objects that outlive
+        # a few GC generations made the cyclic GC a tenth of a node's time).
+        self.quorum_reads: dict[int, tuple[int, _BatchQuorum]] = {}
+        self._read_key = 0
+        self._hedge_tick = 0
+        self._read_turn = 0  # this node's rack's place in its DC: which peer reads ask first
+        self._rotations: dict[tuple[int, bool], list[list[int]]] = {}
         self.refusing = False  # the node is in STANDBY or WRITES_ONLY (set_refusing)
         self.sampling = False  # the current batch is timed: targets time their part
         self.slot_class = ReplySlot  # a timed subclass while sampling
@@ -616,13 +676,20 @@ class Coordinator:
             slot = ReplySlot(client)
             client.replies.append(slot)
             quorum = _BatchQuorum(self, level, slot, count, replicas)
-            for index, replica in enumerate(group):
-                if replica.local:
-                    gather = _WholeReplies(quorum, index, count, whole=False)
-                    self.datastore.send_many(raw, [gather] * count)
-                else:
-                    gather = _WholeReplies(quorum, index, count, whole=True)
-                    self.links[replica.name].send_batch(raw, gather, self.link_flags)
+            quorum.group = group
+            quorum.payload = raw
+            quorum.datastore = self.datastore
+            quorum.flags = self.link_flags
+            if write or replicas == quorum.needed:
+                asked = range(replicas)
+            else:
+                asked = self._read_quorum(group, quorum.needed)
+                quorum.asked = len(asked)
+                quorum.reserve = [index for index in range(replicas) if index not in asked]
+                self._read_key = quorum.key = self._read_key + 1
+                self.quorum_reads[quorum.key] = (self._hedge_tick, quorum)
+            for index in asked:
+                quorum.ask(index)
             return True
         # LocalQuorum is QuorumTracker's cheap twin for replicas that all live here.
         slots = [Slot(client) for _ in range(count)]
@@ -810,6 +877,52 @@ class Coordinator:
         self.uniform = self.single_dc and all(
             len(ring.rack_nodes(ring.local.dc, rack)) == 1 for rack in ring.racks(ring.local.dc)
         )
+        # A key's replicas come this rack first, then the others sorted: starting at
+        # this rack's place in the sorted racks, a quorum read's first peer is the
+        # next rack round, and each rack's node reads from a different one.
+        self._read_turn = sorted(ring.racks(ring.local.dc)).index(ring.local.rack)
+
+    def _read_quorum(self, group: list["RingNode"], needed: int) -> list[int]:
+        """Which ``needed`` of a key's local-DC replicas a quorum read asks first:
+        this node's own Redis if it is one (no hop; it is first in its group),
+        then peers whose link is usable, starting with the rack after this node's
+        own (so that with clients on every node each carries its share, and each
+        peer link carries whole frames), then any others (they fail at once, and
+        the read is widened)."""
+        local = group[0].local
+        rotations = self._rotations.get((len(group), local))
+        if rotations is None:
+            others = list(range(1 if local else 0, len(group)))
+            rotations = self._rotations[(len(group), local)] = [
+                others[turn:] + others[:turn] for turn in range(len(others))
+            ]
+        picks = [0] if local else []
+        links = self.links
+        for index in rotations[self._read_turn % len(rotations)]:
+            link = links.get(group[index].name)
+            if link is not None and link.usable:
+                picks.append(index)
+                if len(picks) == needed:
+                    return picks
+        return (picks + [i for i in range(len(group)) if i not in picks])[:needed]
+
+    async def hedge_reads(self) -> None:
+        """Widen the quorum reads whose first replicas have not decided them within
+        one to two HEDGE_TICKs (a replica slow, or dead but not yet known to be):
+        the read then waits for the fastest Q of all replicas, as if it had gone to
+        every one. One sweep per tick over the reads still undecided."""
+        reads = self.quorum_reads
+        while True:
+            await trio.sleep(HEDGE_TICK)
+            tick = self._hedge_tick
+            self._hedge_tick = tick + 1
+            late = []
+            for asked_at, quorum in reads.values():  # oldest first
+                if asked_at >= tick:
+                    break  # asked less than a full tick ago: the next sweep
+                late.append(quorum)
+            for quorum in late:
+                quorum.widen()
 
     def available(self, replica: "RingNode") -> bool:
         if replica.local:

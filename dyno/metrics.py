@@ -139,6 +139,7 @@ class Metrics:
         self.by_level: dict[str, int] = dict.fromkeys(LEVELS, 0)      # replicated requests
         self.failures_by_level: dict[str, int] = dict.fromkeys(LEVELS, 0)  # quorum errors
         self.disagreements = 0      # a replica answered differently from the decided reply
+        self.widened_reads = 0      # quorum reads the first Q replicas could not decide
         self.state_refusals = 0     # requests refused because of the node state
         self.client_latency = Histogram()
         self.datastore_latency = Histogram()
@@ -316,6 +317,9 @@ def render_prometheus(node: "Node", view: list[dict]) -> str:
         failures.add(count, level=level)
     family("dyno_replica_disagreements_total", "counter",
            "Replica replies that differed from the reply the client got.").add(metrics.disagreements)
+    family("dyno_quorum_reads_widened_total", "counter",
+           "Quorum reads sent to the remaining replicas because the first Q could not decide "
+           "them (they disagreed, failed or were slow).").add(metrics.widened_reads)
     family("dyno_replica_failures_total", "counter",
            "Replica requests that failed (peer or datastore down, timed out, connection lost).").add(
         stats.replica_failures)

@@ -194,6 +194,7 @@ class Node:
             nursery.start_soon(self.datastore.run)
             nursery.start_soon(self.datastore3.run)
             nursery.start_soon(self.peer_server.serve, nursery)
+            nursery.start_soon(self.coordinator.hedge_reads)
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
             if self.gossiper is not None:
@@ -245,6 +246,7 @@ class Node:
                 "total_commands_processed": self.stats.commands,
                 "total_error_replies": self.stats.errors,
                 "replica_failures": self.stats.replica_failures,
+                "quorum_reads_widened": self.metrics.widened_reads,
             },
             b"dyno": {
                 "node_name": self.name,

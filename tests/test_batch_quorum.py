@@ -1,5 +1,6 @@
 """A read decided whole (coordinator._BatchQuorum) answers exactly what deciding each
-request with its own QuorumTracker answers, whatever the replicas reply or fail."""
+request with its own QuorumTracker answers, whatever the replicas reply or fail; and
+asked of Q replicas first, it asks the others exactly when those cannot decide it."""
 
 from collections import Counter
 
@@ -12,8 +13,9 @@ from dyno.coordinator import _BatchQuorum
 
 class FakeCoordinator:
     def __init__(self):
-        self.metrics = type("M", (), {"disagreements": 0})()
+        self.metrics = type("M", (), {"disagreements": 0, "widened_reads": 0})()
         self.errors = Counter()
+        self.quorum_reads = {}
 
     def replica_failed(self, error, count=1):
         pass
@@ -57,3 +59,56 @@ def test_whole_batch_equals_each_request(level, replicas, count, data):
         # Decided whole exactly when every request would be decided on its own.
         assert (slot.data is not None) == all(t.result is not None for t in trackers)
     assert slot.data == b"".join(tracker.result for tracker in trackers)
+
+
+@given(st.sampled_from(["DC_QUORUM", "DC_SAFE_QUORUM"]), st.integers(1, 5), st.integers(1, 4), st.data())
+def test_a_read_asked_of_q_replicas_first_answers_what_asking_all_would(level, replicas, count, data):
+    failed = data.draw(st.lists(st.booleans(), min_size=replicas, max_size=replicas))
+    answers = [data.draw(st.lists(st.sampled_from(REPLIES), min_size=count, max_size=count))
+               for _ in range(replicas)]
+    needed = replicas // 2 + 1
+    first = data.draw(st.permutations(range(replicas)))
+    asked = first[:needed]
+    slot = Slot()
+    coordinator = FakeCoordinator()
+    sent = list(asked)  # replicas asked, in order
+
+    class Recorded(_BatchQuorum):
+        __slots__ = ()
+
+        def ask(self, index):
+            sent.append(index)
+
+    quorum = Recorded(coordinator, level, slot, count, replicas)
+    quorum.asked = len(asked)
+    quorum.reserve = list(first[needed:])
+    error = b"-ERR dyno: peer x is unavailable\r\n"
+    trackers = [QuorumTracker(level, ["dc"] * replicas, "dc") for _ in range(count)]
+    alone = [QuorumTracker(level, ["dc"] * replicas, "dc") for _ in range(count)]  # the first Q only
+    hedged = False
+    answered: list[int] = []
+    while len(answered) < len(sent):
+        # any replica asked and not answered yet may answer next
+        index = data.draw(st.sampled_from([i for i in sent if i not in answered]))
+        answered.append(index)
+        if failed[index]:
+            quorum.failed(index, error)
+        else:
+            quorum.arrived(index, b"".join(answers[index]))
+        for position in range(count):
+            for group in (trackers, alone) if index in asked else (trackers,):
+                tracker = group[position]
+                if tracker.result is None:
+                    if failed[index]:
+                        tracker.failure(index, error)
+                    else:
+                        tracker.reply(index, answers[index][position])
+        assert (slot.data is not None) == all(t.result is not None for t in trackers)
+        if slot.data is None and data.draw(st.booleans()):
+            hedged = True  # the first replicas are slow: Coordinator.hedge_reads widens
+            quorum.widen()
+    # Every replica asked has answered: the read is decided, never left waiting.
+    assert slot.data == b"".join(tracker.result for tracker in trackers)
+    if not hedged and not any(failed[i] for i in asked) and all(t.result is not None for t in alone):
+        assert sent == list(asked)  # the first Q decided it: the others were never asked
+    assert coordinator.metrics.widened_reads == (1 if len(sent) > len(asked) else 0)

@@ -355,6 +355,28 @@ def test_a_real_node_of_another_cluster_is_refused_and_both_sides_log_it(shared,
 # --------------------------------------------------------------------------- 10. time-outs
 
 
+def test_quorum_reads_with_a_hung_peer_ask_the_third_replica_instead_of_waiting(shared):
+    """A quorum read goes to this node's Redis and the peer of the next rack; when
+    that peer hangs (not yet known to be down) the read is widened to the third
+    replica after a few tens of ms, long before the hung one would time out."""
+    a, b, c = shared.nodes
+    quorum = impatient(a, "DC_QUORUM")
+    for i in range(10):
+        assert quorum.set(f"hedge:{i}", i)
+    widened = client_of(a).info("stats")["quorum_reads_widened"]
+    b.pause()  # node1 (rack1) reads from rack2 first
+    try:
+        for i in range(10):
+            start = time.monotonic()
+            assert quorum.get(f"hedge:{i}") == str(i).encode()
+            assert time.monotonic() - start < TIMEOUT_MS / 1000 / 2, "a quorum read waited for the hung peer"
+        assert client_of(a).info("stats")["quorum_reads_widened"] > widened
+    finally:
+        b.resume()
+    support.wait_for(lambda: client_of(a).info("dyno")["peer_requests_in_flight"] == 0, 10,
+                     "node1's requests to node2 to be answered or failed")  # fmt: skip
+
+
 def test_a_hung_peer_fails_its_replica_within_timeout_not_the_node(shared):
     a, b, c = shared.nodes
     offset = log_size(a.log)
