@@ -140,3 +140,13 @@ def test_parse_cluster_json_groups_nodes_by_rack():
     assert nodes[0].rack == "dc1/rack1"
     assert nodes[1].rack == "node2"  # no rack given: one node per rack
     assert (nodes[1].pid, nodes[1].redis_pid) == (11, None)
+
+
+@pytest.mark.parametrize("argv, at_p1, at_p16", [
+    ([], 200_000, 1_000_000),
+    (["--quick"], 100_000, 300_000),
+    (["--requests", "1000"], 1000, 5000),
+])
+def test_pipelined_tests_run_more_requests(argv, at_p1, at_p16):
+    args = bench.parse_args(argv)
+    assert (bench.requests_per_test(args, 1), bench.requests_per_test(args, 16)) == (at_p1, at_p16)
