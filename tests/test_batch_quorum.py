@@ -33,39 +33,57 @@ class Slot:
 
 
 REPLIES = [b"+OK\r\n", b":1\r\n", b"$1\r\nx\r\n", b"*1\r\n$1\r\na\r\n"]
+ERROR = b"-ERR dyno: peer x is unavailable\r\n"
+LEVELS = st.sampled_from(["DC_QUORUM", "DC_SAFE_QUORUM"])
 
 
-@given(st.sampled_from(["DC_QUORUM", "DC_SAFE_QUORUM"]), st.integers(1, 5), st.integers(1, 4), st.data())
-def test_whole_batch_equals_each_request(level, replicas, count, data):
+def outcomes(data, replicas: int, count: int) -> tuple[list[bool], list[list[bytes]]]:
+    """Whether each replica fails, and else its reply to each request."""
     failed = data.draw(st.lists(st.booleans(), min_size=replicas, max_size=replicas))
     answers = [data.draw(st.lists(st.sampled_from(REPLIES), min_size=count, max_size=count))
                for _ in range(replicas)]
+    return failed, answers
+
+
+def report(quorum: _BatchQuorum, index: int, failed: bool, answers: list[bytes]) -> None:
+    if failed:
+        quorum.failed(index, ERROR)
+    else:
+        quorum.arrived(index, b"".join(answers))
+
+
+def track(trackers: list[QuorumTracker], index: int, failed: bool, answers: list[bytes]) -> None:
+    """The same outcome, request by request, to the trackers still undecided."""
+    for position, tracker in enumerate(trackers):
+        if tracker.result is None:
+            if failed:
+                tracker.failure(index, ERROR)
+            else:
+                tracker.reply(index, answers[position])
+
+
+def trackers_for(level: str, replicas: int, count: int) -> list[QuorumTracker]:
+    return [QuorumTracker(level, ["dc"] * replicas, "dc") for _ in range(count)]
+
+
+@given(LEVELS, st.integers(1, 5), st.integers(1, 4), st.data())
+def test_whole_batch_equals_each_request(level, replicas, count, data):
+    failed, answers = outcomes(data, replicas, count)
     order = data.draw(st.permutations(range(replicas)))
     slot = Slot()
     quorum = _BatchQuorum(FakeCoordinator(), level, slot, count, replicas)
-    error = b"-ERR dyno: peer x is unavailable\r\n"
-    trackers = [QuorumTracker(level, ["dc"] * replicas, "dc") for _ in range(count)]
+    trackers = trackers_for(level, replicas, count)
     for index in order:
-        if failed[index]:
-            quorum.failed(index, error)
-        else:
-            quorum.arrived(index, b"".join(answers[index]))
-        for position, tracker in enumerate(trackers):
-            if tracker.result is None:
-                if failed[index]:
-                    tracker.failure(index, error)
-                else:
-                    tracker.reply(index, answers[index][position])
+        report(quorum, index, failed[index], answers[index])
+        track(trackers, index, failed[index], answers[index])
         # Decided whole exactly when every request would be decided on its own.
         assert (slot.data is not None) == all(t.result is not None for t in trackers)
     assert slot.data == b"".join(tracker.result for tracker in trackers)
 
 
-@given(st.sampled_from(["DC_QUORUM", "DC_SAFE_QUORUM"]), st.integers(1, 5), st.integers(1, 4), st.data())
+@given(LEVELS, st.integers(1, 5), st.integers(1, 4), st.data())
 def test_a_read_asked_of_q_replicas_first_answers_what_asking_all_would(level, replicas, count, data):
-    failed = data.draw(st.lists(st.booleans(), min_size=replicas, max_size=replicas))
-    answers = [data.draw(st.lists(st.sampled_from(REPLIES), min_size=count, max_size=count))
-               for _ in range(replicas)]
+    failed, answers = outcomes(data, replicas, count)
     needed = replicas // 2 + 1
     first = data.draw(st.permutations(range(replicas)))
     asked = first[:needed]
@@ -82,27 +100,18 @@ def test_a_read_asked_of_q_replicas_first_answers_what_asking_all_would(level, r
     quorum = Recorded(coordinator, level, slot, count, replicas)
     quorum.asked = len(asked)
     quorum.reserve = list(first[needed:])
-    error = b"-ERR dyno: peer x is unavailable\r\n"
-    trackers = [QuorumTracker(level, ["dc"] * replicas, "dc") for _ in range(count)]
-    alone = [QuorumTracker(level, ["dc"] * replicas, "dc") for _ in range(count)]  # the first Q only
+    trackers = trackers_for(level, replicas, count)
+    alone = trackers_for(level, replicas, count)  # the first Q's outcomes only
     hedged = False
     answered: list[int] = []
     while len(answered) < len(sent):
         # any replica asked and not answered yet may answer next
         index = data.draw(st.sampled_from([i for i in sent if i not in answered]))
         answered.append(index)
-        if failed[index]:
-            quorum.failed(index, error)
-        else:
-            quorum.arrived(index, b"".join(answers[index]))
-        for position in range(count):
-            for group in (trackers, alone) if index in asked else (trackers,):
-                tracker = group[position]
-                if tracker.result is None:
-                    if failed[index]:
-                        tracker.failure(index, error)
-                    else:
-                        tracker.reply(index, answers[index][position])
+        report(quorum, index, failed[index], answers[index])
+        track(trackers, index, failed[index], answers[index])
+        if index in asked:
+            track(alone, index, failed[index], answers[index])
         assert (slot.data is not None) == all(t.result is not None for t in trackers)
         if slot.data is None and data.draw(st.booleans()):
             hedged = True  # the first replicas are slow: Coordinator.hedge_reads widens

@@ -53,15 +53,18 @@ def exchange(addr, commands) -> list[bytes]:
         conn.close()
 
 
-def settled(cluster) -> bool:
-    return all(int(n.client().info("dyno")["peer_requests_in_flight"]) == 0 for n in cluster.nodes)
-
-
-@pytest.mark.parametrize("shape", [
+SHAPES = pytest.mark.parametrize("shape", [
     dict(racks=1),
     dict(racks=3, read_consistency="DC_ONE", write_consistency="DC_ONE"),
     dict(racks=3, read_consistency="DC_QUORUM", write_consistency="DC_QUORUM"),
 ], ids=["1-node", "3-racks-DC_ONE", "3-racks-DC_QUORUM"])
+
+
+def settled(cluster) -> bool:
+    return all(int(n.client().info("dyno")["peer_requests_in_flight"]) == 0 for n in cluster.nodes)
+
+
+@SHAPES
 def test_resp3_replies_are_redis_bytes(redis_server, cluster_factory, shape):
     cluster = cluster_factory(**shape)
     expected = exchange(redis_server.addr, COMMANDS)
@@ -88,11 +91,7 @@ def pipelined(addr) -> list[bytes]:
     return [re.sub(rb"\$2\r\nid\r\n:\d+", b"id", reply) for reply in replies]
 
 
-@pytest.mark.parametrize("shape", [
-    dict(racks=1),
-    dict(racks=3, read_consistency="DC_ONE", write_consistency="DC_ONE"),
-    dict(racks=3, read_consistency="DC_QUORUM", write_consistency="DC_QUORUM"),
-], ids=["1-node", "3-racks-DC_ONE", "3-racks-DC_QUORUM"])
+@SHAPES
 def test_hello_and_reset_in_a_pipeline_switch_the_requests_after_them(redis_server, cluster_factory, shape):
     expected = pipelined(redis_server.addr)
     assert expected[2] == b"%0\r\n" and expected[5] == b"*0\r\n"
