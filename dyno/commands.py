@@ -582,7 +582,7 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("zunionstore",                  -4, (1,  1, 1), WRITE, KEY, find_keys=_numkeys(at=2, store=1)),
     # --- HyperLogLog -----------------------------------------------------------
     _cmd("pfadd",                        -2, (1,  1, 1), WRITE, KEY),
-    _cmd("pfcount",                      -2, (1, -1, 1), READ,  KEY),
+    _cmd("pfcount",                      -2, (1, -1, 1), WRITE, KEY),  # one key: see is_write
     _cmd("pfdebug",                       3, (2,  2, 1), WRITE, UNSUPPORTED, reason=ADMIN),
     _cmd("pfmerge",                      -2, (1, -1, 1), WRITE, KEY),
     _cmd("pfselftest",                    1, (0,  0, 0), READ,  UNSUPPORTED, reason=ADMIN),
@@ -934,10 +934,16 @@ def keys(spec: CommandSpec, argv: Sequence[bytes]) -> list[bytes]:
 
 
 def is_write(spec: CommandSpec, argv: Sequence[bytes]) -> bool:
-    """Whether this request may modify data. Like ``spec.write``, except that SORT and
-    GEORADIUS[BYMEMBER] are reads unless they STORE (Redis flags them all writes)."""
+    """Whether this request may modify data. Like ``spec.write``, except that:
+    * SORT and GEORADIUS[BYMEMBER] are reads unless they STORE (Redis flags them all
+      writes);
+    * PFCOUNT of one key is a write: it caches the count in the key's header, and
+      Redis propagates it to its replicas so that their bytes stay identical. Of
+      several keys it changes nothing, and is a read."""
     if spec.name in _WRITE_ONLY_WHEN_STORING:
         return len(key_positions(spec, argv)) > 1
+    if spec.name == b"pfcount":
+        return len(argv) == 2
     return spec.write
 
 

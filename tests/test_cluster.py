@@ -761,3 +761,21 @@ def test_spop_and_xadd_leave_every_replica_identical(c3):
     streams = [redis_of(n).xrange("events") for n in c3.nodes]
     assert all(stream == streams[0] for stream in streams) and len(streams[0]) == 3
     assert all(entry_id in {e[0] for e in streams[0]} for entry_id in ids[-2:])
+
+
+@integration
+def test_pfcount_leaves_every_replica_identical(c3, redis_server):
+    """PFCOUNT of one key caches the count in the key's header (Redis propagates it
+    for that reason). Run on one replica only, the others would keep the stale
+    header, and GET or DUMP through another rack would not give Redis's bytes."""
+    plain = redis.Redis(*redis_server.addr)
+    a, b, _ = c3.nodes
+    for client in (plain, a.client()):
+        client.pfadd("hll", "x", "y")
+        assert client.pfcount("hll") == 2
+        client.pfadd("{h}1", "z")
+        assert client.pfcount("{h}1", "hll") == 3  # a union: no key changes
+    settle(c3)
+    expected = plain.get("hll")
+    assert [redis_of(n).get("hll") for n in c3.nodes] == [expected] * 3
+    assert b.client().get("hll") == expected
