@@ -372,9 +372,10 @@ class Differential:
 
         pipeline=True sends each run of consecutive commands for the same target in one
         write before reading the replies (the reference gets the same batches).
-        settle() is called whenever the next command goes to another target than the last
-        one: where the system only promises read-your-writes on one node (DC_ONE acknowledges
-        a write once the local rack has it), it can wait there until replication is done.
+        settle() is called before the FLUSHALL and whenever the next command goes to
+        another target than the last one: where the system only promises read-your-writes
+        on one node (DC_ONE acknowledges a write once the local rack has it), it can wait
+        there until replication is done.
         Returns the steps; raises Mismatch at the first difference.
         """
         sequence = [tuple(_as_bytes(a) for a in cmd) for cmd in sequence]

@@ -353,4 +353,8 @@ def test_settle_is_called_when_the_target_changes(reference, twin):
     seq = [("SET", "a", "1"), ("GET", "a"), ("GET", "a"), ("INCR", "a")]
     d.run_differential(seq, reference.addr, same_server_twice, pick=[0, 1, 1, 0].__getitem__,
                        settle=lambda: calls.append(1))  # fmt: skip
-    assert len(calls) == 2
+    assert len(calls) == 3  # before the FLUSHALL, then at each of the two switches
+    calls.clear()
+    d.run_differential(seq, reference.addr, same_server_twice, pick=[0, 0, 0, 0].__getitem__,
+                       settle=lambda: calls.append(1))  # fmt: skip
+    assert len(calls) == 1  # one target: only before the FLUSHALL
