@@ -63,12 +63,14 @@ _WRONGPASS = resp.error("WRONGPASS invalid username-password pair or user is dis
 
 
 def _auth(node, client, argv, slot):
+    if len(argv) > 3:
+        return _SYNTAX
     if len(argv) == 2:
         return _NO_PASSWORD
     return _authenticate(argv[1])
 
 
-def _authenticate(username: bytes) -> bytes | None:
+def _authenticate(username: bytes) -> bytes:
     """AUTH <username> <password>, as Redis with no password set answers it: the
     default user takes any password ("nopass"), and there is no other user."""
     return resp.OK if username == b"default" else _WRONGPASS
@@ -92,8 +94,9 @@ def _hello(node, client, argv, slot):
                     return error
                 rest = rest[2:]
             elif option == b"AUTH" and len(rest) >= 3:
-                if _authenticate(rest[1]) is _WRONGPASS:
-                    return _WRONGPASS
+                reply = _authenticate(rest[1])
+                if reply is not resp.OK:
+                    return reply
                 rest = rest[3:]
             else:
                 return resp.error(f"ERR Syntax error in HELLO option '{rest[0].decode(errors='replace')}'")

@@ -990,7 +990,7 @@ def test_node_local_commands_over_a_raw_socket(redis_server, dyno_node):
         # AUTH as a Redis with no password answers it, and answers that are the same
         # on every Redis (the node's own Redis gives them)
         for args in (
-            ("AUTH", "pw"), ("AUTH", "default", "pw"), ("AUTH", "other", "pw"),
+            ("AUTH", "pw"), ("AUTH", "default", "pw"), ("AUTH", "other", "pw"), ("AUTH", "a", "b", "c"),
             ("HELLO", "2", "AUTH", "other", "pw"), ("OBJECT", "HELP"), ("XINFO", "HELP"),
             ("XGROUP", "HELP"), ("MEMORY", "HELP"), ("SCRIPT", "HELP"), ("LOLWUT",),
         ):
