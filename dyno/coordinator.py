@@ -922,7 +922,13 @@ class Coordinator:
                     break  # asked less than a full tick ago: the next sweep
                 late.append(quorum)
             for quorum in late:
-                quorum.widen()
+                try:
+                    quorum.widen()
+                except Exception:  # a bug must cost this read, never the node
+                    log.exception("widening a quorum read failed")
+                    if not quorum.done:
+                        quorum.done = True
+                        quorum.slot.deliver(resp.error("ERR dyno: internal error widening a quorum read"))
 
     def available(self, replica: "RingNode") -> bool:
         if replica.local:

@@ -4,11 +4,12 @@ asked of Q replicas first, it asks the others exactly when those cannot decide i
 
 from collections import Counter
 
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
 from dyno.consistency import QuorumTracker
-from dyno.coordinator import _BatchQuorum
+from dyno.coordinator import HEDGE_TICK, Coordinator, _BatchQuorum
 
 
 class FakeCoordinator:
@@ -121,3 +122,53 @@ def test_a_read_asked_of_q_replicas_first_answers_what_asking_all_would(level, r
     if not hedged and not any(failed[i] for i in asked) and all(t.result is not None for t in alone):
         assert sent == list(asked)  # the first Q decided it: the others were never asked
     assert coordinator.metrics.widened_reads == (1 if len(sent) > len(asked) else 0)
+
+
+class Sweeper:
+    """What Coordinator.hedge_reads uses of the coordinator."""
+
+    def __init__(self):
+        self.quorum_reads = {}
+        self._hedge_tick = 0
+
+
+class Pending:
+    """A quorum read waiting for its first replicas."""
+
+    def __init__(self, sweeper, key, widen=None):
+        self.done = False
+        self.widened = 0
+        self.slot = Slot()
+        self._widen = widen
+        sweeper.quorum_reads[key] = (sweeper._hedge_tick, self)
+        self.sweeper, self.key = sweeper, key
+
+    def widen(self):
+        self.widened += 1
+        self.sweeper.quorum_reads.pop(self.key, None)
+        if self._widen:
+            self._widen()
+
+
+async def test_reads_undecided_for_a_full_tick_are_widened_and_a_failing_widen_answers_its_read(
+    autojump_clock,  # virtual time: the sleeps below only order events against the ticks
+):
+    sweeper = Sweeper()
+    slow = Pending(sweeper, 1)
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    buggy = Pending(sweeper, 2, widen=broken)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(Coordinator.hedge_reads, sweeper)
+        await trio.sleep(HEDGE_TICK * 1.5)  # one sweep: asked less than a full tick ago
+        assert (slow.widened, buggy.widened) == (0, 0)
+        late = Pending(sweeper, 3)  # asked during the second tick
+        await trio.sleep(HEDGE_TICK)  # second sweep
+        assert (slow.widened, buggy.widened, late.widened) == (1, 1, 0)
+        assert buggy.slot.data.startswith(b"-ERR dyno: internal error")  # answered, not left waiting
+        assert slow.slot.data is None  # widened reads are answered by their replicas
+        await trio.sleep(HEDGE_TICK)
+        assert late.widened == 1 and not sweeper.quorum_reads
+        nursery.cancel_scope.cancel()
