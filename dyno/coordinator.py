@@ -123,7 +123,7 @@ class _BatchQuorum:
 
     __slots__ = (
         "coordinator", "level", "slot", "count", "outcomes", "order", "needed", "done",
-        "asked", "reserve", "group", "payload", "datastore", "flags", "key",
+        "asked", "reserve", "group", "payload", "datastore", "flags",
     )
 
     def __init__(self, coordinator: "Coordinator", level: str, slot: Sink, count: int, replicas: int):
@@ -142,7 +142,6 @@ class _BatchQuorum:
         self.payload = b""
         self.datastore = None
         self.flags = 0
-        self.key = 0  # in Coordinator.quorum_reads while it may need widening
 
     def ask(self, index: int) -> None:
         """Send the read to replica ``index`` of the group."""
@@ -189,7 +188,7 @@ class _BatchQuorum:
         if self.done or not reserve:
             return
         self.reserve = []
-        self.coordinator.quorum_reads.pop(self.key, None)
+        self.coordinator.quorum_reads.pop(id(self), None)
         self.asked += len(reserve)
         self.coordinator.metrics.widened_reads += 1
         for index in reserve:  # an ask may fail at once and decide the read
@@ -217,7 +216,7 @@ class _BatchQuorum:
     def _decide(self, replies: bytes) -> None:
         self.done = True
         if self.reserve:
-            self.coordinator.quorum_reads.pop(self.key, None)
+            self.coordinator.quorum_reads.pop(id(self), None)
         self.slot.deliver(replies)
 
 
@@ -475,14 +474,12 @@ class Coordinator:
         # SAMPLE_EVERY, dyno.metrics) or, while ``refusing``, filtered by node state.
         self.countdown = SAMPLE_EVERY
         # Quorum reads asked of Q replicas and not decided yet, oldest first:
-        # key -> (tick asked, _BatchQuorum). A read leaves it when decided or
+        # id -> (tick asked, _BatchQuorum). A read leaves it when decided or
         # widened, so nothing is kept alive past its answer (objects that outlive
         # a few GC generations made the cyclic GC a tenth of a node's time).
         self.quorum_reads: dict[int, tuple[int, _BatchQuorum]] = {}
-        self._read_key = 0
         self._hedge_tick = 0
         self._read_turn = 0  # this node's rack's place in its DC: which peer reads ask first
-        self._rotations: dict[tuple[int, bool], list[list[int]]] = {}
         self.refusing = False  # the node is in STANDBY or WRITES_ONLY (set_refusing)
         self.sampling = False  # the current batch is timed: targets time their part
         self.slot_class = ReplySlot  # a timed subclass while sampling
@@ -584,8 +581,7 @@ class Coordinator:
                 slot.data = resp.error(f"ERR dyno: '{spec.name.decode()}' cannot be routed")
         if run:
             self.calls[last] += run
-        if local_slots:
-            self._send_local_only(client, local_only, local_slots, raw)
+        self._send_local_only(client, local_only, local_slots, raw)
 
     def _send_local_only(self, client, requests: list[list[bytes]], slots: list[Sink], raw: bytes | None) -> None:
         """A ring of one node: the batch's requests for Redis, in one go."""
@@ -686,8 +682,7 @@ class Coordinator:
                 asked = self._read_quorum(group, quorum.needed)
                 quorum.asked = len(asked)
                 quorum.reserve = [index for index in range(replicas) if index not in asked]
-                self._read_key = quorum.key = self._read_key + 1
-                self.quorum_reads[quorum.key] = (self._hedge_tick, quorum)
+                self.quorum_reads[id(quorum)] = (self._hedge_tick, quorum)
             for index in asked:
                 quorum.ask(index)
             return True
@@ -890,15 +885,12 @@ class Coordinator:
         peer link carries whole frames), then any others (they fail at once, and
         the read is widened)."""
         local = group[0].local
-        rotations = self._rotations.get((len(group), local))
-        if rotations is None:
-            others = list(range(1 if local else 0, len(group)))
-            rotations = self._rotations[(len(group), local)] = [
-                others[turn:] + others[:turn] for turn in range(len(others))
-            ]
+        first = 1 if local else 0  # the peers are group[first:]
+        peers = len(group) - first
         picks = [0] if local else []
         links = self.links
-        for index in rotations[self._read_turn % len(rotations)]:
+        for step in range(peers):
+            index = first + (self._read_turn + step) % peers
             link = links.get(group[index].name)
             if link is not None and link.usable:
                 picks.append(index)
