@@ -30,10 +30,12 @@ MAX_INLINE = 64 * 1024
 MAX_BULK = 512 * 1024 * 1024
 MAX_MULTIBULK = 1024 * 1024
 
-# hiredis allocates an array's list when it reads the '*N' header, so a hostile
-# '*2000000000' would cost gigabytes before any limit could be checked. A chunk
-# with any array header of 7+ digits therefore goes to the exact parser instead.
-_HUGE_ARRAY = re.compile(rb"\*-?\d{7}")
+# hiredis allocates an aggregate's list when it reads its header ('*N', and the
+# RESP3 set, push and attribute headers '~N', '>N', '|N'), so a hostile
+# '*1 ~2000000000' would cost gigabytes before any limit could be checked - a
+# MemoryError that took the node down. A chunk with any such header of 7+ digits
+# therefore goes to the exact parser instead (Redis refuses all but the '*').
+_HUGE_ARRAY = re.compile(rb"[*~>|%]-?\d{7}")
 
 # Headers other than '*' and '$' that hiredis still turns into a request-like
 # list of bytes: '+' status, '=' verbatim and '(' big-number elements read as bytes,
