@@ -140,7 +140,7 @@ class ClientConnection:
                             break
                     else:
                         await trio.lowlevel.checkpoint()
-                    outcome = self._read()
+                    outcome = self._read_or_drop()
                     if outcome is _CLOSED:
                         break
                     short_read = outcome is not _FULL
@@ -182,17 +182,22 @@ class ClientConnection:
         # A short read empties the socket, unless the client's FIN came with it.
         return _FULL if len(data) == RECV_SIZE or self.watch.ended else _DRAINED
 
+    def _read_or_drop(self):
+        """``_read``, except that a bug (any exception) costs this client, never the
+        poller or the node: the connection is dropped and the error logged."""
+        try:
+            return self._read()
+        except Exception:
+            log.exception("client %s: unexpected error; closing the connection", self.address)
+            self.dead = True
+            return _CLOSED
+
     def _on_readable(self) -> bool:
         """The poller's call while this client's task is parked and its socket
         became readable: handle the read here, in the poller's task, and return
         True; or return False to have the task woken (more to read, back-pressure,
         closing), which then carries on as if it had done the read itself."""
-        try:
-            outcome = self._read()
-        except Exception:  # a bug must cost this client, never the poller
-            log.exception("client %s: unexpected error; closing the connection", self.address)
-            self.dead = True
-            return False
+        outcome = self._read_or_drop()
         if outcome is _CLOSED:
             self._eof = True
             return False
