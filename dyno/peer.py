@@ -42,6 +42,7 @@ import trio
 
 from dyno import resp
 from dyno.datastore import Sink
+from dyno.resp import whole_commands
 from dyno.stream import ConnectionLost, Listener, Receiver, connect, write_loop
 from dyno.wakeup import Wakeup
 
@@ -74,6 +75,7 @@ BACKOFF_MAX = 2.0
 
 
 _BYTES = {bytes}
+_affinities = itertools.count()
 
 
 def _unpacker() -> msgpack.Unpacker:
@@ -549,7 +551,9 @@ class PeerConnection:
         self.wakeup = Wakeup()
         self.closed = False
         self.peer_name = "?"
-        self.parser = resp.RequestParser()
+        # Every request of this connection goes to one Redis connection of the pool,
+        # so a peer's writes run in the order it sent them.
+        self.affinity = next(_affinities)
 
     def answer(self, request_id: int, reply, error: bytes | None = None) -> None:
         """Queue the answer to request ``request_id``: REPLY ``reply`` (bytes, or a
@@ -615,26 +619,25 @@ class PeerConnection:
                 raise PeerError(f"unexpected frame {frame!r:.80}")
             # The payload goes to a Redis connection other clients share: it must be
             # exactly `count` whole, canonical commands, or replies would fall out of step.
-            parser = self.parser
-            if len(parser.feed(payload)) != count or not parser.clean:
+            if count > MAX_REQUESTS or not whole_commands(payload, count):
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
             datastore = node.datastore3 if flags & RESP3 else node.datastore
             if flags & QUIET:
                 if flags & COORDINATE:
                     raise PeerError("a COORDINATE request cannot be QUIET")
                 ack = _PeerAck(self, request_id, count)
-                datastore.send_many(payload, [ack] * count, request_id)
+                datastore.send_many(payload, [ack] * count, self.affinity)
             elif count == 1:
                 sink = _PeerReply(self, request_id)
                 if flags & COORDINATE:
                     node.coordinator.coordinate_for_dc(payload, sink, flags)
                 else:
-                    datastore.send(payload, sink, request_id)
+                    datastore.send(payload, sink, self.affinity)
             elif flags & COORDINATE:
                 raise PeerError("a COORDINATE request must carry one command")
             else:
                 collector = _PeerBatchReply(self, request_id, count)
-                datastore.send_many(payload, [collector] * count, request_id)
+                datastore.send_many(payload, [collector] * count, self.affinity)
 
 
 class PeerServer(Listener):

@@ -219,3 +219,31 @@ async def test_a_peer_answering_a_frame_wrongly_is_disconnected_and_every_caller
         assert first.replies == second.replies == [link.broken]
         assert failures.count == 1
         assert link.failed == 3
+
+
+class RecordingDatastore:
+    def __init__(self):
+        self.affinities: list[int] = []
+
+    def send(self, payload, sink, affinity=0):
+        self.affinities.append(affinity)
+
+    def send_many(self, payload, sinks, affinity=0):
+        self.affinities.append(affinity)
+
+
+def test_a_peer_connections_requests_all_go_to_one_redis_connection():
+    """With datastore_connections > 1, requests of one peer spread over the pool
+    (keyed by request id) could run out of the order the peer sent them: a replica
+    could end with an older value than the others."""
+    store = RecordingDatastore()
+    node = types.SimpleNamespace(datastore=store, datastore3=store)
+    one, other = (peer.PeerConnection(node, None, ("127.0.0.1", port)) for port in (1, 2))
+    write = resp.encode_command([b"SET", b"k", b"v"])
+    for request_id in range(1, 7):
+        flags, count = [(0, 1), (peer.QUIET, 2), (0, 2)][request_id % 3]
+        one._handle([[peer.REQUEST, request_id, flags, write * count, count]])
+        other._handle([[peer.REQUEST, request_id, 0, write, 1]])
+    assert len(set(store.affinities[0::2])) == 1
+    assert len(set(store.affinities[1::2])) == 1
+    assert store.affinities[0] != store.affinities[1]

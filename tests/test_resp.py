@@ -265,3 +265,65 @@ def test_bulk_data_like_another_types_header_is_still_forwarded_as_received(arg)
     parsed, parser = parse_all([resp.encode_command(request)])
     assert parsed == [request] and parser.error is None
     assert parser.clean
+
+
+# Elements hiredis reads as something other than bytes: whole_commands must refuse
+# them by type, where RequestParser refuses them request by request.
+_OTHER_ELEMENTS = [b":12\r\n", b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*-1\r\n", b"_\r\n", b"#t\r\n",
+                   b",1.5\r\n", b"-ERR x\r\n", b"%1\r\n$1\r\na\r\n$1\r\nb\r\n", b">1\r\n$1\r\na\r\n"]
+_bulk = st.tuples(st.just("$"), args)
+_any_elements = st.one_of(_bulk, _bulk, _bulk, _elements, st.sampled_from(_OTHER_ELEMENTS))  # mostly canonical
+
+
+def _encode_any(element) -> bytes:
+    return element if element.__class__ is bytes else _element(*element)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("******~|>"), st.lists(_any_elements, max_size=4)), min_size=1, max_size=4),
+    st.sampled_from(["whole", "cut", "more"]),
+    st.binary(min_size=1, max_size=12),
+    st.integers(-1, 1),
+)
+@settings(max_examples=600)
+def test_whole_commands_proves_what_the_request_parser_proves(frames, change, tail, off_by):
+    data = b"".join(
+        b"%s%d\r\n" % (kind.encode(), len(elements) // 2 if kind == "|" else len(elements))
+        + b"".join(map(_encode_any, elements))
+        for kind, elements in frames
+    )
+    if change == "cut":
+        data = data[: len(data) // 2]
+    elif change == "more":
+        data += tail
+    count = max(1, len(frames) + off_by)
+    parser = resp.RequestParser()
+    parsed = parser.feed(data)
+    proven = resp.whole_commands(data, count)
+    canonical = b"".join(map(resp.encode_command, parsed)) == data
+    assert proven == (len(parsed) == count and canonical and parser.error is None and not parser.pending)
+    if change == "whole" and off_by == 0 and all(
+        kind == "*" and elements and all(e.__class__ is tuple and e[0] == "$" for e in elements)
+        for kind, elements in frames
+    ):
+        assert proven, data  # canonical requests, as many as said
+
+
+@pytest.mark.parametrize("arg", [b"*1234567", b"x~9999999", b"(1", b"a\r\n+OK\r\n"])
+def test_whole_commands_accepts_data_that_looks_like_headers(arg):
+    requests = [[b"SET", b"k", arg], [b"GET", b"k"]]
+    data = b"".join(map(resp.encode_command, requests))
+    assert resp.whole_commands(data, 2)
+    assert not resp.whole_commands(data, 1) and not resp.whole_commands(data, 3)
+
+
+def test_whole_commands_refuses_a_hostile_aggregate_header_without_allocating_it():
+    assert not resp.whole_commands(b"*1\r\n~2000000000\r\n", 1)
+    assert not resp.whole_commands(b"*2000000000\r\n", 1)
+
+
+@pytest.mark.parametrize("first", [b"~", b"|", b">"])
+def test_whole_commands_refuses_another_aggregate_first_in_a_long_payload(first):
+    # Only headers after a CRLF are scanned for other types past _SMALL bytes.
+    data = first + b"1\r\n$4\r\nPING\r\n" + resp.encode_command([b"SET", b"k", b"v" * 500])
+    assert not resp.whole_commands(data, 2)
