@@ -124,6 +124,10 @@ class Connection:
                 lost = group.exceptions[0]
                 reason = lost.reply
                 log.warning("datastore %s connection %d lost: %s", store.address, self.index, lost)
+            except* Exception as group:  # a bug: it costs this connection a reconnect, not the node
+                reason = store.broken
+                log.error("datastore %s connection %d: unexpected error; reconnecting", store.address,
+                          self.index, exc_info=group.exceptions[0])
             finally:
                 self.up = False
                 self.sock.close()

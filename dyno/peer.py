@@ -311,6 +311,9 @@ class PeerLink:
                 log.warning("peer %s: %s", self.peer.name, lost)
             except* PeerError as group:
                 log.error("peer %s: %s; disconnecting", self.peer.name, group.exceptions[0])
+            except* Exception as group:  # a bug: it costs this link a reconnect, not the node
+                log.error("peer %s: unexpected error; reconnecting", self.peer.name,
+                          exc_info=group.exceptions[0])
             finally:
                 was_up, self.up = self.up, False
                 receiver.close()
@@ -597,6 +600,9 @@ class PeerConnection:
             pass
         except* OSError as group:
             log.warning("peer %s (%s): %s", self.peer_name, self.address, group.exceptions[0])
+        except* Exception as group:  # a bug: it costs this connection, not the node
+            log.error("peer %s (%s): unexpected error; disconnecting", self.peer_name, self.address,
+                      exc_info=group.exceptions[0])
         finally:
             self.closed = True
             receiver.close()

@@ -129,3 +129,26 @@ def test_a_run_read_at_once_is_delivered_in_one_call(redis_server):
             assert max(n for _, n in run.chunks) > 1  # not one call per reply
 
     trio.run(main)
+
+
+class Raising(Sink):
+    def deliver(self, reply: bytes) -> None:
+        raise RuntimeError("a bug in a sink")
+
+
+def test_a_sink_that_raises_costs_its_connection_a_reconnect_not_the_node(redis_server, caplog):
+    async def main():
+        async with running(redis_server) as store:
+            after = One()
+            store.send(command("PING"), Raising())
+            store.send(command("PING"), after)  # failed with the connection, not lost
+            await wait_until(lambda: after.replies)
+            assert after.replies == [store.broken]
+            await wait_until(lambda: store.up)  # reconnected
+            again = One()
+            store.send(command("PING"), again)
+            await wait_until(lambda: again.replies)
+            assert again.replies == [b"+PONG\r\n"]
+        assert "unexpected error; reconnecting" in caplog.text
+
+    trio.run(main)

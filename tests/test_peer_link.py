@@ -6,7 +6,7 @@ are counted, never lost."""
 from __future__ import annotations
 
 import contextlib
-
+import socket
 import types
 
 import msgpack
@@ -247,3 +247,41 @@ def test_a_peer_connections_requests_all_go_to_one_redis_connection():
     assert len(set(store.affinities[0::2])) == 1
     assert len(set(store.affinities[1::2])) == 1
     assert store.affinities[0] != store.affinities[1]
+
+
+class Raising:
+    def deliver(self, reply: bytes) -> None:
+        raise RuntimeError("a bug in a sink")
+
+    fail = deliver
+
+
+async def test_a_sink_that_raises_costs_the_link_a_reconnect_not_the_node(caplog):
+    scripted = ScriptedPeer()
+    async with linked(scripted) as (link, failures):
+        waiting = Collect()
+        link.send(command(b"PING"), Raising())
+        with trio.fail_after(5):
+            while link.up:
+                await trio.sleep(0.001)
+        link.send(command(b"PING"), waiting)  # refused at once while the link is down
+        assert waiting.replies == [link.down_error]
+    assert "unexpected error; reconnecting" in caplog.text
+
+
+async def test_a_bug_handling_a_request_costs_that_peer_connection_not_the_node(caplog):
+    class Broken:
+        def send(self, payload, sink, affinity=0):
+            raise RuntimeError("a bug in the datastore")
+
+    node = fake_node(Failures())
+    node.datastore = node.datastore3 = Broken()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    connection = peer.PeerConnection(node, ours, ("127.0.0.1", 1))
+    theirs.sendall(peer.hello_frame(node) + msgpack.packb([peer.REQUEST, 1, 0, command(b"PING"), 1]))
+    with trio.fail_after(5):
+        await connection.run()  # returns, rather than raising into the node
+    assert "unexpected error; disconnecting" in caplog.text
+    assert connection.closed
+    theirs.close()
