@@ -330,6 +330,16 @@ def _xadd_id_position(argv: list[bytes]) -> int | None:
 # time-based ID): run once, then replicate what they did, so replicas stay identical.
 REPLICATE_EFFECT = {b"spop": _spop_effect, b"xadd": _xadd_effect}
 
+# The commands _replicate_batch may forward as a whole read: one key, routed by it,
+# replies that compare as bytes, and an effect every replica computes alike.
+BATCHABLE = frozenset(
+    spec.name
+    for top in commands.COMMANDS.values()
+    for spec in (top, *(top.subcommands or {}).values())
+    if spec.route is _KEY and spec.fixed_keys == (1,) and spec.name not in UNORDERED_REPLIES
+    and spec.name not in RANDOM_READS and spec.name not in REPLICATE_EFFECT
+)
+
 
 def canonical(reply: bytes) -> bytes:
     """An unordered collection reply with its elements (or a map's pairs) sorted."""
@@ -611,11 +621,7 @@ class Coordinator:
         mixed = False
         for argv in requests:
             spec = resolve(argv)
-            if (
-                spec.__class__ is bytes or spec.route is not _KEY or spec.fixed_keys != (1,)
-                or spec.name in UNORDERED_REPLIES or spec.name in RANDOM_READS
-                or spec.name in REPLICATE_EFFECT
-            ):
+            if spec.__class__ is bytes or spec.name not in BATCHABLE:
                 return False
             if write is None:
                 write = spec.write

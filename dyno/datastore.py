@@ -246,7 +246,10 @@ class Datastore:
 
     @property
     def up(self) -> bool:
-        return any(c.up for c in self.connections)
+        for conn in self.connections:  # asked per batch: a loop, not any() of a generator
+            if conn.up:
+                return True
+        return False
 
     def _connection(self, affinity: int) -> Connection | None:
         connections = self.connections
