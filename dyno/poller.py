@@ -33,6 +33,8 @@ import socket
 
 import trio
 
+from dyno.wakeup import deferring, flush_noted
+
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _ENDED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MAX_EVENTS = 512
@@ -128,18 +130,22 @@ class Poller:
         try:
             while True:
                 await wait_readable(fileno)
-                for fd, events in epoll.poll(0, _MAX_EVENTS):
-                    watch = watches.get(fd)
-                    if watch is None:
-                        continue
-                    if events & _ENDED:
-                        watch.ended = True
-                    task = watch.task
-                    if task is None:
-                        watch.ready = True
-                    elif watch.inline is None or not watch.inline():
-                        watch.task = None
-                        watch.inline = None
-                        reschedule(task)
+                deferring()  # the writers these reads give work to are flushed after them
+                try:
+                    for fd, events in epoll.poll(0, _MAX_EVENTS):
+                        watch = watches.get(fd)
+                        if watch is None:
+                            continue
+                        if events & _ENDED:
+                            watch.ended = True
+                        task = watch.task
+                        if task is None:
+                            watch.ready = True
+                        elif watch.inline is None or not watch.inline():
+                            watch.task = None
+                            watch.inline = None
+                            reschedule(task)
+                finally:
+                    flush_noted()
         finally:
             epoll.close()

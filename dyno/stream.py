@@ -157,25 +157,49 @@ class Listener:
 async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: bytes, before_turn=None) -> None:
     """Send whatever is appended to ``out``, batching everything queued since the
     last turn into one send. ``wakeup`` is set by whoever appends. ``before_turn``,
-    if given, is called at the start of every turn (to append what was held back)."""
-    while True:
+    if given, is called at the start of every turn (to append what was held back).
+
+    While this task is parked, the poller makes most turns itself (``flush``, see
+    dyno.wakeup): no task switch; the task wakes only when the socket is full."""
+
+    def flush() -> bool:
         if before_turn is not None:
             before_turn()
         if not out:
-            await wakeup.wait()
-            continue
+            return True
         data = b"".join(out) if len(out) > 1 else out[0]
-        out.clear()
-        view = memoryview(data)
-        while view:
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+        try:
+            sent = sock.send(data)
+        except OSError:  # full (the task waits for room) or failed (the task reports it)
+            return False
+        if sent == len(data):
+            out.clear()
+            return True
+        out[:] = [memoryview(data)[sent:]]
+        return False
+
+    wakeup.flush = flush
+    try:
+        while True:
+            if before_turn is not None:
+                before_turn()
+            if not out:
+                await wakeup.wait()
                 continue
-            except OSError as exc:
-                raise ConnectionLost(broken, f"send failed: {exc}") from None
-            view = view[sent:]
+            data = b"".join(out) if len(out) > 1 else out[0]
+            out.clear()
+            view = memoryview(data)
+            while view:
+                try:
+                    sent = sock.send(view)
+                except BlockingIOError:
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                except OSError as exc:
+                    raise ConnectionLost(broken, f"send failed: {exc}") from None
+                view = view[sent:]
+    finally:
+        wakeup.flush = None
 
 
 async def accept_loop(sock: socket.socket, on_connection, log) -> None:

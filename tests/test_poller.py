@@ -240,3 +240,82 @@ async def test_data_and_the_end_arriving_together_are_both_seen(parked):
                         nursery.start_soon(receiver.serve, got.extend)
         receiver.close()
         assert bytes(got) == b"last words"
+
+
+# -- writers flushed by the poller (dyno.wakeup) ---------------------------------------
+
+
+async def test_a_read_that_gives_a_writer_work_gets_it_sent_without_waking_the_writer():
+    """The writer's turn is made in the poller's task at the end of the dispatch:
+    the data is on the wire and the writer task is still parked."""
+    from dyno.stream import write_loop
+    from dyno.wakeup import Wakeup
+
+    async with watched() as (a, b, watch):
+        out_a, out_b = pair()
+        with out_a, out_b:
+            out: list[bytes] = []
+            wakeup = Wakeup()
+            turns = []
+
+            def inline() -> bool:  # a read that queues two writes
+                data = a.recv(100)
+                out.append(data.upper())
+                wakeup.set()
+                out.append(b"!")
+                wakeup.set()
+                return True
+
+            async def reader():
+                await watch.wait(inline)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_loop, out_a, out, wakeup, b"", lambda: turns.append(1))
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                parked = wakeup._task
+                assert parked is not None and turns == [1]  # the writer's own first turn
+                b.send(b"ping")
+                await trio.testing.wait_all_tasks_blocked()
+                assert out_b.recv(100) == b"PING!"
+                assert wakeup._task is parked  # never woken
+                assert turns == [1, 1]  # one turn for both writes, made by the poller
+                wakeup.set()  # outside a dispatch: wakes the writer as before
+                await trio.testing.wait_all_tasks_blocked()
+                assert turns == [1, 1, 1]
+                nursery.cancel_scope.cancel()
+
+
+async def test_a_writer_whose_socket_is_full_is_woken_and_sends_the_rest_in_order():
+    from dyno.stream import write_loop
+    from dyno.wakeup import Wakeup
+
+    async with watched() as (a, b, watch):
+        out_a, out_b = pair()
+        with out_a, out_b:
+            out: list[bytes] = []
+            wakeup = Wakeup()
+            chunk = bytes(range(256)) * 4096  # 1 MiB: more than the socket takes at once
+            chunks = 8
+
+            def inline() -> bool:
+                a.recv(100)
+                out.extend([chunk] * chunks)
+                wakeup.set()
+                return True
+
+            async def reader():
+                await watch.wait(inline)
+
+            received = bytearray()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write_loop, out_a, out, wakeup, b"")
+                nursery.start_soon(reader)
+                await trio.testing.wait_all_tasks_blocked()
+                b.send(b"go")
+                with trio.fail_after(10):
+                    while len(received) < len(chunk) * chunks:
+                        await trio.lowlevel.wait_readable(out_b)
+                        received += out_b.recv(1 << 20)
+                nursery.cancel_scope.cancel()
+            assert received == chunk * chunks
