@@ -149,7 +149,7 @@ class _BatchQuorum:
         count = self.count
         if replica.local:
             gather = _WholeReplies(self, index, count, whole=False)
-            self.datastore.send_many(self.payload, [gather] * count)
+            self.datastore.send_run(self.payload, gather, count)
         else:
             gather = _WholeReplies(self, index, count, whole=True)
             self.coordinator.links[replica.name].send_batch(self.payload, gather, self.flags)
@@ -200,7 +200,7 @@ class _BatchQuorum:
         trackers = [LocalQuorum(self.level, replicas) for _ in range(self.count)]
         for index in self.order:  # replayed as they came: error texts count them
             ok, data = self.outcomes[index]
-            parts = _split_replies(data, self.count) if ok else None
+            parts = resp.split_replies(data, self.count) if ok else None
             for position, tracker in enumerate(trackers):
                 if parts is None:
                     tracker.failure(index, data if not ok else _UNSPLITTABLE)
@@ -221,18 +221,6 @@ class _BatchQuorum:
 
 
 _UNSPLITTABLE = resp.error("ERR dyno: a replica's replies could not be split")
-
-
-def _split_replies(data: bytes, count: int) -> list[bytes] | None:
-    parts = []
-    pos = 0
-    for _ in range(count):
-        end = resp.scan_reply(data, pos) if pos < len(data) else -1
-        if end < 0:
-            return None
-        parts.append(data[pos:end])
-        pos = end
-    return parts if pos == len(data) else None
 
 
 class _WholeReplies(Sink):
@@ -724,13 +712,16 @@ class Coordinator:
         count = len(requests)
         slot = BatchSlot(client, count)
         client.replies.append(slot)
-        self.datastore.send_many(raw, [slot] * count, client.id)
+        self.datastore.send_run(raw, slot, count, client.id)
         return True
 
     def _send_batch(self, replica: "RingNode", payload: bytes, sinks: list[Sink]) -> None:
         if replica.local:
             if self.sampling:  # the batch's last request stands for its latency
                 sinks = [*sinks[:-1], TimedSink(sinks[-1], self.metrics.datastore_latency)]
+            elif len(sinks) > 1 and sinks[0].runs and sinks.count(sinks[0]) == len(sinks):
+                self.datastore.send_run(payload, sinks[0], len(sinks))  # a BatchSlot
+                return
             self.datastore.send_many(payload, sinks)
         else:
             split = _BatchSplit(sinks)

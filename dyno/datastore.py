@@ -45,6 +45,9 @@ class Sink:
     # True for a sink that stands for several consecutive requests and takes their
     # replies joined: ``deliver_run(replies, n)`` with n of them at once.
     runs = False
+    # True for such a sink that wants them apart instead: ``deliver_parts(replies)``
+    # with a list (the reader has found where each ends; no one scans them again).
+    split = False
 
     def deliver(self, reply: bytes) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -83,6 +86,13 @@ class Connection:
             self._last_progress = trio.current_time()
         self._out.append(payload)
         self._sinks.extend(sinks)
+        self._writer_wakeup.set()
+
+    def send_run(self, payload: bytes, sink: Sink, count: int) -> None:
+        if not self._sinks:
+            self._last_progress = trio.current_time()
+        self._out.append(payload)
+        self._sinks.append(_Run(sink, count) if count > 1 else sink)
         self._writer_wakeup.set()
 
     async def run(self) -> None:
@@ -138,7 +148,11 @@ class Connection:
         self._out.clear()
         sinks, self._sinks = self._sinks, deque()
         for sink in sinks:
-            sink.fail(reply)
+            if sink.__class__ is _Run:
+                for _ in range(sink.left):
+                    sink.sink.fail(reply)
+            else:
+                sink.fail(reply)
         self.store.after_batch()
 
     async def _reader(self) -> None:
@@ -163,6 +177,48 @@ class Connection:
             pos = 0
             size = len(buffer)
             while pos < size:
+                if sinks and sinks[0].__class__ is _Run:
+                    # One sink for the next `left` replies: hand it all of them that
+                    # this buffer holds, in one call. A run of writes is often all
+                    # '+OK': one comparison then stands for every scan.
+                    run = sinks[0]
+                    left = run.left
+                    sink = run.sink
+                    start = pos
+                    n = 0
+                    if buffer[pos] == 0x2B:  # '+'
+                        n = min(left, (size - pos) // 5)
+                        if n and buffer[pos : pos + 5 * n] == OK * n:
+                            pos += 5 * n
+                        else:
+                            n = 0
+                    if sink.split:  # it wants each reply on its own (a peer's answer)
+                        parts = [OK] * n
+                        while n < left and pos < size:
+                            end = scan(buffer, pos)
+                            if end < 0:
+                                break
+                            parts.append(buffer[pos:end])
+                            pos = end
+                            n += 1
+                    else:
+                        while n < left and pos < size:
+                            end = scan(buffer, pos)
+                            if end < 0:
+                                break
+                            pos = end
+                            n += 1
+                    if not n:
+                        break
+                    if n == left:
+                        sinks.popleft()
+                    else:
+                        run.left = left - n
+                    if sink.split:
+                        sink.deliver_parts(parts)
+                    else:
+                        sink.deliver_run(buffer[start:pos] if start or pos != size else buffer, n)
+                    continue
                 end = scan(buffer, pos)
                 if end < 0:
                     break
@@ -202,6 +258,21 @@ class Connection:
                 raise ConnectionLost(
                     self.store.timed_out, f"no reply for {timeout * 1000:.0f} ms"
                 )
+
+
+class _Run:
+    """A sink standing for ``left`` more consecutive requests of one connection
+    (``send_run``): one FIFO entry for all of them. The sink takes their replies
+    with ``deliver_run``, as many at a time as a read holds."""
+
+    __slots__ = ("sink", "left")
+
+    def __init__(self, sink: Sink, left: int):
+        self.sink = sink
+        self.left = left
+
+
+OK = resp.OK
 
 
 class _Discard(Sink):
@@ -278,6 +349,17 @@ class Datastore:
                 sink.fail(self.unavailable)
         else:
             conn.send_many(payload, sinks)
+
+    def send_run(self, payload: bytes, sink: Sink, count: int, affinity: int = 0) -> None:
+        """Queue ``count`` encoded requests whose replies all go to ``sink``
+        (``runs``: it takes them with ``deliver_run``, several at a time), or its
+        ``count`` failures."""
+        conn = self._connection(affinity)
+        if conn is None:
+            for _ in range(count):
+                sink.fail(self.unavailable)
+        else:
+            conn.send_run(payload, sink, count)
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:

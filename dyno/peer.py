@@ -523,6 +523,8 @@ class _PeerBatchReply(Sink):
     the whole batch is reported FAILED (its requests may or may not have run)."""
 
     __slots__ = ("conn", "request_id", "replies", "count", "error")
+    runs = True
+    split = True  # the datastore hands the replies over as a list (deliver_parts)
 
     def __init__(self, conn: "PeerConnection", request_id: int, count: int):
         self.conn = conn
@@ -532,10 +534,19 @@ class _PeerBatchReply(Sink):
         self.error: bytes | None = None
 
     def deliver(self, reply: bytes) -> None:
-        replies = self.replies
-        replies.append(reply)
-        if len(replies) == self.count:
-            self.conn.answer(self.request_id, replies, self.error)
+        self.deliver_parts([reply])
+
+    def deliver_run(self, replies: bytes, n: int) -> None:  # queued with send_many
+        self.deliver_parts(resp.split_replies(replies, n))
+
+    def deliver_parts(self, replies: list[bytes]) -> None:
+        collected = self.replies
+        if collected:
+            collected.extend(replies)
+        else:
+            self.replies = collected = replies
+        if len(collected) == self.count:
+            self.conn.answer(self.request_id, collected, self.error)
 
     def fail(self, error: bytes) -> None:
         if self.error is None:
@@ -632,7 +643,7 @@ class PeerConnection:
                 if flags & COORDINATE:
                     raise PeerError("a COORDINATE request cannot be QUIET")
                 ack = _PeerAck(self, request_id, count)
-                datastore.send_many(payload, [ack] * count, self.affinity)
+                datastore.send_run(payload, ack, count, self.affinity)
             elif count == 1:
                 sink = _PeerReply(self, request_id)
                 if flags & COORDINATE:
@@ -643,7 +654,7 @@ class PeerConnection:
                 raise PeerError("a COORDINATE request must carry one command")
             else:
                 collector = _PeerBatchReply(self, request_id, count)
-                datastore.send_many(payload, [collector] * count, self.affinity)
+                datastore.send_run(payload, collector, count, self.affinity)
 
 
 class PeerServer(Listener):

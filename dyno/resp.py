@@ -425,6 +425,22 @@ def scan_reply(buffer, pos: int) -> int:
     return newline + 2  # '+', '-', ':'; RESP3 '_' null, ',' double, '#' boolean, '(' big number
 
 
+def split_replies(data: bytes, count: int) -> list[bytes] | None:
+    """``data`` cut into its ``count`` replies, or None if it does not hold exactly
+    that many. A run of '+OK' (writes) is recognised in one comparison."""
+    if data == OK * count:
+        return [OK] * count
+    parts = []
+    pos = 0
+    for _ in range(count):
+        end = scan_reply(data, pos) if pos < len(data) else -1
+        if end < 0:
+            return None
+        parts.append(data[pos:end])
+        pos = end
+    return parts if pos == len(data) else None
+
+
 # -- Encoding -------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,33 +65,49 @@ def command(*argv) -> bytes:
     return resp.encode_command([a if isinstance(a, bytes) else str(a).encode() for a in argv])
 
 
-# Batches of (is_run, sizes of the values its GETs return): big values cut runs across reads.
+# Batches of (how they are queued, what their requests are): GETs of values of a size
+# (big values cut runs across reads), SETs ('+OK', the one-comparison path of a run),
+# and a command that fails (an error among the '+OK's).
 batches = st.lists(
-    st.tuples(st.booleans(), st.lists(st.sampled_from([0, 1, 100, 70_000]), min_size=1, max_size=6)),
+    st.tuples(
+        st.sampled_from(["singles", "repeated", "run"]),
+        st.lists(st.sampled_from([0, 1, 100, 70_000, "set", "error"]), min_size=1, max_size=40),
+    ),
     min_size=1, max_size=6,
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def _request(value) -> tuple[bytes, bytes]:
+    """A request and Redis's reply to it."""
+    if value == "set":
+        return command("SET", "w", "x"), b"+OK\r\n"
+    if value == "error":
+        return command("INCR", "v0"), b"-ERR value is not an integer or out of range\r\n"
+    return command("GET", f"v{value}"), b"$%d\r\n%s\r\n" % (value, b"x" * value)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=batches)
 def test_runs_and_single_replies_reach_their_sinks_in_order(redis_server, batches):
     async def main():
         async with running(redis_server) as store:
-            sizes = {size for _, values in batches for size in values}
-            for size in sizes:
+            for size in (0, 1, 100, 70_000):
                 store.send(command("SET", f"v{size}", "x" * size), One())
             expected = []
-            for is_run, values in batches:
-                payload = b"".join(command("GET", f"v{size}") for size in values)
-                replies = [b"$%d\r\n%s\r\n" % (size, b"x" * size) for size in values]
-                if is_run:
-                    sink = Run()
-                    store.send_many(payload, [sink] * len(values))
-                    expected.append((sink, b"".join(replies), len(values)))
-                else:
+            for how, values in batches:
+                requests, replies = zip(*map(_request, values))
+                payload = b"".join(requests)
+                if how == "singles":
                     singles = [One() for _ in values]
                     store.send_many(payload, singles)
                     expected.extend((one, reply, 1) for one, reply in zip(singles, replies))
+                    continue
+                sink = Run()
+                if how == "run":  # one FIFO entry for all of them
+                    store.send_run(payload, sink, len(values))
+                else:  # the same sink n times
+                    store.send_many(payload, [sink] * len(values))
+                expected.append((sink, b"".join(replies), len(values)))
             await wait_until(lambda: all(
                 (s.count if isinstance(s, Run) else len(s.replies)) == n for s, _, n in expected
             ))
@@ -103,13 +120,17 @@ def test_runs_and_single_replies_reach_their_sinks_in_order(redis_server, batche
     trio.run(main)
 
 
-def test_a_run_waiting_when_redis_goes_away_gets_one_failure_per_request(redis_server):
+@pytest.mark.parametrize("queued", ["repeated", "run"])
+def test_a_run_waiting_when_redis_goes_away_gets_one_failure_per_request(redis_server, queued):
     async def main():
         async with running(redis_server) as store:
             run = Run()
             # BLPOP never answers; the run's three requests wait behind it.
             store.send(command("BLPOP", "nothing", 0), One())
-            store.send_many(command("PING") * 3, [run] * 3)
+            if queued == "run":
+                store.send_run(command("PING") * 3, run, 3)
+            else:
+                store.send_many(command("PING") * 3, [run] * 3)
             observer = redis_server.client()
             await wait_until(lambda: observer.info("clients")["blocked_clients"] == 1)
             redis_server.stop()
@@ -150,5 +171,57 @@ def test_a_sink_that_raises_costs_its_connection_a_reconnect_not_the_node(redis_
             await wait_until(lambda: again.replies)
             assert again.replies == [b"+PONG\r\n"]
         assert "unexpected error; reconnecting" in caplog.text
+
+    trio.run(main)
+
+
+def test_runs_of_ok_replies_back_to_back_each_get_their_own(redis_server):
+    """Runs of writes whose '+OK's arrive in one read: each run takes only its own."""
+    async def main():
+        async with running(redis_server) as store:
+            runs = [Run() for _ in range(3)]
+            for run, n in zip(runs, (2, 3, 4)):
+                store.send_run(command("SET", "k", "v") * n, run, n)
+            last = One()
+            store.send(command("SET", "k", "v"), last)
+            await wait_until(lambda: last.replies)
+            assert [run.count for run in runs] == [2, 3, 4]
+            assert [run.joined for run in runs] == [b"+OK\r\n" * n for n in (2, 3, 4)]
+            assert last.replies == [b"+OK\r\n"]
+
+    trio.run(main)
+
+
+class Parts(Sink):
+    runs = True
+    split = True
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def deliver(self, reply: bytes) -> None:
+        self.parts.append(reply)
+
+    def deliver_parts(self, replies: list[bytes]) -> None:
+        self.parts.extend(replies)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.lists(st.lists(st.sampled_from([0, 1, 100, 70_000, "set", "error"]), min_size=1, max_size=30),
+                       min_size=1, max_size=4))
+def test_a_run_that_wants_its_replies_apart_gets_each_one(redis_server, values):
+    async def main():
+        async with running(redis_server) as store:
+            for size in (0, 1, 100, 70_000):
+                store.send(command("SET", f"v{size}", "x" * size), One())
+            expected = []
+            for batch in values:
+                requests, replies = zip(*map(_request, batch))
+                sink = Parts()
+                store.send_run(b"".join(requests), sink, len(batch))
+                expected.append((sink, list(replies)))
+            await wait_until(lambda: all(len(s.parts) == len(r) for s, r in expected))
+            for sink, replies in expected:
+                assert sink.parts == replies
 
     trio.run(main)

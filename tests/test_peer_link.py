@@ -231,6 +231,9 @@ class RecordingDatastore:
     def send_many(self, payload, sinks, affinity=0):
         self.affinities.append(affinity)
 
+    def send_run(self, payload, sink, count, affinity=0):
+        self.affinities.append(affinity)
+
 
 def test_a_peer_connections_requests_all_go_to_one_redis_connection():
     """With datastore_connections > 1, requests of one peer spread over the pool
