@@ -54,10 +54,11 @@ def _huge_aggregate(data: bytes) -> bool:
 # '~' set and '|' attribute frames as lists. Redis refuses the elements and reads
 # such a frame as an inline command, so a request holding one must never be
 # forwarded as received; and since some are shorter and some longer than the bulk
-# form, a mix can add up to the canonical length (see _only_bulk_strings).
-_OTHER_TYPES = b"+=(~|"
-_OTHER_TYPE_HEADER = re.compile(rb"\r\n[+=(~|]")
-_OTHER_AGGREGATES = _OTHER_TYPES + b">"  # and push: what the hiredis guard looks for
+# form, a mix can add up to the canonical length (see _only_bulk_strings). Also the
+# map and push headers '%' and '>': a chunk that ends inside one leaves hiredis
+# holding it with no byte unread (see _parse_fast).
+_OTHER_TYPES = b"+=(~|%>"
+_OTHER_TYPE_HEADER = re.compile(rb"\r\n[+=(~|%>]")
 _SMALL = 400
 
 CRLF = b"\r\n"
@@ -108,9 +109,10 @@ def _only_bulk_strings(data: bytes, requests: list[list[bytes]]) -> bool:
     CRLF, is proven. Bulk data can hold them too (ZRANGEBYSCORE's '(1', '+inf'):
     only then is the chunk re-encoded, in C, and compared. The parser has already
     checked a chunk of up to _SMALL bytes for those bytes (one translate pass)."""
-    if len(data) > _SMALL and (  # five memchr scans beat translate here (find: half `in`)
+    if len(data) > _SMALL and (  # memchr scans beat translate here (find: half `in`)
         data.find(b"+") < 0 and data.find(b"=") < 0 and data.find(b"(") < 0
-        and data.find(b"~") < 0 and data.find(b"|") < 0
+        and data.find(b"~") < 0 and data.find(b"|") < 0 and data.find(b"%") < 0
+        and data.find(b">") < 0
     ):
         return True
     if _OTHER_TYPE_HEADER.search(data) is None:
@@ -197,7 +199,7 @@ class RequestParser:
         size = len(data)
         if size <= _SMALL:
             # One translate pass both guards hiredis and, later, proves the headers.
-            plain = len(data.translate(None, _OTHER_AGGREGATES)) == size
+            plain = len(data.translate(None, _OTHER_TYPES)) == size
             huge = _HUGE_ARRAY.search(data) is not None or not plain and _HUGE_OTHER.search(data) is not None
         else:
             plain = False
@@ -221,25 +223,34 @@ class RequestParser:
                         skipped = True
                         continue  # '*-1' and '*0' are skipped, as Redis does
                     raise ValueError
-                for arg in argv:
-                    if arg.__class__ is not bytes:
-                        raise ValueError
                 requests.append(argv)
-        except (hiredis.ProtocolError, ValueError):
+            # Every argument bytes: join refuses the ints, lists and None hiredis
+            # makes of other element types (one C call, not a loop per argument).
+            b"".join(chain.from_iterable(requests))
+        except (hiredis.ProtocolError, ValueError, TypeError):
             skipped = True
-        # hiredis swallows the first bytes of a request it has not finished, so
-        # its has_data() cannot tell a cut: the requests it returned must account
-        # for every byte of the chunk. With only '*' and '$' headers in it, that
-        # also proves the chunk canonical.
-        consumed = sum(map(_encoded_length, requests))
-        size = len(data)
-        if consumed == size and not skipped and (plain or _only_bulk_strings(data, requests)):
+        # Did the requests take every byte? hiredis keeps the bytes of an element
+        # it has not finished (has_data()), except its type byte, and the whole
+        # header of an aggregate it has not finished. A chunk ending in CRLF has no
+        # type byte left over. Each request's own '*' opens the chunk or follows a
+        # CRLF, so one '\r\n*' fewer than requests leaves no room for another
+        # array, whole, cut or nested; the other aggregates ('%', '>', '~', '|')
+        # are _OTHER_TYPES. (Bulk data holding '\r\n*' only sends the chunk to
+        # the longer proof: the requests' canonical length.)
+        if not skipped and (
+            (
+                not reader.has_data() and data.endswith(b"\r\n")  # no type byte left
+                and data.count(b"\r\n*") + 1 == len(requests)
+            )
+            or sum(map(_encoded_length, requests)) == len(data)
+        ) and (plain or _only_bulk_strings(data, requests)):
             self.clean = True
             return requests
         # A request cut by the recv boundary, an inline command after a multibulk
         # one, or something malformed: hand the rest to the exact parser. If the
         # accepted requests were not canonical or frames were skipped, rescan all.
         self._reader = hiredis.Reader()
+        consumed = 0 if skipped else sum(map(_encoded_length, requests))
         if skipped or data[consumed : consumed + 1] != b"*":
             requests, consumed = [], 0
         self._buffer = bytearray(memoryview(data)[consumed:])

@@ -39,6 +39,80 @@ def test_partial_reads_at_every_split_point(requests, data):
     assert parser.error is None and parser.pending == 0
 
 
+# Arguments that look like headers after a CRLF ('\r\n*', '\r\n$3'): the cheap
+# proof that a read was taken whole counts '\r\n*'; such data must not fool it.
+tricky_args = st.one_of(args, st.sampled_from([b"\r\n*", b"a\r\n*1\r\n$1\r\nx", b"\r\n$3\r\nabc", b"*2"]))
+tricky_pipelines = st.lists(st.lists(tricky_args, min_size=1, max_size=5), min_size=1, max_size=6)
+
+
+@given(tricky_pipelines, st.data())
+@settings(max_examples=400)
+def test_a_read_is_clean_exactly_when_it_holds_whole_requests(requests, data):
+    """Each chunk a fresh parser reads: clean means the requests it returned are
+    exactly the chunk's bytes; a chunk of whole requests (cut at a request
+    boundary) is clean."""
+    encoded = [resp.encode_command(r) for r in requests]
+    stream = b"".join(encoded)
+    cut = data.draw(st.integers(1, len(stream)))
+    chunk = stream[:cut]
+    parser = resp.RequestParser()
+    parsed = parser.feed(chunk)
+    if parser.clean:
+        assert b"".join(map(resp.encode_command, parsed)) == chunk
+    boundaries = {sum(map(len, encoded[:i])) for i in range(1, len(encoded) + 1)}
+    assert parser.clean == (cut in boundaries)
+
+
+# What can follow whole requests in a read: the start of any RESP element, cut
+# anywhere, or whole; hiredis holds some of these and swallows others.
+_TAILS = [
+    b"$3\r\nfoo\r\n", b":1\r\n", b"+OK\r\n", b"-ERR x\r\n", b"_\r\n", b"#t\r\n", b",1.5\r\n",
+    b"(12\r\n", b"=7\r\ntxt:abc\r\n", b"!3\r\nabc\r\n", b"*1\r\n$4\r\nPING\r\n",
+    b"%1\r\n$1\r\na\r\n$1\r\nb\r\n", b">1\r\n$1\r\na\r\n", b"~1\r\n$1\r\na\r\n",
+    b"|1\r\n$1\r\na\r\n$1\r\nb\r\n", b"*0\r\n", b"*-1\r\n", b"PING\r\n",
+]
+_tails = st.sampled_from(_TAILS).flatmap(lambda t: st.integers(1, len(t)).map(lambda cut: t[:cut]))
+
+
+@given(tricky_pipelines, st.lists(_tails, min_size=1, max_size=2), st.booleans())
+@settings(max_examples=600)
+def test_a_read_with_anything_after_whole_requests_is_clean_only_if_canonical(requests, tails, long):
+    whole = b"".join(map(resp.encode_command, requests))
+    if long:  # past _SMALL: the other-type check takes the memchr path
+        whole = resp.encode_command([b"SET", b"k", b"v" * 450]) + whole
+    data = whole + b"".join(tails)
+    parser = resp.RequestParser()
+    parsed = parser.feed(data)
+    if parser.clean:  # Redis reads the chunk as exactly these requests
+        assert exact_parse(data) == (parsed, True)
+
+
+@pytest.mark.parametrize("tail", [
+    b"$", b":", b"+", b"*", b"%", b"*1\r\n", b"%1\r\n", b"%1\r\n$1\r\na\r\n", b">1\r\n",
+    b">2\r\n$1\r\na\r\n", b"~1\r\n", b"|1\r\n", b"*2\r\n$1\r\na\r\n", b"$3\r\nab",
+])
+@pytest.mark.parametrize("long", [False, True], ids=["short", "long"])
+def test_a_read_ending_inside_an_element_hiredis_holds_is_not_clean(tail, long):
+    # hiredis swallows a type byte, and an aggregate's header, with no byte left
+    # for has_data() to report: the read must still not count as whole requests.
+    whole = resp.encode_command([b"PING"])
+    if long:
+        whole = resp.encode_command([b"SET", b"k", b"v" * 450]) + whole
+    parser = resp.RequestParser()
+    parser.feed(whole + tail)
+    assert not parser.clean
+
+
+def exact_parse(data: bytes) -> tuple[list[list[bytes]], bool]:
+    """What Redis reads in ``data`` (the pure-Python parser, which follows Redis's
+    own), and whether that takes every byte. Like Redis, it skips the two bytes
+    after a bulk string's data without looking at them."""
+    parser = resp.RequestParser()
+    parser._buffer += data
+    requests = parser._parse_slowly([])
+    return requests, parser.error is None and not parser.pending
+
+
 def test_every_split_point_of_one_pipeline():
     requests = [[b"SET", b"k\r\n", b"v" * 20], [b"GET", b""], [b"PING"]]
     stream = b"".join(resp.encode_command(r) for r in requests) + b"PING\r\n"
