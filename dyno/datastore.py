@@ -3,8 +3,10 @@
 A request handed to ``Datastore.send`` is queued on one connection: its bytes go to
 that connection's write queue and its *sink* (anything with ``deliver(reply)``) to
 the connection's FIFO. Redis answers in order, so the reader pops one sink per reply
-and hands it the reply's raw bytes. One writer task per connection sends everything
-queued since its last turn in one ``send`` (DESIGN.md §10).
+and hands it the reply's raw bytes; a sink queued for a run of n requests
+(``send_run``) is one FIFO entry and gets the run's replies together. One writer
+task per connection sends everything queued since its last turn in one ``send``
+(DESIGN.md §10), made by the poller's task when it can (dyno.wakeup).
 
 Failure rules, which the client-facing side relies on:
 * While a connection is down, requests fail at once with
@@ -263,7 +265,8 @@ class Connection:
 class _Run:
     """A sink standing for ``left`` more consecutive requests of one connection
     (``send_run``): one FIFO entry for all of them. The sink takes their replies
-    with ``deliver_run``, as many at a time as a read holds."""
+    as many at a time as a read holds: joined (``deliver_run``) or, if it is a
+    ``split`` sink, as a list (``deliver_parts``)."""
 
     __slots__ = ("sink", "left")
 
