@@ -68,13 +68,17 @@ def command(*argv) -> bytes:
 # Batches of (how they are queued, what their requests are): GETs of values of a size
 # (big values cut runs across reads), SETs ('+OK', the one-comparison path of a run),
 # and a command that fails (an error among the '+OK's).
+SIZES = (0, 1, 100, 70_000)
+requests_of_a_batch = st.lists(st.sampled_from([*SIZES, "set", "error"]), min_size=1, max_size=40)
 batches = st.lists(
-    st.tuples(
-        st.sampled_from(["singles", "repeated", "run"]),
-        st.lists(st.sampled_from([0, 1, 100, 70_000, "set", "error"]), min_size=1, max_size=40),
-    ),
-    min_size=1, max_size=6,
+    st.tuples(st.sampled_from(["singles", "repeated", "run"]), requests_of_a_batch), min_size=1, max_size=6
 )
+
+
+def store_values(store) -> None:
+    """The values _request's GETs read."""
+    for size in SIZES:
+        store.send(command("SET", f"v{size}", "x" * size), One())
 
 
 def _request(value) -> tuple[bytes, bytes]:
@@ -91,23 +95,22 @@ def _request(value) -> tuple[bytes, bytes]:
 def test_runs_and_single_replies_reach_their_sinks_in_order(redis_server, batches):
     async def main():
         async with running(redis_server) as store:
-            for size in (0, 1, 100, 70_000):
-                store.send(command("SET", f"v{size}", "x" * size), One())
+            store_values(store)
             expected = []
-            for how, values in batches:
-                requests, replies = zip(*map(_request, values))
+            for how, batch in batches:
+                requests, replies = zip(*map(_request, batch))
                 payload = b"".join(requests)
                 if how == "singles":
-                    singles = [One() for _ in values]
+                    singles = [One() for _ in batch]
                     store.send_many(payload, singles)
                     expected.extend((one, reply, 1) for one, reply in zip(singles, replies))
                     continue
                 sink = Run()
                 if how == "run":  # one FIFO entry for all of them
-                    store.send_run(payload, sink, len(values))
+                    store.send_run(payload, sink, len(batch))
                 else:  # the same sink n times
-                    store.send_many(payload, [sink] * len(values))
-                expected.append((sink, b"".join(replies), len(values)))
+                    store.send_many(payload, [sink] * len(batch))
+                expected.append((sink, b"".join(replies), len(batch)))
             await wait_until(lambda: all(
                 (s.count if isinstance(s, Run) else len(s.replies)) == n for s, _, n in expected
             ))
@@ -207,15 +210,13 @@ class Parts(Sink):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(values=st.lists(st.lists(st.sampled_from([0, 1, 100, 70_000, "set", "error"]), min_size=1, max_size=30),
-                       min_size=1, max_size=4))
-def test_a_run_that_wants_its_replies_apart_gets_each_one(redis_server, values):
+@given(runs=st.lists(requests_of_a_batch, min_size=1, max_size=4))
+def test_a_run_that_wants_its_replies_apart_gets_each_one(redis_server, runs):
     async def main():
         async with running(redis_server) as store:
-            for size in (0, 1, 100, 70_000):
-                store.send(command("SET", f"v{size}", "x" * size), One())
+            store_values(store)
             expected = []
-            for batch in values:
+            for batch in runs:
                 requests, replies = zip(*map(_request, batch))
                 sink = Parts()
                 store.send_run(b"".join(requests), sink, len(batch))
