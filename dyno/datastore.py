@@ -72,7 +72,7 @@ class Connection:
         self.sock: socket.socket | None = None
         self.up = False
         self._out: list[bytes] = []
-        self._sinks: deque[Sink] = deque()
+        self._sinks: deque[Sink | _Run] = deque()
         self._writer_wakeup = Wakeup()
         self._last_progress = 0.0
 
