@@ -607,6 +607,7 @@ class Coordinator:
         group = None
         first = None  # the batch's command, if it has only one (counted per batch)
         mixed = False
+        uniform = self.uniform
         for argv in requests:
             spec = resolve(argv)
             if spec.__class__ is bytes or spec.name not in BATCHABLE:
@@ -618,14 +619,14 @@ class Coordinator:
                 return False
             elif spec is not first:
                 mixed = True
-            if not self.uniform:
+            if not uniform:
                 replicas = ring.local_replicas(ring.token_of(argv[1]))
                 if group is None:
                     group = replicas
                 elif replicas is not group:
                     return False
-        if group is None:
-            group = ring.local_replicas(ring.token_of(requests[0][1]))
+        if group is None:  # uniform: every key's replicas, without hashing one
+            group = self.uniform_group
         level = self._level(client, write)
         if level == DC_EACH_SAFE_QUORUM:
             return False
@@ -869,6 +870,7 @@ class Coordinator:
         self.uniform = self.single_dc and all(
             len(ring.rack_nodes(ring.local.dc, rack)) == 1 for rack in ring.racks(ring.local.dc)
         )
+        self.uniform_group = ring.local_replicas(0) if self.uniform else None
         # A key's replicas come this rack first, then the others sorted: starting at
         # this rack's place in the sorted racks, a quorum read's first peer is the
         # next rack round, and each rack's node reads from a different one.
