@@ -225,8 +225,9 @@ _UNSPLITTABLE = resp.error("ERR dyno: a replica's replies could not be split")
 
 class _WholeReplies(Sink):
     """One replica's replies to a _BatchQuorum's requests, gathered whole: the local
-    datastore delivers them one by one (this sink stands ``count`` times in its
-    FIFO); a peer sends them in one frame (``send_batch`` reads ``count``)."""
+    datastore delivers them as many at a time as a read holds (``send_run``: one
+    FIFO entry for ``count`` requests); a peer sends them in one frame
+    (``send_batch`` reads ``count``)."""
 
     __slots__ = ("quorum", "index", "count", "parts", "error", "whole", "received")
     runs = True  # a local replica's replies (whole=False) come from the datastore

@@ -194,29 +194,23 @@ class Connection:
                             pos += 5 * n
                         else:
                             n = 0
-                    if sink.split:  # it wants each reply on its own (a peer's answer)
-                        parts = [OK] * n
-                        while n < left and pos < size:
-                            end = scan(buffer, pos)
-                            if end < 0:
-                                break
+                    # A split sink wants each reply on its own (a peer's answer).
+                    parts = [OK] * n if sink.split else None
+                    while n < left and pos < size:
+                        end = scan(buffer, pos)
+                        if end < 0:
+                            break
+                        if parts is not None:
                             parts.append(buffer[pos:end])
-                            pos = end
-                            n += 1
-                    else:
-                        while n < left and pos < size:
-                            end = scan(buffer, pos)
-                            if end < 0:
-                                break
-                            pos = end
-                            n += 1
+                        pos = end
+                        n += 1
                     if not n:
                         break
                     if n == left:
                         sinks.popleft()
                     else:
                         run.left = left - n
-                    if sink.split:
+                    if parts is not None:
                         sink.deliver_parts(parts)
                     else:
                         sink.deliver_run(buffer[start:pos] if start or pos != size else buffer, n)

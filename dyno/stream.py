@@ -159,10 +159,13 @@ async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: byt
     last turn into one send. ``wakeup`` is set by whoever appends. ``before_turn``,
     if given, is called at the start of every turn (to append what was held back).
 
-    While this task is parked, the poller makes most turns itself (``flush``, see
-    dyno.wakeup): no task switch; the task wakes only when the socket is full."""
+    A turn is ``flush``. While this task is parked, the poller makes most turns
+    itself (see dyno.wakeup): no task switch. The task wakes to wait for room when
+    the socket is full, and to raise ConnectionLost when a send fails."""
 
     def flush() -> bool:
+        """One turn: True if everything went, False if the socket is full (the rest
+        stays first in ``out``)."""
         if before_turn is not None:
             before_turn()
         if not out:
@@ -170,8 +173,10 @@ async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: byt
         data = b"".join(out) if len(out) > 1 else out[0]
         try:
             sent = sock.send(data)
-        except OSError:  # full (the task waits for room) or failed (the task reports it)
+        except BlockingIOError:
             return False
+        except OSError as exc:
+            raise ConnectionLost(broken, f"send failed: {exc}") from None
         if sent == len(data):
             out.clear()
             return True
@@ -181,23 +186,10 @@ async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: byt
     wakeup.flush = flush
     try:
         while True:
-            if before_turn is not None:
-                before_turn()
-            if not out:
+            if flush():
                 await wakeup.wait()
-                continue
-            data = b"".join(out) if len(out) > 1 else out[0]
-            out.clear()
-            view = memoryview(data)
-            while view:
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(sock)
-                    continue
-                except OSError as exc:
-                    raise ConnectionLost(broken, f"send failed: {exc}") from None
-                view = view[sent:]
+            else:
+                await trio.lowlevel.wait_writable(sock)
     finally:
         wakeup.flush = None
 
