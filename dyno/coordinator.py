@@ -223,6 +223,73 @@ class _BatchQuorum:
 _UNSPLITTABLE = resp.error("ERR dyno: a replica's replies could not be split")
 
 
+class _Gather:
+    """The replies of a client's batch that went out in parts (one per replica
+    set), put back in the client's order; ``slot`` gets them all once the last
+    part is in."""
+
+    __slots__ = ("slot", "replies", "missing")
+
+    def __init__(self, slot: Sink, count: int, parts: int):
+        self.slot = slot
+        self.replies = [b""] * count
+        self.missing = parts
+
+
+class _GatherPart(Sink):
+    """One part of a _Gather: the replies, in order, of the requests at
+    ``positions``, as many at a time as the target hands over."""
+
+    __slots__ = ("gather", "positions", "filled")
+    runs = True  # a local target's replies come as a read holds them ...
+    split = True  # ... and apart, as the datastore reader found them
+
+    def __init__(self, gather: _Gather, positions: list[int]):
+        self.gather = gather
+        self.positions = positions
+        self.filled = 0
+
+    def deliver(self, reply: bytes) -> None:
+        self.deliver_parts((reply,))
+
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self.deliver_parts(resp.split_replies(replies, n) or [_UNSPLITTABLE] * n)
+
+    def deliver_parts(self, replies) -> None:
+        gather = self.gather
+        gathered = gather.replies
+        positions = self.positions
+        filled = self.filled
+        for reply in replies:
+            gathered[positions[filled]] = reply
+            filled += 1
+        self.filled = filled
+        if filled == len(positions):
+            gather.missing -= 1
+            if not gather.missing:
+                gather.slot.deliver(b"".join(gathered))
+
+
+class _GatheredQuorum(_GatherPart):
+    """A _GatherPart that is a _BatchQuorum's slot: the part's replies come
+    decided, joined, in one delivery (and ``data`` keeps them: the quorum compares
+    late replicas with it)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, gather: _Gather, positions: list[int]):
+        super().__init__(gather, positions)
+        self.data: bytes | None = None
+
+    def deliver(self, replies: bytes) -> None:
+        self.data = replies
+        count = len(self.positions)
+        split = resp.split_replies(replies, count)
+        if split is None:  # one error for the whole part: each request gets it
+            split = [replies if replies[:1] == b"-" else _UNSPLITTABLE] * count
+        self.deliver_parts(split)
+
+
 class _WholeReplies(Sink):
     """One replica's replies to a _BatchQuorum's requests, gathered whole: the local
     datastore delivers them as many at a time as a read holds (``send_run``: one
@@ -598,17 +665,23 @@ class Coordinator:
 
     def _replicate_batch(self, client, requests: list[list[bytes]], raw: bytes, Slot) -> bool:
         """The fast path (DESIGN.md §10, issue 6): a read made only of single-key
-        commands that are all reads or all writes, whose keys share one replica
-        set. Its bytes go as they came - once to the local Redis, once per peer
-        (one frame) - instead of one request at a time. Returns False, having
-        done nothing, when the batch does not qualify."""
+        commands that are all reads or all writes, in one datacenter. Its bytes
+        go as they came - once to the local Redis, once per peer (one frame) -
+        instead of one request at a time; when its keys have different replica
+        sets, one part of it per replica set. Returns False, having done nothing,
+        when the batch does not qualify."""
         resolve = commands.resolve
-        ring = self.ring
         write = None
-        group = None
         first = None  # the batch's command, if it has only one (counted per batch)
         mixed = False
-        uniform = self.uniform
+        # Each request's replica set (interned by the ring: compared with `is`),
+        # unless the ring is uniform: then every key has the same one, unhashed.
+        owners: list | None = None
+        if not self.uniform:
+            owners = []
+            ring = self.ring
+            local_replicas = ring.local_replicas
+            token_of = ring.token_of
         for argv in requests:
             spec = resolve(argv)
             if spec.__class__ is bytes or spec.name not in BATCHABLE:
@@ -620,19 +693,32 @@ class Coordinator:
                 return False
             elif spec is not first:
                 mixed = True
-            if not uniform:
-                replicas = ring.local_replicas(ring.token_of(argv[1]))
-                if group is None:
-                    group = replicas
-                elif replicas is not group:
-                    return False
-        if group is None:  # uniform: every key's replicas, without hashing one
+            if owners is not None:
+                owners.append(local_replicas(token_of(argv[1])))
+        if owners is None:
             group = self.uniform_group
+        else:
+            group = owners[0]
+            for replicas in owners:
+                if replicas is not group:
+                    break
+            else:
+                owners = None  # one replica set: the batch goes whole
         level = self._level(client, write)
         if level == DC_EACH_SAFE_QUORUM:
             return False
-        if level == DC_ONE and write and not self.available(group[0]):
-            return False  # the general path falls back to another rack per request
+        if level == DC_ONE and write:
+            # The general path falls back to another rack per request.
+            if owners is None:
+                if not self.available(group[0]):
+                    return False
+            else:
+                checked = None
+                for replicas in owners:
+                    if replicas is not checked:
+                        if not self.available(replicas[0]):
+                            return False
+                        checked = replicas
         count = len(requests)
         metrics = self.metrics
         if mixed:
@@ -642,6 +728,9 @@ class Coordinator:
         else:
             self.calls[first] += count
         metrics.by_level[level] += count
+        if owners is not None:
+            self._split_batch(client, requests, raw, owners, write, level, Slot)
+            return True
         if level == DC_ONE:
             if count > 1 and not client.replies and not self.sampling:
                 # Nothing else in flight for this client (the request/response
@@ -652,44 +741,108 @@ class Coordinator:
             else:
                 slots = [Slot(client) for _ in range(count)]
                 client.replies.extend(slots)
-            primary = group[0]
-            if not write:
-                target = next((r for r in group if self.available(r)), primary)
-                self._send_batch(target, raw, slots)
-                return True
-            self._send_batch(primary, raw, slots)  # the owner in this rack: maybe not us
-            for replica in group[1:]:
-                self.links[replica.name].send_background(raw, count, self.link_flags)
+            self._send_at_one(group, raw, slots, write)
             return True
         # One datacenter (this path's precondition).
-        replicas = len(group)
         if not client.replies and not self.sampling:
             # Nothing else in flight for this client: decide the read whole.
             slot = ReplySlot(client)
             client.replies.append(slot)
-            quorum = _BatchQuorum(self, level, slot, count, replicas)
-            quorum.group = group
-            quorum.payload = raw
-            quorum.datastore = self.datastore
-            quorum.flags = self.link_flags
-            if write or replicas == quorum.needed:
-                asked = range(replicas)
-            else:
-                asked = self._read_quorum(group, quorum.needed)
-                quorum.asked = len(asked)
-                quorum.reserve = [index for index in range(replicas) if index not in asked]
-                self.quorum_reads[id(quorum)] = (self._hedge_tick, quorum)
-            for index in asked:
-                quorum.ask(index)
+            self._ask_quorum(group, raw, count, write, level, slot)
             return True
-        # LocalQuorum is QuorumTracker's cheap twin for replicas that all live here.
         slots = [Slot(client) for _ in range(count)]
-        trackers = [LocalQuorum(level, replicas) for _ in range(count)]
         client.replies.extend(slots)
+        self._send_to_quorum(group, raw, slots, level)
+        return True
+
+    def _split_batch(self, client, requests: list[list[bytes]], raw: bytes, owners: list,
+                     write: bool, level: str, Slot) -> None:
+        """_replicate_batch for a batch whose keys have different replica sets (a
+        rack of several nodes): one part per replica set, its requests' bytes cut
+        from ``raw`` and sent as a whole batch is, with the replies put back in
+        the client's order."""
+        parts: dict[int, tuple[tuple, list[int]]] = {}  # id(replica set) -> (it, positions)
+        for position, replicas in enumerate(owners):
+            part = parts.get(id(replicas))
+            if part is None:
+                parts[id(replicas)] = (replicas, [position])
+            else:
+                part[1].append(position)
+        offsets = [0]
+        end = 0
+        for length in map(resp.encoded_length, requests):
+            end += length
+            offsets.append(end)
+        count = len(requests)
+
+        def payload(positions: list[int]) -> bytes:
+            return b"".join([raw[offsets[i] : offsets[i + 1]] for i in positions])
+
+        if not client.replies and not self.sampling:
+            # Nothing else in flight for this client (the request/response pattern):
+            # the client's one slot takes the parts' replies, put back in order.
+            slot = ReplySlot(client)
+            client.replies.append(slot)
+            gather = _Gather(slot, count, len(parts))
+            for group, positions in parts.values():
+                if level == DC_ONE:
+                    part = _GatherPart(gather, positions)
+                    self._send_at_one(group, payload(positions), [part] * len(positions), write)
+                else:  # each part decided whole
+                    part = _GatheredQuorum(gather, positions)
+                    self._ask_quorum(group, payload(positions), len(positions), write, level, part)
+            return
+        slots = [Slot(client) for _ in range(count)]
+        client.replies.extend(slots)
+        for group, positions in parts.values():
+            sinks = [slots[i] for i in positions]
+            if level == DC_ONE:
+                self._send_at_one(group, payload(positions), sinks, write)
+            else:
+                self._send_to_quorum(group, payload(positions), sinks, level)
+
+    def _send_at_one(self, group: tuple, payload: bytes, sinks: list[Sink], write: bool) -> None:
+        """A batch for one replica set at DC_ONE: a read goes to the first available
+        replica; a write to this rack's owner, whose replies answer the client, and
+        to the other racks' owners in the background."""
+        primary = group[0]
+        if not write:
+            target = next((r for r in group if self.available(r)), primary)
+            self._send_batch(target, payload, sinks)
+            return
+        self._send_batch(primary, payload, sinks)  # the owner in this rack: maybe not us
+        links = self.links
+        for replica in group[1:]:
+            links[replica.name].send_background(payload, len(sinks), self.link_flags)
+
+    def _ask_quorum(self, group: tuple, payload: bytes, count: int, write: bool, level: str, slot: Sink) -> None:
+        """A batch for one replica set at a quorum level, decided whole into
+        ``slot``: a write goes to every replica, a read to Q of them first."""
+        replicas = len(group)
+        quorum = _BatchQuorum(self, level, slot, count, replicas)
+        quorum.group = group
+        quorum.payload = payload
+        quorum.datastore = self.datastore
+        quorum.flags = self.link_flags
+        if write or replicas == quorum.needed:
+            asked = range(replicas)
+        else:
+            asked = self._read_quorum(group, quorum.needed)
+            quorum.asked = len(asked)
+            quorum.reserve = [index for index in range(replicas) if index not in asked]
+            self.quorum_reads[id(quorum)] = (self._hedge_tick, quorum)
+        for index in asked:
+            quorum.ask(index)
+
+    def _send_to_quorum(self, group: tuple, payload: bytes, slots: list[Sink], level: str) -> None:
+        """A batch for one replica set at a quorum level, decided request by
+        request (a client with other requests in flight): every replica is asked.
+        LocalQuorum is QuorumTracker's cheap twin for replicas that all live here."""
+        count = len(slots)
+        trackers = [LocalQuorum(level, len(group)) for _ in range(count)]
         for index, replica in enumerate(group):
             cursor = _ReplicaCursor(trackers, slots, index, self, level)
-            self._send_batch(replica, raw, [cursor] * count)
-        return True
+            self._send_batch(replica, payload, [cursor] * count)
 
     def _solo_batch(self, client, requests: list[list[bytes]], raw: bytes) -> bool:
         """A ring of one node, a read of whole requests that all go to the local

@@ -90,7 +90,7 @@ def _parse_length(line: bytes) -> int | None:
     return value
 
 
-def _encoded_length(argv: list) -> int:
+def encoded_length(argv: list) -> int:
     """Bytes of the canonical multibulk encoding of argv (used to find where the
     requests hiredis parsed end in the buffer it was fed)."""
     total = 3 + len(str(len(argv)))
@@ -242,7 +242,7 @@ class RequestParser:
                 not reader.has_data() and data.endswith(b"\r\n")  # no type byte left
                 and data.count(b"\r\n*") + 1 == len(requests)
             )
-            or sum(map(_encoded_length, requests)) == len(data)
+            or sum(map(encoded_length, requests)) == len(data)
         ) and (plain or _only_bulk_strings(data, requests)):
             self.clean = True
             return requests
@@ -250,7 +250,7 @@ class RequestParser:
         # one, or something malformed: hand the rest to the exact parser. If the
         # accepted requests were not canonical or frames were skipped, rescan all.
         self._reader = hiredis.Reader()
-        consumed = 0 if skipped else sum(map(_encoded_length, requests))
+        consumed = 0 if skipped else sum(map(encoded_length, requests))
         if skipped or data[consumed : consumed + 1] != b"*":
             requests, consumed = [], 0
         self._buffer = bytearray(memoryview(data)[consumed:])

@@ -1,0 +1,229 @@
+"""A pipelined batch whose keys have different replica sets (racks of several
+nodes) goes out as one part per replica set, and the client still gets every
+reply in order (Coordinator._split_batch).
+
+Pure unit tests: a real Coordinator and a real Ring of 3 racks x 2 nodes, with
+fake targets - each node's Redis is a dict, and every call is queued and run
+later, each target in its own order, the targets interleaved as hypothesis
+chooses. The replies must be those of one Redis running the batches in order,
+and each target must get one call per part, never one per request.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dyno import resp
+from dyno.coordinator import Coordinator
+from dyno.metrics import Metrics
+from dyno.node import Stats
+from dyno.ring import Ring, RingNode
+
+Q = 2**30
+# Each rack cuts the ring differently, so keys fall into many replica sets.
+TOKENS = {"r1": ((0,), (2 * Q,)), "r2": ((Q,), (3 * Q,)), "r3": ((Q // 2,), (2 * Q + Q // 2,))}
+
+
+def ring() -> Ring:
+    nodes = []
+    for rack, tokens in TOKENS.items():
+        for i, token in enumerate(tokens):
+            port = 8101 + len(nodes)
+            nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, "dc1", rack, token))
+    return Ring(nodes, nodes[0])
+
+
+def run(store: dict, argv: list[bytes]) -> bytes:
+    """The few commands these tests send, as Redis answers them."""
+    name, key = argv[0].upper(), argv[1]
+    if name == b"SET":
+        store[key] = argv[2]
+        return resp.OK
+    if name == b"APPEND":
+        store[key] = store.get(key, b"") + argv[2]
+        return resp.integer(len(store[key]))
+    if name == b"GET":
+        return resp.bulk(store.get(key))
+    if name == b"STRLEN":
+        return resp.integer(len(store.get(key, b"")))
+    raise AssertionError(f"unexpected command {argv!r}")
+
+
+class Target:
+    """A node's Redis as a dict; what it is sent runs when the test says so."""
+
+    def __init__(self, name: str, jobs: deque, chunks: random.Random):
+        self.name = name
+        self.store: dict[bytes, bytes] = {}
+        self.jobs = jobs  # (target, job) in call order
+        self.chunks = chunks
+        self.calls: list[tuple[str, int]] = []  # (method, requests) of the current batch
+
+    def _queue(self, method: str, payload: bytes, answer) -> None:
+        requests = resp.RequestParser().feed(payload)
+        self.calls.append((method, len(requests)))
+        self.jobs.append((self, lambda: answer([run(self.store, argv) for argv in requests])))
+
+    def _pieces(self, replies: list[bytes]):
+        """The replies as the reads of a real connection might cut them."""
+        start = 0
+        while start < len(replies):
+            end = start + self.chunks.randint(1, len(replies) - start)
+            yield replies[start:end]
+            start = end
+
+
+class Datastore(Target):
+    """The local Redis, delivering as dyno.datastore's reader does."""
+
+    up = True
+
+    def send(self, payload, sink, affinity=0):
+        self._queue("send", payload, lambda replies: sink.deliver(replies[0]))
+
+    def send_many(self, payload, sinks, affinity=0):
+        def answer(replies):
+            position = 0
+            while position < len(replies):
+                sink = sinks[position]
+                count = 1
+                while sink.runs and position + count < len(sinks) and sinks[position + count] is sink:
+                    count += 1
+                if count > 1:
+                    sink.deliver_run(b"".join(replies[position : position + count]), count)
+                else:
+                    sink.deliver(replies[position])
+                position += count
+        self._queue("send_many", payload, answer)
+
+    def send_run(self, payload, sink, count, affinity=0):
+        def answer(replies):
+            for piece in self._pieces(replies):
+                if sink.split:
+                    sink.deliver_parts(list(piece))
+                else:
+                    sink.deliver_run(b"".join(piece), len(piece))
+        self._queue("send_run", payload, answer)
+
+
+class Link(Target):
+    """A peer link, delivering as dyno.peer.PeerLink does."""
+
+    usable = True
+
+    def send(self, payload, sink, flags=0):
+        self._queue("send", payload, lambda replies: sink.deliver(replies[0]))
+
+    def send_batch(self, payload, sink, flags=0):
+        def answer(replies):
+            assert len(replies) == sink.count
+            if len(replies) == 1:
+                sink.deliver(replies[0])
+            else:
+                sink.deliver_each(replies)
+        self._queue("send_batch", payload, answer)
+
+    def send_background(self, payload, count, flags=0):
+        self._queue("send_background", payload, lambda replies: None)
+
+
+class Client:
+    def __init__(self):
+        self.id = 1
+        self.protocol = 2
+        self.consistency_override: dict[str, str] = {}
+        self.closing = False
+        self.replies: deque = deque()
+        self.queued = False
+        self.ready: list = []
+
+    def take(self) -> bytes | None:
+        """The replies in order, as far as they have landed."""
+        out = []
+        while self.replies and self.replies[0].data is not None:
+            out.append(self.replies.popleft().data)
+        return b"".join(out)
+
+
+def cluster(level: str, seed: int):
+    the_ring = ring()
+    jobs: deque = deque()
+    chunks = random.Random(seed)
+    datastore = Datastore(the_ring.local.name, jobs, chunks)
+    links = {n.name: Link(n.name, jobs, chunks) for n in the_ring.nodes if not n.local}
+    node = SimpleNamespace(
+        config=SimpleNamespace(hash_tag=None, flush_enabled=False),
+        datastore=datastore, datastore3=datastore, stats=Stats(), ring=the_ring,
+        peer_links=links, metrics=Metrics(), admin_down=set(),
+        write_consistency=level, read_consistency=level,
+    )
+    return Coordinator(node), [datastore, *links.values()], jobs
+
+
+def drain(jobs: deque, order: random.Random) -> None:
+    """Run every queued call: each target's in the order it got them, the
+    targets interleaved at random."""
+    while jobs:
+        targets = list(dict.fromkeys(target for target, _ in jobs))
+        target = order.choice(targets)
+        for index, (owner, job) in enumerate(jobs):
+            if owner is target:
+                del jobs[index]
+                job()
+                break
+
+
+KEYS = [b"k%d" % i for i in range(40)]
+writes = st.tuples(st.sampled_from([b"SET", b"APPEND"]), st.sampled_from(KEYS), st.binary(max_size=5))
+reads = st.tuples(st.sampled_from([b"GET", b"STRLEN"]), st.sampled_from(KEYS))
+batches = st.lists(
+    st.one_of(st.lists(writes, min_size=1, max_size=30), st.lists(reads, min_size=1, max_size=30)),
+    min_size=1, max_size=6,
+)
+
+
+@pytest.mark.parametrize("level", ["DC_ONE", "DC_QUORUM", "DC_SAFE_QUORUM"])
+@settings(max_examples=150, deadline=None)
+@given(batches=batches, seed=st.integers(0, 2**32 - 1), streaming=st.booleans())
+def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, batches, seed, streaming):
+    coordinator, targets, jobs = cluster(level, seed)
+    order = random.Random(seed + 1)
+    client = Client()
+    model: dict[bytes, bytes] = {}
+    if streaming:  # another request in flight: the per-request slots
+        pending = SimpleNamespace(data=None)
+        client.replies.append(pending)
+    got, expected = [], []
+    for batch in batches:
+        requests = [list(command) for command in batch]
+        raw = b"".join(map(resp.encode_command, requests))
+        for target in targets:
+            target.calls = []
+        coordinator.execute_batch(client, requests, raw)
+        owners = {coordinator.ring.local_replicas(coordinator.ring.token_of(argv[1])) for argv in requests}
+        for target in targets:
+            # One call per part (replica set) this target is in, carrying the part whole.
+            assert len(target.calls) <= sum(1 for group in owners if any(n.name == target.name for n in group))
+            if len(requests) > 1:
+                assert all(method != "send" for method, _ in target.calls), target.calls
+        drain(jobs, order)
+        expected += [run(model, argv) for argv in requests]
+        if streaming:
+            pending.data = b""
+            streaming = False
+        got.append(client.take())
+        # Every write reached every replica of its key: each node's Redis holds
+        # what the model holds for the keys it owns.
+        for target in targets:
+            for key, value in model.items():
+                owners_of_key = coordinator.ring.local_replicas(coordinator.ring.token_of(key))
+                if any(n.name == target.name for n in owners_of_key):
+                    assert target.store.get(key) == value, (target.name, key)
+    assert b"".join(got) == b"".join(expected)
+    assert coordinator.metrics.disagreements == 0
