@@ -587,7 +587,7 @@ class Coordinator:
         if raw is not None and self.solo and not client.replies and not self.sampling:
             if self._solo_batch(client, requests, raw):
                 return
-        if raw is not None and self.single_dc and not self.solo:
+        if raw is not None and not self.solo:
             if self._replicate_batch(client, requests, raw, Slot):
                 return
         replies = client.replies
@@ -665,7 +665,7 @@ class Coordinator:
 
     def _replicate_batch(self, client, requests: list[list[bytes]], raw: bytes, Slot) -> bool:
         """The fast path (DESIGN.md §10, issue 6): a read made only of single-key
-        commands that are all reads or all writes, in one datacenter. Its bytes
+        commands that are all reads, or all writes in a single datacenter. Its bytes
         go as they came - once to the local Redis, once per peer (one frame) -
         instead of one request at a time; when its keys have different replica
         sets, one part of it per replica set. Returns False, having done nothing,
@@ -707,18 +707,16 @@ class Coordinator:
         level = self._level(client, write)
         if level == DC_EACH_SAFE_QUORUM:
             return False
-        if level == DC_ONE and write:
-            # The general path falls back to another rack per request.
-            if owners is None:
-                if not self.available(group[0]):
+        if not self.single_dc and write:
+            return False  # writes go to the other datacenters too, one by one (COORDINATE)
+        if level == DC_ONE and (write or not self.single_dc):
+            # The general path falls back request by request: a write whose owner
+            # in this rack is down to another rack, a read with no replica up in
+            # this datacenter to another datacenter.
+            available = self.available
+            for replicas in (group,) if owners is None else {id(r): r for r in owners}.values():
+                if not (available(replicas[0]) if write else any(map(available, replicas))):
                     return False
-            else:
-                checked = None
-                for replicas in owners:
-                    if replicas is not checked:
-                        if not self.available(replicas[0]):
-                            return False
-                        checked = replicas
         count = len(requests)
         metrics = self.metrics
         if mixed:
@@ -743,7 +741,7 @@ class Coordinator:
                 client.replies.extend(slots)
             self._send_at_one(group, raw, slots, write)
             return True
-        # One datacenter (this path's precondition).
+        # A quorum of this datacenter's replicas (writes: one datacenter only).
         if not client.replies and not self.sampling:
             # Nothing else in flight for this client: decide the read whole.
             slot = ReplySlot(client)
@@ -1018,10 +1016,10 @@ class Coordinator:
         self.ring = ring
         # A ring of one node: everything is the local datastore's (issue-2 fast path).
         self.solo = len(ring.nodes) == 1
-        # One datacenter whose racks have one node each: every key has the same
-        # replicas, so a batch needs no hashing to know where it goes.
+        # This datacenter's racks have one node each: every key has the same
+        # replicas here, so a batch needs no hashing to know where it goes.
         self.single_dc = len(ring.dcs) == 1
-        self.uniform = self.single_dc and all(
+        self.uniform = all(
             len(ring.rack_nodes(ring.local.dc, rack)) == 1 for rack in ring.racks(ring.local.dc)
         )
         self.uniform_group = ring.local_replicas(0) if self.uniform else None

@@ -30,12 +30,13 @@ Q = 2**30
 TOKENS = {"r1": ((0,), (2 * Q,)), "r2": ((Q,), (3 * Q,)), "r3": ((Q // 2,), (2 * Q + Q // 2,))}
 
 
-def ring() -> Ring:
+def ring(dcs: int) -> Ring:
     nodes = []
-    for rack, tokens in TOKENS.items():
-        for i, token in enumerate(tokens):
-            port = 8101 + len(nodes)
-            nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, "dc1", rack, token))
+    for dc in range(1, dcs + 1):
+        for rack, tokens in TOKENS.items():
+            for token in tokens:
+                port = 8101 + len(nodes)
+                nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, f"dc{dc}", rack, token))
     return Ring(nodes, nodes[0])
 
 
@@ -66,6 +67,7 @@ class Target:
         self.calls: list[tuple[str, int]] = []  # (method, requests) of the current batch
 
     def _queue(self, method: str, payload: bytes, answer) -> None:
+        assert getattr(self, "up", True) and getattr(self, "usable", True), f"{method} to {self.name}, which is down"
         requests = resp.RequestParser().feed(payload)
         self.calls.append((method, len(requests)))
         self.jobs.append((self, lambda: answer([run(self.store, argv) for argv in requests])))
@@ -118,6 +120,8 @@ class Link(Target):
     usable = True
 
     def send(self, payload, sink, flags=0):
+        # A COORDINATE request (a write for another datacenter) runs here only:
+        # these tests check this datacenter's replicas.
         self._queue("send", payload, lambda replies: sink.deliver(replies[0]))
 
     def send_batch(self, payload, sink, flags=0):
@@ -151,8 +155,8 @@ class Client:
         return b"".join(out)
 
 
-def cluster(level: str, seed: int):
-    the_ring = ring()
+def cluster(level: str, seed: int, dcs: int):
+    the_ring = ring(dcs)
     jobs: deque = deque()
     chunks = random.Random(seed)
     datastore = Datastore(the_ring.local.name, jobs, chunks)
@@ -188,11 +192,14 @@ batches = st.lists(
 )
 
 
+@pytest.mark.parametrize("dcs", [1, 2])
 @pytest.mark.parametrize("level", ["DC_ONE", "DC_QUORUM", "DC_SAFE_QUORUM"])
 @settings(max_examples=150, deadline=None)
 @given(batches=batches, seed=st.integers(0, 2**32 - 1), streaming=st.booleans())
-def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, batches, seed, streaming):
-    coordinator, targets, jobs = cluster(level, seed)
+def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, dcs, batches, seed, streaming):
+    """With two datacenters, reads take the same path; writes, which also go to
+    the other datacenter, go request by request (the general path)."""
+    coordinator, targets, jobs = cluster(level, seed, dcs)
     order = random.Random(seed + 1)
     client = Client()
     model: dict[bytes, bytes] = {}
@@ -200,6 +207,7 @@ def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, batc
         pending = SimpleNamespace(data=None)
         client.replies.append(pending)
     got, expected = [], []
+    local_dc = {n.name for n in coordinator.ring.nodes if n.dc == coordinator.ring.local.dc}
     for batch in batches:
         requests = [list(command) for command in batch]
         raw = b"".join(map(resp.encode_command, requests))
@@ -207,7 +215,8 @@ def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, batc
             target.calls = []
         coordinator.execute_batch(client, requests, raw)
         owners = {coordinator.ring.local_replicas(coordinator.ring.token_of(argv[1])) for argv in requests}
-        for target in targets:
+        batched = dcs == 1 or requests[0][0] in (b"GET", b"STRLEN")
+        for target in targets if batched else ():
             # One call per part (replica set) this target is in, carrying the part whole.
             assert len(target.calls) <= sum(1 for group in owners if any(n.name == target.name for n in group))
             if len(requests) > 1:
@@ -221,9 +230,40 @@ def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, batc
         # Every write reached every replica of its key: each node's Redis holds
         # what the model holds for the keys it owns.
         for target in targets:
+            if target.name not in local_dc:
+                continue
             for key, value in model.items():
                 owners_of_key = coordinator.ring.local_replicas(coordinator.ring.token_of(key))
                 if any(n.name == target.name for n in owners_of_key):
                     assert target.store.get(key) == value, (target.name, key)
     assert b"".join(got) == b"".join(expected)
     assert coordinator.metrics.disagreements == 0
+
+
+@pytest.mark.parametrize("up_here", [(), ("127.0.0.1:8103",)])
+def test_a_dc_one_read_with_no_replica_up_in_this_datacenter_is_answered_by_another(up_here):
+    """Every node of this datacenter down but ``up_here``: a key none of whose
+    replicas here is up is read from the other datacenter (and nothing is sent
+    to a node that is down)."""
+    coordinator, targets, jobs = cluster("DC_ONE", 0, 2)
+    ring = coordinator.ring
+    keys = KEYS[:20]
+    for target in targets:
+        node = ring.node(target.name)
+        target.store = {key: b"%s:%s" % (node.dc.encode(), key) for key in keys}
+        if node.dc == ring.local.dc and node.name not in up_here:
+            if node.local:
+                target.up = False
+            else:
+                target.usable = False
+    requests = [[b"GET", key] for key in keys]
+    client = Client()
+    coordinator.execute_batch(client, requests, b"".join(map(resp.encode_command, requests)))
+    drain(jobs, random.Random(0))
+    expected = [
+        resp.bulk(b"dc1:" + key if any(n.name in up_here for n in ring.local_replicas(ring.token_of(key)))
+                  else b"dc2:" + key)
+        for key in keys
+    ]
+    assert client.take() == b"".join(expected)
+    assert up_here == () or b"dc1:" in b"".join(expected)  # both cases happen
