@@ -519,6 +519,34 @@ class _BatchSplit(Sink):
             sink.deliver(reply)
 
 
+def _parts(groups: list) -> list[tuple]:
+    """The distinct objects of ``groups``, compared by identity (the ring interns
+    replica sets), each with the positions where it occurs, in first-seen order."""
+    parts: dict[int, tuple] = {}
+    for position, group in enumerate(groups):
+        part = parts.get(id(group))
+        if part is None:
+            parts[id(group)] = (group, [position])
+        else:
+            part[1].append(position)
+    return list(parts.values())
+
+
+def _cutter(requests: list[list[bytes]], raw: bytes):
+    """A function that gives the bytes of the requests at some positions, cut
+    from ``raw``, their canonical encoding."""
+    offsets = [0]
+    end = 0
+    for length in map(resp.encoded_length, requests):
+        end += length
+        offsets.append(end)
+
+    def cut(positions: list[int]) -> bytes:
+        return b"".join([raw[offsets[i] : offsets[i + 1]] for i in positions])
+
+    return cut
+
+
 class Coordinator:
     def __init__(self, node: "Node"):
         self.node = node
@@ -665,23 +693,16 @@ class Coordinator:
 
     def _replicate_batch(self, client, requests: list[list[bytes]], raw: bytes, Slot) -> bool:
         """The fast path (DESIGN.md §10, issue 6): a read made only of single-key
-        commands that are all reads, or all writes in a single datacenter. Its bytes
-        go as they came - once to the local Redis, once per peer (one frame) -
-        instead of one request at a time; when its keys have different replica
-        sets, one part of it per replica set. Returns False, having done nothing,
-        when the batch does not qualify."""
+        commands that are all reads or all writes. Its bytes go as they came - once
+        to the local Redis, once per peer (one frame) - instead of one request at a
+        time; when its keys have different replica sets, one part of it per replica
+        set. Writes also go, the same way, to one node of each other datacenter,
+        which coordinates them there. Returns False, having done nothing, when the
+        batch does not qualify."""
         resolve = commands.resolve
         write = None
         first = None  # the batch's command, if it has only one (counted per batch)
         mixed = False
-        # Each request's replica set (interned by the ring: compared with `is`),
-        # unless the ring is uniform: then every key has the same one, unhashed.
-        owners: list | None = None
-        if not self.uniform:
-            owners = []
-            ring = self.ring
-            local_replicas = ring.local_replicas
-            token_of = ring.token_of
         for argv in requests:
             spec = resolve(argv)
             if spec.__class__ is bytes or spec.name not in BATCHABLE:
@@ -693,39 +714,46 @@ class Coordinator:
                 return False
             elif spec is not first:
                 mixed = True
-            if owners is not None:
-                owners.append(local_replicas(token_of(argv[1])))
-        if owners is None:
+        level = self._level(client, write)
+        if level == DC_EACH_SAFE_QUORUM:
+            return False
+        remote = write and not self.single_dc
+        # Each request's token, unless every key has the same replicas wherever the
+        # batch goes (a uniform ring): then nothing is hashed.
+        tokens = None
+        if not self.uniform or (remote and not self.uniform_everywhere):
+            token_of = self.ring.token_of
+            tokens = [token_of(argv[1]) for argv in requests]
+        # Each request's replica set here (interned by the ring: compared with `is`),
+        # or None when they all have the same one, ``group``.
+        owners = None
+        if self.uniform:
             group = self.uniform_group
         else:
+            owners = list(map(self.ring.local_replicas, tokens))
             group = owners[0]
             for replicas in owners:
                 if replicas is not group:
                     break
             else:
-                owners = None  # one replica set: the batch goes whole
-        level = self._level(client, write)
-        if level == DC_EACH_SAFE_QUORUM:
-            return False
-        if not self.single_dc and write:
-            return False  # writes go to the other datacenters too, one by one (COORDINATE)
-        if level == DC_ONE and (write or not self.single_dc):
-            # The general path falls back request by request: a write whose owner
-            # in this rack is down to another rack, a read with no replica up in
-            # this datacenter to another datacenter.
+                owners = None
+        if level == DC_ONE and not write and not self.single_dc:
+            # A read with no replica up in this datacenter is for another one: the
+            # general path falls back to it request by request.
             available = self.available
-            for replicas in (group,) if owners is None else {id(r): r for r in owners}.values():
-                if not (available(replicas[0]) if write else any(map(available, replicas))):
+            for replicas in (group,) if owners is None else [g for g, _ in _parts(owners)]:
+                if not any(map(available, replicas)):
                     return False
         count = len(requests)
-        metrics = self.metrics
         if mixed:
             calls = self.calls
             for argv in requests:
                 calls[resolve(argv)] += 1
         else:
             self.calls[first] += count
-        metrics.by_level[level] += count
+        self.metrics.by_level[level] += count
+        if remote:
+            self._coordinate_remote(requests, raw, tokens)
         if owners is not None:
             self._split_batch(client, requests, raw, owners, write, level, Slot)
             return True
@@ -741,7 +769,7 @@ class Coordinator:
                 client.replies.extend(slots)
             self._send_at_one(group, raw, slots, write)
             return True
-        # A quorum of this datacenter's replicas (writes: one datacenter only).
+        # A quorum of this datacenter's replicas.
         if not client.replies and not self.sampling:
             # Nothing else in flight for this client: decide the read whole.
             slot = ReplySlot(client)
@@ -759,59 +787,67 @@ class Coordinator:
         rack of several nodes): one part per replica set, its requests' bytes cut
         from ``raw`` and sent as a whole batch is, with the replies put back in
         the client's order."""
-        parts: dict[int, tuple[tuple, list[int]]] = {}  # id(replica set) -> (it, positions)
-        for position, replicas in enumerate(owners):
-            part = parts.get(id(replicas))
-            if part is None:
-                parts[id(replicas)] = (replicas, [position])
-            else:
-                part[1].append(position)
-        offsets = [0]
-        end = 0
-        for length in map(resp.encoded_length, requests):
-            end += length
-            offsets.append(end)
+        parts = _parts(owners)
+        cut = _cutter(requests, raw)
         count = len(requests)
-
-        def payload(positions: list[int]) -> bytes:
-            return b"".join([raw[offsets[i] : offsets[i + 1]] for i in positions])
-
         if not client.replies and not self.sampling:
             # Nothing else in flight for this client (the request/response pattern):
             # the client's one slot takes the parts' replies, put back in order.
             slot = ReplySlot(client)
             client.replies.append(slot)
             gather = _Gather(slot, count, len(parts))
-            for group, positions in parts.values():
+            for group, positions in parts:
                 if level == DC_ONE:
                     part = _GatherPart(gather, positions)
-                    self._send_at_one(group, payload(positions), [part] * len(positions), write)
+                    self._send_at_one(group, cut(positions), [part] * len(positions), write)
                 else:  # each part decided whole
                     part = _GatheredQuorum(gather, positions)
-                    self._ask_quorum(group, payload(positions), len(positions), write, level, part)
+                    self._ask_quorum(group, cut(positions), len(positions), write, level, part)
             return
         slots = [Slot(client) for _ in range(count)]
         client.replies.extend(slots)
-        for group, positions in parts.values():
+        for group, positions in parts:
             sinks = [slots[i] for i in positions]
             if level == DC_ONE:
-                self._send_at_one(group, payload(positions), sinks, write)
+                self._send_at_one(group, cut(positions), sinks, write)
             else:
-                self._send_to_quorum(group, payload(positions), sinks, level)
+                self._send_to_quorum(group, cut(positions), sinks, level)
+
+    def _coordinate_remote(self, requests: list[list[bytes]], raw: bytes, tokens: list[int] | None) -> None:
+        """A batch of writes, for the other datacenters: each part (keys with the
+        same replicas everywhere) goes as one frame to the first available owner in
+        each of them, which coordinates it there (COORDINATE: 2 hops, as Dynomite
+        does). No client waits for them; a failure is counted."""
+        if tokens is None:  # a uniform ring: every key has the same replicas
+            parts = [(0, range(len(requests)), raw)]
+        else:
+            cut = _cutter(requests, raw)
+            replicas_of = self.ring.replicas
+            parts = [(tokens[positions[0]], positions, cut(positions))
+                     for _, positions in _parts(list(map(replicas_of, tokens)))]
+        links = self.links
+        flags = self.link_flags | COORDINATE
+        for token, positions, payload in parts:
+            for replica in self._remote_representatives(token):
+                links[replica.name].send_background(payload, len(positions), flags)
 
     def _send_at_one(self, group: tuple, payload: bytes, sinks: list[Sink], write: bool) -> None:
-        """A batch for one replica set at DC_ONE: a read goes to the first available
-        replica; a write to this rack's owner, whose replies answer the client, and
-        to the other racks' owners in the background."""
-        primary = group[0]
-        if not write:
-            target = next((r for r in group if self.available(r)), primary)
-            self._send_batch(target, payload, sinks)
-            return
-        self._send_batch(primary, payload, sinks)  # the owner in this rack: maybe not us
-        links = self.links
-        for replica in group[1:]:
-            links[replica.name].send_background(payload, len(sinks), self.link_flags)
+        """A batch for one replica set at DC_ONE: the first available replica (this
+        rack's first) answers it; a write goes to every other replica too, in the
+        background (a failure is counted)."""
+        available = self.available
+        target = next((r for r in group if available(r)), group[0])  # else it fails with its reason
+        self._send_batch(target, payload, sinks)
+        if write:
+            count = len(sinks)
+            links = self.links
+            for replica in group:
+                if replica is target:
+                    continue
+                if replica.local:
+                    self._send_batch(replica, payload, [_Background(self)] * count)
+                else:
+                    links[replica.name].send_background(payload, count, self.link_flags)
 
     def _ask_quorum(self, group: tuple, payload: bytes, count: int, write: bool, level: str, slot: Sink) -> None:
         """A batch for one replica set at a quorum level, decided whole into
@@ -989,10 +1025,14 @@ class Coordinator:
             self.datastore = self.node.datastore
             self.link_flags = 0
 
-    def coordinate_for_dc(self, payload: bytes, sink: Sink, flags: int = 0) -> None:
-        """A write sent by a node of another DC: replicate it in this DC (2nd hop)."""
+    def coordinate_for_dc(self, payload: bytes, sink: Sink, flags: int = 0, count: int = 1) -> None:
+        """``count`` writes sent by a node of another DC: replicate them in this DC
+        (2nd hop). ``sink`` gets each one's outcome."""
         self._use_protocol(3 if flags & RESP3 else 2)
-        parsed = resp.RequestParser().feed(payload)  # the peer server checked it is one command
+        parsed = resp.RequestParser().feed(payload)  # the peer server checked: `count` commands
+        if count > 1:
+            self._coordinate_batch(parsed, payload, sink, flags)
+            return
         argv = parsed[0] if len(parsed) == 1 else None
         spec = commands.resolve(argv) if argv else None
         if spec is None or spec.__class__ is bytes:
@@ -1009,6 +1049,26 @@ class Coordinator:
         for index, replica in enumerate(targets):
             self._send(replica, payload, _Replica(tracker, index, sink, self, DC_ONE))
 
+    def _coordinate_batch(self, requests: list[list[bytes]], payload: bytes, sink: Sink, flags: int) -> None:
+        """Writes a node of another DC sent in one frame (_coordinate_remote): each
+        part goes to its replicas here as a DC_ONE write batch does. Anything else
+        in such a frame (the sender sends only fast-path writes) goes one by one."""
+        resolve = commands.resolve
+        for argv in requests:
+            spec = resolve(argv)
+            if spec.__class__ is bytes or spec.name not in BATCHABLE or not spec.write:
+                for argv in requests:
+                    self.coordinate_for_dc(resp.encode_command(argv), sink, flags)
+                return
+        if self.uniform:
+            self._send_at_one(self.uniform_group, payload, [sink] * len(requests), True)
+            return
+        ring = self.ring
+        token_of = ring.token_of
+        cut = _cutter(requests, payload)
+        for group, positions in _parts([ring.local_replicas(token_of(argv[1])) for argv in requests]):
+            self._send_at_one(group, cut(positions), [sink] * len(positions), True)
+
     # -- targets --------------------------------------------------------------------
 
     def set_ring(self, ring) -> None:
@@ -1021,6 +1081,10 @@ class Coordinator:
         self.single_dc = len(ring.dcs) == 1
         self.uniform = all(
             len(ring.rack_nodes(ring.local.dc, rack)) == 1 for rack in ring.racks(ring.local.dc)
+        )
+        # ... and so have every other datacenter's: a write's remote owners too.
+        self.uniform_everywhere = all(
+            len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc)
         )
         self.uniform_group = ring.local_replicas(0) if self.uniform else None
         # A key's replicas come this rack first, then the others sorted: starting at

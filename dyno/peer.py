@@ -22,7 +22,9 @@ loop per frame and buys nothing msgpack does not already give.)
 
 A REQUEST is run on the receiving node's own Redis, unless ``flags`` has
 ``COORDINATE``: then the receiver coordinates it for its own datacenter (a write
-that crossed to a remote DC fans out there: 2 hops, as Dynomite does).
+that crossed to a remote DC fans out there: 2 hops, as Dynomite does). A
+COORDINATE request of n > 1 writes (a client's pipelined writes, a part per
+replica set) must be QUIET: it is answered once all n ran here.
 
 Outgoing side: one ``PeerLink`` per peer; requests are pipelined and multiplexed by
 id, each with a deadline; a peer that does not answer in ``timeout`` fails those
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dyno.peer")
 
-PROTOCOL_VERSION = 2  # 2: a REPLY to n > 1 requests is a list
+PROTOCOL_VERSION = 3  # 2: a REPLY to n > 1 requests is a list; 3: COORDINATE batches
 HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
@@ -215,7 +217,9 @@ class PeerLink:
             else:
                 sink.fail(self.down_error)
             return
-        if flags & COORDINATE:  # the peer coordinates such a frame: one command each
+        if flags & COORDINATE and sink is not None:
+            # The peer coordinates it and answers it alone: a frame of its own. (Held
+            # COORDINATE writes that nobody waits for travel together, QUIET.)
             self._seal()
             self._frame(payload, sink, count, flags)
             return
@@ -639,19 +643,19 @@ class PeerConnection:
             if count > MAX_REQUESTS or not whole_commands(payload, count):
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
             datastore = node.datastore3 if flags & RESP3 else node.datastore
-            if flags & QUIET:
-                if flags & COORDINATE:
-                    raise PeerError("a COORDINATE request cannot be QUIET")
+            if flags & COORDINATE:
+                if flags & QUIET:
+                    sink = _PeerAck(self, request_id, count)
+                elif count == 1:
+                    sink = _PeerReply(self, request_id)
+                else:
+                    raise PeerError("a COORDINATE request of several commands must be QUIET")
+                node.coordinator.coordinate_for_dc(payload, sink, flags, count)
+            elif flags & QUIET:
                 ack = _PeerAck(self, request_id, count)
                 datastore.send_run(payload, ack, count, self.affinity)
             elif count == 1:
-                sink = _PeerReply(self, request_id)
-                if flags & COORDINATE:
-                    node.coordinator.coordinate_for_dc(payload, sink, flags)
-                else:
-                    datastore.send(payload, sink, self.affinity)
-            elif flags & COORDINATE:
-                raise PeerError("a COORDINATE request must carry one command")
+                datastore.send(payload, _PeerReply(self, request_id), self.affinity)
             else:
                 collector = _PeerBatchReply(self, request_id, count)
                 datastore.send_run(payload, collector, count, self.affinity)

@@ -30,7 +30,7 @@ from redis.retry import Retry
 
 import support
 from dyno import localcluster
-from dyno.peer import FAILED, HELLO, PROTOCOL_VERSION, QUIET, REFUSED, REPLY, REQUEST
+from dyno.peer import COORDINATE, FAILED, HELLO, PROTOCOL_VERSION, QUIET, REFUSED, REPLY, REQUEST
 
 pytestmark = pytest.mark.integration
 
@@ -232,6 +232,9 @@ AFTER_HELLO = {
     "reply sent to the server side": msgpack.packb([REPLY, 1, b"+OK\r\n"]),
     "second hello": hello(),
     "not an array": msgpack.packb("hello"),
+    "coordinate batch not quiet": msgpack.packb(
+        [REQUEST, 1, COORDINATE, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n", 2]
+    ),
 }
 
 
@@ -264,6 +267,21 @@ def test_batch_and_quiet_requests_from_a_raw_peer_are_answered_as_the_protocol_s
     gets = b"*2\r\n$3\r\nGET\r\n$5\r\nquiet\r\n*2\r\n$3\r\nGET\r\n$6\r\nquiet2\r\n"
     frames = exchange(shared.nodes[2], [[REQUEST, 51, QUIET, sets, 2], [REQUEST, 52, 0, gets, 2]])
     assert frames == [[REPLY, 51, b""], [REPLY, 52, [b"$1\r\n1\r\n", b"$1\r\n2\r\n"]]]
+
+
+def test_a_quiet_coordinate_batch_from_a_raw_peer_reaches_every_rack(shared):
+    """Writes a node of another datacenter sends in one frame (COORDINATE, QUIET):
+    an empty REPLY once all ran, and every rack of this datacenter holds them."""
+    keys = [f"coordinated:{i}".encode() for i in range(40)]
+    payload = b"".join(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\n%d\r\n" % (len(k), k, i % 10)
+                       for i, k in enumerate(keys))
+    frames = exchange(shared.nodes[1], [[REQUEST, 61, COORDINATE | QUIET, payload, len(keys)]])
+    assert frames == [[REPLY, 61, b""]]
+    support.wait_for(lambda: all(info_dyno(n)["peer_requests_in_flight"] == 0 for n in shared.nodes), 10,
+                     "replica writes in flight")
+    for n in shared.nodes:
+        values = n.redis_client().mget(keys)
+        assert values == [str(i % 10).encode() for i in range(len(keys))], n.name
 
 
 # --------------------------------------------------------------------------- 9. refusals

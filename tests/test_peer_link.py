@@ -172,6 +172,23 @@ async def test_a_coordinate_request_gets_a_frame_of_its_own_after_those_held():
         ]
 
 
+async def test_coordinate_requests_nobody_waits_for_travel_together_quiet():
+    """A client's writes for another datacenter (a part per replica set, from
+    every client of the turn) go in one COORDINATE frame, between the others."""
+    scripted = ScriptedPeer()
+    async with linked(scripted) as (link, failures):
+        a, b, c, d = (command(b"SET", key, b"1") for key in (b"a", b"b", b"c", b"d"))
+        link.send_background(a, 1)
+        link.send_background(b, 1, peer.COORDINATE)
+        link.send_background(c + d, 2, peer.COORDINATE)
+        link.send_background(a, 1)
+        await wait_answered(link)
+        assert [(f[2], f[3], f[4]) for f in scripted.frames] == [
+            (peer.QUIET, a, 1), (peer.COORDINATE | peer.QUIET, b + c + d, 3), (peer.QUIET, a, 1),
+        ]
+        assert failures.count == 0
+
+
 async def test_background_requests_with_other_flags_get_their_own_frame():
     scripted = ScriptedPeer()
     async with linked(scripted) as (link, failures):

@@ -23,6 +23,7 @@ from dyno import resp
 from dyno.coordinator import Coordinator
 from dyno.metrics import Metrics
 from dyno.node import Stats
+from dyno.peer import COORDINATE
 from dyno.ring import Ring, RingNode
 
 Q = 2**30
@@ -30,14 +31,14 @@ Q = 2**30
 TOKENS = {"r1": ((0,), (2 * Q,)), "r2": ((Q,), (3 * Q,)), "r3": ((Q // 2,), (2 * Q + Q // 2,))}
 
 
-def ring(dcs: int) -> Ring:
+def ring(dcs: int, local: int = 0) -> Ring:
     nodes = []
     for dc in range(1, dcs + 1):
         for rack, tokens in TOKENS.items():
             for token in tokens:
                 port = 8101 + len(nodes)
                 nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, f"dc{dc}", rack, token))
-    return Ring(nodes, nodes[0])
+    return Ring(nodes, nodes[local])
 
 
 def run(store: dict, argv: list[bytes]) -> bytes:
@@ -118,10 +119,9 @@ class Link(Target):
     """A peer link, delivering as dyno.peer.PeerLink does."""
 
     usable = True
+    coordinated = 0  # requests sent to be coordinated in the peer's datacenter
 
     def send(self, payload, sink, flags=0):
-        # A COORDINATE request (a write for another datacenter) runs here only:
-        # these tests check this datacenter's replicas.
         self._queue("send", payload, lambda replies: sink.deliver(replies[0]))
 
     def send_batch(self, payload, sink, flags=0):
@@ -134,6 +134,9 @@ class Link(Target):
         self._queue("send_batch", payload, answer)
 
     def send_background(self, payload, count, flags=0):
+        # A COORDINATE request (writes for another datacenter) runs here only:
+        # test_writes_from_another_datacenter_* checks what the receiver does.
+        self.coordinated += count if flags & COORDINATE else 0
         self._queue("send_background", payload, lambda replies: None)
 
 
@@ -155,8 +158,8 @@ class Client:
         return b"".join(out)
 
 
-def cluster(level: str, seed: int, dcs: int):
-    the_ring = ring(dcs)
+def cluster(level: str, seed: int, dcs: int, local: int = 0):
+    the_ring = ring(dcs, local)
     jobs: deque = deque()
     chunks = random.Random(seed)
     datastore = Datastore(the_ring.local.name, jobs, chunks)
@@ -197,8 +200,8 @@ batches = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(batches=batches, seed=st.integers(0, 2**32 - 1), streaming=st.booleans())
 def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, dcs, batches, seed, streaming):
-    """With two datacenters, reads take the same path; writes, which also go to
-    the other datacenter, go request by request (the general path)."""
+    """With two datacenters, writes also go, a part per replica set, to one
+    node of the other datacenter, which coordinates them there."""
     coordinator, targets, jobs = cluster(level, seed, dcs)
     order = random.Random(seed + 1)
     client = Client()
@@ -214,13 +217,18 @@ def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, dcs,
         for target in targets:
             target.calls = []
         coordinator.execute_batch(client, requests, raw)
-        owners = {coordinator.ring.local_replicas(coordinator.ring.token_of(argv[1])) for argv in requests}
-        batched = dcs == 1 or requests[0][0] in (b"GET", b"STRLEN")
-        for target in targets if batched else ():
+        ring = coordinator.ring
+        owners = {ring.replicas(ring.token_of(argv[1])) for argv in requests}
+        write = requests[0][0] in (b"SET", b"APPEND")
+        for target in targets:
             # One call per part (replica set) this target is in, carrying the part whole.
             assert len(target.calls) <= sum(1 for group in owners if any(n.name == target.name for n in group))
             if len(requests) > 1:
                 assert all(method != "send" for method, _ in target.calls), target.calls
+        coordinated = sum(getattr(target, "coordinated", 0) for target in targets)
+        assert coordinated == (len(requests) if write and dcs == 2 else 0)
+        for target in targets:
+            target.coordinated = 0
         drain(jobs, order)
         expected += [run(model, argv) for argv in requests]
         if streaming:
@@ -267,3 +275,58 @@ def test_a_dc_one_read_with_no_replica_up_in_this_datacenter_is_answered_by_anot
     ]
     assert client.take() == b"".join(expected)
     assert up_here == () or b"dc1:" in b"".join(expected)  # both cases happen
+
+
+class Ack:
+    """A COORDINATE frame's acknowledgement (dyno.peer._PeerAck): counts outcomes."""
+
+    runs = True
+    split = False
+
+    def __init__(self):
+        self.replies = 0
+        self.failures: list[bytes] = []
+
+    def deliver(self, reply):
+        self.replies += 1
+
+    def deliver_run(self, replies, n):
+        self.replies += n
+
+    def deliver_each(self, replies):
+        self.replies += len(replies)
+
+    def fail(self, error):
+        self.failures.append(error)
+
+
+@settings(max_examples=100, deadline=None)
+@given(batch=st.lists(writes, min_size=2, max_size=30), seed=st.integers(0, 2**32 - 1),
+       local=st.sampled_from([6, 9]))  # fmt: skip
+def test_writes_from_another_datacenter_reach_every_replica_here_a_part_at_a_time(batch, seed, local):
+    """The receiving side of a COORDINATE frame of several writes: each part goes
+    to its replicas in this datacenter (one call per part), and the frame's
+    acknowledgement counts every write once."""
+    coordinator, targets, jobs = cluster("DC_ONE", seed, 2, local)
+    ring = coordinator.ring
+    requests = [list(command) for command in batch]
+    ack = Ack()
+    coordinator.coordinate_for_dc(b"".join(map(resp.encode_command, requests)), ack, 0, len(requests))
+    owners = {ring.local_replicas(ring.token_of(argv[1])) for argv in requests}
+    for target in targets:
+        assert len(target.calls) <= sum(1 for group in owners if any(n.name == target.name for n in group))
+        assert all(method != "send" for method, _ in target.calls), target.calls
+    drain(jobs, random.Random(seed))
+    assert (ack.replies, ack.failures) == (len(requests), [])
+    model: dict[bytes, bytes] = {}
+    for argv in requests:
+        run(model, argv)
+    for target in targets:
+        node = ring.node(target.name)
+        held = {key: value for key, value in target.store.items()}
+        if node.dc != ring.local.dc:
+            assert held == {}
+            continue
+        for key, value in model.items():
+            if node in ring.local_replicas(ring.token_of(key)):
+                assert held.get(key) == value, (target.name, key)
