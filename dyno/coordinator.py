@@ -76,36 +76,6 @@ class _Replica(Sink):
         self.coordinator.replica_could_not(self.tracker, self.index, error, self.sink, self.level)
 
 
-class _ReplicaCursor(Sink):
-    """Replica ``index``'s replies to a batch of replicated requests, in order: the
-    i-th reply goes to the i-th request's tracker. One object per replica per batch
-    (repeated in the sink list) instead of one per request and replica."""
-
-    __slots__ = ("trackers", "slots", "index", "position", "coordinator", "level")
-
-    def __init__(self, trackers: list, slots: list, index: int, coordinator: "Coordinator", level: str):
-        self.trackers = trackers
-        self.slots = slots
-        self.index = index
-        self.position = 0
-        self.coordinator = coordinator
-        self.level = level
-
-    def deliver(self, reply: bytes) -> None:
-        position = self.position
-        self.position = position + 1
-        self.coordinator.replica_replied(
-            self.trackers[position], self.index, reply, self.slots[position], self.level
-        )
-
-    def fail(self, error: bytes) -> None:
-        position = self.position
-        self.position = position + 1
-        self.coordinator.replica_could_not(
-            self.trackers[position], self.index, error, self.slots[position], self.level
-        )
-
-
 class _BatchQuorum:
     """A client's read of n requests sent whole to local-DC replicas at DC_QUORUM /
     DC_SAFE_QUORUM, decided whole when it can be.
@@ -270,6 +240,15 @@ class _GatherPart(Sink):
                 gather.slot.deliver(b"".join(gathered))
 
 
+def _split_decided(replies: bytes, count: int) -> list[bytes]:
+    """The ``count`` replies a _BatchQuorum decided, joined, cut apart (one error
+    that stands for all of them is each one's)."""
+    split = resp.split_replies(replies, count)
+    if split is None:
+        split = [replies if replies[:1] == b"-" else _UNSPLITTABLE] * count
+    return split
+
+
 class _GatheredQuorum(_GatherPart):
     """A _GatherPart that is a _BatchQuorum's slot: the part's replies come
     decided, joined, in one delivery (and ``data`` keeps them: the quorum compares
@@ -283,11 +262,24 @@ class _GatheredQuorum(_GatherPart):
 
     def deliver(self, replies: bytes) -> None:
         self.data = replies
-        count = len(self.positions)
-        split = resp.split_replies(replies, count)
-        if split is None:  # one error for the whole part: each request gets it
-            split = [replies if replies[:1] == b"-" else _UNSPLITTABLE] * count
-        self.deliver_parts(split)
+        self.deliver_parts(_split_decided(replies, len(self.positions)))
+
+
+class _SpreadQuorum(Sink):
+    """A _BatchQuorum's slot standing for one slot per request (a client with other
+    requests in flight, whose slots the back-pressure limit counts): the decided
+    replies, cut apart, one to each."""
+
+    __slots__ = ("slots", "data")
+
+    def __init__(self, slots: list[Sink]):
+        self.slots = slots
+        self.data: bytes | None = None
+
+    def deliver(self, replies: bytes) -> None:
+        self.data = replies
+        for slot, reply in zip(self.slots, _split_decided(replies, len(self.slots))):
+            slot.deliver(reply)
 
 
 class _WholeReplies(Sink):
@@ -715,7 +707,9 @@ class Coordinator:
             elif spec is not first:
                 mixed = True
         level = self._level(client, write)
-        if level == DC_EACH_SAFE_QUORUM:
+        if level == DC_EACH_SAFE_QUORUM or level != DC_ONE and self.sampling:
+            # (A timed quorum batch, one in SAMPLE_EVERY: the general path times
+            # each replica's part.)
             return False
         remote = write and not self.single_dc
         # Each request's token, unless every key has the same replicas wherever the
@@ -778,7 +772,7 @@ class Coordinator:
             return True
         slots = [Slot(client) for _ in range(count)]
         client.replies.extend(slots)
-        self._send_to_quorum(group, raw, slots, level)
+        self._ask_quorum(group, raw, count, write, level, _SpreadQuorum(slots))
         return True
 
     def _split_batch(self, client, requests: list[list[bytes]], raw: bytes, owners: list,
@@ -811,7 +805,7 @@ class Coordinator:
             if level == DC_ONE:
                 self._send_at_one(group, cut(positions), sinks, write)
             else:
-                self._send_to_quorum(group, cut(positions), sinks, level)
+                self._ask_quorum(group, cut(positions), len(sinks), write, level, _SpreadQuorum(sinks))
 
     def _coordinate_remote(self, requests: list[list[bytes]], raw: bytes, tokens: list[int] | None) -> None:
         """A batch of writes, for the other datacenters: each part (keys with the
@@ -867,16 +861,6 @@ class Coordinator:
             self.quorum_reads[id(quorum)] = (self._hedge_tick, quorum)
         for index in asked:
             quorum.ask(index)
-
-    def _send_to_quorum(self, group: tuple, payload: bytes, slots: list[Sink], level: str) -> None:
-        """A batch for one replica set at a quorum level, decided request by
-        request (a client with other requests in flight): every replica is asked.
-        LocalQuorum is QuorumTracker's cheap twin for replicas that all live here."""
-        count = len(slots)
-        trackers = [LocalQuorum(level, len(group)) for _ in range(count)]
-        for index, replica in enumerate(group):
-            cursor = _ReplicaCursor(trackers, slots, index, self, level)
-            self._send_batch(replica, payload, [cursor] * count)
 
     def _solo_batch(self, client, requests: list[list[bytes]], raw: bytes) -> bool:
         """A ring of one node, a read of whole requests that all go to the local

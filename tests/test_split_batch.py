@@ -225,6 +225,9 @@ def test_a_split_batch_answers_like_one_redis_with_one_call_per_part(level, dcs,
             assert len(target.calls) <= sum(1 for group in owners if any(n.name == target.name for n in group))
             if len(requests) > 1:
                 assert all(method != "send" for method, _ in target.calls), target.calls
+        if not write:  # a read asks one replica per part at DC_ONE, else Q of the 3 first
+            parts = len({ring.local_replicas(ring.token_of(argv[1])) for argv in requests})
+            assert sum(len(target.calls) for target in targets) == (1 if level == "DC_ONE" else 2) * parts
         coordinated = sum(getattr(target, "coordinated", 0) for target in targets)
         assert coordinated == (len(requests) if write and dcs == 2 else 0)
         for target in targets:
