@@ -274,6 +274,8 @@ CLUSTER_SHAPES = {
     "1-node": dict(racks=1),
     "3-racks-DC_ONE": dict(racks=3, read_consistency="DC_ONE", write_consistency="DC_ONE"),
     "3-racks-DC_QUORUM": dict(racks=3, read_consistency="DC_QUORUM", write_consistency="DC_QUORUM"),
+    "3-racks-2-nodes-DC_QUORUM": dict(racks=3, nodes_per_rack=2, read_consistency="DC_QUORUM",
+                                      write_consistency="DC_QUORUM"),
     "2-DCs-3-racks-2-nodes": dict(dcs=2, racks=3, nodes_per_rack=2),
 }
 
