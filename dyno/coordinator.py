@@ -387,6 +387,11 @@ BATCHABLE = frozenset(
     if spec.route is _KEY and spec.fixed_keys == (1,) and spec.name not in UNORDERED_REPLIES
     and spec.name not in RANDOM_READS and spec.name not in REPLICATE_EFFECT
 )
+# Multi-key commands (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH) it may forward whole
+# when all their keys have one replica set: Redis's reply is then the merged one.
+WHOLE_IF_COLOCATED = frozenset(
+    spec.name for spec in commands.COMMANDS.values() if spec.route is _MULTI_KEY
+)
 
 
 def canonical(reply: bytes) -> bytes:
@@ -695,10 +700,15 @@ class Coordinator:
         write = None
         first = None  # the batch's command, if it has only one (counted per batch)
         mixed = False
+        multi_key = False
         for argv in requests:
             spec = resolve(argv)
-            if spec.__class__ is bytes or spec.name not in BATCHABLE:
+            if spec.__class__ is bytes:
                 return False
+            if spec.name not in BATCHABLE:
+                if spec.name not in WHOLE_IF_COLOCATED:
+                    return False
+                multi_key = True
             if write is None:
                 write = spec.write
                 first = spec
@@ -718,6 +728,8 @@ class Coordinator:
         if not self.uniform or (remote and not self.uniform_everywhere):
             token_of = self.ring.token_of
             tokens = [token_of(argv[1]) for argv in requests]
+            if multi_key and not self._colocated(requests, tokens, remote):
+                return False
         # Each request's replica set here (interned by the ring: compared with `is`),
         # or None when they all have the same one, ``group``.
         owners = None
@@ -773,6 +785,24 @@ class Coordinator:
         slots = [Slot(client) for _ in range(count)]
         client.replies.extend(slots)
         self._ask_quorum(group, raw, count, write, level, _SpreadQuorum(slots))
+        return True
+
+    def _colocated(self, requests: list[list[bytes]], tokens: list[int], everywhere: bool) -> bool:
+        """Whether every multi-key request of a batch has all its keys where its
+        first key is (``tokens``: each request's first key's): in this datacenter,
+        or ``everywhere``."""
+        ring = self.ring
+        replicas_of = ring.replicas if everywhere else ring.local_replicas
+        token_of = ring.token_of
+        resolve = commands.resolve
+        for argv, token in zip(requests, tokens):
+            if len(argv) > 2:
+                spec = resolve(argv)
+                if spec.route is _MULTI_KEY:
+                    here = replicas_of(token)
+                    for key in commands.keys(spec, argv)[1:]:
+                        if replicas_of(token_of(key)) is not here:
+                            return False
         return True
 
     def _split_batch(self, client, requests: list[list[bytes]], raw: bytes, owners: list,
@@ -1037,20 +1067,26 @@ class Coordinator:
         """Writes a node of another DC sent in one frame (_coordinate_remote): each
         part goes to its replicas here as a DC_ONE write batch does. Anything else
         in such a frame (the sender sends only fast-path writes) goes one by one."""
-        resolve = commands.resolve
-        for argv in requests:
-            spec = resolve(argv)
-            if spec.__class__ is bytes or spec.name not in BATCHABLE or not spec.write:
-                for argv in requests:
-                    self.coordinate_for_dc(resp.encode_command(argv), sink, flags)
-                return
-        if self.uniform:
+        tokens = None
+        if all(
+            spec.__class__ is not bytes and spec.write  # (and so of the right arity)
+            and (spec.name in BATCHABLE or spec.name in WHOLE_IF_COLOCATED)
+            for spec in map(commands.resolve, requests)
+        ):
+            if not self.uniform:
+                tokens = [self.ring.token_of(argv[1]) for argv in requests]
+            ok = tokens is None or self._colocated(requests, tokens, False)
+        else:
+            ok = False
+        if not ok:
+            for argv in requests:
+                self.coordinate_for_dc(resp.encode_command(argv), sink, flags)
+            return
+        if tokens is None:
             self._send_at_one(self.uniform_group, payload, [sink] * len(requests), True)
             return
-        ring = self.ring
-        token_of = ring.token_of
         cut = _cutter(requests, payload)
-        for group, positions in _parts([ring.local_replicas(token_of(argv[1])) for argv in requests]):
+        for group, positions in _parts(list(map(self.ring.local_replicas, tokens))):
             self._send_at_one(group, cut(positions), [sink] * len(positions), True)
 
     # -- targets --------------------------------------------------------------------

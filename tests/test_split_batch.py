@@ -31,11 +31,11 @@ Q = 2**30
 TOKENS = {"r1": ((0,), (2 * Q,)), "r2": ((Q,), (3 * Q,)), "r3": ((Q // 2,), (2 * Q + Q // 2,))}
 
 
-def ring(dcs: int, local: int = 0) -> Ring:
+def ring(dcs: int, local: int = 0, nodes_per_rack: int = 2) -> Ring:
     nodes = []
     for dc in range(1, dcs + 1):
         for rack, tokens in TOKENS.items():
-            for token in tokens:
+            for token in tokens[:nodes_per_rack]:
                 port = 8101 + len(nodes)
                 nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, f"dc{dc}", rack, token))
     return Ring(nodes, nodes[local])
@@ -54,6 +54,15 @@ def run(store: dict, argv: list[bytes]) -> bytes:
         return resp.bulk(store.get(key))
     if name == b"STRLEN":
         return resp.integer(len(store.get(key, b"")))
+    if name == b"MGET":
+        return b"*%d\r\n" % (len(argv) - 1) + b"".join(resp.bulk(store.get(k)) for k in argv[1:])
+    if name == b"MSET":
+        store.update(zip(argv[1::2], argv[2::2]))
+        return resp.OK
+    if name == b"DEL":
+        return resp.integer(sum(store.pop(k, None) is not None for k in argv[1:]))
+    if name == b"EXISTS":
+        return resp.integer(sum(k in store for k in argv[1:]))
     raise AssertionError(f"unexpected command {argv!r}")
 
 
@@ -158,8 +167,8 @@ class Client:
         return b"".join(out)
 
 
-def cluster(level: str, seed: int, dcs: int, local: int = 0):
-    the_ring = ring(dcs, local)
+def cluster(level: str, seed: int, dcs: int, local: int = 0, nodes_per_rack: int = 2):
+    the_ring = ring(dcs, local, nodes_per_rack)
     jobs: deque = deque()
     chunks = random.Random(seed)
     datastore = Datastore(the_ring.local.name, jobs, chunks)
@@ -333,3 +342,51 @@ def test_writes_from_another_datacenter_reach_every_replica_here_a_part_at_a_tim
         for key, value in model.items():
             if node in ring.local_replicas(ring.token_of(key)):
                 assert held.get(key) == value, (target.name, key)
+
+
+keys = st.lists(st.sampled_from(KEYS), min_size=1, max_size=4)
+multi_writes = st.one_of(
+    writes,
+    keys.map(lambda ks: (b"DEL", *ks)),
+    st.lists(st.tuples(st.sampled_from(KEYS), st.binary(max_size=3)), min_size=1, max_size=3).map(
+        lambda pairs: (b"MSET", *(x for pair in pairs for x in pair))),
+)
+multi_reads = st.one_of(reads, keys.map(lambda ks: (b"MGET", *ks)), keys.map(lambda ks: (b"EXISTS", *ks)))
+
+
+@pytest.mark.parametrize("nodes_per_rack", [1, 2])
+@pytest.mark.parametrize("dcs", [1, 2])
+@pytest.mark.parametrize("level", ["DC_ONE", "DC_QUORUM"])
+@settings(max_examples=100, deadline=None)
+@given(batches=st.lists(st.one_of(st.lists(multi_writes, min_size=1, max_size=12),
+                                  st.lists(multi_reads, min_size=1, max_size=12)), min_size=1, max_size=5),
+       seed=st.integers(0, 2**32 - 1))  # fmt: skip
+def test_multi_key_commands_whose_keys_live_together_go_with_the_batch(level, dcs, nodes_per_rack, batches, seed):
+    """MGET, MSET, DEL and EXISTS in a batch: where all of a command's keys have
+    one replica set (always, in a ring of one node per rack) the command goes
+    with the batch, whole; else the batch takes the general path, which splits
+    it. Either way the replies are one Redis's and every replica gets the writes."""
+    coordinator, targets, jobs = cluster(level, seed, dcs, nodes_per_rack=nodes_per_rack)
+    ring = coordinator.ring
+    order = random.Random(seed + 1)
+    client = Client()
+    model: dict[bytes, bytes] = {}
+    got, expected = [], []
+    for batch in batches:
+        requests = [list(command) for command in batch]
+        for target in targets:
+            target.calls = []
+        coordinator.execute_batch(client, requests, b"".join(map(resp.encode_command, requests)))
+        if nodes_per_rack == 1:  # every key has the same replicas: nothing goes one by one
+            for target in targets:
+                assert len(target.calls) <= 1 and all(method != "send" for method, _ in target.calls), target.calls
+        drain(jobs, order)
+        expected += [run(model, argv) for argv in requests]
+        got.append(client.take())
+        for target in targets:
+            node = ring.node(target.name)
+            if node.dc != ring.local.dc:
+                continue
+            # A node's Redis holds exactly the model's keys that it owns.
+            assert target.store == {k: v for k, v in model.items() if node in ring.local_replicas(ring.token_of(k))}
+    assert b"".join(got) == b"".join(expected)
