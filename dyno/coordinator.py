@@ -387,6 +387,16 @@ BATCHABLE = frozenset(
     if spec.route is _KEY and spec.fixed_keys == (1,) and spec.name not in UNORDERED_REPLIES
     and spec.name not in RANDOM_READS and spec.name not in REPLICATE_EFFECT
 )
+# Reads it may forward at DC_ONE only, where one replica's reply is the answer:
+# their replicas' replies do not compare as bytes (a quorum could not decide them
+# whole).
+BATCHABLE_AT_ONE = frozenset(
+    spec.name
+    for top in commands.COMMANDS.values()
+    for spec in (top, *(top.subcommands or {}).values())
+    if spec.route is _KEY and spec.fixed_keys == (1,) and not spec.write
+    and (spec.name in UNORDERED_REPLIES or spec.name in RANDOM_READS)
+)
 # Multi-key commands (MGET, MSET, DEL, UNLINK, EXISTS, TOUCH) it may forward whole
 # when all their keys have one replica set: Redis's reply is then the merged one.
 WHOLE_IF_COLOCATED = frozenset(
@@ -701,14 +711,18 @@ class Coordinator:
         first = None  # the batch's command, if it has only one (counted per batch)
         mixed = False
         multi_key = False
+        only_at_one = False
         for argv in requests:
             spec = resolve(argv)
             if spec.__class__ is bytes:
                 return False
             if spec.name not in BATCHABLE:
-                if spec.name not in WHOLE_IF_COLOCATED:
+                if spec.name in WHOLE_IF_COLOCATED:
+                    multi_key = True
+                elif spec.name in BATCHABLE_AT_ONE:
+                    only_at_one = True
+                else:
                     return False
-                multi_key = True
             if write is None:
                 write = spec.write
                 first = spec
@@ -717,7 +731,7 @@ class Coordinator:
             elif spec is not first:
                 mixed = True
         level = self._level(client, write)
-        if level == DC_EACH_SAFE_QUORUM or level != DC_ONE and self.sampling:
+        if level != DC_ONE and (level == DC_EACH_SAFE_QUORUM or only_at_one or self.sampling):
             # (A timed quorum batch, one in SAMPLE_EVERY: the general path times
             # each replica's part.)
             return False
