@@ -730,6 +730,8 @@ class Coordinator:
                 return False
             elif spec is not first:
                 mixed = True
+        if multi_key and len(requests) == 1 and not self.uniform:
+            return False  # alone, _multi_key splits it with less ado
         level = self._level(client, write)
         if level != DC_ONE and (level == DC_EACH_SAFE_QUORUM or only_at_one or self.sampling):
             # (A timed quorum batch, one in SAMPLE_EVERY: the general path times
@@ -742,21 +744,27 @@ class Coordinator:
         if not self.uniform or (remote and not self.uniform_everywhere):
             token_of = self.ring.token_of
             tokens = [token_of(argv[1]) for argv in requests]
-            if multi_key and not self._colocated(requests, tokens, remote):
-                return False
-        # Each request's replica set here (interned by the ring: compared with `is`),
-        # or None when they all have the same one, ``group``.
+        # Multi-key requests whose keys have different replica sets: each is cut
+        # into one sub-request per replica set (one datacenter only).
+        spanning = self._spanning(requests, remote) if multi_key and tokens is not None else {}
+        if spanning and not self.single_dc:
+            return False
+        # Each request's replica set here (interned by the ring: compared with `is`;
+        # None for a spanning one), or None when they all have the same one, ``group``.
         owners = None
         if self.uniform:
             group = self.uniform_group
         else:
             owners = list(map(self.ring.local_replicas, tokens))
+            for position in spanning:
+                owners[position] = None
             group = owners[0]
             for replicas in owners:
                 if replicas is not group:
                     break
             else:
-                owners = None
+                if not spanning:
+                    owners = None
         if level == DC_ONE and not write and not self.single_dc:
             # A read with no replica up in this datacenter is for another one: the
             # general path falls back to it request by request.
@@ -775,7 +783,7 @@ class Coordinator:
         if remote:
             self._coordinate_remote(requests, raw, tokens)
         if owners is not None:
-            self._split_batch(client, requests, raw, owners, write, level, Slot)
+            self._split_batch(client, requests, raw, owners, write, level, Slot, spanning)
             return True
         if level == DC_ONE:
             if count > 1 and not client.replies and not self.sampling:
@@ -801,36 +809,35 @@ class Coordinator:
         self._ask_quorum(group, raw, count, write, level, _SpreadQuorum(slots))
         return True
 
-    def _colocated(self, requests: list[list[bytes]], tokens: list[int], everywhere: bool) -> bool:
-        """Whether every multi-key request of a batch has all its keys where its
-        first key is (``tokens``: each request's first key's): in this datacenter,
-        or ``everywhere``."""
-        ring = self.ring
-        replicas_of = ring.replicas if everywhere else ring.local_replicas
-        token_of = ring.token_of
+    def _spanning(self, requests: list[list[bytes]], everywhere: bool) -> dict[int, tuple]:
+        """A batch's multi-key requests whose keys do not all live together (in
+        this datacenter, or ``everywhere``): position -> their _spread."""
+        replicas_of = self.ring.replicas if everywhere else self.ring.local_replicas
         resolve = commands.resolve
-        for argv, token in zip(requests, tokens):
+        spanning = {}
+        for position, argv in enumerate(requests):
             if len(argv) > 2:
                 spec = resolve(argv)
                 if spec.route is _MULTI_KEY:
-                    here = replicas_of(token)
-                    for key in commands.keys(spec, argv)[1:]:
-                        if replicas_of(token_of(key)) is not here:
-                            return False
-        return True
+                    spread = self._spread(argv, replicas_of, spec)
+                    if len(spread[0]) > 1:
+                        spanning[position] = spread
+        return spanning
 
     def _split_batch(self, client, requests: list[list[bytes]], raw: bytes, owners: list,
-                     write: bool, level: str, Slot) -> None:
+                     write: bool, level: str, Slot, spanning: dict | None = None) -> None:
         """_replicate_batch for a batch whose keys have different replica sets (a
         rack of several nodes): one part per replica set, its requests' bytes cut
         from ``raw`` and sent as a whole batch is, with the replies put back in
-        the client's order."""
-        parts = _parts(owners)
+        the client's order. A ``spanning`` request (its ``owners`` entry is None)
+        is cut into a sub-request per replica set (its _spread), merged as
+        _multi_key merges."""
         cut = _cutter(requests, raw)
         count = len(requests)
-        if not client.replies and not self.sampling:
+        if not spanning and not client.replies and not self.sampling:
             # Nothing else in flight for this client (the request/response pattern):
             # the client's one slot takes the parts' replies, put back in order.
+            parts = _parts(owners)
             slot = ReplySlot(client)
             client.replies.append(slot)
             gather = _Gather(slot, count, len(parts))
@@ -844,12 +851,29 @@ class Coordinator:
             return
         slots = [Slot(client) for _ in range(count)]
         client.replies.extend(slots)
-        for group, positions in parts:
-            sinks = [slots[i] for i in positions]
-            if level == DC_ONE:
-                self._send_at_one(group, cut(positions), sinks, write)
+        # id(replica set) -> (it, its requests' bytes, their sinks)
+        parts: dict[int, tuple[tuple, list[bytes], list[Sink]]] = {}
+        for position, group in enumerate(owners):
+            if group is None:
+                pieces, combine = spanning[position]
+                whole = merge.Gather(len(pieces), combine, slots[position])
+                pieces = [(sub_group, resp.encode_command(sub_argv), whole.part(index))
+                          for index, (sub_group, sub_argv, _) in enumerate(pieces)]
             else:
-                self._ask_quorum(group, cut(positions), len(sinks), write, level, _SpreadQuorum(sinks))
+                pieces = [(group, cut((position,)), slots[position])]
+            for sub_group, payload, sink in pieces:
+                part = parts.get(id(sub_group))
+                if part is None:
+                    parts[id(sub_group)] = (sub_group, [payload], [sink])
+                else:
+                    part[1].append(payload)
+                    part[2].append(sink)
+        for group, payloads, sinks in parts.values():
+            payload = b"".join(payloads)
+            if level == DC_ONE:
+                self._send_at_one(group, payload, sinks, write)
+            else:
+                self._ask_quorum(group, payload, len(sinks), write, level, _SpreadQuorum(sinks))
 
     def _coordinate_remote(self, requests: list[list[bytes]], raw: bytes, tokens: list[int] | None) -> None:
         """A batch of writes, for the other datacenters: each part (keys with the
@@ -1089,7 +1113,7 @@ class Coordinator:
         ):
             if not self.uniform:
                 tokens = [self.ring.token_of(argv[1]) for argv in requests]
-            ok = tokens is None or self._colocated(requests, tokens, False)
+            ok = tokens is None or not self._spanning(requests, False)
         else:
             ok = False
         if not ok:
@@ -1281,20 +1305,33 @@ class Coordinator:
     def _multi_key(self, client, spec, argv: list[bytes], slot: Sink) -> None:
         """MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: one sub-request per owner."""
         ring = self.ring
-        kind = spec.merge
-        stride = 2 if kind is Merge.MSET else 1
         write = commands.is_write(spec, argv)
         level = self._level(client, write)
         self.metrics.by_level[level] += 1
-        tokens: dict = {}
+        pieces, combine = self._spread(argv, ring.replicas, spec)
+        gather = merge.Gather(len(pieces), combine, slot)
+        for index, (_, sub_argv, token) in enumerate(pieces):
+            self.route(token, resp.encode_command(sub_argv), write, level, gather.part(index))
 
-        def owner_group(key: bytes):
-            token = ring.token_of(key)
-            group = tuple(n.name for n in ring.replicas(token))
-            tokens.setdefault(group, token)
-            return group
+    def _spread(self, argv: list[bytes], replicas_of, spec=None) -> tuple[list[tuple], object]:
+        """A multi-key command cut into one sub-command per replica set (as
+        ``replicas_of`` a token gives them: interned, so told apart by identity):
+        [(replica set, sub-command, its first key's token)], and the function
+        that merges their replies."""
+        spec = spec or commands.resolve(argv)
+        kind = spec.merge
+        stride = 2 if kind is Merge.MSET else 1
+        token_of = self.ring.token_of
+        sets: dict[int, tuple] = {}  # id(replica set) -> (it, the token that found it)
 
-        groups = merge.split_keys(argv, owner_group, stride)
+        def owner(key: bytes) -> int:
+            token = token_of(key)
+            replicas = replicas_of(token)
+            if id(replicas) not in sets:
+                sets[id(replicas)] = (replicas, token)
+            return id(replicas)
+
+        groups = merge.split_keys(argv, owner, stride)
         if kind is Merge.MGET:
             positions = [where for _, where in groups.values()]
             total = (len(argv) - 1) // stride
@@ -1305,9 +1342,7 @@ class Coordinator:
             combine = merge.merge_sum
         else:
             combine = merge.merge_all_ok
-        gather = merge.Gather(len(groups), combine, slot)
-        for index, (group, (sub_argv, _)) in enumerate(groups.items()):
-            self.route(tokens[group], resp.encode_command(sub_argv), write, level, gather.part(index))
+        return [(sets[key][0], sub_argv, sets[key][1]) for key, (sub_argv, _) in groups.items()], combine
 
     def _rack_nodes(self) -> list["RingNode"]:
         ring = self.ring
