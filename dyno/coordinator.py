@@ -699,13 +699,14 @@ class Coordinator:
                 send(encode(argv), slot, client.id)
 
     def _replicate_batch(self, client, requests: list[list[bytes]], raw: bytes, Slot) -> bool:
-        """The fast path (DESIGN.md §10, issue 6): a read made only of single-key
-        commands that are all reads or all writes. Its bytes go as they came - once
-        to the local Redis, once per peer (one frame) - instead of one request at a
-        time; when its keys have different replica sets, one part of it per replica
-        set. Writes also go, the same way, to one node of each other datacenter,
-        which coordinates them there. Returns False, having done nothing, when the
-        batch does not qualify."""
+        """The fast path (DESIGN.md §10, issue 6): a read made only of key commands
+        (BATCHABLE ones, BATCHABLE_AT_ONE ones at DC_ONE, WHOLE_IF_COLOCATED ones)
+        that are all reads or all writes. Its bytes go as they came - once to the
+        local Redis, once per peer (one frame) - instead of one request at a time;
+        when its keys have different replica sets, one part of it per replica set.
+        Writes also go, the same way, to one node of each other datacenter, which
+        coordinates them there. Returns False, having done nothing, when the batch
+        does not qualify."""
         resolve = commands.resolve
         write = None
         first = None  # the batch's command, if it has only one (counted per batch)
