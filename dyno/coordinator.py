@@ -852,25 +852,18 @@ class Coordinator:
             return
         slots = [Slot(client) for _ in range(count)]
         client.replies.extend(slots)
-        # id(replica set) -> (it, its requests' bytes, their sinks)
-        parts: dict[int, tuple[tuple, list[bytes], list[Sink]]] = {}
+        pieces: list[tuple[tuple, bytes, Sink]] = []  # (replica set, request bytes, sink)
         for position, group in enumerate(owners):
             if group is None:
-                pieces, combine = spanning[position]
-                whole = merge.Gather(len(pieces), combine, slots[position])
-                pieces = [(sub_group, resp.encode_command(sub_argv), whole.part(index))
-                          for index, (sub_group, sub_argv, _) in enumerate(pieces)]
+                spread, combine = spanning[position]
+                whole = merge.Gather(len(spread), combine, slots[position])
+                pieces += [(sub_group, resp.encode_command(sub_argv), whole.part(index))
+                           for index, (sub_group, sub_argv, _) in enumerate(spread)]
             else:
-                pieces = [(group, cut((position,)), slots[position])]
-            for sub_group, payload, sink in pieces:
-                part = parts.get(id(sub_group))
-                if part is None:
-                    parts[id(sub_group)] = (sub_group, [payload], [sink])
-                else:
-                    part[1].append(payload)
-                    part[2].append(sink)
-        for group, payloads, sinks in parts.values():
-            payload = b"".join(payloads)
+                pieces.append((group, cut((position,)), slots[position]))
+        for group, indexes in _parts([piece[0] for piece in pieces]):
+            payload = b"".join([pieces[i][1] for i in indexes])
+            sinks = [pieces[i][2] for i in indexes]
             if level == DC_ONE:
                 self._send_at_one(group, payload, sinks, write)
             else:
