@@ -60,6 +60,9 @@ class ReplySlot(Sink):
             client.queued = True
             client.ready.append(client)
 
+    def deliver_run(self, reply: bytes, n: int) -> None:  # a part of one request's reply
+        self.deliver(reply)
+
 
 class BatchSlot(ReplySlot):
     """The place the replies of ``count`` requests land when they were forwarded
@@ -84,11 +87,15 @@ class BatchSlot(ReplySlot):
         self.parts.append(replies)
         self.received += n
         if self.received == self.count:
-            self.data = b"".join(self.parts)
+            parts = self.parts
+            self.data = parts[0] if len(parts) == 1 else b"".join(parts)
             client = self.client
             if not client.queued:
                 client.queued = True
                 client.ready.append(client)
+
+    def deliver_parts(self, replies: list[bytes]) -> None:
+        self.deliver_run(b"".join(replies), len(replies))
 
 
 class ClientConnection:

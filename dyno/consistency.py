@@ -57,9 +57,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dyno.resp import split_replies
+
 __all__ = [
     "LEVELS",
     "DATACENTERS_DISAGREE",
+    "Quorum",
     "QuorumTracker",
     "failure_reason",
     "quorum",
@@ -314,57 +317,158 @@ class QuorumTracker:
         return True
 
 
-class LocalQuorum:
-    """DC_QUORUM / DC_SAFE_QUORUM over replicas that are all in the local DC, made
-    cheap for the case that matters on the hot path: every replica answers the same.
+_LOCAL_LEVELS = frozenset({"DC_QUORUM", "DC_SAFE_QUORUM"})
+_SHORT, _WHOLE, _APART = 0, 1, 2  # Quorum's modes
 
-    It only counts identical replies. At the first reply that differs, or the first
-    failure, it hands over to a full ``QuorumTracker``, replaying what it has seen,
-    so every other case is decided by the exhaustively tested general logic.
-    Same interface and same answers as ``QuorumTracker(level, [local_dc] * replicas,
-    local_dc)``; creating one costs a few attribute stores.
+
+class Quorum:
+    """Decides a *part*: ``count`` requests that went together to the same replicas
+    (one replica set's share of a client's batch; a single request is a part of
+    one), by ``QuorumTracker``'s rule. A replica answers all of a part's requests
+    or fails all of them; its replies come joined.
+
+    Three ways to apply the rule, each exact:
+
+    * Short: at DC_QUORUM / DC_SAFE_QUORUM with every replica local, as long as
+      every outcome is a reply identical to the first one, the tracker's state is
+      just how many agree, and it decides exactly when Q have: the part is decided
+      with a counter (the hot path's case; no tracker is built). The first failure
+      or different reply leaves this mode, replaying what came before.
+    * Whole: one tracker over the joined replies, for a part of one request (the
+      whole is the request), and at DC_ONE, whose rule looks only at which replica
+      answered or failed, never at what it said.
+    * Apart: one tracker per request, fed each outcome cut apart; the part is
+      decided when every request is. For a part of several requests at the levels
+      that compare values, once the replies differ (replicas that disagree about
+      one request may agree about the others).
+
+    ``canonical``: the replies are collections in no defined order (SMEMBERS of a
+    set kept in a hashtable): compared in that form, answered as one of the
+    agreeing replicas sent them.
+
+    ``reply`` and ``failure`` return the part's replies, joined, when that outcome
+    decided it, else None; ``done`` and ``result`` hold the decision. A failure
+    that decides a part alone (every replica failed) stands for each request.
     """
 
-    __slots__ = ("level", "replicas", "needed", "first", "agreeing", "general", "done", "result")
+    __slots__ = ("done", "result", "level", "replicas", "dcs", "local_dc", "primary", "count",
+                 "canonical", "_mode", "_needed", "_first", "_agreeing", "_trackers", "_failures",
+                 "_originals")
 
-    def __init__(self, level: str, replicas: int):
-        self.level = level
-        self.replicas = replicas
-        self.needed = replicas // 2 + 1
-        self.first: bytes | None = None
-        self.agreeing: list[int] = []  # replicas that answered ``first``, in order
-        self.general: QuorumTracker | None = None
+    def __init__(self, level: str, replicas: int, local_dc: str = "", dcs: Sequence[str] | None = None,
+                 count: int = 1, primary: int = 0, canonical=None):
+        """``dcs[i]`` is the datacenter of replica ``i``; None when all ``replicas``
+        are in ``local_dc`` (no list to build on the hot path)."""
         self.done = False
         self.result: bytes | None = None
+        self.level = level
+        self.replicas = replicas
+        self.dcs = dcs
+        self.local_dc = local_dc
+        self.primary = primary
+        self.count = count
+        self.canonical = canonical if level != "DC_ONE" else None  # DC_ONE compares nothing
+        self._first: bytes | None = None
+        self._agreeing: list[int] = []  # Short: the replicas that answered ``_first``
+        self._trackers: list[QuorumTracker] = []
+        self._failures: list[bytes] = []  # Whole: the failure lines seen
+        self._originals: list[dict[bytes, bytes]] | None = None  # canonical -> bytes, per request
+        if dcs is None and level in _LOCAL_LEVELS and self.canonical is None:
+            if replicas < 1:
+                raise ValueError("a quorum needs at least one replica to await")
+            self._mode = _SHORT
+            self._needed = replicas // 2 + 1
+        else:
+            self._needed = 0
+            self._leave_short()
+
+    def __repr__(self) -> str:
+        state = f"done result={self.result!r}" if self.done else "pending"
+        return f"<Quorum {self.level} of {self.count} request(s) over {self.replicas} replicas {state}>"
 
     def reply(self, index: int, data: bytes) -> bytes | None:
-        if self.general is None:
+        """Replica ``index`` answered: ``data`` is its reply to each request, joined."""
+        if self._mode is _SHORT:
             if self.done:
                 return None
-            first = self.first
+            first = self._first
             if first is None or data == first:
-                self.first = data
-                agreeing = self.agreeing
+                self._first = data
+                agreeing = self._agreeing
                 agreeing.append(index)
-                if len(agreeing) == self.needed:
-                    self.done = True
-                    self.result = data
-                    return data
+                if len(agreeing) == self._needed:
+                    return self._decide(data)
                 return None
-        return self._generally("reply", index, data)
+            self._leave_short()
+        return self._outcome(index, True, data)
 
     def failure(self, index: int, error: bytes) -> bytes | None:
-        if self.general is None and self.done:
-            return None
-        return self._generally("failure", index, error)
+        """Replica ``index`` could not answer (``error`` is a RESP error line saying why)."""
+        if self._mode is _SHORT:
+            if self.done:
+                return None
+            self._leave_short()
+        return self._outcome(index, False, error)
 
-    def _generally(self, outcome: str, index: int, data: bytes) -> bytes | None:
-        general = self.general
-        if general is None:
-            general = self.general = QuorumTracker(self.level, ["local"] * self.replicas, "local")
-            for earlier in self.agreeing:
-                general.reply(earlier, self.first)
-        result = getattr(general, outcome)(index, data)
-        self.done = general.done
-        self.result = general.result
+    # -- the general modes ---------------------------------------------------------
+
+    def _leave_short(self) -> None:
+        dcs = self.dcs if self.dcs is not None else [self.local_dc] * self.replicas
+        apart = self.count > 1 and self.level != "DC_ONE"
+        self._mode = _APART if apart else _WHOLE
+        self._trackers = [QuorumTracker(self.level, dcs, self.local_dc, self.primary)
+                          for _ in range(self.count if apart else 1)]
+        if self.canonical is not None:
+            self._originals = [{} for _ in self._trackers]
+        first = self._first
+        for index in self._agreeing:  # fewer than Q: replaying them decides nothing
+            self._outcome(index, True, first)
+
+    def _outcome(self, index: int, ok: bool, data: bytes) -> bytes | None:
+        trackers = self._trackers
+        if self._mode is _WHOLE:
+            if ok:
+                result = trackers[0].reply(index, self._compared(0, data))
+            else:
+                self._failures.append(data)
+                result = trackers[0].failure(index, data)
+            if result is None or self.done:
+                return None
+            if self.count > 1 and any(result is failure for failure in self._failures):
+                result = result * self.count  # no replica answered: each request's error
+            return self._decide(self._original(0, result))
+        # Apart: each request by its own tracker.
+        parts = split_replies(data, self.count) if ok else None
+        if ok and parts is None:  # a reply that does not hold `count` replies
+            ok, data = False, _UNSPLITTABLE
+        for position, tracker in enumerate(trackers):
+            if ok:
+                tracker.reply(index, self._compared(position, parts[position]))
+            else:
+                tracker.failure(index, data)
+        if self.done or not all(tracker.done for tracker in trackers):
+            return None
+        return self._decide(b"".join(self._original(position, tracker.result)
+                                     for position, tracker in enumerate(trackers)))
+
+    def _compared(self, position: int, reply: bytes) -> bytes:
+        """The form a reply is compared in (and, canonical, where to find it again)."""
+        canonical = self.canonical
+        if canonical is None or reply[:1] == b"-":
+            return reply
+        form = canonical(reply)
+        self._originals[position].setdefault(form, reply)
+        return form
+
+    def _original(self, position: int, result: bytes) -> bytes:
+        if self._originals is None:
+            return result
+        return self._originals[position].get(result, result)
+
+    def _decide(self, result: bytes) -> bytes:
+        self.done = True
+        self.result = result
         return result
+
+
+_UNSPLITTABLE = b"-ERR dyno: a replica's replies could not be split\r\n"

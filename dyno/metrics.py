@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from dyno import __version__
-from dyno.client import ReplySlot
+from dyno.client import BatchSlot, ReplySlot
 from dyno.commands import CommandSpec, Route
 from dyno.consistency import LEVELS
 from dyno.datastore import Sink
@@ -88,26 +88,38 @@ def percentile(counts: list[int], fraction: float) -> float:
 
 
 class TimedSink(Sink):
-    """Wraps a sink of a sampled request: records how long the target took."""
+    """Wraps the sink of a sampled request to one target: records how long the
+    target took to start answering (or to fail)."""
 
     __slots__ = ("sink", "histogram", "start", "count")
+    runs = True  # whatever the wrapped sink takes, it is handed on as it came
 
     def __init__(self, sink: Sink, histogram: Histogram, count: int = 1):
         self.sink = sink
         self.histogram = histogram
         self.start = _perf_counter()
-        self.count = count  # requests in the frame, for a batch sent to a peer
+        self.count = count  # requests sent together, for a batch sent to a peer
+
+    def _observe(self) -> None:
+        start = self.start
+        if start:
+            self.start = 0.0
+            self.histogram.observe(_perf_counter() - start)
 
     def deliver(self, reply: bytes) -> None:
-        self.histogram.observe(_perf_counter() - self.start)
+        self._observe()
         self.sink.deliver(reply)
 
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self._observe()
+        self.sink.deliver_run(replies, n)
+
     def fail(self, error: bytes) -> None:
-        self.histogram.observe(_perf_counter() - self.start)
+        self._observe()
         self.sink.fail(error)
 
     def deliver_each(self, replies: list[bytes]) -> None:
-        self.histogram.observe(_perf_counter() - self.start)
+        self._observe()
         self.sink.deliver_each(replies)
 
 
@@ -130,6 +142,25 @@ def timed_slot_class(histogram: Histogram) -> type[ReplySlot]:
     return TimedSlot
 
 
+def timed_batch_slot_class(histogram: Histogram) -> type[BatchSlot]:
+    """A ``BatchSlot`` that records, when its last reply lands, how long the batch
+    took (one observation for the batch: the latency its last request saw)."""
+
+    class TimedBatchSlot(BatchSlot):
+        __slots__ = ("start",)
+
+        def __init__(self, client, count: int):
+            super().__init__(client, count)
+            self.start = _perf_counter()
+
+        def deliver_run(self, replies: bytes, n: int) -> None:
+            BatchSlot.deliver_run(self, replies, n)
+            if self.data is not None:
+                histogram.observe(_perf_counter() - self.start)
+
+    return TimedBatchSlot
+
+
 class Metrics:
     """The node's counters beyond ``Stats``; see the module docstring for the rules."""
 
@@ -140,11 +171,14 @@ class Metrics:
         self.failures_by_level: dict[str, int] = dict.fromkeys(LEVELS, 0)  # quorum errors
         self.disagreements = 0      # a replica answered differently from the decided reply
         self.widened_reads = 0      # quorum reads the first Q replicas could not decide
+        self.failovers = 0          # DC_ONE parts answered by another replica than the first
+        self.write_failures = 0     # replica writes that failed (or may have), reported
         self.state_refusals = 0     # requests refused because of the node state
         self.client_latency = Histogram()
         self.datastore_latency = Histogram()
         self.peer_latency: dict[str, Histogram] = {}
         self.timed_slot = timed_slot_class(self.client_latency)
+        self.timed_batch_slot = timed_batch_slot_class(self.client_latency)
 
     def peer_histogram(self, name: str) -> Histogram:
         histogram = self.peer_latency.get(name)

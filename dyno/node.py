@@ -29,10 +29,7 @@ from dyno.ring import Ring, RingNode, topology_from_config
 
 log = logging.getLogger("dyno.node")
 
-# Operator states (Dynomite's), set on the admin port (/state/<name>). STANDBY refuses
-# client reads and writes, WRITES_ONLY refuses reads; RESUMING serves like NORMAL.
-NORMAL, STANDBY, WRITES_ONLY, RESUMING = "NORMAL", "STANDBY", "WRITES_ONLY", "RESUMING"
-OPERATOR_STATES = (NORMAL, STANDBY, WRITES_ONLY, RESUMING)
+from dyno.states import NORMAL, OPERATOR_STATES, RESUMING, STANDBY, WRITES_ONLY  # noqa: F401
 
 
 class Congestion:
@@ -110,7 +107,13 @@ class Node:
             after_batch=self.flush_ready,
             protocol=3,
         )
-        self.coordinator = Coordinator(self)
+        self.coordinator = Coordinator(
+            self.ring, datastore=self.datastore, datastore3=self.datastore3,
+            link_of=self.peer_links.get, admin_down=self.admin_down, stats=self.stats,
+            metrics=self.metrics, run_local=self.run_local,
+            read_consistency=self.read_consistency, write_consistency=self.write_consistency,
+            flush_enabled=config.flush_enabled, hash_tag=config.hash_tag is not None,
+        )
         self.listener = ClientListener(self, config.listen.host, config.listen.port)
         self.peer_server = PeerServer(self, config.dyn_listen.host, config.dyn_listen.port)
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
@@ -128,6 +131,12 @@ class Node:
             client = ready.pop()
             client.queued = False
             client.flush()
+
+    def run_local(self, client, spec, argv, slot):
+        """A command the node answers itself (dyno.node_commands)."""
+        if argv[0][:12].upper() == b"DYNO_CONFIG:":
+            return node_commands.dyno_config(client, argv)
+        return node_commands.run(self, client, spec, argv, slot)
 
     def forget_client(self, client: ClientConnection) -> None:
         self.clients.pop(client.id, None)
@@ -215,7 +224,7 @@ class Node:
         if state not in OPERATOR_STATES:
             raise ValueError(f"unknown node state {state!r}; expected one of {', '.join(OPERATOR_STATES)}")
         previous, self.state = self.state, state
-        self.coordinator.set_refusing(state in (STANDBY, WRITES_ONLY))
+        self.coordinator.set_state(state)
         if self.gossiper is not None:  # peers route around a STANDBY node at once
             self.gossiper.set_operator_state(state)
         log.warning("node %s: state %s -> %s (admin request)", self.name, previous, state)
@@ -224,6 +233,7 @@ class Node:
         """Change the read or write consistency level at run time (admin port)."""
         previous = getattr(self, f"{operation}_consistency")
         setattr(self, f"{operation}_consistency", level)
+        self.coordinator.set_levels(self.read_consistency, self.write_consistency)
         log.warning("node %s: %s consistency %s -> %s (admin request)", self.name, operation, previous, level)
 
     def set_peer_admin_down(self, name: str, down: bool) -> None:

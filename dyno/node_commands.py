@@ -163,8 +163,9 @@ def _from_redis(node, client, argv, slot):
     own replies are the truth about arity, flags and key specs; clients use them for
     hints and key extraction), TIME, LOLWUT and the *HELP subcommands. Nothing here
     may change the connection's state: other clients share it.
-    The coordinator has picked this client's pool (RESP2 or RESP3 connections)."""
-    node.coordinator.datastore.send(resp.encode_command(argv), slot, client.id)
+    The client's pool answers (RESP2 or RESP3 connections)."""
+    datastore = node.datastore3 if client.protocol == 3 else node.datastore
+    datastore.send(resp.encode_command(argv), slot, client.id)
     return None
 
 

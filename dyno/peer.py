@@ -14,7 +14,8 @@ loop per frame and buys nothing msgpack does not already give.)
     REPLY    [2, id, replies]          Redis's reply, relayed verbatim (bytes) when n is 1;
                                        a list of its n replies when n > 1 (the receiver
                                        scanned them already; the sender need not);
-                                       b"" for a QUIET request (replica writes at DC_ONE)
+                                       for a QUIET request (writes nobody waits for): b""
+                                       if every reply was +OK, else the replies joined
     REFUSED  [3, 0, reason]            a HELLO was refused; the connection closes
     GOSSIP   [4, 0, message]           membership (dyno.membership), both ways
     FAILED   [5, id, error]            the receiver could not run the request (its
@@ -54,7 +55,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dyno.peer")
 
-PROTOCOL_VERSION = 3  # 2: a REPLY to n > 1 requests is a list; 3: COORDINATE batches
+# 2: a REPLY to n > 1 requests is a list; 3: COORDINATE batches; 4: a QUIET REPLY
+# is b"" only when every reply was +OK, else the replies joined (echoes).
+PROTOCOL_VERSION = 4
 HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
@@ -159,17 +162,13 @@ class PeerLink:
         # requests fail at once instead of waiting for the link to notice.
         self.judged_down = False
         self._early_gossip: list[bytes] = []  # gossip to send once connected
-        # Requests held for the writer's next turn (_send): payloads, their sinks
-        # (None: nobody waits) and request counts; the flags they share.
-        self._held: list[bytes] = []
-        self._held_sinks: list[Sink | None] = []
-        self._held_counts: list[int] = []
-        self._held_count = 0
-        self._held_flags = 0
+        # The requests held for the writer's next turn (_send), which will travel
+        # in one frame: None until one is held.
+        self._turn: _Frame | None = None
 
     @property
     def has_unsent(self) -> bool:
-        return bool(self._out or self._held)
+        return bool(self._out or self._turn)
 
     @property
     def usable(self) -> bool:
@@ -200,66 +199,73 @@ class PeerLink:
         failure for all)."""
         self._send(payload, sink, sink.count, flags)
 
-    def send_background(self, payload: bytes, count: int, flags: int = 0) -> None:
-        """``count`` requests whose replies nobody waits for (replica writes at
-        DC_ONE): only a failure matters, and the coordinator counts it."""
-        self._send(payload, None, count, flags)
+    def send_background(self, payload: bytes, count: int, flags: int = 0) -> tuple:
+        """``count`` writes whose replies nobody waits for now (replica writes at
+        DC_ONE, writes for another datacenter). Returns their *echo*, ``(frame,
+        offset)``: ``frame.watch`` tells what they did, if someone asks later. A
+        failure is reported to the coordinator's ``write_failed`` with the payload."""
+        return self._send(payload, None, count, flags)
 
-    def _send(self, payload: bytes, sink: Sink | None, count: int, flags: int) -> None:
+    def _send(self, payload: bytes, sink: Sink | None, count: int, flags: int):
         """Requests are held until the writer's next turn and go in one frame with
         every other request held by then (one frame per turn, not one per client
         batch: the peer reads, runs and answers them in one go); the order on the
         link is the order of the calls."""
         if not self.up or self.judged_down:
             self.failed += count
-            if sink is None:
-                self.node.coordinator.replica_failed(self.down_error, count)
-            else:
+            if sink is not None:
                 sink.fail(self.down_error)
-            return
+                return None
+            self.node.coordinator.write_failed(self.peer, payload, count, self.down_error)
+            return _Failed(self.down_error), 0
         if flags & COORDINATE and sink is not None:
             # The peer coordinates it and answers it alone: a frame of its own. (Held
             # COORDINATE writes that nobody waits for travel together, QUIET.)
             self._seal()
-            self._frame(payload, sink, count, flags)
-            return
-        if self._held_count and flags != self._held_flags:
-            self._seal()
-        self._held.append(payload)
-        self._held_sinks.append(sink)
-        self._held_counts.append(count)
-        self._held_count += count
-        self._held_flags = flags
+            self._frame(payload, sink, count, flags, count > 1)
+            return None
+        turn = self._turn
+        if turn is None or flags != turn.flags:
+            if turn is not None:
+                self._seal()
+            turn = self._turn = _Frame(self, flags)
+        offset = turn.count
+        turn.payloads.append(payload)
+        turn.sinks.append(sink)
+        turn.counts.append(count)
+        turn.count = offset + count
         self.queued += count
         self._wakeup.set()
-        if self._held_count >= MAX_FRAME_REQUESTS:
+        if turn.count >= MAX_FRAME_REQUESTS:
             self._seal()
         elif self.queued > HIGH_WATER and not self.congested:
             self._congested()
+        return turn, offset
 
     def _seal(self) -> None:
         """Frame the requests held so far (the writer's turn, or a frame that must
         follow them)."""
-        count = self._held_count
-        if not count:
+        turn = self._turn
+        if turn is None:
             return
-        parts, sinks, counts = self._held, self._held_sinks, self._held_counts
-        self._held, self._held_sinks, self._held_counts = [], [], []
-        self._held_count = 0
+        self._turn = None
+        count = turn.count
         self.queued -= count  # _frame counts them again
-        flags = self._held_flags
+        flags = turn.flags
+        payloads, sinks = turn.payloads, turn.sinks
+        payload = b"".join(payloads) if len(payloads) > 1 else payloads[0]
         if all(sink is None for sink in sinks):
-            sink = _Unwatched(self.node, count)
-            flags |= QUIET
+            turn.quiet = True  # answered once all ran: b"" if every reply was +OK
+            self._frame(payload, turn, count, flags | QUIET, False)
         elif count == 1:
-            sink = sinks[0]
-        else:  # the reply is a list: _Coalesced hands each caller its part
-            sink = _Coalesced(self.node, sinks, counts)
-        self._frame(b"".join(parts) if len(parts) > 1 else parts[0], sink, count, flags)
+            self._frame(payload, sinks[0], 1, flags, False)
+        else:  # the reply is a list: the frame hands each caller its part
+            self._frame(payload, turn, count, flags, True)
 
-    def _frame(self, payload: bytes, sink: Sink, count: int, flags: int) -> None:
+    def _frame(self, payload: bytes, sink: Sink, count: int, flags: int, listed: bool) -> None:
+        """``listed``: the peer answers with a list of ``count`` replies."""
         request_id = next(self._ids)
-        self._pending[request_id] = (sink, trio.current_time() + self.timeout, count)
+        self._pending[request_id] = (sink, trio.current_time() + self.timeout, count, listed)
         self._out.append(msgpack.packb([REQUEST, request_id, flags, payload, count]))
         self.sent += count
         self.queued += count
@@ -359,8 +365,7 @@ class PeerLink:
                 entry = pending.get(request_id)
                 if entry is None:  # it timed out already
                     continue
-                count = entry[2]
-                listed = count > 1 and entry[0].__class__ is not _Unwatched  # not QUIET
+                sink, _, count, listed = entry
                 if (
                     (kind == FAILED or not listed) and reply.__class__ is not bytes
                     or kind == REPLY and listed and (
@@ -372,10 +377,10 @@ class PeerLink:
                 del pending[request_id]
                 self.queued -= count
                 if kind == REPLY:
-                    entry[0].deliver(reply)
+                    sink.deliver(reply)
                 else:
                     self.failed += count
-                    entry[0].fail(reply)
+                    sink.fail(reply)
             if self.congested:
                 self._check_drained()
             after_batch()
@@ -389,12 +394,13 @@ class PeerLink:
             await trio.sleep(self.timeout / 4)
             now = trio.current_time()
             expired = []
-            for request_id, (_, deadline, _) in pending.items():
+            for request_id, entry in pending.items():
+                deadline = entry[1]
                 if deadline > now:
                     break  # ids are in send order, so deadlines are too
                 expired.append(request_id)
             for request_id in expired:
-                sink, _, count = pending.pop(request_id)
+                sink, _, count, _ = pending.pop(request_id)
                 self.failed += count
                 self.queued -= count
                 sink.fail(self.timed_out)
@@ -405,84 +411,123 @@ class PeerLink:
 
     def _fail_all(self, reply: bytes) -> None:
         self._out.clear()
-        if self._held_count:
-            sinks, counts = self._held_sinks, self._held_counts
-            self._held, self._held_sinks, self._held_counts = [], [], []
-            self.queued -= self._held_count
-            self.failed += self._held_count
-            self._held_count = 0
-            _Coalesced(self.node, sinks, counts).fail(reply)
+        turn = self._turn
+        if turn is not None:
+            self._turn = None
+            self.queued -= turn.count
+            self.failed += turn.count
+            turn.fail(reply)
         pending, self._pending = self._pending, {}
         self.queued = 0
-        for sink, _, count in pending.values():
+        for sink, _, count, _ in pending.values():
             self.failed += count
             sink.fail(reply)
         self._check_drained()
         self.node.flush_ready()
 
 
-class _Unwatched(Sink):
-    """The sink of a background frame: replies are dropped, a failure is counted
-    for every request of the frame (they may or may not have run)."""
+class _Frame(Sink):
+    """The requests of one writer turn, which travel in one frame, and that frame's
+    sink. It hands each caller its replies (``counts[i]`` of them for
+    ``sinks[i]``: ``deliver`` with one, ``deliver_each`` with more), or the
+    frame's failure. A None sink is a background write: its failure is reported
+    with its payload (``write_failed``), and its replies are kept as its *echo*,
+    for a caller that asks later (``watch``).
 
-    __slots__ = ("node", "count")
+    A frame made only of background writes is QUIET: the peer answers b"" once
+    all ran if every reply was +OK, else with the replies joined."""
 
-    def __init__(self, node: "Node", count: int):
-        self.node = node
-        self.count = count
+    __slots__ = ("link", "flags", "payloads", "sinks", "counts", "count", "quiet", "replies",
+                 "error", "watchers")
 
-    def deliver(self, replies: bytes) -> None:
-        pass
+    def __init__(self, link: "PeerLink", flags: int):
+        self.link = link
+        self.flags = flags
+        self.payloads: list[bytes] = []
+        self.sinks: list[Sink | None] = []
+        self.counts: list[int] = []
+        self.count = 0
+        self.quiet = False
+        self.replies = None  # once answered: b"" (all +OK), joined bytes, or a list
+        self.error: bytes | None = None
+        self.watchers: list | None = None
+
+    def deliver(self, replies) -> None:
+        self.replies = replies
+        if not self.quiet:
+            if len(replies) != self.count:  # the link checked; a defence in depth
+                self.fail(resp.error("ERR dyno: a peer answered the wrong number of requests"))
+                return
+            pos = 0
+            for sink, count in zip(self.sinks, self.counts):
+                if sink is not None:
+                    if count == 1:
+                        sink.deliver(replies[pos])
+                    else:
+                        sink.deliver_each(replies[pos : pos + count])
+                pos += count
+        if self.watchers:
+            self._tell()
 
     def fail(self, error: bytes) -> None:
-        self.node.coordinator.replica_failed(error, self.count)
-
-
-class _Coalesced(Sink):
-    """The sink of a frame of several requests: hands each caller its replies
-    (``counts[i]`` of them for ``sinks[i]``: ``deliver`` with one, ``deliver_each``
-    with more). A None sink is a background request: its replies are dropped, its
-    failure counted."""
-
-    __slots__ = ("node", "sinks", "counts")
-
-    def __init__(self, node: "Node", sinks: list[Sink | None], counts: list[int]):
-        self.node = node
-        self.sinks = sinks
-        self.counts = counts
-
-    def deliver(self, replies: list[bytes]) -> None:
-        if len(replies) != sum(self.counts):  # the link checked; a defence in depth
-            self._fail_from(0, resp.error("ERR dyno: a peer answered the wrong number of requests"))
-            return
-        pos = 0
-        for sink, count in zip(self.sinks, self.counts):
-            if sink is not None:
-                if count == 1:
-                    sink.deliver(replies[pos])
-                else:
-                    sink.deliver_each(replies[pos : pos + count])
-            pos += count
-
-    def fail(self, error: bytes) -> None:
-        self._fail_from(0, error)
-
-    def _fail_from(self, start: int, error: bytes) -> None:
-        background = 0
-        for sink, count in zip(self.sinks[start:], self.counts[start:]):
+        self.error = error
+        failed = self.link.node.coordinator.write_failed
+        peer = self.link.peer
+        for payload, sink, count in zip(self.payloads, self.sinks, self.counts):
             if sink is None:
-                background += count
+                failed(peer, payload, count, error)
             else:
                 sink.fail(error)
-        if background:
-            self.node.coordinator.replica_failed(error, background)
+        if self.watchers:
+            self._tell()
+
+    def watch(self, watcher, index: int, offset: int, count: int) -> None:
+        """Tell ``watcher.echoed(index, ok, data)`` what the ``count`` requests at
+        ``offset`` did, now if known, else once it is."""
+        if self.watchers is None:
+            self.watchers = []
+        self.watchers.append((watcher, index, offset, count))
+        if self.replies is not None or self.error is not None:
+            self._tell()
+
+    def _tell(self) -> None:
+        watchers, self.watchers = self.watchers, []
+        for watcher, index, offset, count in watchers:
+            if self.error is not None:
+                watcher.echoed(index, False, self.error)
+                continue
+            replies = self.replies
+            if replies.__class__ is list:
+                watcher.echoed(index, True, b"".join(replies[offset : offset + count]))
+            elif not replies:
+                watcher.echoed(index, True, resp.OK * count)
+            else:
+                parts = resp.split_replies(replies, self.count)
+                if parts is None:
+                    watcher.echoed(index, False, resp.error("ERR dyno: a peer's replies could not be split"))
+                else:
+                    watcher.echoed(index, True, b"".join(parts[offset : offset + count]))
+
+
+class _Failed:
+    """The echo of a background write that could not be sent."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: bytes):
+        self.error = error
+
+    def watch(self, watcher, index: int, offset: int, count: int) -> None:
+        watcher.echoed(index, False, self.error)
 
 
 class _PeerAck(Sink):
-    """A QUIET request's sink: once its ``count`` replies are in, says so with an
-    empty REPLY (or FAILED, if one could not run); the replies are not sent back."""
+    """A QUIET request's sink: once its ``count`` replies are in, says so with a
+    REPLY (or FAILED, if one could not run): b"" when every reply was +OK (a run
+    of writes, the common case), else the replies joined - the sender keeps them
+    as the writes' echo, in case the replica that answered its client failed."""
 
-    __slots__ = ("conn", "request_id", "left", "error")
+    __slots__ = ("conn", "request_id", "left", "error", "parts", "plain")
     runs = True
 
     def __init__(self, conn: "PeerConnection", request_id: int, count: int):
@@ -490,14 +535,19 @@ class _PeerAck(Sink):
         self.request_id = request_id
         self.left = count
         self.error: bytes | None = None
+        self.parts: list[bytes] = []
+        self.plain = True  # every reply so far was +OK
 
     def deliver(self, reply: bytes) -> None:
         self.deliver_run(reply, 1)
 
     def deliver_run(self, replies: bytes, n: int) -> None:
         self.left -= n
+        self.parts.append(replies)
+        if self.plain and (len(replies) != 5 * n or replies.count(resp.OK) != n):
+            self.plain = False
         if not self.left:
-            self.conn.answer(self.request_id, b"", self.error)
+            self.conn.answer(self.request_id, b"" if self.plain else b"".join(self.parts), self.error)
 
     def fail(self, error: bytes) -> None:
         if self.error is None:

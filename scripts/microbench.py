@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dyno import commands, merge, resp  # noqa: E402
-from dyno.consistency import LocalQuorum, QuorumTracker  # noqa: E402
+from dyno.consistency import Quorum, QuorumTracker  # noqa: E402
+from dyno.planner import Planner  # noqa: E402
 from dyno.ring import Ring, RingNode, murmur  # noqa: E402
 
 SET = resp.encode_command([b"SET", b"key:000000012345", b"xxx"])
@@ -30,12 +31,17 @@ GET = resp.encode_command([b"GET", b"key:000000012345"])
 PIPELINE = SET * 16
 
 
-def _ring() -> Ring:
+def _ring(nodes_per_rack: int = 2) -> Ring:
+    tokens = (0, 2**31)[:nodes_per_rack]
     nodes = [
         RingNode(f"127.0.0.1:{8101 + 10 * i}", "127.0.0.1", 8101 + 10 * i, "dc1", f"rack{r}", (t,))
-        for i, (r, t) in enumerate((r, t) for r in (1, 2, 3) for t in (0, 2**31))
+        for i, (r, t) in enumerate((r, t) for r in (1, 2, 3) for t in tokens)
     ]
     return Ring(nodes, nodes[0], "murmur", b"{}")
+
+
+def _planner(nodes_per_rack: int) -> Planner:
+    return Planner(_ring(nodes_per_rack), lambda node: True)
 
 
 def cases() -> dict[str, tuple[callable, int]]:
@@ -51,10 +57,24 @@ def cases() -> dict[str, tuple[callable, int]]:
         tracker.reply(0, b"+OK\r\n")
         tracker.reply(1, b"+OK\r\n")
 
-    def quorum_local():
-        tracker = LocalQuorum("DC_QUORUM", 3)
-        tracker.reply(0, b"+OK\r\n")
-        tracker.reply(1, b"+OK\r\n")
+    def quorum_part():
+        quorum = Quorum("DC_QUORUM", 3, "dc1")
+        quorum.reply(0, b"+OK\r\n")
+        quorum.reply(1, b"+OK\r\n")
+
+    def quorum_part16():
+        quorum = Quorum("DC_QUORUM", 3, "dc1", count=16)
+        quorum.reply(0, replies)
+        quorum.reply(1, replies)
+
+    three_racks, three_by_two = _planner(1), _planner(2)
+    get_one = [argv]
+    get_raw = resp.encode_command(argv)
+    sets = [[b"SET", b"key:%012d" % i, b"xxx"] for i in range(16)]
+    sets_raw = b"".join(map(resp.encode_command, sets))
+
+    def now():
+        return 0
 
     def scan16():
         pos = 0
@@ -68,7 +88,12 @@ def cases() -> dict[str, tuple[callable, int]]:
         "murmur 16-byte key": (lambda: murmur(b"key:000000012345"), 1),
         "token + replicas (2 nodes x 3 racks)": (lambda: ring.replicas(ring.token_of(b"key:000000012345")), 1),
         "QuorumTracker, 2 of 3 agree": (quorum_general, 1),
-        "LocalQuorum, 2 of 3 agree": (quorum_local, 1),
+        "Quorum of one request, 2 of 3 agree": (quorum_part, 1),
+        "Quorum of 16 requests, 2 of 3 agree": (quorum_part16, 16),
+        "plan a GET, 3 racks": (lambda: three_racks.plan(get_one, get_raw, "DC_ONE", "DC_ONE", now), 1),
+        "plan 16 SETs, 3 racks": (lambda: three_racks.plan(sets, sets_raw, "DC_ONE", "DC_ONE", now), 16),
+        "plan 16 SETs, 3 racks x 2 nodes": (
+            lambda: three_by_two.plan(sets, sets_raw, "DC_QUORUM", "DC_QUORUM", now), 16),
         "scan 16 replies": (scan16, 16),
         "encode SET": (lambda: resp.encode_command([b"SET", b"key:000000012345", b"xxx"]), 1),
         "merge MGET of 2 parts x 4 keys": (

@@ -284,13 +284,16 @@ def test_a_quiet_coordinate_batch_from_a_raw_peer_reaches_every_rack(shared):
         assert values == [str(i % 10).encode() for i in range(len(keys))], n.name
 
 
-def test_a_coordinate_batch_with_commands_off_the_fast_path_runs_them_one_by_one(shared):
-    """A frame no dyno sends (a PING among the writes, a multi-key write): still
-    each command's outcome counted once, and the writes land in every rack."""
+def test_a_coordinate_batch_with_a_read_among_its_writes_refuses_the_read_only(shared):
+    """A frame no dyno sends (a PING among the writes, a multi-key write): only
+    writes may be coordinated for another datacenter, so the frame is answered
+    FAILED for the PING; each command's outcome is still counted once (one
+    answer for the frame), and the writes land in every rack."""
     payload = (b"*1\r\n$4\r\nPING\r\n"
                b"*5\r\n$4\r\nMSET\r\n$3\r\ncb1\r\n$1\r\n1\r\n$3\r\ncb2\r\n$1\r\n2\r\n"
                b"*3\r\n$3\r\nSET\r\n$3\r\ncb3\r\n$1\r\n3\r\n")
-    assert exchange(shared.nodes[2], [[REQUEST, 63, COORDINATE | QUIET, payload, 3]]) == [[REPLY, 63, b""]]
+    assert exchange(shared.nodes[2], [[REQUEST, 63, COORDINATE | QUIET, payload, 3]]) == [
+        [FAILED, 63, b"-ERR dyno: only writes may be coordinated for another datacenter\r\n"]]
     support.wait_for(lambda: all(info_dyno(n)["peer_requests_in_flight"] == 0 for n in shared.nodes), 10,
                      "replica writes in flight")
     for n in shared.nodes:

@@ -1,12 +1,12 @@
 """A pipelined batch whose keys have different replica sets (racks of several
-nodes) goes out as one part per replica set, and the client still gets every
-reply in order (Coordinator._split_batch).
+nodes) goes out as one part per replica set (dyno.planner), and the client still
+gets every reply in order (dyno.coordinator).
 
 Pure unit tests: a real Coordinator and a real Ring of 3 racks x 2 nodes, with
-fake targets - each node's Redis is a dict, and every call is queued and run
-later, each target in its own order, the targets interleaved as hypothesis
-chooses. The replies must be those of one Redis running the batches in order,
-and each target must get one call per part, never one per request.
+fake targets (tests/fakes.py) - each node's Redis is a dict, and every call is
+queued and run later, each target in its own order, the targets interleaved as
+hypothesis chooses. The replies must be those of one Redis running the batches in
+order, and each target must get one call per part, never one per request.
 """
 
 from __future__ import annotations
@@ -20,169 +20,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno import resp
-from dyno.coordinator import Coordinator
-from dyno.metrics import Metrics
-from dyno.node import Stats
-from dyno.peer import COORDINATE
-from dyno.ring import Ring, RingNode
-
-Q = 2**30
-# Each rack cuts the ring differently, so keys fall into many replica sets.
-TOKENS = {"r1": ((0,), (2 * Q,)), "r2": ((Q,), (3 * Q,)), "r3": ((Q // 2,), (2 * Q + Q // 2,))}
-
-
-def ring(dcs: int, local: int = 0, nodes_per_rack: int = 2) -> Ring:
-    nodes = []
-    for dc in range(1, dcs + 1):
-        for rack, tokens in TOKENS.items():
-            for token in tokens[:nodes_per_rack]:
-                port = 8101 + len(nodes)
-                nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, f"dc{dc}", rack, token))
-    return Ring(nodes, nodes[local])
-
-
-def run(store: dict, argv: list[bytes]) -> bytes:
-    """The few commands these tests send, as Redis answers them."""
-    name, key = argv[0].upper(), argv[1]
-    if name == b"SET":
-        store[key] = argv[2]
-        return resp.OK
-    if name == b"APPEND":
-        store[key] = store.get(key, b"") + argv[2]
-        return resp.integer(len(store[key]))
-    if name == b"GET":
-        return resp.bulk(store.get(key))
-    if name == b"STRLEN":
-        return resp.integer(len(store.get(key, b"")))
-    if name in (b"HGETALL", b"SMEMBERS"):  # the store holds strings
-        return resp.error("WRONGTYPE Operation against a key holding the wrong kind of value") if key in store \
-            else b"*0\r\n"
-    if name == b"MGET":
-        return b"*%d\r\n" % (len(argv) - 1) + b"".join(resp.bulk(store.get(k)) for k in argv[1:])
-    if name == b"MSET":
-        store.update(zip(argv[1::2], argv[2::2]))
-        return resp.OK
-    if name == b"DEL":
-        return resp.integer(sum(store.pop(k, None) is not None for k in argv[1:]))
-    if name == b"EXISTS":
-        return resp.integer(sum(k in store for k in argv[1:]))
-    raise AssertionError(f"unexpected command {argv!r}")
-
-
-class Target:
-    """A node's Redis as a dict; what it is sent runs when the test says so."""
-
-    def __init__(self, name: str, jobs: deque, chunks: random.Random):
-        self.name = name
-        self.store: dict[bytes, bytes] = {}
-        self.jobs = jobs  # (target, job) in call order
-        self.chunks = chunks
-        self.calls: list[tuple[str, int]] = []  # (method, requests) of the current batch
-
-    def _queue(self, method: str, payload: bytes, answer) -> None:
-        assert getattr(self, "up", True) and getattr(self, "usable", True), f"{method} to {self.name}, which is down"
-        requests = resp.RequestParser().feed(payload)
-        self.calls.append((method, len(requests)))
-        self.jobs.append((self, lambda: answer([run(self.store, argv) for argv in requests])))
-
-    def _pieces(self, replies: list[bytes]):
-        """The replies as the reads of a real connection might cut them."""
-        start = 0
-        while start < len(replies):
-            end = start + self.chunks.randint(1, len(replies) - start)
-            yield replies[start:end]
-            start = end
-
-
-class Datastore(Target):
-    """The local Redis, delivering as dyno.datastore's reader does."""
-
-    up = True
-
-    def send(self, payload, sink, affinity=0):
-        self._queue("send", payload, lambda replies: sink.deliver(replies[0]))
-
-    def send_many(self, payload, sinks, affinity=0):
-        def answer(replies):
-            position = 0
-            while position < len(replies):
-                sink = sinks[position]
-                count = 1
-                while sink.runs and position + count < len(sinks) and sinks[position + count] is sink:
-                    count += 1
-                if count > 1:
-                    sink.deliver_run(b"".join(replies[position : position + count]), count)
-                else:
-                    sink.deliver(replies[position])
-                position += count
-        self._queue("send_many", payload, answer)
-
-    def send_run(self, payload, sink, count, affinity=0):
-        def answer(replies):
-            for piece in self._pieces(replies):
-                if sink.split:
-                    sink.deliver_parts(list(piece))
-                else:
-                    sink.deliver_run(b"".join(piece), len(piece))
-        self._queue("send_run", payload, answer)
-
-
-class Link(Target):
-    """A peer link, delivering as dyno.peer.PeerLink does."""
-
-    usable = True
-    coordinated = 0  # requests sent to be coordinated in the peer's datacenter
-
-    def send(self, payload, sink, flags=0):
-        self._queue("send", payload, lambda replies: sink.deliver(replies[0]))
-
-    def send_batch(self, payload, sink, flags=0):
-        def answer(replies):
-            assert len(replies) == sink.count
-            if len(replies) == 1:
-                sink.deliver(replies[0])
-            else:
-                sink.deliver_each(replies)
-        self._queue("send_batch", payload, answer)
-
-    def send_background(self, payload, count, flags=0):
-        # A COORDINATE request (writes for another datacenter) runs here only:
-        # test_writes_from_another_datacenter_* checks what the receiver does.
-        self.coordinated += count if flags & COORDINATE else 0
-        self._queue("send_background", payload, lambda replies: None)
-
-
-class Client:
-    def __init__(self):
-        self.id = 1
-        self.protocol = 2
-        self.consistency_override: dict[str, str] = {}
-        self.closing = False
-        self.replies: deque = deque()
-        self.queued = False
-        self.ready: list = []
-
-    def take(self) -> bytes:
-        """The replies in order, as far as they have landed."""
-        out = []
-        while self.replies and self.replies[0].data is not None:
-            out.append(self.replies.popleft().data)
-        return b"".join(out)
+from fakes import Client, Cluster, run
+from fakes import ring as make_ring
 
 
 def cluster(level: str, seed: int, dcs: int, local: int = 0, nodes_per_rack: int = 2):
-    the_ring = ring(dcs, local, nodes_per_rack)
-    jobs: deque = deque()
-    chunks = random.Random(seed)
-    datastore = Datastore(the_ring.local.name, jobs, chunks)
-    links = {n.name: Link(n.name, jobs, chunks) for n in the_ring.nodes if not n.local}
-    node = SimpleNamespace(
-        config=SimpleNamespace(hash_tag=None, flush_enabled=False),
-        datastore=datastore, datastore3=datastore, stats=Stats(), ring=the_ring,
-        peer_links=links, metrics=Metrics(), admin_down=set(),
-        write_consistency=level, read_consistency=level,
-    )
-    return Coordinator(node), [datastore, *links.values()], jobs
+    fake = Cluster(make_ring(dcs, 3, nodes_per_rack, local), level, seed)
+    return fake.coordinator, fake.targets, fake.jobs
 
 
 def drain(jobs: deque, order: random.Random) -> None:
@@ -407,10 +251,12 @@ def test_multi_key_commands_whose_keys_live_together_go_with_the_batch(level, dc
 @given(reads=st.lists(st.tuples(st.sampled_from([b"GET", b"HGETALL", b"SMEMBERS"]), st.sampled_from(KEYS)),
                       min_size=2, max_size=20),
        seed=st.integers(0, 2**32 - 1))  # fmt: skip
-def test_reads_whose_replicas_may_differ_in_bytes_go_with_the_batch_at_dc_one_only(level, reads, seed):
+def test_reads_whose_replicas_may_differ_in_bytes_go_whole_at_dc_one_and_in_their_own_parts_at_quorum(
+        level, reads, seed):
     """HGETALL and SMEMBERS replies list members in an order that differs from
     replica to replica: at DC_ONE one replica answers, so they go with the
-    batch; a quorum compares them sorted, one request at a time."""
+    batch; a quorum compares them sorted, so each run of them is a part of its
+    own (``Part.canonical``), asked of Q replicas like any quorum read."""
     coordinator, targets, jobs = cluster(level, seed, 1, nodes_per_rack=1)
     model = {key: b"v" for key in KEYS[::2]}
     for target in targets:
@@ -419,10 +265,11 @@ def test_reads_whose_replicas_may_differ_in_bytes_go_with_the_batch_at_dc_one_on
     client = Client()
     coordinator.execute_batch(client, requests, b"".join(map(resp.encode_command, requests)))
     calls = [call for target in targets for call in target.calls]
-    if level == "DC_ONE" or all(argv[0] == b"GET" for argv in requests):
-        assert "send" not in [method for method, _ in calls]  # the batch goes whole
-        assert len(calls) == (1 if level == "DC_ONE" else 2)
-    else:
-        assert "send" in [method for method, _ in calls]
+    assert "send" not in [method for method, _ in calls]  # parts, never request by request
+    if level == "DC_ONE":
+        assert len(calls) == 1  # the batch goes whole
+    else:  # a part per run of reads compared alike, each asked of Q = 2 replicas
+        runs = 1 + sum(1 for a, b in zip(requests, requests[1:]) if (a[0] == b"GET") != (b[0] == b"GET"))
+        assert len(calls) == 2 * runs
     drain(jobs, random.Random(seed))
     assert client.take() == b"".join(run(model, argv) for argv in requests)

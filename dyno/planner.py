@@ -1,0 +1,696 @@
+"""The planner: what a client's batch of requests becomes before anything is sent.
+
+Pure. Given the parsed requests of one read, the ring as this node sees it (and
+which nodes are available), the consistency levels and the time, ``Planner.plan``
+returns a ``Plan``: the *parts* to send - for each, the replicas it goes to and the
+bytes it carries - and, for every request, how its reply is decided. No I/O, no
+trio, no clock but the ``now_ms`` function passed in. The coordinator (dyno.coordinator)
+executes plans; it is the only place that sends.
+
+A part is one replica set's share of a batch: requests whose keys have the same
+replicas everywhere (the ring interns replica sets, so they are told apart by
+identity), of one class (reads or writes), decided one way. Its requests travel
+together as one payload to each target, and each target answers all of them or
+fails all of them. How a part is decided (``Part.kind``):
+
+* ONE (DC_ONE): ``asked[0]`` answers. A read that it fails goes to the next of
+  ``reserve`` (failover); a write goes to every replica in ``asked`` at once and,
+  if ``asked[0]`` fails, another replica's outcome answers (consistency Rule 1).
+* QUORUM (DC_QUORUM, DC_SAFE_QUORUM): a ``consistency.Quorum`` over this
+  datacenter's replicas, ``asked`` and then ``reserve``: a read asks Q replicas
+  first and the rest only if those cannot decide it; a write asks them all.
+* EACH (DC_EACH_SAFE_QUORUM): every replica of every datacenter, each datacenter
+  a quorum of its own.
+
+Writes also go to one replica per other datacenter (``coordinate``), which
+coordinates them there (2 hops, as Dynomite does); nobody waits for those.
+
+Every kind of request is a part or parts: key commands; multi-key commands cut
+into a sub-command per replica set (``Merge``); DBSIZE/KEYS/SCAN/RANDOMKEY over the
+nodes of this rack and FLUSHALL over every node (a part per node, merged); SPOP and
+XADD, which run on one replica and whose effect is then replicated (``effect``);
+SSCAN/HSCAN/ZSCAN, answered by the replica their cursor names (``transform``).
+What the node answers itself (PING, INFO, HELLO ...) is ``LOCAL``; what is refused,
+an error now. A command that changes how the requests after it are served (HELLO,
+RESET, QUIT, DYNO_CONFIG) ends the plan: ``Plan.size`` says how many requests it
+covers, and the coordinator plans the rest after running it.
+
+Relative expiries are made absolute here (``dyno.rewrite``), so that every replica
+holds the same deadline.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from dyno import commands, merge, resp, rewrite
+from dyno.commands import Merge as MergeKind
+from dyno.commands import Route
+from dyno.ring import Ring, RingNode
+
+__all__ = [
+    "BATCHABLE", "EACH", "LOCAL", "ONE", "QUORUM", "RANDOM_READS", "UNORDERED_REPLIES",
+    "Merge", "Part", "Plan", "Planner",
+]
+
+ONE, QUORUM, EACH = "ONE", "QUORUM", "EACH"
+DC_ONE = "DC_ONE"
+DC_EACH_SAFE_QUORUM = "DC_EACH_SAFE_QUORUM"
+_KEY, _MULTI_KEY, _ONE_REPLICA, _ALL_REPLICAS, _LOCAL = (
+    Route.KEY, Route.MULTI_KEY, Route.ONE_REPLICA, Route.ALL_REPLICAS, Route.LOCAL,
+)
+
+
+class _Local:
+    """A request the node answers itself (``Plan.sources``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LOCAL"
+
+
+LOCAL = _Local()
+
+# Replies whose order Redis does not define: a set kept in a hashtable iterates in an
+# order that depends on a per-process seed, so replicas holding the same set answer
+# SMEMBERS with different bytes. A quorum compares them in a canonical (sorted) form.
+UNORDERED_REPLIES = frozenset({
+    b"smembers", b"sinter", b"sunion", b"sdiff", b"hgetall", b"hkeys", b"hvals",
+})
+# Reads whose answer is random by design: replicas can never agree, any one is right.
+RANDOM_READS = frozenset({b"srandmember", b"hrandfield", b"zrandmember"})
+# Cursor reads of one collection: each replica's hashtable iterates in its own order,
+# so a cursor is only meaningful on the replica that made it (rewrite.cursor_*).
+CURSOR_READS = frozenset({b"sscan", b"hscan", b"zscan"})
+# Writes whose effect is chosen by the replica that runs them (a random member, a
+# time-based ID): run once, then replicate what they did, so replicas stay identical.
+REPLICATE_EFFECT = {b"spop": rewrite.spop_effect, b"xadd": rewrite.xadd_effect}
+# Commands after which the rest of a batch is served differently (protocol, levels,
+# or not at all): a plan ends with them.
+_ENDS_PLAN = frozenset({b"hello", b"reset", b"quit"})
+
+# Plain key commands: one key at argv[1], replies that compare as bytes, an effect
+# every replica computes alike. A batch made only of these (the common case) is
+# planned without looking at anything else.
+BATCHABLE = frozenset(
+    spec.name
+    for top in commands.COMMANDS.values()
+    for spec in (top, *(top.subcommands or {}).values())
+    if spec.route is _KEY and spec.fixed_keys == (1,) and spec.name not in UNORDERED_REPLIES
+    and spec.name not in RANDOM_READS and spec.name not in REPLICATE_EFFECT
+    and spec.name not in CURSOR_READS and spec.name != b"pfcount"
+    and (spec.name not in rewrite.EXPIRY_COMMANDS or spec.name in (b"set", b"getex"))
+)
+
+# Reads of one key whose replies may differ in bytes from replica to replica (and
+# so cannot be compared by a quorum as they are): plain at DC_ONE only.
+_AT_ONE = UNORDERED_REPLIES | RANDOM_READS
+# Multi-key commands that travel whole when all their keys have one replica set
+# (always, in a ring of one node per rack): Redis's reply is then the merged one.
+_WHOLE_IF_TOGETHER = frozenset(spec.name for spec in commands.COMMANDS.values() if spec.route is _MULTI_KEY)
+
+# SET and GETEX carry a relative expiry only with more arguments than these: plain
+# ones need no rewriting and stay on the common path.
+_EXPIRY_OPTIONS = {commands.COMMANDS[b"set"]: 3, commands.COMMANDS[b"getex"]: 2}
+
+_NOT_FROM_A_PEER = resp.error("ERR dyno: only writes may be coordinated for another datacenter")
+
+CROSSSLOT_HINT_TAGGED = "put the common part of the keys in a hash tag, e.g. {user1}:a and {user1}:b)"
+CROSSSLOT_HINT_UNTAGGED = "set hash_tag: '{}' in the config and put the common part of the keys in {...})"
+
+
+class Part:
+    """One replica set's share of a batch (module docstring): plan data, compared
+    and printed by the tests."""
+
+    __slots__ = ("kind", "level", "write", "asked", "reserve", "coordinate", "payload", "count",
+                 "positions", "requests", "canonical", "effect", "others", "transform")
+
+    def __init__(self, kind: str, level: str, write: bool, asked: tuple, reserve: tuple,
+                 coordinate: tuple, payload: bytes, count: int, positions: list[int] | None,
+                 requests: list[list[bytes]]):
+        self.kind = kind
+        self.level = level
+        self.write = write
+        #: Replicas the part goes to at once; ``asked[0]`` answers a ONE part.
+        self.asked = asked
+        #: Replicas asked later, in order: a quorum read's widening; a ONE read's
+        #: failover (there, those asked already are skipped).
+        self.reserve = reserve
+        #: One replica per other datacenter, which coordinates the writes there.
+        self.coordinate = coordinate
+        self.payload = payload
+        self.count = count
+        #: Where its replies go in the batch (``Plan.sources``); None: 0..count-1.
+        self.positions = positions
+        #: The requests it carries (as sent), to resend what a failed target left.
+        self.requests = requests
+        #: Replies compared sorted (UNORDERED_REPLIES at a quorum level).
+        self.canonical = False
+        #: (SPOP, XADD) argv, reply -> the argv to send ``others`` (run once, replicate).
+        self.effect: Callable | None = None
+        self.others: tuple = ()
+        #: reply -> the reply the client gets (a cursor read's cursor).
+        self.transform: Callable | None = None
+
+    def describe(self) -> tuple:
+        """What the part is, as plain values (tests compare these)."""
+        return (self.kind, self.level, self.write, tuple(n.name for n in self.asked),
+                tuple(n.name for n in self.reserve), tuple(n.name for n in self.coordinate),
+                self.count, self.positions, self.canonical, self.effect is not None,
+                tuple(n.name for n in self.others), self.transform is not None)
+
+    def __repr__(self) -> str:
+        return f"<Part {self.describe()!r} {self.payload[:60]!r}>"
+
+
+class Merge(NamedTuple):
+    """A request whose reply is made of the replies of sub-requests, which the
+    parts carry at the ``sources`` positions ``parts``."""
+
+    combine: Callable[[list[bytes]], bytes]
+    parts: list[int]
+
+
+class Plan:
+    """A batch planned (module docstring).
+
+    ``sources[i]`` says how request i's reply is decided: None, by the part that
+    carries it (``Part.positions``); ``LOCAL``, by the node itself; bytes, that
+    reply now; a ``Merge``, by combining sub-requests' replies, which the parts
+    carry at positions ``size`` and up. ``sources`` is None when ``parts[0]``
+    answers every request, in order (the common case)."""
+
+    __slots__ = ("parts", "size", "sources", "width", "refused", "calls")
+
+    def __init__(self, parts: list[Part], size: int, sources: list | None = None, width: int = 0,
+                 refused: list[bytes] | None = None, calls=None):
+        self.parts = parts
+        self.size = size  # requests of the batch this plan covers (a prefix)
+        self.sources = sources
+        self.width = width or size  # positions in all, sub-requests included
+        self.refused = refused or ()  # command names refused (metrics)
+        #: The command table rows of the requests planned (metrics): one row
+        #: standing for all ``size`` requests, or a list.
+        self.calls = calls
+
+    def __repr__(self) -> str:
+        return f"<Plan size={self.size} sources={self.sources!r} parts={self.parts!r}>"
+
+
+class Planner:
+    """Plans batches for one ring. Built again when the ring changes;
+    ``available(node)`` says whether a node can be sent to now."""
+
+    def __init__(self, ring: Ring, available: Callable[[RingNode], bool], *,
+                 flush_enabled: bool = False, hash_tag: bool = False):
+        self.ring = ring
+        self.available = available
+        self.flush_enabled = flush_enabled
+        self.solo = len(ring.nodes) == 1  # one node: nothing is replicated
+        self.single_dc = len(ring.dcs) == 1
+        # Every rack of every datacenter has one node: every key has the same
+        # replicas, so a batch needs no hashing to know where it goes.
+        self.uniform = all(len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
+        self.uniform_group = ring.replicas(0) if self.uniform else None
+        local_dc = ring.local.dc
+        self.local_dc = local_dc
+        self.local_racks = len(ring.racks(local_dc))
+        # A quorum read's first peer is the next rack round from this node's, so that
+        # with clients on every node each peer carries its share (replica sets list
+        # this rack first, then the others sorted).
+        self.read_turn = sorted(ring.racks(local_dc)).index(ring.local.rack)
+        self.crossslot = resp.error(
+            "CROSSSLOT Keys in request don't hash to the same slot (dyno: they have different owners; "
+            + (CROSSSLOT_HINT_TAGGED if hash_tag else CROSSSLOT_HINT_UNTAGGED)
+        )
+
+    # -- the plan ---------------------------------------------------------------------
+
+    def plan(self, requests: list[list[bytes]], raw: bytes | None, read_level: str, write_level: str,
+             now_ms: Callable[[], int], refuse: Callable | None = None, here_only: bool = False,
+             rng: random.Random | None = None) -> Plan:
+        """The plan for ``requests`` (or for the prefix of them up to a command that
+        ends a plan). ``raw``: their canonical encoding as received, or None.
+        ``now_ms()``: the time, asked only to make a relative expiry absolute.
+        ``refuse(spec, write)``: an error line for a request the node's state refuses.
+        ``here_only``: writes another datacenter hands over, for this one's replicas
+        only (nothing is coordinated further; only writes are accepted)."""
+        if refuse is None and raw is not None:
+            plan = self._plain(requests, raw, read_level, write_level, here_only)
+            if plan is not None:
+                return plan
+        return _General(self, requests, raw, read_level, write_level, now_ms, refuse, here_only,
+                        rng).plan()
+
+    def _plain(self, requests, raw: bytes, read_level: str, write_level: str, here_only: bool) -> Plan | None:
+        """The common case: every request a BATCHABLE one, all reads or all writes,
+        all for one replica set, no relative expiry to rewrite. None if the batch is
+        not that."""
+        resolve = commands.resolve
+        write = None
+        first = None
+        mixed = False
+        for argv in requests:
+            spec = resolve(argv)
+            if spec.__class__ is bytes:
+                return None
+            name = spec.name
+            if name not in BATCHABLE:
+                if name in _WHOLE_IF_TOGETHER:
+                    if self.uniform_group is None:
+                        return None  # its keys may live apart
+                elif name not in _AT_ONE or read_level != DC_ONE:
+                    return None
+            if write is None:
+                write = spec.write
+                first = spec
+            elif spec is not first:
+                if spec.write is not write:
+                    return None
+                mixed = True
+            if spec in _EXPIRY_OPTIONS and len(argv) > _EXPIRY_OPTIONS[spec] and not self.solo:
+                return None
+        if here_only and not write:
+            return None
+        level = write_level if write else read_level
+        size = len(requests)
+        calls = list(map(resolve, requests)) if mixed else first
+        group = self.uniform_group
+        if group is None:
+            replicas = self.ring.replicas
+            token_of = self.ring.token_of
+            groups = [replicas(token_of(argv[1])) for argv in requests]
+            group = groups[0]
+            for other in groups:
+                if other is not group:
+                    return self._plain_parts(requests, raw, groups, write, level, here_only, calls)
+        part = self.part(group, write, level, raw, size, None, requests, here_only)
+        return Plan([part], size, calls=calls)
+
+    def _plain_parts(self, requests, raw: bytes, groups: list, write: bool, level: str, here_only: bool,
+                     calls) -> Plan:
+        """A plain batch whose keys have several replica sets (racks of several
+        nodes): a part per replica set, its requests' bytes cut from the read."""
+        offsets = [0]
+        end = 0
+        for length in map(resp.encoded_length, requests):
+            end += length
+            offsets.append(end)
+        members: dict[int, tuple] = {}
+        for position, group in enumerate(groups):
+            entry = members.get(id(group))
+            if entry is None:
+                members[id(group)] = (group, [position])
+            else:
+                entry[1].append(position)
+        parts = []
+        for group, positions in members.values():
+            payload = b"".join([raw[offsets[i] : offsets[i + 1]] for i in positions])
+            parts.append(self.part(group, write, level, payload, len(positions), positions,
+                                   [requests[i] for i in positions], here_only))
+        size = len(requests)
+        return Plan(parts, size, [None] * size, size, None, calls)
+
+    # -- parts ------------------------------------------------------------------------
+
+    def part(self, group: tuple, write: bool, level: str, payload: bytes, count: int,
+             positions: list[int] | None, requests: list, here_only: bool = False) -> Part:
+        """A part for replica set ``group`` (local datacenter first) at ``level``.
+        A part sent to a replica that is not available fails with its reason."""
+        local = group[: self.local_racks]
+        available = self.available
+        if level == DC_EACH_SAFE_QUORUM and not here_only:
+            return Part(EACH, level, write, group, (), (), payload, count, positions, requests)
+        if here_only:
+            group = local
+        coordinate = self._representatives(group) if write and len(group) > len(local) else ()
+        if level == DC_ONE:
+            if write:
+                first = local[0]
+                if not available(first):
+                    first = _first_available(local, available)
+                    if first is not local[0]:
+                        local = (first, *(n for n in local if n is not first))
+                return Part(ONE, level, write, local, (), coordinate, payload, count, positions, requests)
+            # A read: the first available replica here, else in another datacenter;
+            # the others, in that order, if it fails.
+            first = group[0]
+            if not available(first):
+                first = _first_available(group, available)
+            return Part(ONE, level, write, (first,), group, (), payload, count, positions, requests)
+        if write or len(local) < 3:
+            return Part(QUORUM, level, write, local, (), coordinate, payload, count, positions, requests)
+        picks = self._read_quorum(local)
+        return Part(QUORUM, level, write, picks, tuple(n for n in local if n not in picks), (),
+                    payload, count, positions, requests)
+
+    def _read_quorum(self, local: tuple) -> tuple:
+        """Which Q of the local replicas a quorum read asks first: this node's own
+        Redis if it is one (no hop), then available peers from the rack after this
+        node's own round, then any others (they fail at once and the read widens)."""
+        needed = len(local) // 2 + 1
+        first = 1 if local[0].local else 0
+        picks = [local[0]] if first else []
+        peers = len(local) - first
+        available = self.available
+        for step in range(peers):
+            node = local[first + (self.read_turn + step) % peers]
+            if available(node):
+                picks.append(node)
+                if len(picks) == needed:
+                    return tuple(picks)
+        return tuple((picks + [n for n in local if n not in picks])[:needed])
+
+    def _representatives(self, group: tuple) -> tuple:
+        """For each other datacenter, the first available of ``group``'s replicas there."""
+        chosen = []
+        available = self.available
+        dc = None
+        candidates: list = []
+        for node in group[self.local_racks:]:
+            if node.dc != dc:
+                if candidates:
+                    chosen.append(_first_available(candidates, available))
+                dc, candidates = node.dc, []
+            candidates.append(node)
+        if candidates:
+            chosen.append(_first_available(candidates, available))
+        return tuple(chosen)
+
+
+def _first_available(nodes: Sequence[RingNode], available) -> RingNode:
+    for node in nodes:
+        if available(node):
+            return node
+    return nodes[0]  # none: it fails with its reason
+
+
+class _General:
+    """Plans any batch, request by request (Planner.plan)."""
+
+    def __init__(self, planner: Planner, requests, raw, read_level, write_level, now_ms, refuse,
+                 here_only, rng):
+        self.planner = planner
+        self.here_only = here_only
+        self.calls: list = []
+        self.ring = planner.ring
+        self.requests = requests
+        self.raw = raw
+        self.read_level = read_level
+        self.write_level = write_level
+        self.now_ms = now_ms
+        self.refuse = refuse
+        self.rng = rng or random
+        self.sources: list = []
+        self.refused: list[bytes] = []
+        # Open parts, by (replica set, class): a request joins the open part of its
+        # replica set when it is of the same class, else the set's part is closed
+        # and a new one opened (so that a set's requests keep their order).
+        self.open: dict[int, list] = {}
+        self.pieces: list[list] = []  # [group, write, level, canonical, [(position, argv, bytes)]]
+        self.specials: list[tuple[int, Part]] = []  # parts planned whole, by creation order
+        self.order: list = []  # pieces and special parts in the order they were opened
+        self.width = 0
+        self.offsets: list[int] | None = None
+
+    def plan(self) -> Plan:
+        requests = self.requests
+        size = len(requests)
+        self.width = size
+        rewriting = not self.planner.solo
+        for position, argv in enumerate(requests):
+            spec = commands.resolve(argv)
+            if spec.__class__ is bytes:
+                if argv[0][:12].upper() == b"DYNO_CONFIG:" and not self.here_only:
+                    self.sources.append(LOCAL)
+                    size = position + 1
+                    break
+                self.sources.append(spec)
+                self.refused.append(_refused_name(argv))
+                continue
+            route = spec.route
+            if route is _LOCAL and not self.here_only:
+                self.sources.append(LOCAL)
+                self.calls.append(spec)
+                if spec.name in _ENDS_PLAN:
+                    size = position + 1
+                    break
+                continue
+            write = commands.is_write(spec, argv)
+            if self.here_only and not write:
+                self.sources.append(_NOT_FROM_A_PEER)
+                self.refused.append(spec.name)
+                continue
+            if self.refuse is not None:
+                refusal = self.refuse(spec, write)
+                if refusal is not None:
+                    self.sources.append(refusal)
+                    self.refused.append(spec.name)
+                    continue
+            self.calls.append(spec)
+            if route is _KEY:
+                self._key(position, spec, argv, write, rewriting)
+            elif route is _MULTI_KEY:
+                self._multi_key(position, spec, argv, write)
+            elif route is _ONE_REPLICA:
+                self._one_replica(position, spec, argv)
+            elif route is _ALL_REPLICAS:
+                self._all_replicas(position, spec, argv)
+            else:  # pragma: no cover - the table has no other route
+                self.sources.append(resp.error(f"ERR dyno: '{spec.name.decode()}' cannot be routed"))
+        parts = self._parts()
+        sources = self.sources
+        if (len(parts) == 1 and len(sources) == size and parts[0].positions == list(range(size))
+                and self.width == size and all(source is None for source in sources)):
+            parts[0].positions = None
+            sources = None
+        return Plan(parts, size, sources, self.width, self.refused, self.calls)
+
+    # -- request kinds ----------------------------------------------------------------
+
+    def _level(self, write: bool) -> str:
+        return self.write_level if write else self.read_level
+
+    def _key(self, position: int, spec, argv: list[bytes], write: bool, rewriting: bool) -> None:
+        ring = self.ring
+        name = spec.name
+        keys = commands.key_positions(spec, argv)
+        if not keys:  # EVAL with no keys (or argv Redis finds none in): any node answers
+            self._single(position, (ring.local,), (), argv)
+            return
+        token = ring.token_of(argv[keys[0]])
+        group = ring.replicas(token)
+        for index in keys[1:]:
+            if ring.replicas(ring.token_of(argv[index])) is not group:
+                self.sources.append(self.planner.crossslot)
+                self.refused.append(name)
+                return
+        level = self._level(write)
+        if name in RANDOM_READS:
+            level = DC_ONE  # any replica's random pick is a right answer
+        effect = REPLICATE_EFFECT.get(name)
+        if effect is not None:
+            self._run_once(position, group, argv, effect)
+            return
+        if name in CURSOR_READS:
+            self._cursor_read(position, group, argv)
+            return
+        encoded = None
+        if write and rewriting and name in rewrite.EXPIRY_COMMANDS:
+            absolute = rewrite.absolute_expiry(argv, self.now_ms())
+            if absolute is not None:
+                argv = absolute
+                encoded = resp.encode_command(argv)
+        canonical = name in UNORDERED_REPLIES and level != DC_ONE
+        self._add(position, group, write, level, canonical, argv, encoded)
+
+    def _multi_key(self, position: int, spec, argv: list[bytes], write: bool) -> None:
+        """MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: a sub-command per replica set."""
+        ring = self.ring
+        kind = spec.merge
+        stride = 2 if kind is MergeKind.MSET else 1
+        replicas, token_of = ring.replicas, ring.token_of
+        groups = merge.split_keys(argv, lambda key: replicas(token_of(key)), stride)
+        level = self._level(write)
+        if len(groups) == 1:
+            (group,) = groups
+            self._add(position, group, write, level, False, argv, None)
+            return
+        if kind is MergeKind.MGET:
+            where = [positions for _, positions in groups.values()]
+            total = (len(argv) - 1) // stride
+
+            def combine(parts, where=where, total=total):
+                return merge.merge_mget(parts, where, total)
+        elif kind is MergeKind.SUM:
+            combine = merge.merge_sum
+        else:
+            combine = merge.merge_all_ok
+        subs = []
+        for group, (sub_argv, _) in groups.items():
+            sub = self._virtual()
+            subs.append(sub)
+            self._add(sub, group, write, level, False, sub_argv, None)
+        self.sources.append(Merge(combine, subs))
+
+    def _one_replica(self, position: int, spec, argv: list[bytes]) -> None:
+        """DBSIZE, KEYS, SCAN, RANDOMKEY: over the nodes of this rack, which together
+        hold one full copy; a node that is down is stood in for by its counterpart in
+        another rack of this datacenter (same tokens)."""
+        ring = self.ring
+        nodes = list(ring.rack_nodes(ring.local.dc, ring.local.rack))
+        name = spec.name
+        if name == b"scan":
+            target = merge.scan_target(argv[1], len(nodes))
+            if target is None:
+                self.sources.append(resp.error("ERR invalid cursor"))
+                return
+            index, node_cursor = target
+            sub = [argv[0], b"%d" % node_cursor, *argv[2:]]
+            count = len(nodes)
+            part = self._fixed(nodes[index], sub)
+            part.transform = lambda reply, index=index, count=count: merge.scan_reply(reply, index, count)
+            self.sources.append(None)
+            self._special(position, part)
+            return
+        if name == b"randomkey":
+            self.rng.shuffle(nodes)
+            combine = merge.merge_first_non_null
+        elif name == b"keys":
+            combine = merge.merge_concat
+        else:  # dbsize
+            combine = merge.merge_sum
+        subs = []
+        for node in nodes:
+            sub = self._virtual()
+            subs.append(sub)
+            self._special(sub, self._fixed(node, argv))
+        self.sources.append(Merge(combine, subs))
+
+    def _fixed(self, node: RingNode, argv: list[bytes]) -> Part:
+        """A read of one node's share of the rack (its counterparts stand in)."""
+        ring = self.ring
+        available = self.planner.available
+        order = [node] + [
+            other for rack in ring.racks(ring.local.dc)
+            if (other := ring.owner(node.tokens[0], ring.local.dc, rack)) is not node
+            and other.tokens == node.tokens
+        ]
+        usable = [n for n in order if available(n)] or [node]
+        usable += [n for n in order if n not in usable]
+        return Part(ONE, DC_ONE, False, (usable[0],), tuple(usable[1:]), (), resp.encode_command(argv),
+                    1, None, [argv])
+
+    def _all_replicas(self, position: int, spec, argv: list[bytes]) -> None:
+        """FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: every node of every rack and DC."""
+        if spec.name in (b"flushdb", b"flushall") and not self.planner.flush_enabled:
+            self.sources.append(resp.error(
+                f"ERR dyno: {spec.name.decode().upper()} is disabled on this cluster (flush_enabled: false)"))
+            self.refused.append(spec.name)
+            return
+        payload = resp.encode_command(argv)
+        subs = []
+        for node in self.ring.nodes:
+            sub = self._virtual()
+            subs.append(sub)
+            self._special(sub, Part(ONE, DC_ONE, True, (node,), (), (), payload, 1, None, [argv]))
+        self.sources.append(Merge(merge.merge_all_ok, subs))
+
+    def _single(self, position: int, asked: tuple, reserve: tuple, argv: list[bytes]) -> None:
+        part = Part(ONE, DC_ONE, False, asked, reserve, (), resp.encode_command(argv), 1, None, [argv])
+        self.sources.append(None)
+        self._special(position, part)
+
+    def _run_once(self, position: int, group: tuple, argv: list[bytes], effect) -> None:
+        """SPOP, XADD: on the first available replica (this rack's first); its reply
+        answers the client and what it did is sent to every other replica."""
+        first = _first_available(group, self.planner.available)
+        part = Part(ONE, DC_ONE, True, (first,), (), (), resp.encode_command(argv), 1, None, [argv])
+        part.effect = effect
+        part.others = tuple(n for n in group if n is not first)
+        self.sources.append(None)
+        self._special(position, part, group)
+
+    def _cursor_read(self, position: int, group: tuple, argv: list[bytes]) -> None:
+        """SSCAN/HSCAN/ZSCAN key cursor ...: the replica the cursor names answers
+        (a replica's own cursor means nothing to another), at every level. Cursor 0
+        starts on the first available replica."""
+        found = rewrite.cursor_target(argv[2], len(group))
+        if found is None:
+            self.sources.append(resp.error("ERR invalid cursor"))
+            return
+        index, cursor = found
+        if argv[2] == b"0":
+            index = group.index(_first_available(group, self.planner.available))
+        sub = [argv[0], argv[1], b"%d" % cursor, *argv[3:]]
+        part = Part(ONE, DC_ONE, False, (group[index],), (), (), resp.encode_command(sub), 1, None, [sub])
+        count = len(group)
+        part.transform = lambda reply, index=index, count=count: rewrite.cursor_reply(reply, index, count)
+        self.sources.append(None)
+        self._special(position, part, group)
+
+    # -- grouping ---------------------------------------------------------------------
+
+    def _virtual(self) -> int:
+        """A position past the batch's requests, for a sub-request."""
+        self.width += 1
+        return self.width - 1
+
+    def _add(self, position: int, group: tuple, write: bool, level: str, canonical: bool,
+             argv: list[bytes], encoded: bytes | None) -> None:
+        if position < len(self.requests):
+            self.sources.append(None)
+        piece = self.open.get(id(group))
+        if piece is None or piece[1] is not write or piece[2] != level or piece[3] is not canonical:
+            piece = [group, write, level, canonical, []]
+            self.open[id(group)] = piece
+            self.order.append(piece)
+        piece[4].append((position, argv, encoded))
+
+    def _special(self, position: int, part: Part, group: tuple | None = None) -> None:
+        """A part planned whole; it closes its replica set's open part (order)."""
+        part.positions = [position]
+        if group is not None:
+            self.open.pop(id(group), None)
+        self.order.append(part)
+
+    def _parts(self) -> list[Part]:
+        parts = []
+        planner = self.planner
+        for entry in self.order:
+            if entry.__class__ is Part:
+                parts.append(entry)
+                continue
+            group, write, level, canonical, members = entry
+            positions = [position for position, _, _ in members]
+            argvs = [argv for _, argv, _ in members]
+            payload = b"".join([encoded if encoded is not None else self._bytes(position, argv)
+                                for position, argv, encoded in members])
+            part = planner.part(group, write, level, payload, len(members), positions, argvs,
+                                self.here_only)
+            part.canonical = canonical
+            parts.append(part)
+        return parts
+
+    def _bytes(self, position: int, argv: list[bytes]) -> bytes:
+        """A request's bytes: cut from the read when it was canonical, else encoded."""
+        raw = self.raw
+        if raw is None or position >= len(self.requests):
+            return resp.encode_command(argv)
+        offsets = self.offsets
+        if offsets is None:
+            offsets = self.offsets = [0]
+            end = 0
+            for length in map(resp.encoded_length, self.requests):
+                end += length
+                offsets.append(end)
+        return raw[offsets[position] : offsets[position + 1]]
+
+
+def _refused_name(argv: list[bytes]) -> bytes:
+    spec = commands.lookup(argv[0]) if argv else None
+    return spec.name if spec is not None else b"unknown"
