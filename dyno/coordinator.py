@@ -226,7 +226,7 @@ class _Run(Sink):
     """What every part's run shares: the coordinator, the part, where its replies
     go, and the client's pool and connection (``affinity``)."""
 
-    __slots__ = ("coordinator", "part", "dest", "affinity", "resp3")
+    __slots__ = ("coordinator", "part", "dest", "affinity", "resp3", "count")
     runs = True  # the local datastore hands over a run of replies at once
 
     def __init__(self, coordinator: "Coordinator", part: Part, dest: Sink, affinity: int, resp3: bool):
@@ -235,10 +235,7 @@ class _Run(Sink):
         self.dest = dest
         self.affinity = affinity
         self.resp3 = resp3
-
-    @property
-    def count(self) -> int:  # a peer link's send_batch reads it
-        return self.part.count
+        self.count = part.count  # requests sent to the target (a peer link reads it)
 
 
 class _Read(_Run):
@@ -251,8 +248,9 @@ class _Read(_Run):
 
     def __init__(self, coordinator, part, dest, affinity, resp3, reserve, received: int = 0):
         super().__init__(coordinator, part, dest, affinity, resp3)
-        self.received = received  # of the part's requests, answered
-        self.reserve = reserve  # replicas not tried yet
+        self.received = received  # of the part's requests, those answered (by any target)
+        self.count = part.count - received
+        self.reserve = reserve  # replicas to fall back on (those asked are skipped)
         self.over = False  # this target failed: what it sends next is not ours
 
     def deliver_run(self, replies: bytes, n: int) -> None:
@@ -275,9 +273,9 @@ class _Read(_Run):
             return
         self.over = True
         coordinator = self.coordinator
-        coordinator.replica_failed(error, self.part.count - self.received)
         part = self.part
         left = part.count - self.received
+        coordinator.replica_failed(error, left)
         if not left:
             return
         available = coordinator.available
@@ -337,13 +335,12 @@ class _Write(_Read):
         left = part.count - self.received
         if not left:
             return
-        if self.received:  # replies of a target that then failed: what is left is lost
-            self.dest.deliver_run(error * left, left)
-            return
-        quorum = self.quorum = Quorum(DC_ONE, len(part.asked), count=part.count)
+        # The requests it did not answer are decided by the DC_ONE rule over every
+        # replica's outcome: the first reply of another.
+        quorum = self.quorum = Quorum(DC_ONE, len(part.asked), count=left)
         result = quorum.failure(0, error)
         if result is not None:  # no other replica
-            self.dest.deliver_run(result, part.count)
+            self.dest.deliver_run(result, left)
             return
         coordinator.metrics.failovers += 1
         count = part.count
@@ -357,9 +354,15 @@ class _Write(_Read):
         quorum = self.quorum
         if quorum.done:
             return
+        if ok and self.received:  # only the replies the failed target did not give
+            parts = resp.split_replies(data, self.part.count)
+            if parts is None:
+                ok, data = False, _UNSPLITTABLE
+            else:
+                data = b"".join(parts[self.received:])
         result = quorum.reply(index, data) if ok else quorum.failure(index, data)
         if result is not None:
-            self.dest.deliver_run(result, self.part.count)
+            self.dest.deliver_run(result, quorum.count)
 
 
 class _Quorum(_Run):

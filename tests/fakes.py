@@ -56,7 +56,10 @@ def run(store: dict, argv: list[bytes]) -> bytes:
         store[key] = store.get(key, b"") + argv[2]
         return resp.integer(len(store[key]))
     if name == b"INCR":
-        store[key] = b"%d" % (int(store.get(key, b"0")) + 1)
+        value = store.get(key, b"0")
+        if not value.lstrip(b"-").isdigit():
+            return resp.error("ERR value is not an integer or out of range")
+        store[key] = b"%d" % (int(value) + 1)
         return resp.integer(int(store[key]))
     if name == b"GET":
         return resp.bulk(store.get(key))
