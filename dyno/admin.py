@@ -34,6 +34,7 @@ import trio
 from dyno import __version__, metrics, resp
 from dyno.consistency import LEVELS
 from dyno.datastore import Sink
+from dyno.states import OPERATOR_STATES
 from dyno.stream import listen_socket
 
 if TYPE_CHECKING:
@@ -278,8 +279,6 @@ def _set_consistency(server: "AdminServer", operation: str, level: str) -> Reply
 
 
 def _state(server: "AdminServer", name: str) -> Reply:
-    from dyno.node import OPERATOR_STATES
-
     node = server.node
     if name == "get_state":
         return _text(f"State: {node.state}\n")

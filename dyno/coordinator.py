@@ -37,6 +37,7 @@ from dyno.consistency import LocalQuorum, QuorumTracker
 from dyno.datastore import Sink
 from dyno.peer import COORDINATE, RESP3
 from dyno.metrics import SAMPLE_EVERY, TimedSink
+from dyno.states import STANDBY
 
 if TYPE_CHECKING:
     from dyno.client import ClientConnection
@@ -1260,8 +1261,6 @@ class Coordinator:
         """STANDBY refuses every request but those the node answers itself (PING,
         INFO, QUIT ...); WRITES_ONLY refuses reads. What is allowed runs as usual,
         one request at a time (an operator state is not the fast path)."""
-        from dyno.node import STANDBY
-
         standby = self.node.state == STANDBY
         refusal = self._standby_error if standby else self._writes_only_error
         for argv in requests:

@@ -32,6 +32,7 @@ from dyno.client import ReplySlot
 from dyno.commands import CommandSpec, Route
 from dyno.consistency import LEVELS
 from dyno.datastore import Sink
+from dyno.states import OPERATOR_STATES
 
 if TYPE_CHECKING:
     from dyno.node import Node
@@ -284,7 +285,7 @@ def render_prometheus(node: "Node", view: list[dict]) -> str:
     family("dyno_uptime_seconds", "gauge", "Seconds since the node started.").add(
         round(time.time() - node.started, 3))
     states = family("dyno_node_state", "gauge", "1 for the node's current operator state.")
-    for state in _states():
+    for state in OPERATOR_STATES:
         states.add(int(node.state == state), state=state)
     family("dyno_client_connections", "gauge", "Client connections open.").add(len(node.clients))
     family("dyno_commands_total", "counter", "Client requests received, all commands.").add(stats.commands)
@@ -361,9 +362,3 @@ def render_prometheus(node: "Node", view: list[dict]) -> str:
     for f in families:
         lines.extend(f.render())
     return "\n".join(lines) + "\n"
-
-
-def _states() -> tuple[str, ...]:
-    from dyno.node import OPERATOR_STATES  # here: dyno.node imports this module
-
-    return OPERATOR_STATES

@@ -26,14 +26,9 @@ from dyno.gossip import Gossiper
 from dyno.metrics import Metrics
 from dyno.peer import PeerLink, PeerServer
 from dyno.ring import Ring, RingNode, topology_from_config
+from dyno.states import NORMAL, OPERATOR_STATES, STANDBY, WRITES_ONLY
 
 log = logging.getLogger("dyno.node")
-
-# Operator states (Dynomite's), set on the admin port (/state/<name>). STANDBY refuses
-# client reads and writes, WRITES_ONLY refuses reads; RESUMING serves like NORMAL.
-NORMAL, STANDBY, WRITES_ONLY, RESUMING = "NORMAL", "STANDBY", "WRITES_ONLY", "RESUMING"
-OPERATOR_STATES = (NORMAL, STANDBY, WRITES_ONLY, RESUMING)
-
 
 class Congestion:
     """The peer links that have too many unanswered requests. While any has,
