@@ -24,36 +24,11 @@ from dyno.coordinator import Coordinator
 from dyno.datastore import Datastore
 from dyno.gossip import Gossiper
 from dyno.metrics import Metrics
-from dyno.peer import PeerLink, PeerServer
+from dyno.peer import Congestion, PeerLink, PeerServer, hello_frame
 from dyno.ring import Ring, RingNode, topology_from_config
 from dyno.states import NORMAL, OPERATOR_STATES, STANDBY, WRITES_ONLY
 
 log = logging.getLogger("dyno.node")
-
-class Congestion:
-    """The peer links that have too many unanswered requests. While any has,
-    clients are not read from (``wait_clear``), so a slow replica slows writers
-    down instead of making the node queue without bound."""
-
-    def __init__(self) -> None:
-        self.links: set = set()
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def __bool__(self) -> bool:
-        return bool(self.links)
-
-    def add(self, link) -> None:
-        self.links.add(link)
-
-    def remove(self, link) -> None:
-        self.links.discard(link)
-        if not self.links:
-            self._lot.unpark_all()
-
-    async def wait_clear(self) -> None:
-        while self.links:
-            await self._lot.park()
-
 
 @dataclass
 class Stats:
@@ -71,8 +46,9 @@ class Node:
     def __init__(self, config: Config, ring: Ring | None = None):
         self.config = config
         self.ring = ring if ring is not None else topology_from_config(config)
+        self.congestion = Congestion()
         self.peer_links = {
-            peer.name: PeerLink(self, peer) for peer in self.ring.nodes if not peer.local
+            peer.name: self._new_link(peer) for peer in self.ring.nodes if not peer.local
         }
         self.stats = Stats()
         self.metrics = Metrics()
@@ -84,7 +60,6 @@ class Node:
         self.peer_admin: dict[str, str] = {}  # peer name -> its admin address (HELLO)
         self.started = time.time()
         self.clients: dict[int, ClientConnection] = {}
-        self.congestion = Congestion()
         # Clients with at least one reply ready; flushed after each batch of replies.
         self.ready_clients: list[ClientConnection] = []
         server = config.servers[0]
@@ -105,9 +80,14 @@ class Node:
             after_batch=self.flush_ready,
             protocol=3,
         )
-        self.coordinator = Coordinator(self)
+        coordinator = self.coordinator = Coordinator(self)
         self.listener = ClientListener(self, config.listen.host, config.listen.port)
-        self.peer_server = PeerServer(self, config.dyn_listen.host, config.dyn_listen.port)
+        self.peer_server = PeerServer(
+            config.dyn_listen.host, config.dyn_listen.port, cluster=config.pool,
+            hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
+            coordinate=coordinator.coordinate_for_dc, on_gossip=self.gossip_received,
+            on_hello=self.learn_admin_address,
+        )
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
         self.gossiper = Gossiper(self) if config.enable_gossip else None
         self.admin = AdminServer(self, config.stats_listen.host, config.stats_listen.port)
@@ -116,6 +96,28 @@ class Node:
     @property
     def name(self) -> str:
         return self.config.name
+
+    # -- what the parts are given -------------------------------------------------------
+
+    def _new_link(self, peer: RingNode) -> PeerLink:
+        config = self.config
+        return PeerLink(
+            peer, cluster=config.pool, hello=self._hello, timeout=config.timeout / 1000,
+            congestion=self.congestion, after_batch=self.flush_ready,
+            on_unreachable=self.peer_unreachable, on_hello=self.learn_admin_address,
+            on_background_failure=self._background_failed,
+        )
+
+    def _hello(self) -> bytes:
+        """The HELLO this node sends its peers (asked per connection: the admin
+        port's address is known once it is bound)."""
+        config = self.config
+        return hello_frame(config.pool, self.name, config.datacenter, config.rack, self.admin.address)
+
+    def _background_failed(self, payload: bytes | None, count: int, error: bytes) -> None:
+        """``count`` replica requests nobody waited for (``payload``, None when not
+        at hand) failed on a peer link: counted and logged by the coordinator."""
+        self.coordinator.replica_failed(error, count)
 
     def flush_ready(self) -> None:
         ready = self.ready_clients
@@ -138,7 +140,7 @@ class Node:
             if not host or not port.isdigit():
                 return None
             peer = RingNode(name, host.strip("[]"), int(port), "?", "?", (0,))
-            link = self.peer_links[name] = PeerLink(self, peer)
+            link = self.peer_links[name] = self._new_link(peer)
             self.nursery.start_soon(link.run)
         return link
 
