@@ -1,8 +1,8 @@
 """Counters and latency histograms of a node, and their Prometheus text rendering.
 
-What it owns: the numbers the admin port shows (``/metrics``, ``/info``) that the
-node's plain ``Stats`` does not already hold, and the one place they are turned into
-text. What it must never do: cost the hot path anything but plain-integer work.
+What it owns: the numbers the admin port shows (``/metrics``, ``/info``): the
+node's plain ``Stats`` and the ``Metrics`` beyond them, and the one place they are
+turned into text. What it must never do: cost the hot path anything but plain-integer work.
 
 * Counters are ints in dicts and attributes, bumped by the coordinator: per command
   (keyed by the command table's row, so a client cannot grow the dict with made-up
@@ -25,6 +25,7 @@ import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dyno import __version__
@@ -129,6 +130,18 @@ def timed_slot_class(histogram: Histogram) -> type[ReplySlot]:
             ReplySlot.deliver(self, reply)
 
     return TimedSlot
+
+
+@dataclass
+class Stats:
+    """Counters on the hot path are plain integers, read only when asked."""
+
+    commands: int = 0
+    errors: int = 0
+    connections_received: int = 0
+    replica_failures: int = 0
+    client_bytes_in: int = 0   # request bytes read from clients
+    client_bytes_out: int = 0  # reply bytes written to clients
 
 
 class Metrics:

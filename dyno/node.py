@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass
 
 import trio
 
@@ -23,24 +22,12 @@ from dyno.config import Config
 from dyno.coordinator import Coordinator
 from dyno.datastore import Datastore
 from dyno.gossip import Gossiper
-from dyno.metrics import Metrics
+from dyno.metrics import Metrics, Stats
 from dyno.peer import Congestion, PeerLink, PeerServer, hello_frame
 from dyno.ring import Ring, RingNode, topology_from_config
 from dyno.states import NORMAL, OPERATOR_STATES, STANDBY, WRITES_ONLY
 
 log = logging.getLogger("dyno.node")
-
-@dataclass
-class Stats:
-    """Counters on the hot path are plain integers, read only when asked."""
-
-    commands: int = 0
-    errors: int = 0
-    connections_received: int = 0
-    replica_failures: int = 0
-    client_bytes_in: int = 0   # request bytes read from clients
-    client_bytes_out: int = 0  # reply bytes written to clients
-
 
 class Node:
     def __init__(self, config: Config, ring: Ring | None = None):
@@ -81,7 +68,11 @@ class Node:
             protocol=3,
         )
         coordinator = self.coordinator = Coordinator(self)
-        self.listener = ClientListener(self, config.listen.host, config.listen.port)
+        self.listener = ClientListener(
+            config.listen.host, config.listen.port, clients=self.clients,
+            execute_batch=coordinator.execute_batch, congestion=self.congestion,
+            ready=self.ready_clients, stats=self.stats,
+        )
         self.peer_server = PeerServer(
             config.dyn_listen.host, config.dyn_listen.port, cluster=config.pool,
             hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
@@ -125,9 +116,6 @@ class Node:
             client = ready.pop()
             client.queued = False
             client.flush()
-
-    def forget_client(self, client: ClientConnection) -> None:
-        self.clients.pop(client.id, None)
 
     # -- membership (dyno.gossip drives these) ------------------------------------------
 

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 
 from dyno import resp
 from dyno.coordinator import Coordinator
-from dyno.metrics import Metrics
-from dyno.node import Stats
+from dyno.metrics import Metrics, Stats
 from dyno.peer import COORDINATE
 from dyno.ring import Ring, RingNode
 
