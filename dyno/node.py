@@ -80,7 +80,10 @@ class Node:
             on_hello=self.learn_admin_address,
         )
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
-        self.gossiper = Gossiper(self) if config.enable_gossip else None
+        self.gossiper = Gossiper(
+            config, self.ring, send=self.send_gossip, set_ring=self.set_ring,
+            set_judged_down=self.set_judged_down,
+        ) if config.enable_gossip else None
         self.admin = AdminServer(self, config.stats_listen.host, config.stats_listen.port)
         self.nursery: trio.Nursery | None = None
 
@@ -159,6 +162,11 @@ class Node:
         """A peer's admin HTTP address, from its HELLO (dyno status follows it)."""
         if isinstance(address, str) and len(address) < 300:
             self.peer_admin[name] = address
+
+    def send_gossip(self, name: str, message) -> int:
+        """Queue a gossip message for peer ``name``; its size (0: no link to it)."""
+        link = self.link_to(name)
+        return link.send_gossip(message) if link is not None else 0
 
     def peer_unreachable(self, name: str) -> None:
         if self.gossiper is not None:
