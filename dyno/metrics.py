@@ -36,7 +36,7 @@ from dyno.datastore import Sink
 from dyno.states import OPERATOR_STATES
 
 if TYPE_CHECKING:
-    from dyno.node import Node
+    from dyno.admin import NodeView
 
 #: One client batch in this many is timed (with all its requests).
 SAMPLE_EVERY = 128
@@ -279,11 +279,12 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def render_prometheus(node: "Node", view: list[dict]) -> str:
+def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     """Every metric of ``node`` in the Prometheus text exposition format (0.0.4).
     ``view`` is the node's cluster view (``dyno.admin.cluster_view``)."""
     metrics: Metrics = node.metrics
     stats = node.stats
+    state = node.state()
     families: list[_Family] = []
 
     def family(name: str, kind: str, help_text: str) -> _Family:
@@ -293,13 +294,13 @@ def render_prometheus(node: "Node", view: list[dict]) -> str:
 
     family("dyno_info", "gauge", "Constant 1; the labels describe the node.").add(
         1, node=node.name, dc=node.config.datacenter, rack=node.config.rack,
-        version=__version__, state=node.state,
+        version=__version__, state=state,
     )
     family("dyno_uptime_seconds", "gauge", "Seconds since the node started.").add(
         round(time.time() - node.started, 3))
     states = family("dyno_node_state", "gauge", "1 for the node's current operator state.")
-    for state in OPERATOR_STATES:
-        states.add(int(node.state == state), state=state)
+    for operator_state in OPERATOR_STATES:
+        states.add(int(state == operator_state), state=operator_state)
     family("dyno_client_connections", "gauge", "Client connections open.").add(len(node.clients))
     family("dyno_commands_total", "counter", "Client requests received, all commands.").add(stats.commands)
     family("dyno_errors_total", "counter",

@@ -1,6 +1,13 @@
 """A dyno node: wires the listeners, the coordinator, the ring, the peer links and
 the datastore together.
 
+The node is the composition root (STYLE.md §9): it builds every part and hands each
+the few values and callables it needs (a peer link gets "this peer is unreachable",
+"these background requests failed", not the node), bound once at construction so
+the request path pays nothing for it. No part imports this module; only the
+command line does, to start a node. (The coordinator still takes the node whole;
+node_commands answers INFO and CLIENT from it.)
+
 The node owns every long-lived task (one nursery) and the little shared state the
 hot path needs: the list of clients with replies ready to send, and plain-integer
 counters. Stopping the node cancels the nursery: listeners close, client and peer
@@ -16,7 +23,7 @@ import time
 import trio
 
 from dyno import node_commands
-from dyno.admin import AdminServer
+from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
@@ -84,7 +91,7 @@ class Node:
             config, self.ring, send=self.send_gossip, set_ring=self.set_ring,
             set_judged_down=self.set_judged_down,
         ) if config.enable_gossip else None
-        self.admin = AdminServer(self, config.stats_listen.host, config.stats_listen.port)
+        self.admin = AdminServer(self._admin_view(), config.stats_listen.host, config.stats_listen.port)
         self.nursery: trio.Nursery | None = None
 
     @property
@@ -112,6 +119,19 @@ class Node:
         """``count`` replica requests nobody waited for (``payload``, None when not
         at hand) failed on a peer link: counted and logged by the coordinator."""
         self.coordinator.replica_failed(error, count)
+
+    def _admin_view(self) -> NodeView:
+        """What the admin port may read and change (dyno.admin.NodeView)."""
+        return NodeView(
+            name=self.name, config=self.config, started=self.started, stats=self.stats,
+            metrics=self.metrics, datastore=self.datastore, peer_links=self.peer_links,
+            admin_down=self.admin_down, peer_admin=self.peer_admin, clients=self.clients,
+            ring=lambda: self.ring, state=lambda: self.state,
+            consistency=lambda: (self.read_consistency, self.write_consistency),
+            gossip_view=lambda: self.gossiper.describe() if self.gossiper is not None else {},
+            set_state=self.set_state, set_consistency=self.set_consistency,
+            set_peer_admin_down=self.set_peer_admin_down,
+        )
 
     def flush_ready(self) -> None:
         ready = self.ready_clients
