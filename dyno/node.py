@@ -177,6 +177,8 @@ class Node:
             if down != link.judged_down:
                 link.judged_down = down
                 log.warning("node %s: peer %s is %s", self.name, name, "DOWN" if down else "UP")
+                if not down:  # it is back: do not wait out the link's back-off
+                    link.reconnect_now()
 
     def learn_admin_address(self, name: str, address) -> None:
         """A peer's admin HTTP address, from its HELLO (dyno status follows it)."""

@@ -219,6 +219,12 @@ class PeerLink:
         # Set by gossip when this peer is judged down or declared LEAVING/STANDBY:
         # requests fail at once instead of waiting for the link to notice.
         self.judged_down = False
+        # The wait before the next connection attempt: doubled after each failed
+        # one (up to BACKOFF_MAX), back to BACKOFF_MIN once connected or when the
+        # peer is seen up (reconnect_now, which also ends the wait in progress).
+        self.backoff = BACKOFF_MIN
+        self._backing_off: trio.CancelScope | None = None  # the wait in progress
+        self._slow_logged = False  # "retrying every BACKOFF_MAX" said for this outage
         self._early_gossip: list[bytes] = []  # gossip to send once connected
         # Requests held for the writer's next turn (_send): payloads, their sinks
         # (None: nobody waits) and request counts; the flags they share.
@@ -340,7 +346,6 @@ class PeerLink:
             self.congestion.remove(self)
 
     async def run(self) -> None:
-        backoff = BACKOFF_MIN
         logged_down = False
         while True:
             try:
@@ -350,16 +355,15 @@ class PeerLink:
                     log.warning("peer %s unreachable: %s", self.peer.name, exc.strerror or exc)
                     logged_down = True
                 self.on_unreachable(self.peer.name)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                await self._back_off()
                 continue
             reason = self.broken
             receiver = Receiver(sock, RECV_SIZE, self.broken)
             try:
                 unpacker = _unpacker()
                 await self._handshake(sock, receiver, unpacker)
-                backoff = BACKOFF_MIN
-                logged_down = False
+                self.backoff = BACKOFF_MIN
+                self._slow_logged = logged_down = False
                 log.info("peer %s connected", self.peer.name)
                 self.up = True
                 if self._early_gossip:
@@ -387,8 +391,28 @@ class PeerLink:
                 self._fail_all(reason)
                 if was_up:
                     self.on_unreachable(self.peer.name)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+            await self._back_off()
+
+    async def _back_off(self) -> None:
+        """Wait ``backoff`` before the next connection attempt (and double it), or
+        less if ``reconnect_now`` ends the wait."""
+        delay = self.backoff
+        self.backoff = min(delay * 2, BACKOFF_MAX)
+        if delay == BACKOFF_MAX and not self._slow_logged:
+            self._slow_logged = True
+            log.info("peer %s: still unreachable; retrying every %g s", self.peer.name, delay)
+        with trio.move_on_after(delay) as scope:
+            self._backing_off = scope
+            await trio.sleep_forever()
+        self._backing_off = None
+
+    def reconnect_now(self) -> None:
+        """The peer was seen up (gossip judged it up again): a link waiting out its
+        back-off connects now instead of failing every request to it for up to
+        BACKOFF_MAX more, and backs off from BACKOFF_MIN again if that fails."""
+        self.backoff = BACKOFF_MIN
+        if self._backing_off is not None:
+            self._backing_off.cancel()
 
     async def _handshake(self, sock: socket.socket, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
         sock.send(self.hello())

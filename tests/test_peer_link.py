@@ -322,3 +322,47 @@ async def test_a_bug_handling_a_request_costs_that_peer_connection_not_the_node(
     assert "unexpected error; disconnecting" in caplog.text
     assert connection.closed
     theirs.close()
+
+
+@contextlib.contextmanager
+def closed_port():
+    """A port nothing listens on (bound, so no one else takes it): connecting is refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+async def test_a_link_backing_off_reconnects_at_once_when_the_peer_is_seen_up(autojump_clock):
+    """Without reconnect_now a link waits out its back-off (up to BACKOFF_MAX) after the
+    peer is back, failing every request to it meanwhile. Under a fake clock: every
+    attempt is timed by the on_unreachable it causes (a refused connect)."""
+    attempts: list[float] = []
+    with closed_port() as port:
+        link = new_link(port, Failures(), on_unreachable=lambda name: attempts.append(trio.current_time()))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run)
+            with trio.fail_after(60):
+                while len(attempts) < 2 or attempts[-1] - attempts[-2] < peer.BACKOFF_MAX:
+                    await trio.sleep(0.01)
+            await trio.sleep(peer.BACKOFF_MAX / 4)  # well into a wait of BACKOFF_MAX
+            seen, tried = trio.current_time(), len(attempts)
+            link.reconnect_now()
+            with trio.fail_after(60):
+                while len(attempts) < tried + 2:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    assert attempts[tried] - seen < peer.BACKOFF_MIN  # not the BACKOFF_MAX * 3/4 left
+    assert attempts[tried + 1] - attempts[tried] == pytest.approx(peer.BACKOFF_MIN)  # back-off reset
+
+
+async def test_a_connected_link_told_the_peer_is_up_stays_connected():
+    scripted = ScriptedPeer()
+    async with linked(scripted) as (link, failures):
+        link.reconnect_now()
+        answer = Collect()
+        link.send(command(b"PING"), answer)
+        await wait_answered(link)
+        assert link.up and answer.replies == [b"+OK\r\n"]
