@@ -8,7 +8,8 @@ What it must never do: slow down or stop client traffic. Handlers only read the
 node's counters and change a few plain attributes (state, consistency levels, log
 level, peers marked down); the one that talks to Redis (``/info`` asks DBSIZE) waits
 at most ``DATASTORE_TIMEOUT``. A bad request gets a 4xx with a reason, never a
-dropped node.
+dropped node. It does not know the node (STYLE.md §9): it reads and changes what
+the node hands it in a ``NodeView``, and nothing else.
 
 Paths keep Dynomite's reply shapes (``/info`` JSON, ``/cluster_describe`` JSON,
 ``OK`` for commands, ``Read Consistency: ...`` for ``/get_consistency``, ``State:
@@ -25,7 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
 from urllib.parse import unquote
 
 import h11
@@ -34,10 +35,16 @@ import trio
 from dyno import __version__, metrics, resp
 from dyno.consistency import LEVELS
 from dyno.datastore import Sink
+from dyno.states import OPERATOR_STATES
 from dyno.stream import listen_socket
 
 if TYPE_CHECKING:
-    from dyno.node import Node
+    from dyno.client import ClientConnection
+    from dyno.config import Config
+    from dyno.datastore import Datastore
+    from dyno.metrics import Metrics, Stats
+    from dyno.peer import PeerLink
+    from dyno.ring import Ring
 
 log = logging.getLogger("dyno.admin")
 
@@ -73,10 +80,40 @@ def _bad(reason: str) -> Reply:
 OK = "OK\r\n"  # Dynomite's reply to every command
 
 
+@dataclass(frozen=True)
+class NodeView:
+    """What the admin port reads of its node, and the settings it may change.
+
+    The node builds it. What the node replaces (its ring, its state, its
+    consistency levels, gossip's view) is read through a callable; containers the
+    node changes in place (``peer_links``, ``admin_down``, ``peer_admin``,
+    ``clients``) are the node's own, never changed here. ``gossip_view()`` is
+    gossip's view of the members by name (``Gossiper.describe``), empty without
+    gossip."""
+
+    name: str
+    config: "Config"
+    started: float  # time.time() at start
+    stats: "Stats"
+    metrics: "Metrics"
+    datastore: "Datastore"
+    peer_links: Mapping[str, "PeerLink"]
+    admin_down: "set[str]"
+    peer_admin: Mapping[str, str]
+    clients: Mapping[int, "ClientConnection"]
+    ring: Callable[[], "Ring"]
+    state: Callable[[], str]
+    consistency: Callable[[], tuple[str, str]]  # (read, write)
+    gossip_view: Callable[[], dict]
+    set_state: Callable[[str], None]
+    set_consistency: Callable[[str, str], None]  # ("read" or "write", level)
+    set_peer_admin_down: Callable[[str, bool], None]
+
+
 # -- the cluster view ------------------------------------------------------------------
 
 
-def cluster_view(node: "Node") -> list[dict]:
+def cluster_view(server: "AdminServer") -> list[dict]:
     """Every node of the ring as this node sees it: name, host, port, dc, rack,
     tokens, state, up, admin (its admin address when known), local.
 
@@ -86,12 +123,13 @@ def cluster_view(node: "Node") -> list[dict]:
     declared through gossip (NORMAL without gossip), or DOWN. A peer's admin
     address is the one its peer-link HELLO carried.
     """
+    node = server.node
     view = []
-    gossip = node.gossiper.describe() if node.gossiper is not None else {}
-    for member in node.ring.nodes:
+    gossip = node.gossip_view()
+    for member in node.ring().nodes:
         if member.local:
-            up, state, admin_down = True, node.state, False
-            admin = node.admin.address
+            up, state, admin_down = True, node.state(), False
+            admin = server.address
         else:
             link = node.peer_links.get(member.name)
             admin_down = member.name in node.admin_down
@@ -110,12 +148,12 @@ def cluster_view(node: "Node") -> list[dict]:
     return view
 
 
-def cluster_describe(node: "Node") -> dict:
+def cluster_describe(server: "AdminServer") -> dict:
     """Dynomite's ``/cluster_describe``: ``{dcs: [{name, racks: [{name, servers:
     [{name, host, port, token}]}]}]}``; dyno adds each server's ``tokens`` (all of
     them), ``state``, ``up`` and ``admin`` address (null when unknown)."""
     dcs: dict[str, dict[str, list[dict]]] = {}
-    for entry in cluster_view(node):
+    for entry in cluster_view(server):
         servers = dcs.setdefault(entry["dc"], {}).setdefault(entry["rack"], [])
         servers.append({
             "name": entry["name"], "host": entry["host"], "port": entry["port"],
@@ -150,7 +188,7 @@ class _Waiter(Sink):
         self.event.set()
 
 
-async def datastore_keys(node: "Node") -> int | None:
+async def datastore_keys(node: NodeView) -> int | None:
     """DBSIZE of the node's own Redis, or None if it does not answer in time."""
     waiter = _Waiter()
     node.datastore.send(resp.encode_command([b"DBSIZE"]), waiter)
@@ -200,6 +238,7 @@ async def info(server: "AdminServer") -> dict:
                 metrics.percentile(m.peer_latency[name].counts, 0.99)) if name in m.peer_latency else 0,
         }
     datastore = node.datastore
+    read_consistency, write_consistency = node.consistency()
     body = {
         "service": "dyno",
         "source": socket.gethostname(),
@@ -209,9 +248,9 @@ async def info(server: "AdminServer") -> dict:
         "rack": config.rack,
         "dc": config.datacenter,
         "node": node.name,
-        "state": node.state,
-        "read_consistency": node.read_consistency,
-        "write_consistency": node.write_consistency,
+        "state": node.state(),
+        "read_consistency": read_consistency,
+        "write_consistency": write_consistency,
         "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         **_latency_summary(m.client_latency, recent),
         "99_server_latency": _microseconds(metrics.percentile(datastore_counts, 0.99)),
@@ -258,13 +297,13 @@ def _ping(server: "AdminServer") -> Reply:
 
 
 def _cluster_describe(server: "AdminServer") -> Reply:
-    return _json(cluster_describe(server.node))
+    return _json(cluster_describe(server))
 
 
 def _get_consistency(server: "AdminServer") -> Reply:
-    node = server.node
-    return _text(f"Read Consistency: {node.read_consistency}\r\n"
-                 f"Write Consistency: {node.write_consistency}\r\n")
+    read_consistency, write_consistency = server.node.consistency()
+    return _text(f"Read Consistency: {read_consistency}\r\n"
+                 f"Write Consistency: {write_consistency}\r\n")
 
 
 def _set_consistency(server: "AdminServer", operation: str, level: str) -> Reply:
@@ -278,11 +317,9 @@ def _set_consistency(server: "AdminServer", operation: str, level: str) -> Reply
 
 
 def _state(server: "AdminServer", name: str) -> Reply:
-    from dyno.node import OPERATOR_STATES
-
     node = server.node
     if name == "get_state":
-        return _text(f"State: {node.state}\n")
+        return _text(f"State: {node.state()}\n")
     state = name.upper()
     if state not in OPERATOR_STATES:
         choices = ", ".join(["get_state", *(s.lower() for s in OPERATOR_STATES)])
@@ -317,8 +354,7 @@ def _log_level(server: "AdminServer", step: int) -> Reply:
 
 
 def _metrics(server: "AdminServer") -> Reply:
-    node = server.node
-    text = metrics.render_prometheus(node, cluster_view(node))
+    text = metrics.render_prometheus(server.node, cluster_view(server))
     return Reply(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
@@ -384,7 +420,7 @@ def route(path: str) -> tuple[Handler, tuple[str, ...]] | Reply:
 
 
 class AdminServer:
-    def __init__(self, node: "Node", host: str, port: int):
+    def __init__(self, node: NodeView, host: str, port: int):
         self.node = node
         self.host = host
         self.port = port

@@ -8,10 +8,15 @@ so replies go out in request order however the targets answer; whoever fills slo
 queues the client on the node's ready list, and the client sends every reply that
 is ready in one ``send`` when that batch ends.
 
+A connection does not know the node (STYLE.md §9): the listener hands it
+``execute_batch`` (the coordinator's), the ready list, the peer links'
+congestion, the counters to add its bytes to and ``forget`` for when it ends,
+each bound once, so a read costs what it would with the node's attributes.
+
 Back-pressure: a client with more than ``MAX_IN_FLIGHT`` unanswered requests, or
 whose unsent replies exceed ``MAX_UNSENT`` bytes because it does not read them, is
 not read from until it catches up; and no client is read from while a peer link is
-congested (``Node.congestion``). Nothing is buffered without bound.
+congested (``dyno.peer.Congestion``). Nothing is buffered without bound.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import itertools
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -30,7 +35,8 @@ from dyno.stream import Listener
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
-    from dyno.node import Node
+    from dyno.metrics import Stats
+    from dyno.peer import Congestion
 
 log = logging.getLogger("dyno.client")
 
@@ -38,6 +44,10 @@ RECV_SIZE = 64 * 1024
 MAX_IN_FLIGHT = 1024
 MAX_UNSENT = 1024 * 1024
 CLOSE_GRACE = 5.0  # seconds to deliver the last replies before closing
+
+# The coordinator's: runs a client's parsed requests; the third argument is their
+# bytes as read when those are their canonical encoding, else None.
+ExecuteBatch = Callable[["ClientConnection", list, "bytes | None"], None]
 
 _client_ids = itertools.count(1)
 # What one read of a client's socket came to (ClientConnection._read).
@@ -99,8 +109,15 @@ class BatchSlot(ReplySlot):
 
 
 class ClientConnection:
-    def __init__(self, node: "Node", sock: socket.socket, address: tuple):
-        self.node = node
+    def __init__(
+        self, sock: socket.socket, address: tuple, *, execute_batch: "ExecuteBatch",
+        congestion: "Congestion", ready: list["ClientConnection"], stats: "Stats",
+        forget: Callable[["ClientConnection"], None],
+    ):
+        self.execute_batch = execute_batch
+        self.congestion = congestion
+        self.stats = stats
+        self.forget = forget
         self.sock = sock
         self.watch = poller.watch(sock)
         self.id = next(_client_ids)
@@ -109,7 +126,7 @@ class ClientConnection:
         self.protocol = 2  # 3 after HELLO 3
         self.consistency_override: dict[str, str] = {}  # set by DYNO_CONFIG:CONN_CONSISTENCY
         self.replies: deque[ReplySlot] = deque()
-        self.ready = node.ready_clients
+        self.ready = ready  # the node's: clients with replies to send (ReplySlot.deliver)
         self.queued = False
         self.closing = False  # QUIT, a protocol error or EOF: answer what came before, then close
         self.dead = False
@@ -126,7 +143,7 @@ class ClientConnection:
     # -- reading ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        congestion = self.node.congestion
+        congestion = self.congestion
         replies = self.replies
         wait_readable = self.watch.wait
         on_readable = self._on_readable
@@ -159,7 +176,7 @@ class ClientConnection:
             self.replies.clear()
             self.watch.close()
             self.sock.close()
-            self.node.forget_client(self)
+            self.forget(self)
 
     def _read(self):
         """One ``recv``, and the requests it completes dispatched and their ready
@@ -176,11 +193,11 @@ class ClientConnection:
             # before (the FIN often comes with the last requests), then close.
             self.closing = True
             return _CLOSED
-        self.node.stats.client_bytes_in += len(data)
+        self.stats.client_bytes_in += len(data)
         parser = self.parser
         requests = parser.feed(data)
         if requests:
-            self.node.coordinator.execute_batch(self, requests, data if parser.clean else None)
+            self.execute_batch(self, requests, data if parser.clean else None)
         if parser.error is not None and not self.closing:
             self.replies.append(ReplySlot(self, parser.error))
             self.closing = True
@@ -209,7 +226,7 @@ class ClientConnection:
             self._eof = True
             return False
         return outcome is not _FULL and not (
-            self.closing or self.dead or self.node.congestion
+            self.closing or self.dead or self.congestion
             or len(self.replies) > MAX_IN_FLIGHT or self._unsent_bytes > MAX_UNSENT
         )
 
@@ -255,7 +272,7 @@ class ClientConnection:
             self._caught_up.set()
 
     def _send(self, data: bytes) -> None:
-        self.node.stats.client_bytes_out += len(data)
+        self.stats.client_bytes_out += len(data)
         if self._unsent:
             self._unsent.append(data)
             self._unsent_bytes += len(data)
@@ -302,18 +319,33 @@ class ClientConnection:
 
 
 class ClientListener(Listener):
-    """Accepts clients on ``listen`` and gives each its own task."""
+    """Accepts clients on ``listen`` and gives each its own task.
 
-    def __init__(self, node: "Node", host: str, port: int):
+    It keeps the open connections in ``clients`` (the node's dict: CLIENT LIST and
+    the admin port read it) and hands each the node's ``execute_batch``,
+    ``congestion``, ``ready`` list and ``stats``."""
+
+    def __init__(
+        self, host: str, port: int, *, clients: dict[int, ClientConnection],
+        execute_batch: "ExecuteBatch", congestion: "Congestion",
+        ready: list[ClientConnection], stats: "Stats",
+    ):
         super().__init__(host, port)
-        self.node = node
+        self.clients = clients
+        self.given = dict(
+            execute_batch=execute_batch, congestion=congestion, ready=ready, stats=stats,
+            forget=self.forget,
+        )
+
+    def forget(self, client: ClientConnection) -> None:
+        self.clients.pop(client.id, None)
 
     async def serve(self, nursery: trio.Nursery) -> None:
-        node = self.node
+        clients, given = self.clients, self.given
 
         def on_connection(conn: socket.socket, address) -> None:
-            client = ClientConnection(node, conn, address)
-            node.clients[client.id] = client
+            client = ClientConnection(conn, address, **given)
+            clients[client.id] = client
             nursery.start_soon(client.run)
 
         await super().serve(on_connection, log)

@@ -56,6 +56,11 @@ DC_ONE = "DC_ONE"
 # A quorum read first goes to Q replicas; the others are asked too if those have not
 # decided it after one to two ticks (Coordinator.hedge_reads).
 HEDGE_TICK = 0.025
+# A client with nothing else in flight gets a batch of up to this many requests
+# answered in one slot (the request/response pattern, pipelines of a few). A
+# larger batch gets a slot per request, so that its replies go out as they come
+# rather than all at once at the end.
+WHOLE_BATCH = 128
 _UNSPLITTABLE = resp.error("ERR dyno: a replica's replies could not be split")
 
 
@@ -79,7 +84,9 @@ def _split(replies: bytes, count: int) -> list[bytes]:
 
 class _Slots(Sink):
     """One reply slot per request (a client with other requests in flight, whose
-    slots the back-pressure limit counts)."""
+    slots the back-pressure limit counts, or a batch too large to answer whole)."""
+
+    split = True  # it takes the replies apart: a target hands them over so
 
     __slots__ = ("slots", "filled")
 
@@ -137,6 +144,8 @@ class _Gather:
 
 class _Placer(Sink):
     """A part's destination inside a _Gather: its replies go to its positions."""
+
+    split = True
 
     __slots__ = ("gather", "positions", "filled")
 
@@ -226,8 +235,8 @@ class _Run(Sink):
     """What every part's run shares: the coordinator, the part, where its replies
     go, and the client's pool and connection (``affinity``)."""
 
-    __slots__ = ("coordinator", "part", "dest", "affinity", "resp3", "count")
-    runs = True  # the local datastore hands over a run of replies at once
+    __slots__ = ("coordinator", "part", "dest", "affinity", "resp3", "count", "split")
+    runs = True  # the local datastore hands over a run of replies at once ...
 
     def __init__(self, coordinator: "Coordinator", part: Part, dest: Sink, affinity: int, resp3: bool):
         self.coordinator = coordinator
@@ -236,6 +245,7 @@ class _Run(Sink):
         self.affinity = affinity
         self.resp3 = resp3
         self.count = part.count  # requests sent to the target (a peer link reads it)
+        self.split = dest.split  # ... joined, or apart if that is what ``dest`` takes
 
 
 class _Read(_Run):
@@ -267,6 +277,8 @@ class _Read(_Run):
             return
         self.received += len(replies)
         self.dest.deliver_parts(replies)
+
+    deliver_parts = deliver_each  # the local datastore's, for a ``split`` run
 
     def fail(self, error: bytes) -> None:
         if self.over:
@@ -677,7 +689,7 @@ class Coordinator:
         if plan.sources is None:  # one part answers the batch, in order
             part = plan.parts[0]
             count = part.count
-            if count == 1 or not replies:
+            if count == 1 or not replies and count <= WHOLE_BATCH:
                 if count == 1:
                     dest = self.metrics.timed_slot(client) if timed else ReplySlot(client)
                 else:
@@ -691,7 +703,7 @@ class Coordinator:
             self._dispatch(part, dest, client.id, resp3)
             return
         size = plan.size
-        if replies or size == 1:
+        if replies or size == 1 or size > WHOLE_BATCH:
             Slot = self.metrics.timed_slot if timed else ReplySlot
             slots = [Slot(client) for _ in range(size)]
             replies.extend(slots)

@@ -7,6 +7,10 @@ it compares membership's ``version`` with the last one it applied; when it moved
 it tells the node which peers are judged down (routing skips them at once) and,
 if the set of nodes or their tokens changed, gives the node a new ring.
 
+It does not know the node (STYLE.md §9): the node hands it ``send(name,
+message)`` (a GOSSIP frame over the link to that peer), ``set_ring(ring)`` and
+``set_judged_down(names)``.
+
 Never on the request path: routing reads one attribute per peer link
 (``PeerLink.judged_down``), written here.
 """
@@ -16,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import trio
 
@@ -24,7 +28,7 @@ from dyno.membership import GossipError, Member, Membership, Seed, State
 from dyno.ring import Ring, RingError
 
 if TYPE_CHECKING:
-    from dyno.node import Node
+    from dyno.config import Config
 
 log = logging.getLogger("dyno.gossip")
 
@@ -33,12 +37,23 @@ UNAVAILABLE_STATES = frozenset({State.LEAVING, State.STANDBY})
 
 
 class Gossiper:
-    def __init__(self, node: "Node"):
-        self.node = node
-        config = node.config
+    """Membership on a live node. ``config`` gives this node's identity, its seeds
+    and the gossip settings; ``ring`` is the ring the node starts with (new rings
+    keep its local node and hashing). ``send(name, message)`` queues a message
+    for a peer and returns its size (0 if there is no link to it)."""
+
+    def __init__(
+        self, config: "Config", ring: Ring, *, send: Callable[[str, dict], int],
+        set_ring: Callable[[Ring], None], set_judged_down: Callable[[set[str]], None],
+    ):
+        self.name = config.name
+        self.ring = ring
+        self.send = send
+        self.set_ring = set_ring
+        self.set_judged_down = set_judged_down
         dyn = config.dyn_listen
         me = Member(
-            name=node.name, host=dyn.host, port=dyn.port, dc=config.datacenter, rack=config.rack,
+            name=config.name, host=dyn.host, port=dyn.port, dc=config.datacenter, rack=config.rack,
             tokens=tuple(config.tokens), generation=int(time.time() * 1000), heartbeat=0,
             state=State.NORMAL, client_port=config.listen.port,
         )
@@ -54,7 +69,7 @@ class Gossiper:
         )
         self._applied = 0
         self.bytes_sent = 0
-        self._ring_key = self._key(node.ring)
+        self._ring_key = self._key(ring)
 
     # -- inputs -----------------------------------------------------------------------
 
@@ -101,11 +116,9 @@ class Gossiper:
     # -- outputs ----------------------------------------------------------------------
 
     def _send(self, messages) -> None:
-        node = self.node
+        send = self.send
         for name, message in messages:
-            link = node.link_to(name)
-            if link is not None:
-                self.bytes_sent += link.send_gossip(message)
+            self.bytes_sent += send(name, message)
 
     def _apply(self, now: float) -> None:
         membership = self.membership
@@ -113,25 +126,26 @@ class Gossiper:
             return
         self._applied = membership.version
         view = membership.view(now)
-        node = self.node
         members = [m for m in view.values() if m.tokens]
         key = tuple(sorted((m.name, m.host, m.port, m.dc, m.rack, m.tokens) for m in members))
         if key != self._ring_key:
+            current = self.ring
             try:
                 ring = Ring(
-                    [m.ring_node(local=m.name == node.name) for m in members],
-                    node.ring.local, node.ring.hash_name, node.ring.hash_tag,
+                    [m.ring_node(local=m.name == self.name) for m in members],
+                    current.local, current.hash_name, current.hash_tag,
                 )
             except RingError as exc:
                 log.error("membership change not applied to the ring: %s", exc)
             else:
                 self._ring_key = key
-                node.set_ring(ring)
+                self.ring = ring
+                self.set_ring(ring)
         down = {
             name for name, member in view.items()
-            if name != node.name and (not member.up or member.state in UNAVAILABLE_STATES)
+            if name != self.name and (not member.up or member.state in UNAVAILABLE_STATES)
         }
-        node.set_judged_down(down)
+        self.set_judged_down(down)
 
     @staticmethod
     def _key(ring: Ring) -> tuple:

@@ -1,8 +1,8 @@
 """Counters and latency histograms of a node, and their Prometheus text rendering.
 
-What it owns: the numbers the admin port shows (``/metrics``, ``/info``) that the
-node's plain ``Stats`` does not already hold, and the one place they are turned into
-text. What it must never do: cost the hot path anything but plain-integer work.
+What it owns: the numbers the admin port shows (``/metrics``, ``/info``): the
+node's plain ``Stats`` and the ``Metrics`` beyond them, and the one place they are
+turned into text. What it must never do: cost the hot path anything but plain-integer work.
 
 * Counters are ints in dicts and attributes, bumped by the coordinator: per command
   (keyed by the command table's row, so a client cannot grow the dict with made-up
@@ -25,6 +25,7 @@ import time
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dyno import __version__
@@ -32,9 +33,10 @@ from dyno.client import BatchSlot, ReplySlot
 from dyno.commands import CommandSpec, Route
 from dyno.consistency import LEVELS
 from dyno.datastore import Sink
+from dyno.states import OPERATOR_STATES
 
 if TYPE_CHECKING:
-    from dyno.node import Node
+    from dyno.admin import NodeView
 
 #: One client batch in this many is timed (with all its requests).
 SAMPLE_EVERY = 128
@@ -159,6 +161,18 @@ def timed_batch_slot_class(histogram: Histogram) -> type[BatchSlot]:
                 histogram.observe(_perf_counter() - self.start)
 
     return TimedBatchSlot
+
+
+@dataclass
+class Stats:
+    """Counters on the hot path are plain integers, read only when asked."""
+
+    commands: int = 0
+    errors: int = 0
+    connections_received: int = 0
+    replica_failures: int = 0
+    client_bytes_in: int = 0   # request bytes read from clients
+    client_bytes_out: int = 0  # reply bytes written to clients
 
 
 class Metrics:
@@ -299,11 +313,12 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def render_prometheus(node: "Node", view: list[dict]) -> str:
+def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     """Every metric of ``node`` in the Prometheus text exposition format (0.0.4).
     ``view`` is the node's cluster view (``dyno.admin.cluster_view``)."""
     metrics: Metrics = node.metrics
     stats = node.stats
+    state = node.state()
     families: list[_Family] = []
 
     def family(name: str, kind: str, help_text: str) -> _Family:
@@ -313,13 +328,13 @@ def render_prometheus(node: "Node", view: list[dict]) -> str:
 
     family("dyno_info", "gauge", "Constant 1; the labels describe the node.").add(
         1, node=node.name, dc=node.config.datacenter, rack=node.config.rack,
-        version=__version__, state=node.state,
+        version=__version__, state=state,
     )
     family("dyno_uptime_seconds", "gauge", "Seconds since the node started.").add(
         round(time.time() - node.started, 3))
     states = family("dyno_node_state", "gauge", "1 for the node's current operator state.")
-    for state in _states():
-        states.add(int(node.state == state), state=state)
+    for operator_state in OPERATOR_STATES:
+        states.add(int(state == operator_state), state=operator_state)
     family("dyno_client_connections", "gauge", "Client connections open.").add(len(node.clients))
     family("dyno_commands_total", "counter", "Client requests received, all commands.").add(stats.commands)
     family("dyno_errors_total", "counter",
@@ -395,9 +410,3 @@ def render_prometheus(node: "Node", view: list[dict]) -> str:
     for f in families:
         lines.extend(f.render())
     return "\n".join(lines) + "\n"
-
-
-def _states() -> tuple[str, ...]:
-    from dyno.node import OPERATOR_STATES  # here: dyno.node imports this module
-
-    return OPERATOR_STATES

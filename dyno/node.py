@@ -1,6 +1,13 @@
 """A dyno node: wires the listeners, the coordinator, the ring, the peer links and
 the datastore together.
 
+The node is the composition root (STYLE.md §9): it builds every part and hands each
+the few values and callables it needs (a peer link gets "this peer is unreachable",
+"these background requests failed", not the node), bound once at construction so
+the request path pays nothing for it. No part imports this module; only the
+command line does, to start a node. (The coordinator still takes the node whole;
+node_commands answers INFO and CLIENT from it.)
+
 The node owns every long-lived task (one nursery) and the little shared state the
 hot path needs: the list of clients with replies ready to send, and plain-integer
 counters. Stopping the node cancels the nursery: listeners close, client and peer
@@ -12,69 +19,30 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from dataclasses import dataclass
 
 import trio
 
 from dyno import node_commands
-from dyno.admin import AdminServer
+from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
 from dyno.datastore import Datastore
 from dyno.gossip import Gossiper
-from dyno.metrics import Metrics
-from dyno.peer import PeerLink, PeerServer
+from dyno.metrics import Metrics, Stats
+from dyno.peer import Congestion, PeerLink, PeerServer, hello_frame
 from dyno.ring import Ring, RingNode, topology_from_config
+from dyno.states import NORMAL, OPERATOR_STATES, STANDBY, WRITES_ONLY
 
 log = logging.getLogger("dyno.node")
-
-from dyno.states import NORMAL, OPERATOR_STATES, RESUMING, STANDBY, WRITES_ONLY  # noqa: F401
-
-
-class Congestion:
-    """The peer links that have too many unanswered requests. While any has,
-    clients are not read from (``wait_clear``), so a slow replica slows writers
-    down instead of making the node queue without bound."""
-
-    def __init__(self) -> None:
-        self.links: set = set()
-        self._lot = trio.lowlevel.ParkingLot()
-
-    def __bool__(self) -> bool:
-        return bool(self.links)
-
-    def add(self, link) -> None:
-        self.links.add(link)
-
-    def remove(self, link) -> None:
-        self.links.discard(link)
-        if not self.links:
-            self._lot.unpark_all()
-
-    async def wait_clear(self) -> None:
-        while self.links:
-            await self._lot.park()
-
-
-@dataclass
-class Stats:
-    """Counters on the hot path are plain integers, read only when asked."""
-
-    commands: int = 0
-    errors: int = 0
-    connections_received: int = 0
-    replica_failures: int = 0
-    client_bytes_in: int = 0   # request bytes read from clients
-    client_bytes_out: int = 0  # reply bytes written to clients
-
 
 class Node:
     def __init__(self, config: Config, ring: Ring | None = None):
         self.config = config
         self.ring = ring if ring is not None else topology_from_config(config)
+        self.congestion = Congestion()
         self.peer_links = {
-            peer.name: PeerLink(self, peer) for peer in self.ring.nodes if not peer.local
+            peer.name: self._new_link(peer) for peer in self.ring.nodes if not peer.local
         }
         self.stats = Stats()
         self.metrics = Metrics()
@@ -86,7 +54,6 @@ class Node:
         self.peer_admin: dict[str, str] = {}  # peer name -> its admin address (HELLO)
         self.started = time.time()
         self.clients: dict[int, ClientConnection] = {}
-        self.congestion = Congestion()
         # Clients with at least one reply ready; flushed after each batch of replies.
         self.ready_clients: list[ClientConnection] = []
         server = config.servers[0]
@@ -107,23 +74,71 @@ class Node:
             after_batch=self.flush_ready,
             protocol=3,
         )
-        self.coordinator = Coordinator(
+        coordinator = self.coordinator = Coordinator(
             self.ring, datastore=self.datastore, datastore3=self.datastore3,
             link_of=self.peer_links.get, admin_down=self.admin_down, stats=self.stats,
             metrics=self.metrics, run_local=self.run_local,
             read_consistency=self.read_consistency, write_consistency=self.write_consistency,
             flush_enabled=config.flush_enabled, hash_tag=config.hash_tag is not None,
         )
-        self.listener = ClientListener(self, config.listen.host, config.listen.port)
-        self.peer_server = PeerServer(self, config.dyn_listen.host, config.dyn_listen.port)
+        self.listener = ClientListener(
+            config.listen.host, config.listen.port, clients=self.clients,
+            execute_batch=coordinator.execute_batch, congestion=self.congestion,
+            ready=self.ready_clients, stats=self.stats,
+        )
+        self.peer_server = PeerServer(
+            config.dyn_listen.host, config.dyn_listen.port, cluster=config.pool,
+            hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
+            coordinate=coordinator.coordinate_for_dc, on_gossip=self.gossip_received,
+            on_hello=self.learn_admin_address,
+        )
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
-        self.gossiper = Gossiper(self) if config.enable_gossip else None
-        self.admin = AdminServer(self, config.stats_listen.host, config.stats_listen.port)
+        self.gossiper = Gossiper(
+            config, self.ring, send=self.send_gossip, set_ring=self.set_ring,
+            set_judged_down=self.set_judged_down,
+        ) if config.enable_gossip else None
+        self.admin = AdminServer(self._admin_view(), config.stats_listen.host, config.stats_listen.port)
         self.nursery: trio.Nursery | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    # -- what the parts are given -------------------------------------------------------
+
+    def _new_link(self, peer: RingNode) -> PeerLink:
+        config = self.config
+        return PeerLink(
+            peer, cluster=config.pool, hello=self._hello, timeout=config.timeout / 1000,
+            congestion=self.congestion, after_batch=self.flush_ready,
+            on_unreachable=self.peer_unreachable, on_hello=self.learn_admin_address,
+            on_write_failed=self._write_failed,
+        )
+
+    def _hello(self) -> bytes:
+        """The HELLO this node sends its peers (asked per connection: the admin
+        port's address is known once it is bound)."""
+        config = self.config
+        return hello_frame(config.pool, self.name, config.datacenter, config.rack, self.admin.address)
+
+    def _write_failed(self, peer: RingNode, payload: bytes, count: int, error: bytes) -> None:
+        """``count`` replica writes nobody waited for (``payload``) failed on the
+        link to ``peer``: reported where every write failure is (the coordinator;
+        it is built after the links)."""
+        self.coordinator.write_failed(peer, payload, count, error)
+
+    def _admin_view(self) -> NodeView:
+        """What the admin port may read and change (dyno.admin.NodeView)."""
+        return NodeView(
+            name=self.name, config=self.config, started=self.started, stats=self.stats,
+            metrics=self.metrics, datastore=self.datastore, peer_links=self.peer_links,
+            admin_down=self.admin_down, peer_admin=self.peer_admin, clients=self.clients,
+            ring=lambda: self.ring, state=lambda: self.state,
+            consistency=lambda: (self.read_consistency, self.write_consistency),
+            gossip_view=lambda: self.gossiper.describe() if self.gossiper is not None else {},
+            set_state=self.set_state, set_consistency=self.set_consistency,
+            set_peer_admin_down=self.set_peer_admin_down,
+        )
 
     def flush_ready(self) -> None:
         ready = self.ready_clients
@@ -138,9 +153,6 @@ class Node:
             return node_commands.dyno_config(client, argv)
         return node_commands.run(self, client, spec, argv, slot)
 
-    def forget_client(self, client: ClientConnection) -> None:
-        self.clients.pop(client.id, None)
-
     # -- membership (dyno.gossip drives these) ------------------------------------------
 
     def link_to(self, name: str) -> PeerLink | None:
@@ -152,7 +164,7 @@ class Node:
             if not host or not port.isdigit():
                 return None
             peer = RingNode(name, host.strip("[]"), int(port), "?", "?", (0,))
-            link = self.peer_links[name] = PeerLink(self, peer)
+            link = self.peer_links[name] = self._new_link(peer)
             self.nursery.start_soon(link.run)
         return link
 
@@ -178,11 +190,18 @@ class Node:
             if down != link.judged_down:
                 link.judged_down = down
                 log.warning("node %s: peer %s is %s", self.name, name, "DOWN" if down else "UP")
+                if not down:  # it is back: do not wait out the link's back-off
+                    link.reconnect_now()
 
     def learn_admin_address(self, name: str, address) -> None:
         """A peer's admin HTTP address, from its HELLO (dyno status follows it)."""
         if isinstance(address, str) and len(address) < 300:
             self.peer_admin[name] = address
+
+    def send_gossip(self, name: str, message) -> int:
+        """Queue a gossip message for peer ``name``; its size (0: no link to it)."""
+        link = self.link_to(name)
+        return link.send_gossip(message) if link is not None else 0
 
     def peer_unreachable(self, name: str) -> None:
         if self.gossiper is not None:

@@ -31,6 +31,11 @@ Outgoing side: one ``PeerLink`` per peer; requests are pipelined and multiplexed
 id, each with a deadline; a peer that does not answer in ``timeout`` fails those
 requests, not the node. Incoming side: ``PeerServer`` checks the HELLO (cluster
 name and protocol version; a mismatch is refused with a log line on both sides).
+
+Neither side knows the node (STYLE.md §9): ``dyno.node`` hands each the values and
+callables it needs (the HELLO to send, the datastores, "coordinate this", "deliver
+this gossip", "this peer is unreachable", "these background requests failed"),
+bound once, so the request path costs what it would with the node's attributes.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import msgpack
 import trio
@@ -50,8 +55,15 @@ from dyno.stream import ConnectionLost, Listener, Receiver, connect, write_loop
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
-    from dyno.node import Node
+    from dyno.datastore import Datastore
     from dyno.ring import RingNode
+
+# What a link reports when writes nobody waited for (``send_background``) failed,
+# or may have: the peer, their payload, how many requests it holds, and the error.
+WriteFailed = Callable[["RingNode", bytes, int, bytes], None]
+# Coordinates ``count`` writes from a node of another datacenter for this one
+# (``payload, sink, flags, count``): a COORDINATE request.
+Coordinate = Callable[[bytes, Sink, int, int], None]
 
 log = logging.getLogger("dyno.peer")
 
@@ -94,25 +106,26 @@ class PeerError(Exception):
     """A peer broke the protocol."""
 
 
-def hello_frame(node: "Node") -> bytes:
-    config = node.config
+def hello_frame(cluster: str, name: str, dc: str, rack: str, admin: str) -> bytes:
+    """The HELLO frame of node ``name`` (both sides send one first)."""
     return msgpack.packb(
         [HELLO, 0, {
-            "cluster": config.pool, "node": node.name, "version": PROTOCOL_VERSION,
-            "dc": config.datacenter, "rack": config.rack, "admin": node.admin.address,
+            "cluster": cluster, "node": name, "version": PROTOCOL_VERSION,
+            "dc": dc, "rack": rack, "admin": admin,
         }]
     )
 
 
-def check_hello(node: "Node", frame) -> str | None:
-    """The reason to refuse a HELLO frame, or None if it is acceptable."""
+def check_hello(cluster: str, frame) -> str | None:
+    """The reason to refuse a HELLO frame (a peer must belong to ``cluster``), or
+    None if it is acceptable."""
     if not (isinstance(frame, list) and len(frame) == 3 and frame[0] == HELLO and isinstance(frame[2], dict)):
         return "expected a HELLO frame"
     hello = frame[2]
     if hello.get("version") != PROTOCOL_VERSION:
         return f"protocol version {hello.get('version')!r}, this node speaks {PROTOCOL_VERSION}"
-    if hello.get("cluster") != node.config.pool:
-        return f"cluster {hello.get('cluster')!r}, this node belongs to {node.config.pool!r}"
+    if hello.get("cluster") != cluster:
+        return f"cluster {hello.get('cluster')!r}, this node belongs to {cluster!r}"
     return None
 
 
@@ -133,18 +146,65 @@ async def _read_frames(receiver: Receiver, unpacker: msgpack.Unpacker) -> list:
             return frames
 
 
-class PeerLink:
-    """The outgoing connection to one peer."""
+class Congestion:
+    """The peer links that have too many unanswered requests. While any has,
+    clients are not read from (``wait_clear``), so a slow replica slows writers
+    down instead of making the node queue without bound."""
 
-    def __init__(self, node: "Node", peer: "RingNode"):
-        self.node = node
+    def __init__(self) -> None:
+        self.links: set = set()
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def __bool__(self) -> bool:
+        return bool(self.links)
+
+    def add(self, link) -> None:
+        self.links.add(link)
+
+    def remove(self, link) -> None:
+        self.links.discard(link)
+        if not self.links:
+            self._lot.unpark_all()
+
+    async def wait_clear(self) -> None:
+        while self.links:
+            await self._lot.park()
+
+
+class PeerLink:
+    """The outgoing connection to one peer.
+
+    What the node hands it: ``cluster``, the cluster name a peer's HELLO must
+    carry; ``hello()``, the HELLO frame to send (asked once per connection: the
+    admin port is known once bound); ``timeout`` in seconds per request;
+    ``congestion``, joined while too many requests are unanswered;
+    ``after_batch()``, called once a batch of replies was handed out (clients
+    send what is ready); ``on_unreachable(name)`` when it cannot connect or lost
+    its connection; ``on_hello(name, admin_address)`` with what the peer's HELLO
+    said; ``on_write_failed(peer, payload, count, error)`` when writes nobody
+    waited for (``send_background``) failed.
+    """
+
+    def __init__(
+        self, peer: "RingNode", *, cluster: str, hello: Callable[[], bytes], timeout: float,
+        congestion: Congestion, after_batch: Callable[[], None],
+        on_unreachable: Callable[[str], None], on_hello: Callable[[str, object], None],
+        on_write_failed: WriteFailed,
+    ):
         self.peer = peer
+        self.cluster = cluster
+        self.hello = hello
+        self.congestion = congestion
+        self.after_batch = after_batch
+        self.on_unreachable = on_unreachable
+        self.on_hello = on_hello
+        self.on_write_failed = on_write_failed
         self.up = False
         self._out: list[bytes] = []
         self._pending: dict[int, tuple[Sink, float]] = {}
         self._ids = itertools.count(1)
         self._wakeup = Wakeup()
-        self.timeout = node.config.timeout / 1000
+        self.timeout = timeout
         address = f"{peer.host}:{peer.port}"
         self.down_error = resp.error(f"ERR dyno: peer {peer.name} is unavailable")
         self.broken = resp.error(
@@ -161,6 +221,12 @@ class PeerLink:
         # Set by gossip when this peer is judged down or declared LEAVING/STANDBY:
         # requests fail at once instead of waiting for the link to notice.
         self.judged_down = False
+        # The wait before the next connection attempt: doubled after each failed
+        # one (up to BACKOFF_MAX), back to BACKOFF_MIN once connected or when the
+        # peer is seen up (reconnect_now, which also ends the wait in progress).
+        self.backoff = BACKOFF_MIN
+        self._backing_off: trio.CancelScope | None = None  # the wait in progress
+        self._slow_logged = False  # "retrying every BACKOFF_MAX" said for this outage
         self._early_gossip: list[bytes] = []  # gossip to send once connected
         # The requests held for the writer's next turn (_send), which will travel
         # in one frame: None until one is held.
@@ -203,7 +269,7 @@ class PeerLink:
         """``count`` writes whose replies nobody waits for now (replica writes at
         DC_ONE, writes for another datacenter). Returns their *echo*, ``(frame,
         offset)``: ``frame.watch`` tells what they did, if someone asks later. A
-        failure is reported to the coordinator's ``write_failed`` with the payload."""
+        failure is reported to ``on_write_failed`` with the payload."""
         return self._send(payload, None, count, flags)
 
     def _send(self, payload: bytes, sink: Sink | None, count: int, flags: int):
@@ -216,7 +282,7 @@ class PeerLink:
             if sink is not None:
                 sink.fail(self.down_error)
                 return None
-            self.node.coordinator.write_failed(self.peer, payload, count, self.down_error)
+            self.on_write_failed(self.peer, payload, count, self.down_error)
             return _Failed(self.down_error), 0
         if flags & COORDINATE and sink is not None:
             # The peer coordinates it and answers it alone: a frame of its own. (Held
@@ -275,16 +341,15 @@ class PeerLink:
 
     def _congested(self) -> None:
         self.congested = True
-        self.node.congestion.add(self)
+        self.congestion.add(self)
         log.warning("peer %s: %d requests unanswered; slowing clients down", self.peer.name, self.queued)
 
     def _check_drained(self) -> None:
         if self.congested and self.queued < LOW_WATER:
             self.congested = False
-            self.node.congestion.remove(self)
+            self.congestion.remove(self)
 
     async def run(self) -> None:
-        backoff = BACKOFF_MIN
         logged_down = False
         while True:
             try:
@@ -293,17 +358,16 @@ class PeerLink:
                 if not logged_down:
                     log.warning("peer %s unreachable: %s", self.peer.name, exc.strerror or exc)
                     logged_down = True
-                self.node.peer_unreachable(self.peer.name)
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX)
+                self.on_unreachable(self.peer.name)
+                await self._back_off()
                 continue
             reason = self.broken
             receiver = Receiver(sock, RECV_SIZE, self.broken)
             try:
                 unpacker = _unpacker()
                 await self._handshake(sock, receiver, unpacker)
-                backoff = BACKOFF_MIN
-                logged_down = False
+                self.backoff = BACKOFF_MIN
+                self._slow_logged = logged_down = False
                 log.info("peer %s connected", self.peer.name)
                 self.up = True
                 if self._early_gossip:
@@ -330,12 +394,32 @@ class PeerLink:
                 sock.close()
                 self._fail_all(reason)
                 if was_up:
-                    self.node.peer_unreachable(self.peer.name)
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
+                    self.on_unreachable(self.peer.name)
+            await self._back_off()
+
+    async def _back_off(self) -> None:
+        """Wait ``backoff`` before the next connection attempt (and double it), or
+        less if ``reconnect_now`` ends the wait."""
+        delay = self.backoff
+        self.backoff = min(delay * 2, BACKOFF_MAX)
+        if delay == BACKOFF_MAX and not self._slow_logged:
+            self._slow_logged = True
+            log.info("peer %s: still unreachable; retrying every %g s", self.peer.name, delay)
+        with trio.move_on_after(delay) as scope:
+            self._backing_off = scope
+            await trio.sleep_forever()
+        self._backing_off = None
+
+    def reconnect_now(self) -> None:
+        """The peer was seen up (gossip judged it up again): a link waiting out its
+        back-off connects now instead of failing every request to it for up to
+        BACKOFF_MAX more, and backs off from BACKOFF_MIN again if that fails."""
+        self.backoff = BACKOFF_MIN
+        if self._backing_off is not None:
+            self._backing_off.cancel()
 
     async def _handshake(self, sock: socket.socket, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
-        sock.send(hello_frame(self.node))
+        sock.send(self.hello())
         with trio.move_on_after(HELLO_TIMEOUT) as scope:
             frames = await _read_frames(receiver, unpacker)
         if scope.cancelled_caught:
@@ -343,16 +427,16 @@ class PeerLink:
         frame = frames[0]
         if isinstance(frame, list) and len(frame) == 3 and frame[0] == REFUSED:
             raise PeerError(f"refused our HELLO: {frame[2]}")
-        reason = check_hello(self.node, frame)
+        reason = check_hello(self.cluster, frame)
         if reason:
             raise PeerError(f"bad HELLO reply: {reason}")
         if len(frames) > 1:
             raise PeerError("frames before the handshake completed")
-        self.node.learn_admin_address(self.peer.name, frame[2].get("admin"))
+        self.on_hello(self.peer.name, frame[2].get("admin"))
 
     async def _reader(self, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
         pending = self._pending
-        after_batch = self.node.flush_ready
+        after_batch = self.after_batch
 
         def on_data(data: bytes) -> None:
             for frame in _decode(unpacker, data):
@@ -407,7 +491,7 @@ class PeerLink:
             if expired:
                 log.warning("peer %s: %d request(s) timed out", self.peer.name, len(expired))
                 self._check_drained()
-                self.node.flush_ready()
+                self.after_batch()
 
     def _fail_all(self, reply: bytes) -> None:
         self._out.clear()
@@ -423,7 +507,7 @@ class PeerLink:
             self.failed += count
             sink.fail(reply)
         self._check_drained()
-        self.node.flush_ready()
+        self.after_batch()
 
 
 class _Frame(Sink):
@@ -471,7 +555,7 @@ class _Frame(Sink):
 
     def fail(self, error: bytes) -> None:
         self.error = error
-        failed = self.link.node.coordinator.write_failed
+        failed = self.link.on_write_failed
         peer = self.link.peer
         for payload, sink, count in zip(self.payloads, self.sinks, self.counts):
             if sink is None:
@@ -609,10 +693,20 @@ class _PeerBatchReply(Sink):
 
 
 class PeerConnection:
-    """One incoming connection from a peer."""
+    """One incoming connection from a peer; what it is given is ``PeerServer``'s."""
 
-    def __init__(self, node: "Node", sock: socket.socket, address):
-        self.node = node
+    def __init__(
+        self, sock: socket.socket, address, *, cluster: str, hello: Callable[[], bytes],
+        datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
+        on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
+    ):
+        self.cluster = cluster
+        self.hello = hello
+        self.datastore = datastore
+        self.datastore3 = datastore3
+        self.coordinate = coordinate
+        self.on_gossip = on_gossip
+        self.on_hello = on_hello
         self.sock = sock
         self.address = f"{address[0]}:{address[1]}"
         self.out: list[bytes] = []
@@ -641,7 +735,7 @@ class PeerConnection:
                 frames = await _read_frames(receiver, unpacker)
             if scope.cancelled_caught:
                 raise PeerError("no HELLO within %.0f s" % HELLO_TIMEOUT)
-            reason = check_hello(self.node, frames[0])
+            reason = check_hello(self.cluster, frames[0])
             if reason:
                 log.error("refusing peer connection from %s: %s", self.address, reason)
                 try:
@@ -650,8 +744,8 @@ class PeerConnection:
                     pass
                 return
             self.peer_name = frames[0][2].get("node", "?")
-            self.node.learn_admin_address(self.peer_name, frames[0][2].get("admin"))
-            sock.send(hello_frame(self.node))
+            self.on_hello(self.peer_name, frames[0][2].get("admin"))
+            sock.send(self.hello())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
                 self._handle(frames[1:])
@@ -674,10 +768,10 @@ class PeerConnection:
             sock.close()
 
     def _handle(self, frames: list) -> None:
-        node = self.node
+        plain, resp3 = self.datastore, self.datastore3
         for frame in frames:
             if frame.__class__ is list and len(frame) == 3 and frame[0] == GOSSIP:
-                node.gossip_received(self.peer_name, frame[2])
+                self.on_gossip(self.peer_name, frame[2])
                 continue
             try:
                 kind, request_id, flags, payload, count = frame
@@ -692,7 +786,7 @@ class PeerConnection:
             # exactly `count` whole, canonical commands, or replies would fall out of step.
             if count > MAX_REQUESTS or not whole_commands(payload, count):
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
-            datastore = node.datastore3 if flags & RESP3 else node.datastore
+            datastore = resp3 if flags & RESP3 else plain
             if flags & COORDINATE:
                 if flags & QUIET:
                     sink = _PeerAck(self, request_id, count)
@@ -700,7 +794,7 @@ class PeerConnection:
                     sink = _PeerReply(self, request_id)
                 else:
                     raise PeerError("a COORDINATE request of several commands must be QUIET")
-                node.coordinator.coordinate_for_dc(payload, sink, flags, count)
+                self.coordinate(payload, sink, flags, count)
             elif flags & QUIET:
                 ack = _PeerAck(self, request_id, count)
                 datastore.send_run(payload, ack, count, self.affinity)
@@ -712,16 +806,33 @@ class PeerConnection:
 
 
 class PeerServer(Listener):
-    def __init__(self, node: "Node", host: str, port: int):
+    """Accepts peers' connections on ``dyn_listen``, each in its own task.
+
+    What the node hands it, for every connection: ``cluster``, the cluster name a
+    peer's HELLO must carry; ``hello()``, the HELLO frame to answer with;
+    ``datastore`` and ``datastore3``, the node's Redis pools (RESP2, and RESP3
+    for requests flagged RESP3); ``coordinate(payload, sink, flags, count)`` for
+    COORDINATE requests (writes from another datacenter); ``on_gossip(sender,
+    message)``; ``on_hello(name, admin_address)`` with what a peer's HELLO said.
+    """
+
+    def __init__(
+        self, host: str, port: int, *, cluster: str, hello: Callable[[], bytes],
+        datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
+        on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
+    ):
         super().__init__(host, port)
-        self.node = node
+        self.given = dict(
+            cluster=cluster, hello=hello, datastore=datastore, datastore3=datastore3,
+            coordinate=coordinate, on_gossip=on_gossip, on_hello=on_hello,
+        )
         self.connections: set[PeerConnection] = set()
 
     async def serve(self, nursery: trio.Nursery) -> None:
-        node = self.node
+        given = self.given
 
         def on_connection(conn: socket.socket, address) -> None:
-            peer = PeerConnection(node, conn, address)
+            peer = PeerConnection(conn, address, **given)
             self.connections.add(peer)
 
             async def run() -> None:

@@ -457,9 +457,13 @@ class _General:
             elif route is _MULTI_KEY:
                 self._multi_key(position, spec, argv, write)
             elif route is _ONE_REPLICA:
+                self.open.clear()  # it reads every key: what came before goes first
                 self._one_replica(position, spec, argv)
+                self.open.clear()  # and what comes after, after
             elif route is _ALL_REPLICAS:
+                self.open.clear()
                 self._all_replicas(position, spec, argv)
+                self.open.clear()
             else:  # pragma: no cover - the table has no other route
                 self.sources.append(resp.error(f"ERR dyno: '{spec.name.decode()}' cannot be routed"))
         parts = self._parts()

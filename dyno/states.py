@@ -1,8 +1,12 @@
-"""The operator states of a node (Dynomite's), set on the admin port (/state/<name>).
+"""The node's operator states (Dynomite's), set on the admin port (``/state/<name>``).
 
 STANDBY refuses client reads and writes, WRITES_ONLY refuses reads; RESUMING serves
-like NORMAL. A small module of constants that imports nothing of dyno's, so that
-every part can name them without reaching for the node.
+like NORMAL. Gossip carries a node's state to its peers (``dyno.membership.State``
+spells the same names), which route around a STANDBY node.
+
+Several parts read these names (the node, the coordinator, the admin port, the
+metrics), so they live here, in a module that imports nothing of dyno's: no part
+has to import the node to learn them.
 """
 
 NORMAL, STANDBY, WRITES_ONLY, RESUMING = "NORMAL", "STANDBY", "WRITES_ONLY", "RESUMING"

@@ -18,7 +18,7 @@ from collections import deque
 from dyno import resp
 from dyno.coordinator import Coordinator
 from dyno.metrics import Metrics
-from dyno.node import Stats
+from dyno.metrics import Stats
 from dyno.peer import COORDINATE
 from dyno.ring import Ring, RingNode
 

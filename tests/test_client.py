@@ -1,15 +1,15 @@
-"""ClientConnection in this process, against a scripted node: a bug while handling one
+"""ClientConnection in this process, given scripted parts: a bug while handling one
 client's read costs that client its connection, never the node."""
 
 from __future__ import annotations
 
 import socket
-import types
 
 import trio
 
 from dyno import client as client_module
 from dyno.client import ClientConnection
+from dyno.metrics import Stats
 
 
 class Congestion:
@@ -17,16 +17,12 @@ class Congestion:
         return False
 
 
-def scripted_node(execute_batch):
-    node = types.SimpleNamespace(
-        ready_clients=[],
-        congestion=Congestion(),
-        stats=types.SimpleNamespace(client_bytes_in=0, client_bytes_out=0),
-        coordinator=types.SimpleNamespace(execute_batch=execute_batch),
-        forgotten=[],
+def given(execute_batch, forgotten: list) -> dict:
+    """What a node's listener gives each client connection."""
+    return dict(
+        execute_batch=execute_batch, congestion=Congestion(), ready=[],
+        stats=Stats(), forget=forgotten.append,
     )
-    node.forget_client = node.forgotten.append
-    return node
 
 
 async def test_a_bug_in_a_read_the_task_makes_itself_closes_only_that_connection(caplog):
@@ -42,17 +38,17 @@ async def test_a_bug_in_a_read_the_task_makes_itself_closes_only_that_connection
             slot = client_module.ReplySlot(client, b"+OK\r\n")
             client.replies.append(slot)
 
-    node = scripted_node(execute_batch)
+    forgotten = []
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     request = b"*1\r\n$4\r\nPING\r\n"
     # More than one read's worth, so the poller's read is full and the task reads on.
     theirs.sendall(request * (client_module.RECV_SIZE // len(request) + 2))
-    connection = ClientConnection(node, ours, ("test", 0))
+    connection = ClientConnection(ours, ("test", 0), **given(execute_batch, forgotten))
     with trio.fail_after(5):
         await connection.run()  # returns, rather than raising into the node
     assert len(batches) == 2
-    assert node.forgotten == [connection]
+    assert forgotten == [connection]
     assert "unexpected error; closing the connection" in caplog.text
     assert ours.fileno() == -1
     theirs.close()

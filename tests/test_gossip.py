@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import redis
 import yaml
 
 import support
+from dyno.peer import BACKOFF_MAX
 from dyno.ring import murmur
 
 pytestmark = pytest.mark.integration
@@ -24,6 +26,9 @@ GOS_INTERVAL_MS = 1000
 DETECTION_BOUND = 5 * GOS_INTERVAL_MS / 1000  # issue 4: DOWN everywhere within 5 intervals
 RETURN_BOUND = 3 * GOS_INTERVAL_MS / 1000     # ... and UP again within 3 intervals
 LOAD_SECONDS = float(os.environ.get("DYNO_GOSSIP_LOAD_SECONDS", "20"))
+# A peer link backs off up to BACKOFF_MAX between attempts; seen UP, it reconnects
+# within a fraction of that.
+RECONNECT_BOUND = BACKOFF_MAX / 4
 
 
 def info_dyno(node_or_client) -> dict[str, str]:
@@ -126,6 +131,74 @@ def test_killed_node_is_routed_around_and_no_acknowledged_write_is_lost(cluster_
     assert time.monotonic() - started <= RETURN_BOUND
     writer_node.client().set("after-return", "1")
     support.wait_for(lambda: victim.redis_client().get("after-return") == b"1", 5, "a write reaching it")
+
+
+def log_times(node, since: int, text: str) -> list[float]:
+    """When (time.time()) ``node`` logged a line holding ``text``, after byte ``since`` of its log."""
+    with open(node.state.log, "rb") as log:
+        log.seek(since)
+        lines = log.read().decode(errors="replace").splitlines()
+    return [datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp() for line in lines if text in line]
+
+
+def test_links_reconnect_as_soon_as_a_restarted_node_is_seen_up(cluster_factory):
+    """A link to a dead peer backs off up to BACKOFF_MAX between attempts. Once gossip
+    judges the peer UP again, the link must not wait out its back-off: meanwhile every
+    replica write to that peer fails ("peer is unavailable") and is lost to it."""
+    cluster = cluster_factory(racks=3, gos_interval=GOS_INTERVAL_MS)
+    writer_node, other, victim = cluster.nodes
+    survivors = (writer_node, other)
+    support.wait_for(lambda: all(ring_complete(n, 2) for n in cluster.nodes), 10 * DETECTION_BOUND,
+                     "a complete ring", ignore=(redis.ConnectionError,))  # fmt: skip
+    name = f"127.0.0.1:{victim.state.dyn_port}"
+    since = {n.name: os.path.getsize(n.state.log) for n in survivors}
+    victim.kill()
+    support.wait_for(lambda: all(log_times(n, since[n.name], f"peer {name} is DOWN")
+                                 and log_times(n, since[n.name], f"peer {name}: still unreachable; retrying every")
+                                 for n in survivors),
+                     DETECTION_BOUND + 2 * BACKOFF_MAX, "both survivors judged it DOWN, links at their longest back-off")  # fmt: skip
+
+    since = {n.name: os.path.getsize(n.state.log) for n in survivors}
+    sent: list[tuple[float, str]] = []  # (when, key) of DC_ONE writes through writer_node
+    stop = threading.Event()
+
+    def write() -> None:
+        client = writer_node.client(socket_timeout=10)
+        i = 0
+        while not stop.is_set():
+            key = f"back:{i}"
+            sent.append((time.time(), key))
+            client.set(key, i)
+            i += 1
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        victim.start()
+        support.wait_for(lambda: all(log_times(n, since[n.name], f"peer {name} connected") for n in survivors),
+                         10 * DETECTION_BOUND, "both survivors' links to the restarted node connected")  # fmt: skip
+        landed = victim.redis_client()
+        support.wait_for(lambda: sent and landed.exists(sent[-1][1]), 5, "writes reaching the restarted node")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+    for node in survivors:
+        seen_up = log_times(node, since[node.name], f"peer {name} is UP")
+        connected = log_times(node, since[node.name], f"peer {name} connected")
+        assert seen_up and connected, f"{node}: no UP judgement or no connection in its log"
+        print(f"{node}: link connected {connected[0] - seen_up[0]:.3f} s after the peer was seen UP")
+        assert connected[0] - seen_up[0] < RECONNECT_BOUND, (
+            f"{node}: link connected {connected[0] - seen_up[0]:.3f} s after the peer was seen UP")
+    # The first write through writer_node that reached the restarted node's Redis was
+    # sent right after writer_node saw it UP, not a back-off later.
+    pipe = landed.pipeline(transaction=False)
+    for _, key in sent:
+        pipe.exists(key)
+    first = next(when for (when, _), exists in zip(sent, pipe.execute()) if exists)
+    up_at = log_times(writer_node, since[writer_node.name], f"peer {name} is UP")[0]
+    print(f"first write to reach it was sent {first - up_at:.3f} s after it was seen UP")
+    assert first - up_at < RECONNECT_BOUND, f"first write reached it {first - up_at:.3f} s after it was seen UP"
 
 
 def test_a_node_joins_a_running_cluster_with_one_seed(cluster_factory, tmp_path):

@@ -269,6 +269,15 @@ def test_batch_and_quiet_requests_from_a_raw_peer_are_answered_as_the_protocol_s
     assert frames == [[REPLY, 51, b""], [REPLY, 52, [b"$1\r\n1\r\n", b"$1\r\n2\r\n"]]]
 
 
+def test_a_quiet_frame_whose_replies_are_not_all_ok_is_answered_with_them_joined(shared):
+    """The sender keeps a QUIET frame's answer as its writes' echo (a DC_ONE write
+    whose answering replica failed is answered from it): b"" stands for all +OK
+    only; any other reply makes the answer the replies themselves."""
+    incrs = b"*2\r\n$4\r\nINCR\r\n$5\r\necho1\r\n*3\r\n$3\r\nSET\r\n$5\r\necho2\r\n$1\r\nx\r\n"
+    frames = exchange(shared.nodes[2], [[REQUEST, 53, QUIET, incrs, 2]])
+    assert frames == [[REPLY, 53, b":1\r\n+OK\r\n"]]
+
+
 def test_a_quiet_coordinate_batch_from_a_raw_peer_reaches_every_rack(shared):
     """Writes a node of another datacenter sends in one frame (COORDINATE, QUIET):
     an empty REPLY once all ran, and every rack of this datacenter holds them."""

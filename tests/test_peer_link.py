@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import types
 
 import msgpack
 import pytest
@@ -15,19 +14,25 @@ import trio
 import trio.testing
 
 from dyno import peer, resp
-from dyno.node import Congestion
+from dyno.peer import Congestion
 from dyno.ring import RingNode
 from dyno.stream import Receiver, listen_socket
 
 
 class Failures:
+    """What a link reported through ``on_write_failed``."""
+
     def __init__(self):
         self.count = 0
         self.errors: list[bytes] = []
+        self.payloads: list[bytes] = []
+        self.peers: list[str] = []
 
-    def replica_failed(self, error: bytes, count: int = 1) -> None:
+    def __call__(self, peer_node, payload: bytes, count: int, error: bytes) -> None:
         self.count += count
         self.errors.append(error)
+        self.payloads.append(payload)
+        self.peers.append(peer_node.name)
 
 
 async def wait_answered(link) -> None:
@@ -56,13 +61,29 @@ class BatchCollect(Collect):
         self.replies.append(replies)
 
 
-def fake_node(failures: Failures):
-    config = types.SimpleNamespace(pool="test", datacenter="dc1", rack="rack1", timeout=5000)
-    return types.SimpleNamespace(
-        config=config, name="127.0.0.1:1", admin=types.SimpleNamespace(address="127.0.0.1:2"),
-        congestion=Congestion(), coordinator=failures, flush_ready=lambda: None,
-        learn_admin_address=lambda name, address: None, peer_unreachable=lambda name: None,
-    )
+HELLO = peer.hello_frame("test", "127.0.0.1:1", "dc1", "rack1", "127.0.0.1:2")
+
+
+def new_link(port: int, failures: Failures, **given) -> peer.PeerLink:
+    """A link to 127.0.0.1:``port`` given what a node would give it (or ``given``)."""
+    given = {
+        "cluster": "test", "hello": lambda: HELLO, "timeout": 5.0, "congestion": Congestion(),
+        "after_batch": lambda: None, "on_unreachable": lambda name: None,
+        "on_hello": lambda name, address: None, "on_write_failed": failures, **given,
+    }
+    return peer.PeerLink(RingNode("127.0.0.1:%d" % port, "127.0.0.1", port, "dc1", "rack2", (0,)), **given)
+
+
+def new_connection(sock, port: int = 1, **given) -> peer.PeerConnection:
+    """An incoming peer connection given what a node would give it (or ``given``)."""
+    def unused(*args):
+        raise AssertionError("not expected in this test")
+
+    given = {
+        "cluster": "test", "hello": lambda: HELLO, "datastore": None, "datastore3": None,
+        "coordinate": unused, "on_gossip": unused, "on_hello": lambda name, address: None, **given,
+    }
+    return peer.PeerConnection(sock, ("127.0.0.1", port), **given)
 
 
 class ScriptedPeer:
@@ -119,9 +140,7 @@ async def linked(scripted: ScriptedPeer, answer: bool = True):
     failures = Failures()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(scripted.serve, answer)
-        node = fake_node(failures)
-        link = peer.PeerLink(node, RingNode(
-            "127.0.0.1:%d" % scripted.port, "127.0.0.1", scripted.port, "dc1", "rack2", (0,)))
+        link = new_link(scripted.port, failures)
         nursery.start_soon(link.run)
         with trio.fail_after(5):
             while not link.up:
@@ -200,23 +219,28 @@ async def test_background_requests_with_other_flags_get_their_own_frame():
         ]
 
 
-async def test_background_requests_lost_with_the_connection_are_counted_as_failures():
+async def test_background_requests_lost_with_the_connection_are_reported_with_their_payloads():
     scripted = ScriptedPeer()
     async with linked(scripted, answer=False) as (link, failures):
-        link.send_background(command(b"SET", b"a", b"1"), 1)
-        link.send_background(command(b"SET", b"b", b"1"), 1)
+        a, b, c, d = (command(b"SET", key, b"1") for key in (b"a", b"b", b"c", b"d"))
+        link.send_background(a, 1)
+        link.send_background(b, 1)
         with trio.fail_after(5):
             while len(scripted.frames) < 1:
                 await trio.sleep(0.001)
-        link.send_background(command(b"SET", b"c", b"1"), 1)  # queued, not yet framed
+        link.send_background(c, 1)  # queued, not yet framed
         scripted.conn.close()
         with trio.fail_after(5):
             while failures.count < 3:
                 await trio.sleep(0.001)
         assert failures.count == 3 and link.in_flight == 0
         assert not link.up
-        link.send_background(command(b"SET", b"d", b"1"), 1)  # the link is down: fails at once
+        link.send_background(d, 1)  # the link is down: fails at once
         assert failures.count == 4
+        # Each write of the lost frames (c may have been framed or still held), then
+        # the refused one, each with its own payload and the peer it was for.
+        assert sorted(failures.payloads[:3]) == [a, b, c] and failures.payloads[3:] == [d]
+        assert set(failures.peers) == {link.peer.name}
 
 
 @pytest.mark.parametrize("bad", [
@@ -234,7 +258,7 @@ async def test_a_peer_answering_a_frame_wrongly_is_disconnected_and_every_caller
         link.send_background(command(b"SET", b"c", b"1"), 1)
         await wait_answered(link)
         assert first.replies == second.replies == [link.broken]
-        assert failures.count == 1
+        assert failures.count == 1 and failures.payloads == [command(b"SET", b"c", b"1")]
         assert link.failed == 3
 
 
@@ -257,8 +281,7 @@ def test_a_peer_connections_requests_all_go_to_one_redis_connection():
     (keyed by request id) could run out of the order the peer sent them: a replica
     could end with an older value than the others."""
     store = RecordingDatastore()
-    node = types.SimpleNamespace(datastore=store, datastore3=store)
-    one, other = (peer.PeerConnection(node, None, ("127.0.0.1", port)) for port in (1, 2))
+    one, other = (new_connection(None, port, datastore=store, datastore3=store) for port in (1, 2))
     write = resp.encode_command([b"SET", b"k", b"v"])
     for request_id in range(1, 7):
         flags, count = [(0, 1), (peer.QUIET, 2), (0, 2)][request_id % 3]
@@ -294,14 +317,130 @@ async def test_a_bug_handling_a_request_costs_that_peer_connection_not_the_node(
         def send(self, payload, sink, affinity=0):
             raise RuntimeError("a bug in the datastore")
 
-    node = fake_node(Failures())
-    node.datastore = node.datastore3 = Broken()
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    connection = peer.PeerConnection(node, ours, ("127.0.0.1", 1))
-    theirs.sendall(peer.hello_frame(node) + msgpack.packb([peer.REQUEST, 1, 0, command(b"PING"), 1]))
+    connection = new_connection(ours, datastore=Broken(), datastore3=Broken())
+    theirs.sendall(HELLO + msgpack.packb([peer.REQUEST, 1, 0, command(b"PING"), 1]))
     with trio.fail_after(5):
         await connection.run()  # returns, rather than raising into the node
     assert "unexpected error; disconnecting" in caplog.text
     assert connection.closed
     theirs.close()
+
+
+@contextlib.contextmanager
+def closed_port():
+    """A port nothing listens on (bound, so no one else takes it): connecting is refused."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+async def test_a_link_backing_off_reconnects_at_once_when_the_peer_is_seen_up(autojump_clock):
+    """Without reconnect_now a link waits out its back-off (up to BACKOFF_MAX) after the
+    peer is back, failing every request to it meanwhile. Under a fake clock: every
+    attempt is timed by the on_unreachable it causes (a refused connect)."""
+    attempts: list[float] = []
+    with closed_port() as port:
+        link = new_link(port, Failures(), on_unreachable=lambda name: attempts.append(trio.current_time()))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run)
+            with trio.fail_after(60):
+                while len(attempts) < 2 or attempts[-1] - attempts[-2] < peer.BACKOFF_MAX:
+                    await trio.sleep(0.01)
+            await trio.sleep(peer.BACKOFF_MAX / 4)  # well into a wait of BACKOFF_MAX
+            seen, tried = trio.current_time(), len(attempts)
+            link.reconnect_now()
+            with trio.fail_after(60):
+                while len(attempts) < tried + 2:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+    assert attempts[tried] - seen < peer.BACKOFF_MIN  # not the BACKOFF_MAX * 3/4 left
+    assert attempts[tried + 1] - attempts[tried] == pytest.approx(peer.BACKOFF_MIN)  # back-off reset
+
+
+async def test_a_connected_link_told_the_peer_is_up_stays_connected():
+    scripted = ScriptedPeer()
+    async with linked(scripted) as (link, failures):
+        link.reconnect_now()
+        answer = Collect()
+        link.send(command(b"PING"), answer)
+        await wait_answered(link)
+        assert link.up and answer.replies == [b"+OK\r\n"]
+
+
+class Watcher:
+    """What a coordinator asks of a background write's echo."""
+
+    def __init__(self):
+        self.outcomes: list[tuple[int, bool, bytes]] = []
+
+    def echoed(self, index: int, ok: bool, data: bytes) -> None:
+        self.outcomes.append((index, ok, data))
+
+
+class QuietPeer(ScriptedPeer):
+    """Answers QUIET frames as dyno does: b"" when every reply would be +OK,
+    else the replies joined (``replies``), or FAILED (``fail``)."""
+
+    def __init__(self, replies: bytes | None = None, fail: bytes | None = None):
+        super().__init__()
+        self.replies, self.fail = replies, fail
+
+    async def serve(self, answer: bool):
+        await trio.lowlevel.wait_readable(self.listener)
+        conn, _ = self.listener.accept()
+        conn.setblocking(False)
+        receiver = Receiver(conn, 65536, b"")
+        unpacker = msgpack.Unpacker(raw=False)
+        try:
+            while True:
+                unpacker.feed(await receiver.receive())
+                for frame in unpacker:
+                    if frame[0] == peer.HELLO:
+                        conn.send(msgpack.packb([peer.HELLO, 0, {
+                            "cluster": "test", "node": "127.0.0.1:9", "version": peer.PROTOCOL_VERSION,
+                        }]))
+                        continue
+                    self.frames.append(frame)
+                    if self.fail is not None:
+                        conn.send(msgpack.packb([peer.FAILED, frame[1], self.fail]))
+                    else:
+                        conn.send(msgpack.packb([peer.REPLY, frame[1], self.replies or b""]))
+        except Exception:
+            pass
+        finally:
+            receiver.close()
+
+
+@pytest.mark.parametrize("answer, expected", [
+    (None, [(1, True, b"+OK\r\n" * 2), (2, True, b"+OK\r\n")]),  # b"": every reply +OK
+    (b":5\r\n:6\r\n+OK\r\n", [(1, True, b":5\r\n:6\r\n"), (2, True, b"+OK\r\n")]),
+], ids=["all-ok", "replies"])
+async def test_background_writes_echo_what_the_peer_answered(answer, expected):
+    scripted = QuietPeer(replies=answer)
+    async with linked(scripted) as (link, failures):
+        first = link.send_background(command(b"INCR", b"a") * 2, 2)
+        second = link.send_background(command(b"SET", b"b", b"1"), 1)
+        assert first[0] is second[0] and (first[1], second[1]) == (0, 2)  # one frame
+        await wait_answered(link)
+        watcher = Watcher()
+        first[0].watch(watcher, 1, first[1], 2)
+        second[0].watch(watcher, 2, second[1], 1)
+        assert watcher.outcomes == expected
+        assert scripted.frames[0][2] & peer.QUIET
+        assert failures.count == 0
+
+
+async def test_a_background_write_watched_before_its_frame_fails_hears_the_failure_once_reported():
+    scripted = QuietPeer(fail=b"-ERR dyno: datastore x is unavailable\r\n")
+    async with linked(scripted) as (link, failures):
+        frame, offset = link.send_background(command(b"SET", b"a", b"1"), 1)
+        watcher = Watcher()
+        frame.watch(watcher, 7, offset, 1)  # asked before the answer came
+        await wait_answered(link)
+        assert watcher.outcomes == [(7, False, b"-ERR dyno: datastore x is unavailable\r\n")]
+        assert failures.count == 1 and failures.payloads == [command(b"SET", b"a", b"1")]
