@@ -574,7 +574,7 @@ class Coordinator:
     def __init__(self, ring: "Ring", *, datastore: "Datastore", datastore3: "Datastore",
                  link_of: Callable, admin_down, stats, metrics: "Metrics", run_local: Callable,
                  read_consistency: str, write_consistency: str, flush_enabled: bool = False,
-                 hash_tag: bool = False, clock: Callable[[], float] = time.time):
+                 hash_tag: bool = False, clock: Callable[[], int] = time.time_ns):
         self.datastore = datastore
         self.datastore3 = datastore3
         self.link_of = link_of
@@ -655,7 +655,8 @@ class Coordinator:
     # -- batches --------------------------------------------------------------------
 
     def now_ms(self) -> int:
-        return int(self.clock() * 1000)
+        """Wall-clock milliseconds: a relative expiry made absolute is on this clock."""
+        return self.clock() // 1_000_000
 
     def execute_batch(self, client: "ClientConnection", requests: list[list[bytes]], raw: bytes | None) -> None:
         """Run ``requests`` for ``client``; each gets its reply in the client's FIFO,
