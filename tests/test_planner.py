@@ -1,0 +1,274 @@
+"""The planner (dyno.planner) against a simple model, on hypothesis-generated
+batches over rings of 1-3 datacenters, 1-3 racks and 1-3 nodes per rack, with
+random sets of nodes down.
+
+For every request the model says, from the ring and the rules of DESIGN.md §4
+(and nothing of the planner's): which replicas must get it at once, which are
+kept in reserve, which node of another datacenter coordinates it there, and how
+its reply is decided (one replica, a quorum, every datacenter's quorum, a merge of
+parts, the node itself, an error now). The plan must say the same; and the parts
+together must carry exactly the batch's requests (relative expiries made absolute),
+each replica set's in the order the client sent them.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dyno import resp
+from dyno.planner import EACH, LOCAL, ONE, QUORUM, Merge, Part, Plan, Planner
+from dyno.ring import Ring, RingNode
+
+KEYS = [b"k%d" % i for i in range(30)] + [b"{t}a", b"{t}b"]
+NOW = 1_700_000_000_000
+
+
+@st.composite
+def rings(draw) -> Ring:
+    dcs = draw(st.integers(1, 3))
+    racks = draw(st.integers(1, 3))
+    per_rack = draw(st.integers(1, 3))
+    nodes = []
+    for dc in range(dcs):
+        for rack in range(racks):
+            # Each rack cuts the ring at its own random tokens.
+            tokens = sorted(draw(st.sets(st.integers(0, 2**32 - 1), min_size=per_rack, max_size=per_rack)))
+            for token in tokens:
+                port = 9000 + len(nodes)
+                nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, f"dc{dc}", f"r{rack}", (token,)))
+    local = draw(st.sampled_from(nodes))
+    return Ring(nodes, local, "murmur", b"{}")
+
+
+def commands():
+    key = st.sampled_from(KEYS)
+    value = st.binary(min_size=1, max_size=3)
+    return st.one_of(
+        st.tuples(st.just(b"GET"), key),
+        st.tuples(st.just(b"SET"), key, value),
+        st.tuples(st.just(b"INCR"), key),
+        st.tuples(st.just(b"SET"), key, value, st.just(b"EX"), st.just(b"100")),
+        st.tuples(st.just(b"EXPIRE"), key, st.just(b"50")),
+        st.lists(key, min_size=1, max_size=4).map(lambda ks: (b"MGET", *ks)),
+        st.lists(st.tuples(key, value), min_size=1, max_size=3).map(
+            lambda pairs: (b"MSET", *itertools.chain.from_iterable(pairs))),
+        st.lists(key, min_size=1, max_size=3).map(lambda ks: (b"DEL", *ks)),
+        st.tuples(st.just(b"HGETALL"), key),
+        st.tuples(st.just(b"SRANDMEMBER"), key),
+        st.tuples(st.just(b"SPOP"), key),
+        st.tuples(st.just(b"SSCAN"), key, st.just(b"0")),
+        st.tuples(st.just(b"RENAME"), st.just(b"{t}a"), st.sampled_from([b"{t}b", b"k1", b"k2"])),
+        st.just((b"DBSIZE",)),
+        st.just((b"PING",)),
+        st.just((b"EVAL", b"return 1", b"0")),
+        st.just((b"NOSUCHCOMMAND", b"x")),
+    )
+
+
+LEVELS = st.sampled_from(["DC_ONE", "DC_QUORUM", "DC_SAFE_QUORUM", "DC_EACH_SAFE_QUORUM"])
+
+
+# -- the model ------------------------------------------------------------------------
+
+
+def quorum(n: int) -> int:
+    return n // 2 + 1
+
+
+def model_part(ring: Ring, up, key: bytes, write: bool, level: str):
+    """(kind, asked, reserve, coordinate) for a request on ``key``, from first principles."""
+    replicas = ring.replicas(ring.token_of(key))
+    local = [n for n in replicas if n.dc == ring.local.dc]  # this rack's first, then the others'
+    remote_dcs = sorted({n.dc for n in replicas if n.dc != ring.local.dc})
+    coordinate = []
+    if write and level != "DC_EACH_SAFE_QUORUM":
+        for dc in remote_dcs:
+            there = [n for n in replicas if n.dc == dc]
+            coordinate.append(next((n for n in there if up(n)), there[0]))
+    if level == "DC_EACH_SAFE_QUORUM":
+        return EACH, list(replicas), [], []
+    if level == "DC_ONE":
+        if write:  # every local replica, the first available answering
+            first = next((n for n in local if up(n)), local[0])
+            return ONE, [first] + [n for n in local if n is not first], [], coordinate
+        first = next((n for n in replicas if up(n)), local[0])
+        return ONE, [first], [n for n in replicas if n is not first], coordinate
+    if write or len(local) < 3:
+        return QUORUM, local, [], coordinate
+    return QUORUM, "Q", local, coordinate  # a read asks Q first: checked apart
+
+
+def absolute(ring: Ring, argv: list[bytes]) -> list[bytes]:
+    """What the planner must send for a request (relative expiries made absolute,
+    where there are replicas)."""
+    name = argv[0].upper()
+    if len(ring.nodes) == 1:
+        return argv
+    if name == b"SET" and len(argv) == 5:
+        return [b"SET", argv[1], argv[2], b"PXAT", b"%d" % (NOW + 100_000)]
+    if name == b"EXPIRE":
+        return [b"PEXPIREAT", argv[1], b"%d" % (NOW + 50_000)]
+    return argv
+
+
+WRITES = {b"SET", b"INCR", b"MSET", b"DEL", b"SPOP", b"RENAME", b"EXPIRE"}
+
+
+# -- the property ------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(ring=rings(), data=st.data(), read_level=LEVELS, write_level=LEVELS,
+       batch=st.lists(commands(), min_size=1, max_size=12))  # fmt: skip
+def test_a_plan_sends_each_request_where_the_rules_say_and_decides_it_as_they_say(
+        ring, data, read_level, write_level, batch):
+    down = data.draw(st.sets(st.sampled_from([n.name for n in ring.nodes])))
+
+    def up(node):
+        return node.name not in down
+
+    requests = [list(command) for command in batch]
+    raw = b"".join(map(resp.encode_command, requests))
+    plan = Planner(ring, up, hash_tag=True).plan(requests, raw, read_level, write_level, lambda: NOW)
+    assert isinstance(plan, Plan)
+    size = plan.size
+    assert 1 <= size <= len(requests)
+    ends = [i for i, argv in enumerate(requests) if argv[0] in (b"HELLO", b"QUIT")]
+    assert size == (ends[0] + 1 if ends else len(requests))
+    sources = plan.sources if plan.sources is not None else [None] * size
+    assert len(sources) == size
+    carried = {}  # position -> (part, index in part)
+    for part in plan.parts:
+        positions = part.positions if part.positions is not None else list(range(size))
+        sent = resp.RequestParser().feed(part.payload)
+        assert len(sent) == len(positions) == part.count
+        for index, (position, argv) in enumerate(zip(positions, sent)):
+            assert position not in carried, "a request carried twice"
+            carried[position] = (part, index, argv)
+    # Requests on the same keys go in the order the client sent them (a
+    # sub-request of a merge stands where its request does).
+    owner = {sub: position for position, source in enumerate(sources) if isinstance(source, Merge)
+             for sub in source.parts}
+    order = sorted(carried, key=lambda position: owner.get(position, position))
+    for a, b in itertools.combinations(order, 2):
+        part_a, part_b = carried[a][0], carried[b][0]
+        if part_a is not part_b and _same_keys(carried[a][2], carried[b][2]):
+            assert plan.parts.index(part_a) < plan.parts.index(part_b), (a, b)
+    for position in range(size):
+        argv = requests[position]
+        name = argv[0].upper()
+        source = sources[position]
+        level = write_level if name in WRITES else read_level
+        if name == b"PING":
+            assert source is LOCAL
+            continue
+        if name == b"NOSUCHCOMMAND":
+            assert source.startswith(b"-ERR unknown command")
+            continue
+        if name == b"RENAME" and ring.replicas(ring.token_of(argv[1])) is not ring.replicas(ring.token_of(argv[2])):
+            assert source.startswith(b"-CROSSSLOT")
+            continue
+        if name == b"DBSIZE":  # a part per node of this rack, summed
+            assert isinstance(source, Merge)
+            rack = ring.rack_nodes(ring.local.dc, ring.local.rack)
+            subs = [carried[sub] for sub in source.parts]
+            assert len(subs) == len(rack)
+            assert {part.asked[0] for part, _, _ in subs} <= set(ring.nodes)
+            continue
+        if name in (b"MGET", b"MSET", b"DEL"):
+            stride = 2 if name == b"MSET" else 1
+            keys = argv[1::stride]
+            sets = {id(ring.replicas(ring.token_of(k))) for k in keys}
+            if len(sets) > 1:  # cut into a sub-command per replica set, merged
+                assert isinstance(source, Merge)
+                subs = [carried[sub][2] for sub in source.parts]
+                assert sorted(k for sub in subs for k in sub[1::stride]) == sorted(keys)
+                for sub_position in source.parts:
+                    part, _, sub = carried[sub_position]
+                    check_targets(ring, up, part, sub[1], name in WRITES, level)
+                continue
+        assert source is None, (argv, source)
+        part, _, sent = carried[position]
+        if name == b"EVAL":  # no key: this node answers
+            assert part.asked == (ring.local,) and part.kind is ONE
+            continue
+        if name == b"SPOP":  # one replica runs it, the others get what it did
+            replicas = ring.replicas(ring.token_of(argv[1]))
+            assert part.kind is ONE and part.effect is not None
+            assert {part.asked[0], *part.others} == set(replicas) and part.asked[0] not in part.others
+            assert part.asked[0] == next((n for n in replicas if up(n)), replicas[0])
+            continue
+        if name == b"SSCAN":  # the replica the cursor names (cursor 0: the first available)
+            replicas = ring.replicas(ring.token_of(argv[1]))
+            assert part.kind is ONE and part.reserve == () and part.transform is not None
+            assert part.asked == (next((n for n in replicas if up(n)), replicas[0]),)
+            continue
+        assert sent == absolute(ring, argv)
+        if name in (b"SRANDMEMBER",):
+            level = "DC_ONE"  # any replica's pick is right
+        check_targets(ring, up, part, argv[1], name in WRITES, level)
+        assert part.canonical == (name == b"HGETALL" and level != "DC_ONE")
+
+
+def _keys(argv: list[bytes]) -> set[bytes]:
+    name = argv[0].upper()
+    if name in (b"MGET", b"DEL"):
+        return set(argv[1:])
+    if name == b"MSET":
+        return set(argv[1::2])
+    if name == b"RENAME":
+        return set(argv[1:3])
+    if name in (b"DBSIZE", b"EVAL"):
+        return set()
+    return {argv[1]}
+
+
+def _same_keys(a: list[bytes], b: list[bytes]) -> bool:
+    return bool(_keys(a) & _keys(b))
+
+
+def check_targets(ring: Ring, up, part: Part, key: bytes, write: bool, level: str) -> None:
+    kind, asked, reserve, coordinate = model_part(ring, up, key, write, level)
+    assert part.kind is kind and part.write is write and part.level == level
+    assert list(part.coordinate) == coordinate
+    if asked != "Q":
+        assert list(part.asked) == asked
+        if kind is ONE and not write:  # a read's fallbacks: every replica, in order
+            assert [n for n in part.reserve if n is not part.asked[0]] == reserve
+        else:
+            assert list(part.reserve) == reserve
+        return
+    local = reserve
+    needed = quorum(len(local))
+    assert len(part.asked) == needed and set(part.asked) | set(part.reserve) == set(local)
+    assert not set(part.asked) & set(part.reserve)
+    if local[0].local:
+        assert part.asked[0] is local[0]  # this node's own Redis, no hop
+    available = [n for n in local if up(n) or n.local]
+    if len(available) >= needed:  # nobody down is asked while enough are up
+        assert all(up(n) or n.local for n in part.asked)
+
+
+@settings(max_examples=100, deadline=None)
+@given(ring=rings(), batch=st.lists(st.tuples(st.just(b"GET"), st.sampled_from(KEYS)), min_size=1, max_size=16))
+def test_a_plain_batch_is_planned_as_the_general_planner_would(ring, batch):
+    """The common case's shortcut (Planner._plain) makes the plan the general
+    planner makes: the same parts, carrying the same requests."""
+    planner = Planner(ring, lambda node: True)
+    requests = [list(command) for command in batch]
+    raw = b"".join(map(resp.encode_command, requests))
+    fast = planner.plan(requests, raw, "DC_QUORUM", "DC_QUORUM", lambda: NOW)
+    general = planner.plan(requests, None, "DC_QUORUM", "DC_QUORUM", lambda: NOW)
+    assert [p.describe() for p in _normal(fast)] == [p.describe() for p in _normal(general)]
+    assert [p.payload for p in _normal(fast)] == [p.payload for p in _normal(general)]
+
+
+def _normal(plan: Plan) -> list[Part]:
+    """The parts, each with its positions spelled out."""
+    for part in plan.parts:
+        if part.positions is None:
+            part.positions = list(range(plan.size))
+    return plan.parts
