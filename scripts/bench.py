@@ -16,9 +16,18 @@ What it starts, on free loopback ports, in a temporary directory:
   node of DIR/cluster.json.
 - only when named in --targets: "dyno-3x2-one" / "dyno-3x2-quorum" (3 racks of 2 nodes)
   and "dyno-2dc-one" (2 datacenters of 3 racks of 1 node), started the same way.
+- only with --baseline REV: beside every dyno target above, its twin "TARGET@base" (e.g.
+  "dyno-3r-one@base"), the same shape started the same way, but running git revision REV
+  of the repository holding this script: `git archive REV | tar -x` into the temporary
+  directory (the repository is only read), that tree first on PYTHONPATH and
+  PYTHONSAFEPATH set (so neither the working directory nor the virtualenv's editable
+  install puts the checkout's dyno/ ahead of it); `dyno cluster up` hands both on to the
+  nodes it spawns. Each started dyno process is then asked which dyno/ it imports (the
+  probe: its own interpreter, environment and working directory, `import dyno`): a twin
+  that would run the checkout's code, or a target the baseline's, is not measured.
 Everything it started is stopped at the end, also on error, Ctrl-C or SIGTERM: each child
-runs in its own process group and is stopped by that group; clusters by `dyno cluster down`,
-then by the pids cluster.json lists.
+runs in its own process group and is stopped by that group; clusters by `dyno cluster down`
+(a twin's by the baseline's own), then by the pids cluster.json lists.
 
 How it measures: for every round, every target, every pipeline depth (interleaved, so a
 slow minute of the machine hits all targets alike), the shared or own backends are flushed,
@@ -30,9 +39,16 @@ issues' goals; a second table the CPU time per request of each proxy process (fr
 invocation, every rack's Redis servers must hold the same keys: a write acknowledged at
 DC_ONE that never reached a rack is a lost write (issue 3).
 
+With --baseline, a target and its twin run back to back at each depth (the twin second in
+odd rounds, first in even ones), and two more tables compare each pair: ops/s of the
+target over its twin's (from the medians, and the lowest..highest of the rounds' pairs),
+the p99 ratio, and the CPU µs per request of all their processes. With REV = HEAD both
+run the same code: the ratios' distance from 1.00 is the noise of an A/B on this box.
+
     .venv/bin/python scripts/bench.py                 # full run: 3 rounds, a few minutes
     .venv/bin/python scripts/bench.py --quick         # ~30 s sanity check
     .venv/bin/python scripts/bench.py --targets redis,twemproxy,dyno-1 --json out.json
+    .venv/bin/python scripts/bench.py --targets redis,dyno-1,dyno-3r-one --baseline main
 """
 
 from __future__ import annotations
@@ -70,6 +86,8 @@ CLUSTER_SHAPES = {  # name: (dcs, racks, nodes per rack, consistency)
     "dyno-2dc-one": (2, 3, 1, "DC_ONE"),
 }
 ALL_TARGETS = (*DEFAULT_TARGETS, *(name for name in CLUSTER_SHAPES if name not in DEFAULT_TARGETS))
+DYNO_TARGETS = ("dyno-1", *CLUSTER_SHAPES)  # the targets --baseline gives a twin
+TWIN_SUFFIX = "@base"  # "dyno-1@base": dyno-1's shape, running the --baseline revision
 HOST = "127.0.0.1"
 PROBE_KEY = "dyno-bench:probe"  # written to check a target serves, flushed before runs
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -268,8 +286,8 @@ def summarize(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[i
                                  else Goal(issue, minimum, vs_redis))
                 p99 = statistics.median(r.p99_ms for r in found)
                 redis_p99 = median_p99("redis", test, pipeline)
-                p99_goal = None
-                if target.startswith("dyno") and pipeline == 1 and redis_p99:
+                p99_goal = None  # the goals are the checkout's: a baseline twin has none
+                if target in DYNO_TARGETS and pipeline == 1 and redis_p99:
                     p99_goal = LatencyGoal(P99_GOAL, p99 / redis_p99)
                 rows.append(SummaryRow(
                     target=target, test=test, pipeline=pipeline, rounds=len(found), rps=rps,
@@ -331,6 +349,154 @@ def render_cpu(runs: Iterable[Run], targets: Sequence[str], pipelines: Sequence[
     return render_table(headers, cells, "ll" + "r" * len(pipelines))
 
 
+# A/B against another revision (--baseline): every dyno target gets a twin of the same
+# shape running the baseline's code, measured in the same rounds, right next to it.
+
+def twin_name(target: str) -> str:
+    return target + TWIN_SUFFIX
+
+
+def twin_of(name: str) -> str | None:
+    """The target a twin stands beside ("dyno-1@base" -> "dyno-1"); None for a target."""
+    return name.removesuffix(TWIN_SUFFIX) if name.endswith(TWIN_SUFFIX) else None
+
+
+def with_twins(targets: Sequence[str]) -> list[str]:
+    """The targets to start, each dyno target's twin right after it."""
+    return [name for target in targets
+            for name in ((target, twin_name(target)) if target in DYNO_TARGETS else (target,))]
+
+
+def round_order(names: Sequence[str], pipelines: Sequence[int], round_no: int
+                ) -> list[tuple[str, int]]:
+    """(target, P) in the order one round runs them.
+
+    A target and its twin run back to back at each depth, so a slow moment of the machine
+    hits both; the twin goes second in odd rounds and first in even ones, so that neither
+    always follows the other (a warm shared Redis, the CPU's frequency).
+    """
+    order = []
+    for name in names:
+        if twin_of(name) in names:
+            continue  # runs beside its target
+        pair = [name, twin_name(name)] if twin_name(name) in names else [name]
+        if round_no % 2 == 0:
+            pair.reverse()
+        order.extend((member, pipeline) for pipeline in pipelines for member in pair)
+    return order
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineComparison:
+    """One (target, test, P) next to its twin: medians over rounds, and each round's pair."""
+
+    target: str
+    test: str
+    pipeline: int
+    rps: float
+    base_rps: float
+    rps_ratio: float  # median ops/s of the target over its twin's
+    round_ratios: tuple[float, ...]  # target / twin in each round where both ran
+    p99_ms: float
+    base_p99_ms: float
+    p99_ratio: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineCpuComparison:
+    """CPU µs per request (SET and GET together) of all of a target's measured processes,
+    the sum of each process's median over rounds, next to its twin's."""
+
+    target: str
+    pipeline: int
+    cpu_us: float
+    base_cpu_us: float
+    ratio: float
+
+
+def compare_with_baseline(runs: Iterable[Run], targets: Sequence[str],
+                          pipelines: Sequence[int]) -> list[BaselineComparison]:
+    """Every target whose twin also has results, in `targets` then test then P order."""
+    found: dict[tuple[str, str, int], dict[int, Measurement]] = {}
+    for run in runs:
+        for test, result in run.results.items():
+            found.setdefault((run.target, test, run.pipeline), {})[run.round] = result
+    rows = []
+    for target in targets:
+        for test in TESTS:
+            for pipeline in pipelines:
+                ours = found.get((target, test, pipeline))
+                theirs = found.get((twin_name(target), test, pipeline))
+                if twin_of(target) is not None or not ours or not theirs:
+                    continue
+                rps = statistics.median(r.rps for r in ours.values())
+                base_rps = statistics.median(r.rps for r in theirs.values())
+                p99 = statistics.median(r.p99_ms for r in ours.values())
+                base_p99 = statistics.median(r.p99_ms for r in theirs.values())
+                rows.append(BaselineComparison(
+                    target=target, test=test, pipeline=pipeline, rps=rps, base_rps=base_rps,
+                    rps_ratio=rps / base_rps,
+                    round_ratios=tuple(ours[n].rps / theirs[n].rps
+                                       for n in sorted(ours) if n in theirs),
+                    p99_ms=p99, base_p99_ms=base_p99, p99_ratio=p99 / base_p99))
+    return rows
+
+
+def compare_cpu_with_baseline(runs: Iterable[Run], targets: Sequence[str],
+                              pipelines: Sequence[int]) -> list[BaselineCpuComparison]:
+    samples: dict[tuple[str, int], dict[str, list[float]]] = {}
+    for run in runs:
+        if run.error is None:
+            for process, cpu in run.cpu_us_per_request.items():
+                samples.setdefault((run.target, run.pipeline), {}).setdefault(
+                    process, []).append(cpu)
+
+    def total(target: str, pipeline: int) -> float | None:
+        by_process = samples.get((target, pipeline))
+        return (sum(statistics.median(cpu) for cpu in by_process.values())
+                if by_process else None)
+
+    rows = []
+    for target in targets:
+        for pipeline in pipelines:
+            ours, theirs = total(target, pipeline), total(twin_name(target), pipeline)
+            if twin_of(target) is None and ours is not None and theirs:
+                rows.append(BaselineCpuComparison(target, pipeline, ours, theirs, ours / theirs))
+    return rows
+
+
+def render_baseline_comparison(rows: Sequence[BaselineComparison]) -> str:
+    headers = ["target", "test", "P", "ops/s", "base ops/s", "x base", "rounds x base",
+               "p99 ms", "base p99", "p99 x base"]
+    cells = [[
+        row.target, row.test, str(row.pipeline), f"{row.rps:,.0f}", f"{row.base_rps:,.0f}",
+        f"{row.rps_ratio:.3f}",
+        f"{min(row.round_ratios):.3f}..{max(row.round_ratios):.3f}" if row.round_ratios else "-",
+        f"{row.p99_ms:.3f}", f"{row.base_p99_ms:.3f}", f"{row.p99_ratio:.2f}",
+    ] for row in rows]
+    return render_table(headers, cells, "llrrrrrrrr")
+
+
+def render_baseline_cpu(rows: Sequence[BaselineCpuComparison]) -> str:
+    headers = ["target", "P", "us/req", "base us/req", "x base"]
+    cells = [[row.target, str(row.pipeline), f"{row.cpu_us:.1f}", f"{row.base_cpu_us:.1f}",
+              f"{row.ratio:.3f}"] for row in rows]
+    return render_table(headers, cells, "lrrrr")
+
+
+def code_mismatch(package: Path, expected_root: Path | None, baseline_root: Path) -> str | None:
+    """Why a process importing dyno from `package` runs the wrong code, or None.
+
+    A twin (expected_root = the baseline tree) must import that tree's dyno/; every other
+    dyno process (expected_root None: the checkout) anything but the baseline tree.
+    """
+    if expected_root is not None and package != expected_root / "dyno":
+        return f"imports dyno from {package}, not from the baseline tree {expected_root}"
+    if expected_root is None and package.is_relative_to(baseline_root):
+        return f"imports dyno from the baseline tree ({package}), not from the checkout"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class ClusterNode:
     name: str
@@ -383,10 +549,11 @@ def free_port() -> int:
             return port
 
 
-def spawn(argv: Sequence[str], log: Path) -> subprocess.Popen:
+def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+          ) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -512,6 +679,117 @@ def tool_version(tool: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# The code a dyno target runs: this checkout's, or (--baseline) another revision's,
+# extracted from git into the work directory; and the check which one a process runs.
+# ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DynoCode:
+    """Which dyno package a dyno target's processes import.
+
+    `root` None: whatever the Python running this script imports, this checkout (the
+    virtualenv's editable install). Otherwise a tree holding a dyno/ package, the
+    --baseline revision extracted into the work directory, put ahead of everything else.
+    """
+
+    label: str
+    root: Path | None = None
+    commit: str | None = None
+
+    def argv(self, *args: str) -> list[str]:
+        """The dyno CLI under this virtualenv's Python (the same for both codes)."""
+        return [sys.executable, "-m", "dyno", *args]
+
+    def env(self) -> dict[str, str] | None:
+        """The environment its processes start with; None: this script's own."""
+        if self.root is None:
+            return None
+        env = dict(os.environ)
+        # PYTHONPATH is searched before the editable install's finder (appended to
+        # sys.meta_path); `dyno cluster up` keeps it for the nodes it spawns. But
+        # `python -m` puts its working directory first on sys.path, and run from the
+        # checkout that is the checkout's dyno/: PYTHONSAFEPATH (3.11) leaves it out.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(self.root), env.get("PYTHONPATH"))
+                                            if p)
+        env["PYTHONSAFEPATH"] = "1"
+        return env
+
+
+CHECKOUT = DynoCode("this checkout")
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise BenchError(f"git {' '.join(args)} in {repo}: "
+                         f"{done.stderr.strip() or f'exit status {done.returncode}'}")
+    return done.stdout.strip()
+
+
+def script_repository() -> Path:
+    """The git repository holding this script, where --baseline revisions are resolved."""
+    return Path(git(Path(__file__).resolve().parent, "rev-parse", "--show-toplevel"))
+
+
+def describe_checkout(repo: Path) -> DynoCode:
+    """The checkout's code, labelled with its commit. Reads only: no index refresh."""
+    head = git(repo, "rev-parse", "HEAD")
+    dirty = git(repo, "--no-optional-locks", "status", "--porcelain", "--", "dyno")
+    return DynoCode(f"this checkout (HEAD {head[:12]}"
+                    + (", with uncommitted changes in dyno/)" if dirty else ")"), commit=head)
+
+
+def extract_baseline(revision: str, repo: Path, workdir: Path) -> DynoCode:
+    """`git archive REV | tar -x` into workdir/baseline; the repository is only read."""
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--quiet",
+                           f"{revision}^{{commit}}"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise BenchError(f"--baseline: {revision!r} is not a commit in {repo}")
+    commit = done.stdout.strip()
+    tree = workdir / "baseline"
+    tree.mkdir()
+    with tempfile.TemporaryFile() as err:
+        archive = subprocess.Popen(["git", "-C", str(repo), "archive", "--format=tar", commit],
+                                   stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+        untar = subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout,
+                               stderr=err)
+        archive.stdout.close()
+        archive.wait()
+        if archive.returncode or untar.returncode:
+            err.seek(0)
+            raise BenchError(f"--baseline: git archive {commit[:12]} | tar -x failed: "
+                             f"{err.read().decode(errors='replace').strip()[:300]}")
+    if not (tree / "dyno" / "__init__.py").is_file():
+        raise BenchError(f"--baseline: {revision} ({commit[:12]}) has no dyno package")
+    return DynoCode(f"baseline {revision} ({commit[:12]})", root=tree, commit=commit)
+
+
+# The process asked which dyno it imports: run like it (its interpreter, environment and
+# working directory), `import dyno` resolves as it did. (`-c` puts the working directory
+# first on sys.path as `-m` does, and under PYTHONSAFEPATH neither does.)
+PROBE = "import dyno; print(dyno.__file__)"
+
+
+def dyno_package_of(pid: int) -> Path:
+    """The dyno/ directory the running Python process `pid` imports."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        interpreter = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+        env = dict(item.split("=", 1) for item in (proc / "environ").read_bytes().decode(
+            errors="surrogateescape").split("\0") if "=" in item)
+        cwd = os.readlink(proc / "cwd")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchError(f"cannot read pid {pid}'s command line and environment: {exc}") from None
+    done = subprocess.run([interpreter, "-c", PROBE], env=env, cwd=cwd, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=60)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise BenchError(f"pid {pid}'s Python cannot import dyno: {done.stderr.strip()[-300:]}")
+    return Path(done.stdout.strip()).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------
 # Targets: each a small class with start()/stop(), the port clients use, the processes
 # whose CPU is measured, and the Redis servers behind it grouped by rack.
 # ---------------------------------------------------------------------------------------
@@ -546,6 +824,7 @@ class Target:
     name: str
     description = ""
     client_port = 0
+    code: DynoCode | None = None  # a dyno target's: which dyno package its processes run
 
     def start(self) -> None:
         raise NotImplementedError
@@ -630,19 +909,15 @@ class Twemproxy(Target):
         return {"-": [(HOST, self.backend.port)]}
 
 
-def dyno_argv(*args: str) -> list[str]:
-    """The dyno CLI of this checkout's virtualenv (or whichever Python runs this script)."""
-    return [sys.executable, "-m", "dyno", *args]
-
-
 class DynoNode(Target):
     """One dyno node (`dyno start --config`) in front of the shared Redis."""
 
-    name = "dyno-1"
-
-    def __init__(self, backend: RedisServer, workdir: Path):
+    def __init__(self, backend: RedisServer, workdir: Path, name: str = "dyno-1",
+                 code: DynoCode = CHECKOUT):
+        self.name = name
+        self.code = code
         self.backend = backend
-        self.dir = workdir / "dyno-1"
+        self.dir = workdir / name
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -661,7 +936,7 @@ class DynoNode(Target):
             "  servers:\n"
             f"  - {HOST}:{self.backend.port}:1\n")
         log = self.dir / "dyno.log"
-        self.proc = spawn(dyno_argv("start", "--config", str(conf)), log)
+        self.proc = spawn(self.code.argv("start", "--config", str(conf)), log, self.code.env())
         wait_until_serving(HOST, self.client_port, "dyno start", log, self.proc)
         self.description = (f"dyno start --config {conf.name}, port {self.client_port} -> "
                             f"shared redis port {self.backend.port}")
@@ -684,9 +959,11 @@ class DynoCluster(Target):
     run side by side: `dyno cluster up` must pick free ports for nodes and Redis servers.
     """
 
-    def __init__(self, name: str, workdir: Path):
+    def __init__(self, name: str, workdir: Path, code: DynoCode = CHECKOUT):
         self.name = name
-        self.dcs, self.racks, self.nodes_per_rack, self.consistency = CLUSTER_SHAPES[name]
+        self.code = code
+        self.dcs, self.racks, self.nodes_per_rack, self.consistency = CLUSTER_SHAPES[
+            twin_of(name) or name]
         self.dir = workdir / name
         self.nodes: list[ClusterNode] = []
         self.started = False
@@ -694,14 +971,14 @@ class DynoCluster(Target):
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         log = self.dir / "cluster-up.log"
-        argv = dyno_argv("cluster", "up", "--dir", str(self.dir), "--dcs", str(self.dcs),
+        argv = self.code.argv("cluster", "up", "--dir", str(self.dir), "--dcs", str(self.dcs),
                          "--racks", str(self.racks), "--nodes-per-rack", str(self.nodes_per_rack),
                          "--read-consistency", self.consistency,
                          "--write-consistency", self.consistency)
         self.started = True  # from here on, stop() must run even if `up` fails half-way
         with open(log, "ab") as out:
             done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=120)
+                                  stdin=subprocess.DEVNULL, timeout=120, env=self.code.env())
         if done.returncode != 0:
             raise BenchError(f"`dyno {' '.join(argv[3:])}` exited with status "
                              f"{done.returncode}; its log:\n{log_tail(log)}")
@@ -744,9 +1021,9 @@ class DynoCluster(Target):
             return
         log = self.dir / "cluster-down.log"
         with open(log, "ab") as out, contextlib.suppress(subprocess.TimeoutExpired):
-            subprocess.run(dyno_argv("cluster", "down", "--dir", str(self.dir)),
+            subprocess.run(self.code.argv("cluster", "down", "--dir", str(self.dir)),
                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                           timeout=60)
+                           timeout=60, env=self.code.env())
         # Whatever `down` left behind (or all of it, when `up` died before writing
         # cluster.json completely), stopped by the pids the cluster reported.
         with contextlib.suppress(BenchError):
@@ -766,16 +1043,25 @@ class DynoCluster(Target):
         return racks
 
 
-def make_target(name: str, shared: RedisServer, workdir: Path) -> Target:
-    match name:
+def make_target(name: str, shared: RedisServer, workdir: Path,
+                baseline: DynoCode | None = None, checkout: DynoCode = CHECKOUT) -> Target:
+    """The target `name`; a twin ("dyno-1@base") is its target's shape running `baseline`."""
+    shape = twin_of(name)
+    if shape is not None:
+        if baseline is None or shape not in DYNO_TARGETS:
+            raise BenchError(f"{name!r}: only a dyno target has a twin, and only with --baseline")
+        code = baseline
+    else:
+        shape, code = name, checkout
+    match shape:
         case "redis":
             return PlainRedis(shared)
         case "twemproxy":
             return Twemproxy(shared, workdir)
         case "dyno-1":
-            return DynoNode(shared, workdir)
-        case _ if name in CLUSTER_SHAPES:
-            return DynoCluster(name, workdir)
+            return DynoNode(shared, workdir, name, code)
+        case _ if shape in CLUSTER_SHAPES:
+            return DynoCluster(name, workdir, code)
     raise BenchError(f"unknown target {name!r}; known: {', '.join(ALL_TARGETS)}")
 
 
@@ -903,8 +1189,8 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def describe_run(run: Run) -> str:
-    head = f"  round {run.round} {run.target:<15} P{run.pipeline:<3}"
+def describe_run(run: Run, width: int = 15) -> str:
+    head = f"  round {run.round} {run.target:<{width}} P{run.pipeline:<3}"
     if run.error:
         return f"{head} ERROR: {run.error}"
     parts = [f"{test} {result.rps:>11,.0f}/s" for test, result in run.results.items()]
@@ -931,6 +1217,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              f"(default: {','.join(DEFAULT_TARGETS)})")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write every run's raw results to FILE")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="A/B: beside each dyno target, a twin TARGET@base of the same "
+                             "shape running git revision REV (e.g. main) of this repository, "
+                             "in the same rounds; the summary compares each pair")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.requests = args.requests or (100_000 if args.quick else 200_000)
@@ -945,7 +1235,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--targets: unknown {', '.join(unknown)}; known: {', '.join(ALL_TARGETS)}")
     if args.rounds < 1 or args.requests < 1 or args.clients < 1 or not args.pipelines:
         parser.error("--rounds, --requests, --clients and --pipelines must be positive")
+    if args.baseline is not None:
+        if not args.baseline.strip() or args.baseline.startswith("-"):
+            parser.error(f"--baseline: expected a git revision like main, got {args.baseline!r}")
+        if not any(t in DYNO_TARGETS for t in args.targets):
+            parser.error(f"--baseline compares dyno targets; --targets names none of "
+                         f"{', '.join(DYNO_TARGETS)}")
     return args
+
+
+def check_code(target: Target, baseline_root: Path) -> dict[str, tuple[int, Path]]:
+    """Ask each of a started dyno target's processes which dyno it imports (a twin must
+    run the baseline tree's, a target the checkout's); the answer goes in its description."""
+    found = {}
+    for process, pid in target.measured_processes().items():
+        package = dyno_package_of(pid)
+        mismatch = code_mismatch(package, target.code.root, baseline_root)
+        if mismatch:
+            raise BenchError(f"{process} (pid {pid}) {mismatch}")
+        found[process] = (pid, package)
+    packages = sorted({str(package) for _, package in found.values()})
+    target.description += f"; {target.code.label}: dyno from {', '.join(packages)}"
+    return found
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -968,18 +1279,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[Run] = []
     targets: list[Target] = []
     failed_to_start: dict[str, str] = {}
+    # --baseline: the code each side runs, and per dyno target, per process, the pid and
+    # the dyno/ directory it was found to import.
+    checkout, baseline = CHECKOUT, None
+    imports: dict[str, dict[str, tuple[int, Path]]] = {}
     cleanup = contextlib.ExitStack()
     workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="dyno-bench-")))
     try:
+        if args.baseline is not None:
+            repo = script_repository()
+            checkout = describe_checkout(repo)
+            baseline = extract_baseline(args.baseline, repo, workdir)
+            progress(f"A/B against {baseline.label}, extracted to {baseline.root}")
         shared = RedisServer("redis-shared", workdir)
         cleanup.callback(shared.stop)
         shared.start()
-        for name in args.targets:
-            target = make_target(name, shared, workdir)
+        for name in args.targets if baseline is None else with_twins(args.targets):
+            target = make_target(name, shared, workdir, baseline, checkout)
             cleanup.callback(target.stop)
             progress(f"starting {name} ...")
             try:
                 target.start()
+                if baseline is not None and target.code is not None:
+                    imports[name] = check_code(target, baseline.root)
             except (BenchError, OSError, subprocess.SubprocessError) as exc:
                 failed_to_start[name] = str(exc)
                 progress(f"bench: {name} could not start, skipping it: {exc}")
@@ -988,12 +1310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         progress(f"{args.rounds} round(s) x {len(targets)} target(s) x P in {args.pipelines}, "
                  f"{args.requests} requests per test at P1, x{args.pipelined_scale} pipelined")
+        by_name = {target.name: target for target in targets}
+        width = max([15, *map(len, by_name)])
         for round_no in range(1, args.rounds + 1):
-            for target in targets:
-                for pipeline in args.pipelines:
-                    run = run_benchmark(target, round_no, pipeline, args)
-                    runs.append(run)
-                    progress(describe_run(run))
+            for name, pipeline in round_order(list(by_name), args.pipelines, round_no):
+                run = run_benchmark(by_name[name], round_no, pipeline, args)
+                runs.append(run)
+                progress(describe_run(run, width))
     except KeyboardInterrupt:
         progress("bench: interrupted; stopping everything it started")
         return 130
@@ -1017,11 +1340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if load_before > (os.cpu_count() or 1) / 2:
         print(f"  WARNING: the machine was busy before the benchmark started (load average "
               f"{load_before:.1f}): other work competes for the CPUs, ratios are unreliable")
+    width = max([15, *map(len, names), *map(len, failed_to_start)])
     for target in targets:
-        print(f"  {target.name:<15} {target.description}")
+        print(f"  {target.name:<{width}} {target.description}")
     for name, error in failed_to_start.items():
         lines = error.splitlines()
-        print(f"  {name:<15} NOT RUN: {lines[0]}" + (f" ... {lines[-1].strip()}"
+        print(f"  {name:<{width}} NOT RUN: {lines[0]}" + (f" ... {lines[-1].strip()}"
                                                      if len(lines) > 1 else ""))
     print()
     print(render_summary(summarize(runs, names, args.pipelines)))
@@ -1029,6 +1353,16 @@ def main(argv: Sequence[str] | None = None) -> int:
           "ratios to plain Redis in this run.")
     print("\nCPU time per request (SET and GET together), median over rounds:")
     print(render_cpu(runs, names, args.pipelines))
+    comparison = compare_with_baseline(runs, names, args.pipelines)
+    cpu_comparison = compare_cpu_with_baseline(runs, names, args.pipelines)
+    if baseline is not None:
+        print(f"\nA/B: TARGET runs {checkout.label}, TARGET{TWIN_SUFFIX} {baseline.label}, "
+              "back to back in every round; x base: TARGET over TARGET@base, from the "
+              "medians; rounds x base: the lowest..highest of the rounds' pairs:")
+        print(render_baseline_comparison(comparison) if comparison else "  (no pair ran)")
+        print("\nCPU µs per request, all of a target's measured processes together "
+              "(the sum of their medians), against its twin's:")
+        print(render_baseline_cpu(cpu_comparison) if cpu_comparison else "  (no pair ran)")
 
     checks = [run for run in runs if run.rack_check is not None]
     if checks:
@@ -1051,6 +1385,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": [dataclasses.asdict(run) for run in runs],
             "summary": [dataclasses.asdict(row)
                         for row in summarize(runs, names, args.pipelines)],
+            **({} if baseline is None else {
+                "baseline": {"revision": args.baseline, "commit": baseline.commit,
+                             "tree": str(baseline.root), "label": baseline.label},
+                "checkout": {"commit": checkout.commit, "label": checkout.label},
+                "code": {name: {process: {"pid": pid, "dyno": str(package)}
+                                for process, (pid, package) in by_process.items()}
+                         for name, by_process in imports.items()},
+                "comparison": [dataclasses.asdict(row) for row in comparison],
+                "cpu_comparison": [dataclasses.asdict(row) for row in cpu_comparison],
+            }),
         }, indent=2))
         print(f"\nraw results written to {args.json}")
     lost_writes = any(not run.rack_check.ok for run in checks)

@@ -1,16 +1,25 @@
-"""The pure parts of scripts/bench.py: parsing, medians and ratios, goals, tables.
-
-The benchmark itself starts processes and is never run by the test suite.
+"""scripts/bench.py: its pure parts (parsing, medians and ratios, goals, tables, the A/B
+twins' names, order and comparison), and, marked integration, the --baseline machinery:
+the probe that tells which dyno a process imports, and one tiny A/B run of the script.
 """
 
+import dataclasses
 import importlib.util
+import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-_spec = importlib.util.spec_from_file_location(
-    "bench", Path(__file__).resolve().parent.parent / "scripts" / "bench.py")
+integration = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+
+_spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
 bench = importlib.util.module_from_spec(_spec)
 sys.modules["bench"] = bench  # dataclasses look their module up by name
 _spec.loader.exec_module(bench)
@@ -150,3 +159,273 @@ def test_parse_cluster_json_groups_nodes_by_rack():
 def test_pipelined_tests_run_more_requests(argv, at_p1, at_p16):
     args = bench.parse_args(argv)
     assert (bench.requests_per_test(args, 1), bench.requests_per_test(args, 16)) == (at_p1, at_p16)
+
+
+# --------------------------------------------------------------------------- A/B (--baseline)
+
+def test_twins_are_named_after_their_target():
+    assert bench.twin_name("dyno-3r-one") == "dyno-3r-one@base"
+    assert bench.twin_of("dyno-3r-one@base") == "dyno-3r-one"
+    assert bench.twin_of("dyno-3r-one") is None
+    assert bench.with_twins(["redis", "twemproxy", "dyno-1", "dyno-2dc-one"]) == [
+        "redis", "twemproxy", "dyno-1", "dyno-1@base", "dyno-2dc-one", "dyno-2dc-one@base"]
+
+
+def test_round_order_without_twins_is_target_then_pipeline():
+    assert bench.round_order(["redis", "dyno-1"], [1, 16], 1) == [
+        ("redis", 1), ("redis", 16), ("dyno-1", 1), ("dyno-1", 16)]
+
+
+def test_round_order_runs_each_twin_beside_its_target_second_then_first():
+    names = ["redis", "dyno-1", "dyno-1@base"]
+    assert bench.round_order(names, [1, 16], 1) == [
+        ("redis", 1), ("redis", 16),
+        ("dyno-1", 1), ("dyno-1@base", 1), ("dyno-1", 16), ("dyno-1@base", 16)]
+    assert bench.round_order(names, [1, 16], 2) == [
+        ("redis", 1), ("redis", 16),
+        ("dyno-1@base", 1), ("dyno-1", 1), ("dyno-1@base", 16), ("dyno-1", 16)]
+
+
+def test_round_order_runs_a_twin_whose_target_did_not_start():
+    assert bench.round_order(["redis", "dyno-1@base"], [1], 1) == [
+        ("redis", 1), ("dyno-1@base", 1)]
+
+
+@given(targets=st.lists(st.sampled_from(bench.ALL_TARGETS), unique=True, min_size=1),
+       pipelines=st.lists(st.integers(1, 64), unique=True, min_size=1, max_size=3),
+       round_no=st.integers(1, 6))
+def test_round_order_runs_everything_once_and_pairs_side_by_side(targets, pipelines, round_no):
+    names = bench.with_twins(targets)
+    order = bench.round_order(names, pipelines, round_no)
+    assert sorted(order) == sorted((n, p) for n in names for p in pipelines)
+    for index, (name, pipeline) in enumerate(order):
+        if bench.twin_of(name) is not None:
+            partner = (bench.twin_of(name), pipeline)
+            second = round_no % 2 == 1  # the twin follows in odd rounds, leads in even ones
+            assert order[index - 1 if second else index + 1] == partner
+
+
+def paired_runs(target, pipeline, rps_by_round, p99=0.5, cpu=None):
+    return [bench.Run(target, round_no, pipeline, 1000,
+                      results={test: result(test, rps, p99=p99) for test in bench.TESTS},
+                      cpu_us_per_request=cpu or {})
+            for round_no, rps in rps_by_round.items()]
+
+
+def test_compare_with_baseline_takes_medians_and_pairs_rounds():
+    runs = (paired_runs("dyno-1", 1, {1: 90, 2: 120, 3: 100}, p99=1.5)
+            + paired_runs("dyno-1@base", 1, {1: 100, 2: 100, 3: 80}, p99=1.0)
+            + paired_runs("redis", 1, {1: 500}))
+    rows = bench.compare_with_baseline(runs, ["redis", "dyno-1", "dyno-1@base"], [1])
+    assert [(r.target, r.test) for r in rows] == [("dyno-1", "SET"), ("dyno-1", "GET")]
+    row = rows[0]
+    assert (row.rps, row.base_rps) == (100, 100)
+    assert row.rps_ratio == pytest.approx(1.0)
+    assert row.round_ratios == pytest.approx((0.9, 1.2, 1.25))
+    assert row.p99_ratio == pytest.approx(1.5)
+
+
+def test_compare_with_baseline_pairs_only_rounds_both_ran():
+    runs = (paired_runs("dyno-1", 1, {1: 50, 2: 60})
+            + paired_runs("dyno-1@base", 1, {2: 40}))
+    row = bench.compare_with_baseline(runs, ["dyno-1", "dyno-1@base"], [1])[0]
+    assert row.round_ratios == pytest.approx((1.5,))
+    assert row.rps_ratio == pytest.approx(55 / 40)
+
+
+def test_compare_with_baseline_needs_both_sides():
+    runs = paired_runs("dyno-1", 1, {1: 50}) + paired_runs("dyno-3r-one@base", 1, {1: 50})
+    assert bench.compare_with_baseline(runs, ["dyno-1", "dyno-3r-one@base"], [1]) == []
+
+
+def test_compare_cpu_with_baseline_sums_each_process_median():
+    runs = (paired_runs("dyno-3r-one", 1, {1: 1, 2: 1, 3: 1}, cpu={"node1": 20, "node2": 5})
+            + paired_runs("dyno-3r-one@base", 1, {1: 1}, cpu={"node1": 10, "node2": 5})
+            + paired_runs("dyno-3r-one@base", 1, {2: 1}, cpu={"node1": 30, "node2": 7}))
+    runs[0].cpu_us_per_request = {"node1": 80, "node2": 5}  # the median skips it
+    failed = paired_runs("dyno-3r-one@base", 1, {3: 1}, cpu={"node1": 999, "node2": 999})[0]
+    failed.error = "redis-benchmark exited 1"  # an error's CPU is no sample
+    rows = bench.compare_cpu_with_baseline(runs + [failed],
+                                           ["dyno-3r-one", "dyno-3r-one@base"], [1])
+    assert rows == [bench.BaselineCpuComparison("dyno-3r-one", 1, 25.0, 26.0, 25 / 26)]
+
+
+def test_render_baseline_tables():
+    runs = (paired_runs("dyno-1", 1, {1: 1000, 2: 1100}, p99=2.0, cpu={"dyno": 30})
+            + paired_runs("dyno-1@base", 1, {1: 1000, 2: 1000}, p99=1.0, cpu={"dyno": 20}))
+    names = ["dyno-1", "dyno-1@base"]
+    text = bench.render_baseline_comparison(bench.compare_with_baseline(runs, names, [1]))
+    set_row = next(line for line in text.splitlines() if line.startswith("dyno-1  SET"))
+    assert set_row.split() == ["dyno-1", "SET", "1", "1,050", "1,000", "1.050",
+                               "1.000..1.100", "2.000", "1.000", "2.00"]
+    text = bench.render_baseline_cpu(bench.compare_cpu_with_baseline(runs, names, [1]))
+    assert text.splitlines()[-1].split() == ["dyno-1", "1", "30.0", "20.0", "1.500"]
+
+
+def test_a_twin_has_no_goals_but_is_in_the_tables():
+    runs = (runs_of("redis", 1, [1000], [1000]) + runs_of("dyno-1", 1, [400], [400])
+            + runs_of("dyno-1@base", 1, [200], [200]))
+    rows = {(r.target, r.test): r
+            for r in bench.summarize(runs, ["redis", "dyno-1", "dyno-1@base"], [1])}
+    twin = rows["dyno-1@base", "SET"]
+    assert twin.vs_redis == pytest.approx(0.2)
+    assert (twin.base_goal, twin.fast_path_goal, twin.p99_goal) == (None, None, None)
+    assert rows["dyno-1", "SET"].p99_goal is not None
+
+
+def test_parse_args_baseline():
+    assert bench.parse_args([]).baseline is None
+    assert bench.parse_args(["--baseline", "main"]).baseline == "main"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--baseline=--output=/tmp/x"], "expected a git revision"),  # never a git option
+    (["--baseline", " "], "expected a git revision"),
+    (["--baseline", "main", "--targets", "redis,twemproxy"], "compares dyno targets"),
+])
+def test_parse_args_refuses_a_baseline_it_cannot_use(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_twin_needs_a_dyno_shape_and_a_baseline(tmp_path):
+    baseline = bench.DynoCode("baseline", root=tmp_path)
+    with pytest.raises(bench.BenchError, match="only a dyno target has a twin"):
+        bench.make_target("redis@base", None, tmp_path, baseline)
+    with pytest.raises(bench.BenchError, match="only a dyno target has a twin"):
+        bench.make_target("dyno-1@base", None, tmp_path, None)
+    twin = bench.make_target("dyno-3x2-one@base", None, tmp_path, baseline)
+    assert (twin.name, twin.code, twin.nodes_per_rack) == ("dyno-3x2-one@base", baseline, 2)
+    assert bench.make_target("dyno-1", None, tmp_path, baseline).code == bench.CHECKOUT
+
+
+def test_baseline_code_comes_first_on_pythonpath_without_the_working_directory(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    env = bench.DynoCode("baseline", root=tmp_path).env()
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/elsewhere"]
+    assert env["PYTHONSAFEPATH"] == "1"
+    assert bench.CHECKOUT.env() is None  # the checkout's processes inherit ours
+
+
+def test_code_mismatch():
+    base = Path("/tmp/dyno-bench-x/baseline")
+    assert bench.code_mismatch(base / "dyno", base, base) is None
+    assert "not from the baseline tree" in bench.code_mismatch(REPO / "dyno", base, base)
+    assert bench.code_mismatch(REPO / "dyno", None, base) is None
+    assert "not from the checkout" in bench.code_mismatch(base / "dyno", None, base)
+
+
+# --------------------------------------------------------------------------- integration
+
+@pytest.fixture(scope="module")
+def baseline_tree(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench-baseline")
+    return bench.extract_baseline("HEAD", bench.script_repository(), workdir)
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), "--no-optional-locks", *args],
+                          capture_output=True, text=True, check=True).stdout
+
+
+@integration
+def test_extract_baseline_extracts_the_commit_and_leaves_the_repository_alone(tmp_path):
+    index = Path(git("rev-parse", "--path-format=absolute", "--git-path", "index").strip())
+    before = (git("status", "--porcelain"), index.stat().st_mtime_ns)
+    code = bench.extract_baseline("HEAD~1", bench.script_repository(), tmp_path)
+    assert (git("status", "--porcelain"), index.stat().st_mtime_ns) == before
+    assert code.commit == git("rev-parse", "HEAD~1").strip()
+    assert code.root == tmp_path / "baseline"
+    assert (code.root / "dyno" / "node.py").read_text() == git("show", "HEAD~1:dyno/node.py")
+    assert code.label == f"baseline HEAD~1 ({code.commit[:12]})"
+
+
+@integration
+def test_extract_baseline_refuses_an_unknown_revision(tmp_path):
+    with pytest.raises(bench.BenchError, match="'no-such-rev' is not a commit"):
+        bench.extract_baseline("no-such-rev", bench.script_repository(), tmp_path)
+
+
+@integration
+@pytest.mark.parametrize("environment", ["checkout", "baseline", "pythonpath only"])
+def test_the_probe_finds_the_dyno_a_running_process_imported(environment, baseline_tree):
+    """Started from the checkout's root, as `make bench` starts dyno: with PYTHONPATH alone
+    the working directory still wins (hence PYTHONSAFEPATH); the probe must agree with
+    what the process itself imported in every case."""
+    env = {"checkout": None, "baseline": baseline_tree.env(),
+           "pythonpath only": {**os.environ, "PYTHONPATH": str(baseline_tree.root)}}[environment]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import dyno, sys; print(dyno.__file__, flush=True); "
+                               "sys.stdin.read()"],
+        cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        imported = Path(proc.stdout.readline().strip()).resolve().parent
+        assert bench.dyno_package_of(proc.pid) == imported
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        proc.stdout.close()
+    expected = baseline_tree.root if environment == "baseline" else REPO
+    assert imported == expected / "dyno"
+
+
+def processes_within(directory: Path) -> list[str]:
+    """Our processes whose command line, environment or working directory names
+    `directory` (redis-server rewrites its command line, but keeps its working directory)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            mentions = (str(directory).encode() in (proc / "cmdline").read_bytes()
+                        or str(directory).encode() in (proc / "environ").read_bytes()
+                        or os.readlink(proc / "cwd").startswith(str(directory)))
+            if mentions:
+                found.append(f"pid {proc.name}: " + (proc / "cmdline").read_bytes().replace(
+                    b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue  # gone meanwhile, or not ours
+    return found
+
+
+@integration
+def test_a_tiny_ab_run_measures_the_twins_with_the_baseline_tree_and_stops_everything(
+        tmp_path):
+    out = tmp_path / "ab.json"
+    argv = [sys.executable, str(REPO / "scripts" / "bench.py"), "--quick", "--requests", "2000",
+            "--rounds", "1", "--pipelines", "1", "--targets", "redis,dyno-1,dyno-3r-one",
+            "--baseline", "HEAD", "--json", str(out)]
+    # Started from the checkout's root, where `python -m dyno` would find the checkout.
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # SIGTERM: the script stops everything it started
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    report = json.loads(out.read_text())
+    tree = Path(report["baseline"]["tree"])
+    assert report["baseline"]["commit"] == report["checkout"]["commit"]
+    code = report["code"]
+    assert set(code) == {"dyno-1", "dyno-1@base", "dyno-3r-one", "dyno-3r-one@base"}
+    assert set(code["dyno-3r-one@base"]) == {"node1", "node2", "node3"}  # cluster up's nodes
+    for name, processes in code.items():
+        expected = tree if name.endswith("@base") else REPO
+        assert {p["dyno"] for p in processes.values()} == {str(expected / "dyno")}, name
+        assert not (set(p["pid"] for p in processes.values())
+                    & set(p["pid"] for p in code[bench.twin_of(name) or name + "@base"]
+                          .values()))  # twins are processes of their own
+    assert {r["target"] for r in report["runs"] if r["error"] is None} == {
+        "redis", "dyno-1", "dyno-1@base", "dyno-3r-one", "dyno-3r-one@base"}
+    assert {(r["target"], r["test"]) for r in report["comparison"]} == {
+        (t, test) for t in ("dyno-1", "dyno-3r-one") for test in bench.TESTS}
+    assert {r["target"] for r in report["cpu_comparison"]} == {"dyno-1", "dyno-3r-one"}
+    assert "dyno-3r-one@base" in stdout and "rounds x base" in stdout
+    assert not tree.exists()  # the work directory went with everything in it
+    assert processes_within(tree.parent) == []
