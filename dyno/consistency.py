@@ -1,11 +1,14 @@
 """Consistency levels: when is a replicated request done, and with which reply.
 
-A coordinator sends one client request to several replicas (the key's owner in each
-rack) and feeds every replica's outcome into a ``QuorumTracker``; the tracker says
-when the request is decided and what the client gets. This module owns that rule
-(DESIGN.md §4) and nothing else: no I/O, no clock, no trio. Time-outs reach it as
-failures reported by the coordinator. One tracker exists per replicated request, so
-it is a plain ``__slots__`` class that allocates nothing per outcome but a dict entry.
+A coordinator sends a client's requests to several replicas (the key's owner in each
+rack) and feeds every replica's outcome into a ``Quorum``, which says when the
+requests are decided and what the client gets. The rule (DESIGN.md §4) is written
+once, in ``QuorumTracker``, for one request; ``Quorum`` applies it to a *part* -
+requests that went together to the same replicas - and is what the coordinator
+uses for every replicated request (a single request is a part of one). No I/O, no
+clock, no trio: time-outs reach it as failures reported by the coordinator. Both
+are plain ``__slots__`` classes; a Quorum in the common case (every replica answers
+the same) allocates nothing but its counter list.
 
 Outcomes. ``reply(i, data)``: replica ``i`` answered with the RESP bytes ``data``. A
 Redis error reply (``-WRONGTYPE ...``) is an answer like any other. ``failure(i,

@@ -77,9 +77,10 @@ def _split(replies: bytes, count: int) -> list[bytes]:
 # -- where a part's replies go ----------------------------------------------------------
 #
 # A destination takes a part's replies in order, as many at a time as they come:
-# ``deliver_run(replies, n)`` (joined) or ``deliver_parts(list)``. A ReplySlot (one
-# request) and a BatchSlot (a client's whole batch, nothing else in flight) are
-# destinations as they are.
+# ``deliver(reply)`` (one), ``deliver_run(replies, n)`` (joined) or
+# ``deliver_parts(list)``; ``split`` says which it would rather have. A ReplySlot
+# (one request) and a BatchSlot (a client's whole batch, nothing else in flight)
+# are destinations as they are.
 
 
 class _Slots(Sink):
@@ -93,6 +94,10 @@ class _Slots(Sink):
     def __init__(self, slots: list[Sink]):
         self.slots = slots
         self.filled = 0
+
+    def deliver(self, reply: bytes) -> None:
+        self.slots[self.filled].deliver(reply)
+        self.filled += 1
 
     def deliver_run(self, replies: bytes, n: int) -> None:
         self.deliver_parts(_split(replies, n))
@@ -154,6 +159,10 @@ class _Placer(Sink):
         self.positions = positions
         self.filled = 0
 
+    def deliver(self, reply: bytes) -> None:
+        self.gather.place(self.positions[self.filled], reply)
+        self.filled += 1
+
     def deliver_run(self, replies: bytes, n: int) -> None:
         self.deliver_parts(_split(replies, n))
 
@@ -189,6 +198,9 @@ class _Transformed(Sink):
         self.dest = dest
         self.transform = transform
 
+    def deliver(self, reply: bytes) -> None:
+        self.dest.deliver(self.transform(reply))
+
     def deliver_run(self, reply: bytes, n: int) -> None:
         self.dest.deliver_run(self.transform(reply), n)
 
@@ -205,6 +217,9 @@ class _Whole(Sink):
 
     def __init__(self, sink: Sink):
         self.sink = sink
+
+    def deliver(self, reply: bytes) -> None:
+        self.deliver_run(reply, 1)
 
     def deliver_run(self, replies: bytes, n: int) -> None:
         sink = self.sink
@@ -257,7 +272,12 @@ class _Read(_Run):
     __slots__ = ("received", "reserve", "over")
 
     def __init__(self, coordinator, part, dest, affinity, resp3, reserve, received: int = 0):
-        super().__init__(coordinator, part, dest, affinity, resp3)
+        self.coordinator = coordinator
+        self.part = part
+        self.dest = dest
+        self.affinity = affinity
+        self.resp3 = resp3
+        self.split = dest.split
         self.received = received  # of the part's requests, those answered (by any target)
         self.count = part.count - received
         self.reserve = reserve  # replicas to fall back on (those asked are skipped)
@@ -270,7 +290,10 @@ class _Read(_Run):
         self.dest.deliver_run(replies, n)
 
     def deliver(self, reply: bytes) -> None:
-        self.deliver_run(reply, 1)
+        if self.over:
+            return
+        self.received += 1
+        self.dest.deliver(reply)
 
     def deliver_each(self, replies: list[bytes]) -> None:
         if self.over:
@@ -311,6 +334,9 @@ class _Effect(_Read):
 
     __slots__ = ()
 
+    def deliver(self, reply: bytes) -> None:
+        self.deliver_run(reply, 1)
+
     def deliver_run(self, reply: bytes, n: int) -> None:
         super().deliver_run(reply, n)
         if reply[:1] == b"-":
@@ -318,10 +344,7 @@ class _Effect(_Read):
         part = self.part
         rewritten = part.effect(part.requests[0], reply)
         if rewritten is not None:
-            payload = resp.encode_command(rewritten)
-            coordinator = self.coordinator
-            for replica in part.others:
-                coordinator.write(replica, payload, 1, self.affinity, self.resp3)
+            self.coordinator.write(part.others, resp.encode_command(rewritten), 1, self.affinity, self.resp3)
 
 
 class _Write(_Read):
@@ -332,9 +355,18 @@ class _Write(_Read):
 
     __slots__ = ("echoes", "quorum")
 
-    def __init__(self, coordinator, part, dest, affinity, resp3, echoes):
-        super().__init__(coordinator, part, dest, affinity, resp3, ())
-        self.echoes = echoes
+    def __init__(self, coordinator, part, dest, affinity, resp3):
+        self.coordinator = coordinator
+        self.part = part
+        self.dest = dest
+        self.affinity = affinity
+        self.resp3 = resp3
+        self.split = dest.split
+        self.received = 0
+        self.count = part.count
+        self.reserve = ()
+        self.over = False
+        self.echoes: list = []  # the other replicas' (Coordinator.write)
         self.quorum: Quorum | None = None
 
     def fail(self, error: bytes) -> None:
@@ -666,43 +698,99 @@ class Coordinator:
         if not self.countdown:
             self.countdown = SAMPLE_EVERY
             self.sampling = True
-        try:
-            while True:
+            try:
+                self._execute(client, requests, raw)
+            finally:
+                self.sampling = False
+            return
+        # The common case, written out: one part answers the whole batch.
+        override = client.consistency_override
+        if override:
+            plan = self.planner.plan(requests, raw, override["read"], override["write"], self.now_ms,
+                                     self.refuse)
+        else:
+            plan = self.planner.plan(requests, raw, self.read_level, self.write_level, self.now_ms,
+                                     self.refuse)
+        if plan.__class__ is Plan:
+            self._execute(client, requests, raw, plan)
+            return
+        calls = plan.calls
+        count = plan.count
+        if calls.__class__ is list:
+            counts = self.calls
+            for spec in calls:
+                counts[spec] += 1
+        else:
+            self.calls[calls] += count
+        replies = client.replies
+        if count == 1:
+            dest = ReplySlot(client)
+            replies.append(dest)
+        elif not replies and count <= WHOLE_BATCH:
+            dest = BatchSlot(client, count)
+            replies.append(dest)
+        else:
+            dest = self._slots(client, count)
+        self._dispatch(plan, dest, client.id, client.protocol == 3)
+
+    def _execute(self, client: "ClientConnection", requests: list[list[bytes]], raw: bytes | None,
+                 plan: Plan | Part | None = None) -> None:
+        """``execute_batch``, for any plan (several parts, requests the node answers,
+        a command that ends a plan, a sampled batch)."""
+        while True:
+            if plan is None:
                 override = client.consistency_override
                 if override:
-                    read, write = override["read"], override["write"]
+                    plan = self.planner.plan(requests, raw, override["read"], override["write"], self.now_ms,
+                                             self.refuse)
                 else:
-                    read, write = self.read_level, self.write_level
-                plan = self.planner.plan(requests, raw, read, write, self.now_ms, self.refuse)
-                self._run_for_client(plan, client, requests)
-                if plan.size == len(requests) or client.closing:
-                    return
-                requests = requests[plan.size:]
-                raw = None
-        finally:
-            self.sampling = False
+                    plan = self.planner.plan(requests, raw, self.read_level, self.write_level, self.now_ms,
+                                             self.refuse)
+            if plan.__class__ is not Plan:  # one Part answers the whole batch, in order
+                self._run_part_for_client(plan, client)
+                return
+            self._run_for_client(plan, client, requests)
+            if plan.size == len(requests) or client.closing:
+                return
+            requests = requests[plan.size:]
+            raw = None
+            plan = None
+
+    def _run_part_for_client(self, part: Part, client: "ClientConnection") -> None:
+        self._count_part(part)
+        count = part.count
+        replies = client.replies
+        if count == 1 or not replies and count <= WHOLE_BATCH:
+            if self.sampling:
+                dest = self.metrics.timed_slot(client) if count == 1 else self.metrics.timed_batch_slot(client, count)
+            else:
+                dest = ReplySlot(client) if count == 1 else BatchSlot(client, count)
+            replies.append(dest)
+        else:
+            dest = self._slots(client, count)
+        self._dispatch(part, dest, client.id, client.protocol == 3)
+
+    def _count_part(self, part: Part) -> None:
+        calls = part.calls
+        if calls.__class__ is list:
+            counts = self.calls
+            for spec in calls:
+                counts[spec] += 1
+        else:
+            self.calls[calls] += part.count
+
+    def _slots(self, client: "ClientConnection", count: int) -> "_Slots":
+        """A slot per request, in the client's FIFO."""
+        Slot = self.metrics.timed_slot if self.sampling else ReplySlot
+        slots = [Slot(client) for _ in range(count)]
+        client.replies.extend(slots)
+        return _Slots(slots)
 
     def _run_for_client(self, plan: Plan, client: "ClientConnection", requests: list[list[bytes]]) -> None:
         self._count(plan)
         resp3 = client.protocol == 3
         replies = client.replies
         timed = self.sampling
-        if plan.sources is None:  # one part answers the batch, in order
-            part = plan.parts[0]
-            count = part.count
-            if count == 1 or not replies and count <= WHOLE_BATCH:
-                if count == 1:
-                    dest = self.metrics.timed_slot(client) if timed else ReplySlot(client)
-                else:
-                    dest = self.metrics.timed_batch_slot(client, count) if timed else BatchSlot(client, count)
-                replies.append(dest)
-            else:
-                Slot = self.metrics.timed_slot if timed else ReplySlot
-                slots = [Slot(client) for _ in range(count)]
-                replies.extend(slots)
-                dest = _Slots(slots)
-            self._dispatch(part, dest, client.id, resp3)
-            return
         size = plan.size
         if replies or size == 1 or size > WHOLE_BATCH:
             Slot = self.metrics.timed_slot if timed else ReplySlot
@@ -760,11 +848,11 @@ class Coordinator:
         raw: bytes | None = payload
         while requests:
             plan = self.planner.plan(requests, raw, DC_ONE, DC_ONE, self.now_ms, here_only=True)
+            if plan.__class__ is not Plan:  # a Part answering them all
+                self._dispatch(plan, _Whole(sink), affinity, resp3)
+                return
             self._count(plan)
-            if plan.sources is None:
-                self._dispatch(plan.parts[0], _Whole(sink), affinity, resp3)
-            else:
-                self._run(plan, _Gather(plan, _Whole(sink), None), affinity, resp3, None, requests)
+            self._run(plan, _Gather(plan, _Whole(sink), None), affinity, resp3, None, requests)
             requests = requests[plan.size:]
             raw = None
 
@@ -784,10 +872,8 @@ class Coordinator:
                 run = _Read(self, part, dest, affinity, resp3, part.reserve)
                 self.send(part.asked[0], part.payload, part.count, run, affinity, resp3)
             else:
-                asked = part.asked
-                echoes = [self.write(node, part.payload, part.count, affinity, resp3) for node in asked[1:]]
-                run = _Write(self, part, dest, affinity, resp3, echoes)
-                self.write(asked[0], part.payload, part.count, affinity, resp3, run)
+                run = _Write(self, part, dest, affinity, resp3)
+                self.write(part.asked, part.payload, part.count, affinity, resp3, run, echoes=run.echoes)
         else:
             run = _Quorum(self, part, dest, affinity, resp3, self.local_dc)
             for index in range(len(part.asked)):
@@ -795,8 +881,8 @@ class Coordinator:
             if part.reserve and not run.quorum.done and run.asked < len(run.targets):
                 self.hedged[id(run)] = (self._hedge_tick, run)
                 run.listed = True
-        for node in part.coordinate:
-            self.write(node, part.payload, part.count, affinity, resp3, coordinate=True)
+        if part.coordinate:
+            self.write(part.coordinate, part.payload, part.count, affinity, resp3, None, COORDINATE)
 
     def send(self, node: "RingNode", payload: bytes, count: int, sink: Sink, affinity: int,
              resp3: bool) -> None:
@@ -813,25 +899,35 @@ class Coordinator:
             return
         link.send_batch(payload, sink, RESP3 if resp3 else 0)
 
-    def write(self, node: "RingNode", payload: bytes, count: int, affinity: int, resp3: bool,
-              sink: Sink | None = None, coordinate: bool = False):
-        """The one place a replica write leaves the node. With ``sink``, someone
-        waits for its replies; without, it goes in the background and its echo is
-        returned. Its failure, either way, reaches ``write_failed``."""
-        if sink is not None:
-            self.send(node, payload, count, sink, affinity, resp3)
-            return None
-        if node.local:
-            echo = _LocalEcho(count)
-            self.send(node, payload, count, _Echoing(self, node, payload, count, echo), affinity, resp3)
-            return echo, 0
-        link = self.link_of(node.name)
-        if link is None:
-            error = resp.error(f"ERR dyno: no link to peer {node.name}")
-            self.write_failed(node, payload, count, error)
-            return _FailedEcho(error), 0
-        flags = (RESP3 if resp3 else 0) | (COORDINATE if coordinate else 0)
-        return link.send_background(payload, count, flags)
+    def write(self, nodes: tuple, payload: bytes, count: int, affinity: int, resp3: bool,
+              sink: Sink | None = None, flags: int = 0, echoes: list | None = None) -> list:
+        """The one place replica writes leave the node: ``count`` writes
+        (``payload``) to each of ``nodes``. With ``sink``, ``nodes[0]``'s replies go
+        to it; the others' (all of them, without) go in the background, and their
+        echoes, ``(echo, offset)``, are returned in order (dyno.peer._Frame). A
+        failure reaches ``write_failed``: through the sink, the echo's frame, or
+        here. ``flags``: COORDINATE for a node of another datacenter, which
+        coordinates the writes there. ``echoes``: the list to add them to."""
+        if echoes is None:
+            echoes = []
+        if resp3:
+            flags |= RESP3
+        for node in nodes[1:] if sink is not None else nodes:
+            if node.local:
+                echo = _LocalEcho(count)
+                self.send(node, payload, count, _Echoing(self, node, payload, count, echo), affinity, resp3)
+                echoes.append((echo, 0))
+                continue
+            link = self.link_of(node.name)
+            if link is None:
+                error = resp.error(f"ERR dyno: no link to peer {node.name}")
+                self.write_failed(node, payload, count, error)
+                echoes.append((_FailedEcho(error), 0))
+            else:
+                echoes.append(link.send_background(payload, count, flags))
+        if sink is not None:  # last: if it fails at once, the echoes are there to answer
+            self.send(nodes[0], payload, count, sink, affinity, resp3)
+        return echoes
 
     def write_failed(self, node: "RingNode", payload: bytes, count: int, error: bytes) -> None:
         """``count`` writes (``payload``) did not reach ``node``, or may not have: the

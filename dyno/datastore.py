@@ -123,6 +123,7 @@ class Connection:
                 self._sinks.append(_DISCARD)
                 self._writer_wakeup.set()
             self.up = True
+            store.connection_changed()
             reason = store.unavailable
             try:
                 async with trio.open_nursery() as nursery:
@@ -142,6 +143,7 @@ class Connection:
                           self.index, exc_info=group.exceptions[0])
             finally:
                 self.up = False
+                store.connection_changed()
                 self.sock.close()
                 self.sock = None
                 self._fail_all(reason)
@@ -311,13 +313,12 @@ class Datastore:
             f"ERR dyno: datastore {self.address} timed out; the request may or may not have been applied"
         )
         self.connections = [Connection(self, i) for i in range(max(1, connections))]
+        self.up = False  # a connection to Redis is up (connection_changed)
 
-    @property
-    def up(self) -> bool:
-        for conn in self.connections:  # asked per batch: a loop, not any() of a generator
-            if conn.up:
-                return True
-        return False
+    def connection_changed(self) -> None:
+        """A connection came up or went down: ``up`` is asked per batch, so it is
+        kept as a plain attribute rather than found by a loop each time."""
+        self.up = any(conn.up for conn in self.connections)
 
     def _connection(self, affinity: int) -> Connection | None:
         connections = self.connections

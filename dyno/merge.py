@@ -1,9 +1,8 @@
 """Splitting multi-key and fan-out requests, and merging their replies.
 
-Pure functions over argv lists and raw reply bytes, plus ``Gather``: the sink that
-waits for every part of a split request and hands the merged reply on. The
-coordinator decides *where* parts go; this module decides what they are and how
-their replies become the one reply Redis would have given.
+Pure functions over argv lists and raw reply bytes. The planner decides *where*
+parts go; this module decides what they are and how their replies become the one
+reply Redis would have given.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from dyno import resp
-from dyno.datastore import Sink
 
 
 def array_items(reply: bytes) -> list[bytes]:
@@ -140,36 +138,3 @@ def scan_reply(reply: bytes, index: int, nodes: int) -> bytes:
     else:
         cluster_cursor = index + 1 if index + 1 < nodes else 0
     return resp.array([resp.bulk(b"%d" % cluster_cursor), keys])
-
-
-class Gather:
-    """Collects the replies of the parts of one split request."""
-
-    __slots__ = ("parts", "missing", "combine", "sink")
-
-    def __init__(self, count: int, combine: Callable[[list[bytes]], bytes], sink: Sink):
-        self.parts: list = [None] * count
-        self.missing = count
-        self.combine = combine
-        self.sink = sink
-
-    def part(self, index: int) -> "GatherPart":
-        return GatherPart(self, index)
-
-    def add(self, index: int, reply: bytes) -> None:
-        if self.parts[index] is None:
-            self.parts[index] = reply
-            self.missing -= 1
-            if self.missing == 0:
-                self.sink.deliver(self.combine(self.parts))
-
-
-class GatherPart(Sink):
-    __slots__ = ("gather", "index")
-
-    def __init__(self, gather: Gather, index: int):
-        self.gather = gather
-        self.index = index
-
-    def deliver(self, reply: bytes) -> None:
-        self.gather.add(self.index, reply)

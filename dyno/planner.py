@@ -112,6 +112,15 @@ _AT_ONE = UNORDERED_REPLIES | RANDOM_READS
 # (always, in a ring of one node per rack): Redis's reply is then the merged one.
 _WHOLE_IF_TOGETHER = frozenset(spec.name for spec in commands.COMMANDS.values() if spec.route is _MULTI_KEY)
 
+def _specs(names) -> list:
+    return [spec for top in commands.COMMANDS.values() for spec in (top, *(top.subcommands or {}).values())
+            if spec.name in names]
+
+
+_PLAIN_SPECS = _specs(BATCHABLE)
+_AT_ONE_SPECS = _specs(_AT_ONE)
+_TOGETHER_SPECS = _specs(_WHOLE_IF_TOGETHER)
+
 # SET and GETEX carry a relative expiry only with more arguments than these: plain
 # ones need no rewriting and stay on the common path.
 _EXPIRY_OPTIONS = {commands.COMMANDS[b"set"]: 3, commands.COMMANDS[b"getex"]: 2}
@@ -127,7 +136,16 @@ class Part:
     and printed by the tests."""
 
     __slots__ = ("kind", "level", "write", "asked", "reserve", "coordinate", "payload", "count",
-                 "positions", "requests", "canonical", "effect", "others", "transform")
+                 "positions", "requests", "calls")
+
+    # What few parts have (a ``Special`` part sets them; the others read these):
+    #: Replies compared sorted (UNORDERED_REPLIES at a quorum level).
+    canonical = False
+    #: (SPOP, XADD) argv, reply -> the argv to send ``others`` (run once, replicate).
+    effect: Callable | None = None
+    others: tuple = ()
+    #: reply -> the reply the client gets (a cursor read's cursor).
+    transform: Callable | None = None
 
     def __init__(self, kind: str, level: str, write: bool, asked: tuple, reserve: tuple,
                  coordinate: tuple, payload: bytes, count: int, positions: list[int] | None,
@@ -148,13 +166,9 @@ class Part:
         self.positions = positions
         #: The requests it carries (as sent), to resend what a failed target left.
         self.requests = requests
-        #: Replies compared sorted (UNORDERED_REPLIES at a quorum level).
-        self.canonical = False
-        #: (SPOP, XADD) argv, reply -> the argv to send ``others`` (run once, replicate).
-        self.effect: Callable | None = None
-        self.others: tuple = ()
-        #: reply -> the reply the client gets (a cursor read's cursor).
-        self.transform: Callable | None = None
+        #: A part that is a whole plan (Planner.plan): the command table rows of
+        #: its requests (one standing for all, or a list), for the metrics.
+        self.calls = None
 
     def describe(self) -> tuple:
         """What the part is, as plain values (tests compare these)."""
@@ -165,6 +179,21 @@ class Part:
 
     def __repr__(self) -> str:
         return f"<Part {self.describe()!r} {self.payload[:60]!r}>"
+
+
+class Special(Part):
+    """A part with one of the fields few parts have (``canonical``, ``effect``,
+    ``transform``): kept off the common part, which is made for every batch."""
+
+    __slots__ = ("canonical", "effect", "others", "transform")
+
+    def __init__(self, *args, canonical: bool = False, effect: Callable | None = None,
+                 others: tuple = (), transform: Callable | None = None):
+        super().__init__(*args)
+        self.canonical = canonical
+        self.effect = effect
+        self.others = others
+        self.transform = transform
 
 
 class Merge(NamedTuple):
@@ -216,6 +245,16 @@ class Planner:
         # replicas, so a batch needs no hashing to know where it goes.
         self.uniform = all(len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
         self.uniform_group = ring.replicas(0) if self.uniform else None
+        # Plain requests (Planner._plain): spec -> the most arguments it may have
+        # and stay plain (SET and GETEX carry a relative expiry only with more, and
+        # nothing is rewritten in a ring of one node).
+        unlimited = 1 << 30
+        plain = {spec: unlimited if self.solo else _EXPIRY_OPTIONS.get(spec, unlimited)
+                 for spec in _PLAIN_SPECS}
+        if self.uniform:  # every key has the same replicas: these go whole
+            plain.update(dict.fromkeys(_TOGETHER_SPECS, unlimited))
+        self._plain_specs = plain
+        self._plain_at_one = {**plain, **dict.fromkeys(_AT_ONE_SPECS, unlimited)}
         local_dc = ring.local.dc
         self.local_dc = local_dc
         self.local_racks = len(ring.racks(local_dc))
@@ -232,9 +271,11 @@ class Planner:
 
     def plan(self, requests: list[list[bytes]], raw: bytes | None, read_level: str, write_level: str,
              now_ms: Callable[[], int], refuse: Callable | None = None, here_only: bool = False,
-             rng: random.Random | None = None) -> Plan:
+             rng: random.Random | None = None) -> Plan | Part:
         """The plan for ``requests`` (or for the prefix of them up to a command that
-        ends a plan). ``raw``: their canonical encoding as received, or None.
+        ends a plan): a Plan, or, when one part answers the whole batch in order
+        (the common case), that Part. ``raw``: their canonical encoding as received,
+        or None.
         ``now_ms()``: the time, asked only to make a relative expiry absolute.
         ``refuse(spec, write)``: an error line for a request the node's state refuses.
         ``here_only``: writes another datacenter hands over, for this one's replicas
@@ -246,38 +287,32 @@ class Planner:
         return _General(self, requests, raw, read_level, write_level, now_ms, refuse, here_only,
                         rng).plan()
 
-    def _plain(self, requests, raw: bytes, read_level: str, write_level: str, here_only: bool) -> Plan | None:
-        """The common case: every request a BATCHABLE one, all reads or all writes,
-        all for one replica set, no relative expiry to rewrite. None if the batch is
-        not that."""
+    def _plain(self, requests, raw: bytes, read_level: str, write_level: str, here_only: bool):
+        """The common case: every request a plain one (BATCHABLE; unordered and
+        random reads at DC_ONE; multi-key commands in a uniform ring), all reads or
+        all writes, no relative expiry to rewrite. Its plan, or None if the batch is
+        not that. One replica set: the Part alone is the plan (nothing else to say)."""
         resolve = commands.resolve
+        plain = self._plain_at_one if read_level == DC_ONE else self._plain_specs
         write = None
         first = None
         mixed = False
         for argv in requests:
             spec = resolve(argv)
-            if spec.__class__ is bytes:
+            limit = plain.get(spec)  # (an error line is not in it either)
+            if limit is None or len(argv) > limit:
                 return None
-            name = spec.name
-            if name not in BATCHABLE:
-                if name in _WHOLE_IF_TOGETHER:
-                    if self.uniform_group is None:
-                        return None  # its keys may live apart
-                elif name not in _AT_ONE or read_level != DC_ONE:
+            if spec is not first:
+                if first is None:
+                    first = spec
+                    write = spec.write
+                elif spec.write is not write:
                     return None
-            if write is None:
-                write = spec.write
-                first = spec
-            elif spec is not first:
-                if spec.write is not write:
-                    return None
-                mixed = True
-            if spec in _EXPIRY_OPTIONS and len(argv) > _EXPIRY_OPTIONS[spec] and not self.solo:
-                return None
+                else:
+                    mixed = True
         if here_only and not write:
             return None
         level = write_level if write else read_level
-        size = len(requests)
         calls = list(map(resolve, requests)) if mixed else first
         group = self.uniform_group
         if group is None:
@@ -288,8 +323,9 @@ class Planner:
             for other in groups:
                 if other is not group:
                     return self._plain_parts(requests, raw, groups, write, level, here_only, calls)
-        part = self.part(group, write, level, raw, size, None, requests, here_only)
-        return Plan([part], size, calls=calls)
+        part = self.part(group, write, level, raw, len(requests), None, requests, here_only)
+        part.calls = calls
+        return part
 
     def _plain_parts(self, requests, raw: bytes, groups: list, write: bool, level: str, here_only: bool,
                      calls) -> Plan:
@@ -318,9 +354,14 @@ class Planner:
     # -- parts ------------------------------------------------------------------------
 
     def part(self, group: tuple, write: bool, level: str, payload: bytes, count: int,
-             positions: list[int] | None, requests: list, here_only: bool = False) -> Part:
+             positions: list[int] | None, requests: list, here_only: bool = False,
+             canonical: bool = False) -> Part:
         """A part for replica set ``group`` (local datacenter first) at ``level``.
         A part sent to a replica that is not available fails with its reason."""
+        if canonical:
+            plain = self.part(group, write, level, payload, count, positions, requests, here_only)
+            return Special(plain.kind, plain.level, plain.write, plain.asked, plain.reserve,
+                           plain.coordinate, payload, count, positions, requests, canonical=True)
         local = group[: self.local_racks]
         available = self.available
         if level == DC_EACH_SAFE_QUORUM and not here_only:
@@ -344,26 +385,32 @@ class Planner:
             return Part(ONE, level, write, (first,), group, (), payload, count, positions, requests)
         if write or len(local) < 3:
             return Part(QUORUM, level, write, local, (), coordinate, payload, count, positions, requests)
-        picks = self._read_quorum(local)
-        return Part(QUORUM, level, write, picks, tuple(n for n in local if n not in picks), (),
-                    payload, count, positions, requests)
+        picks, rest = self._read_quorum(local)
+        return Part(QUORUM, level, write, picks, rest, (), payload, count, positions, requests)
 
-    def _read_quorum(self, local: tuple) -> tuple:
-        """Which Q of the local replicas a quorum read asks first: this node's own
-        Redis if it is one (no hop), then available peers from the rack after this
-        node's own round, then any others (they fail at once and the read widens)."""
+    def _read_quorum(self, local: tuple) -> tuple[tuple, tuple]:
+        """Which Q of the local replicas a quorum read asks first, and the others:
+        this node's own Redis if it is one (no hop), then available peers from the
+        rack after this node's own round, then any others (they fail at once and the
+        read widens)."""
         needed = len(local) // 2 + 1
         first = 1 if local[0].local else 0
         picks = [local[0]] if first else []
+        rest = []
         peers = len(local) - first
         available = self.available
+        turn = self.read_turn
         for step in range(peers):
-            node = local[first + (self.read_turn + step) % peers]
-            if available(node):
+            node = local[first + (turn + step) % peers]
+            if len(picks) < needed and available(node):
                 picks.append(node)
-                if len(picks) == needed:
-                    return tuple(picks)
-        return tuple((picks + [n for n in local if n not in picks])[:needed])
+            else:
+                rest.append(node)
+        if len(picks) < needed:  # too few up: ask some that are not, they fail at once
+            short = needed - len(picks)
+            picks += rest[:short]
+            rest = rest[short:]
+        return tuple(picks), tuple(rest)
 
     def _representatives(self, group: tuple) -> tuple:
         """For each other datacenter, the first available of ``group``'s replicas there."""
@@ -470,8 +517,10 @@ class _General:
         sources = self.sources
         if (len(parts) == 1 and len(sources) == size and parts[0].positions == list(range(size))
                 and self.width == size and all(source is None for source in sources)):
-            parts[0].positions = None
-            sources = None
+            part = parts[0]  # one part answers the batch, in order: it is the plan
+            part.positions = None
+            part.calls = self.calls
+            return part
         return Plan(parts, size, sources, self.width, self.refused, self.calls)
 
     # -- request kinds ----------------------------------------------------------------
@@ -586,8 +635,8 @@ class _General:
         ]
         usable = [n for n in order if available(n)] or [node]
         usable += [n for n in order if n not in usable]
-        return Part(ONE, DC_ONE, False, (usable[0],), tuple(usable[1:]), (), resp.encode_command(argv),
-                    1, None, [argv])
+        return Special(ONE, DC_ONE, False, (usable[0],), tuple(usable[1:]), (), resp.encode_command(argv),
+                       1, None, [argv])
 
     def _all_replicas(self, position: int, spec, argv: list[bytes]) -> None:
         """FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: every node of every rack and DC."""
@@ -613,9 +662,8 @@ class _General:
         """SPOP, XADD: on the first available replica (this rack's first); its reply
         answers the client and what it did is sent to every other replica."""
         first = _first_available(group, self.planner.available)
-        part = Part(ONE, DC_ONE, True, (first,), (), (), resp.encode_command(argv), 1, None, [argv])
-        part.effect = effect
-        part.others = tuple(n for n in group if n is not first)
+        part = Special(ONE, DC_ONE, True, (first,), (), (), resp.encode_command(argv), 1, None, [argv],
+                       effect=effect, others=tuple(n for n in group if n is not first))
         self.sources.append(None)
         self._special(position, part, group)
 
@@ -631,7 +679,7 @@ class _General:
         if argv[2] == b"0":
             index = group.index(_first_available(group, self.planner.available))
         sub = [argv[0], argv[1], b"%d" % cursor, *argv[3:]]
-        part = Part(ONE, DC_ONE, False, (group[index],), (), (), resp.encode_command(sub), 1, None, [sub])
+        part = Special(ONE, DC_ONE, False, (group[index],), (), (), resp.encode_command(sub), 1, None, [sub])
         count = len(group)
         part.transform = lambda reply, index=index, count=count: rewrite.cursor_reply(reply, index, count)
         self.sources.append(None)
@@ -666,7 +714,7 @@ class _General:
         parts = []
         planner = self.planner
         for entry in self.order:
-            if entry.__class__ is Part:
+            if isinstance(entry, Part):
                 parts.append(entry)
                 continue
             group, write, level, canonical, members = entry
@@ -674,10 +722,8 @@ class _General:
             argvs = [argv for _, argv, _ in members]
             payload = b"".join([encoded if encoded is not None else self._bytes(position, argv)
                                 for position, argv, encoded in members])
-            part = planner.part(group, write, level, payload, len(members), positions, argvs,
-                                self.here_only)
-            part.canonical = canonical
-            parts.append(part)
+            parts.append(planner.part(group, write, level, payload, len(members), positions, argvs,
+                                      self.here_only, canonical))
         return parts
 
     def _bytes(self, position: int, argv: list[bytes]) -> bytes:
