@@ -268,6 +268,8 @@ async def info(server: "AdminServer") -> dict:
             "replica_disagreements": m.disagreements,
             "quorum_reads_widened": m.widened_reads,
             "replica_failures": stats.replica_failures,
+            "replica_write_failures": m.write_failures,
+            "failovers": m.failovers,
             "client_bytes_in": stats.client_bytes_in,
             "client_bytes_out": stats.client_bytes_out,
             "requests_by_command": m.commands(),

@@ -614,6 +614,7 @@ class Coordinator:
         self.stats = stats
         self.metrics = metrics
         self.calls = metrics.calls  # requests per command
+        self.by_level = metrics.by_level  # replicated requests per level
         self.run_local = run_local
         self.read_level = read_consistency
         self.write_level = write_consistency
@@ -641,7 +642,7 @@ class Coordinator:
         self.ring = ring
         self.local_dc = ring.local.dc
         self.planner = Planner(ring, self.available, flush_enabled=self.flush_enabled,
-                               hash_tag=self.hash_tag)
+                               hash_tag=self.hash_tag, now_ms=self.now_ms, refuse=self.refuse)
 
     def set_levels(self, read: str, write: str) -> None:
         """The node's consistency levels (the admin port changes them)."""
@@ -657,6 +658,7 @@ class Coordinator:
             self.refuse = self._refuse_reads
         else:
             self.refuse = None
+        self.planner.refuse = self.refuse
 
     _STANDBY = resp.error(
         "ERR dyno: node is in STANDBY (set by an operator on the admin port); it serves "
@@ -705,13 +707,13 @@ class Coordinator:
             return
         # The common case, written out: one part answers the whole batch.
         override = client.consistency_override
-        if override:
-            plan = self.planner.plan(requests, raw, override["read"], override["write"], self.now_ms,
-                                     self.refuse)
-        else:
-            plan = self.planner.plan(requests, raw, self.read_level, self.write_level, self.now_ms,
-                                     self.refuse)
-        if plan.__class__ is Plan:
+        plan = None
+        if raw is not None and self.refuse is None:
+            if override:
+                plan = self.planner.plain(requests, raw, override["read"], override["write"])
+            else:
+                plan = self.planner.plain(requests, raw, self.read_level, self.write_level)
+        if plan is None or plan.__class__ is Plan:
             self._execute(client, requests, raw, plan)
             return
         calls = plan.calls
@@ -741,11 +743,9 @@ class Coordinator:
             if plan is None:
                 override = client.consistency_override
                 if override:
-                    plan = self.planner.plan(requests, raw, override["read"], override["write"], self.now_ms,
-                                             self.refuse)
+                    plan = self.planner.plan(requests, raw, override["read"], override["write"])
                 else:
-                    plan = self.planner.plan(requests, raw, self.read_level, self.write_level, self.now_ms,
-                                             self.refuse)
+                    plan = self.planner.plan(requests, raw, self.read_level, self.write_level)
             if plan.__class__ is not Plan:  # one Part answers the whole batch, in order
                 self._run_part_for_client(plan, client)
                 return
@@ -847,7 +847,7 @@ class Coordinator:
         resp3 = bool(flags & RESP3)
         raw: bytes | None = payload
         while requests:
-            plan = self.planner.plan(requests, raw, DC_ONE, DC_ONE, self.now_ms, here_only=True)
+            plan = self.planner.plan(requests, raw, DC_ONE, DC_ONE, here_only=True)
             if plan.__class__ is not Plan:  # a Part answering them all
                 self._dispatch(plan, _Whole(sink), affinity, resp3)
                 return
@@ -860,20 +860,31 @@ class Coordinator:
 
     def _dispatch(self, part: Part, dest: Sink, affinity: int, resp3: bool) -> None:
         """Send ``part`` and arrange for its decided replies to reach ``dest``."""
-        self.metrics.by_level[part.level] += part.count
-        if part.transform is not None:
-            dest = _Transformed(dest, part.transform)
-        kind = part.kind
-        if kind is ONE:
-            if part.effect is not None:
-                run = _Effect(self, part, dest, affinity, resp3, ())
-                self.send(part.asked[0], part.payload, 1, run, affinity, resp3)
-            elif not part.write:
-                run = _Read(self, part, dest, affinity, resp3, part.reserve)
-                self.send(part.asked[0], part.payload, part.count, run, affinity, resp3)
-            else:
-                run = _Write(self, part, dest, affinity, resp3)
-                self.write(part.asked, part.payload, part.count, affinity, resp3, run, echoes=run.echoes)
+        self.by_level[part.level] += part.count
+        if part.kind is ONE:
+            if part.__class__ is not Part:  # a Special part: its transform, its effect
+                if part.transform is not None:
+                    dest = _Transformed(dest, part.transform)
+                if part.effect is not None:
+                    self.send(part.asked[0], part.payload, 1, _Effect(self, part, dest, affinity, resp3, ()),
+                              affinity, resp3)
+                    return
+            asked = part.asked
+            if part.write:
+                if len(asked) > 1 or part.coordinate:
+                    run = _Write(self, part, dest, affinity, resp3)
+                    self.write(asked, part.payload, part.count, affinity, resp3, run, echoes=run.echoes)
+                    if part.coordinate:
+                        self.write(part.coordinate, part.payload, part.count, affinity, resp3, None, COORDINATE)
+                    return
+            elif len(part.reserve) > 1:
+                self.send(asked[0], part.payload, part.count,
+                          _Read(self, part, dest, affinity, resp3, part.reserve), affinity, resp3)
+                return
+            # Its only replica (a ring of one node, a request without keys): nothing to
+            # fall back on, nobody to tell of a failure but the client.
+            self.send(asked[0], part.payload, part.count, dest, affinity, resp3)
+            return
         else:
             run = _Quorum(self, part, dest, affinity, resp3, self.local_dc)
             for index in range(len(part.asked)):
@@ -887,6 +898,9 @@ class Coordinator:
     def send(self, node: "RingNode", payload: bytes, count: int, sink: Sink, affinity: int,
              resp3: bool) -> None:
         """``count`` requests to ``node``; their replies (or failures) reach ``sink``."""
+        if node.local and not self.sampling:
+            (self.datastore3 if resp3 else self.datastore).send_run(payload, sink, count, affinity)
+            return
         if self.sampling:
             sink = TimedSink(sink, self.metrics.datastore_latency if node.local
                              else self.metrics.peer_histogram(node.name), count)

@@ -372,6 +372,12 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     family("dyno_replica_failures_total", "counter",
            "Replica requests that failed (peer or datastore down, timed out, connection lost).").add(
         stats.replica_failures)
+    family("dyno_replica_write_failures_total", "counter",
+           "Replica writes that did not reach their replica, or may not have (reported with "
+           "their payload, whether or not a client waited for them).").add(metrics.write_failures)
+    family("dyno_failovers_total", "counter",
+           "DC_ONE requests answered by another replica than the one first asked, because it "
+           "failed after they were sent.").add(metrics.failovers)
     family("dyno_client_bytes_received_total", "counter",
            "Request bytes read from clients.").add(stats.client_bytes_in)
     family("dyno_client_bytes_sent_total", "counter",

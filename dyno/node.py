@@ -32,7 +32,7 @@ from dyno.gossip import Gossiper
 from dyno.metrics import Metrics, Stats
 from dyno.peer import Congestion, PeerLink, PeerServer, hello_frame
 from dyno.ring import Ring, RingNode, topology_from_config
-from dyno.states import NORMAL, OPERATOR_STATES, STANDBY, WRITES_ONLY
+from dyno.states import NORMAL, OPERATOR_STATES
 
 log = logging.getLogger("dyno.node")
 
@@ -276,6 +276,8 @@ class Node:
                 "total_error_replies": self.stats.errors,
                 "replica_failures": self.stats.replica_failures,
                 "quorum_reads_widened": self.metrics.widened_reads,
+                "replica_write_failures": self.metrics.write_failures,
+                "failovers": self.metrics.failovers,
             },
             b"dyno": {
                 "node_name": self.name,

@@ -235,9 +235,15 @@ class Planner:
     ``available(node)`` says whether a node can be sent to now."""
 
     def __init__(self, ring: Ring, available: Callable[[RingNode], bool], *,
-                 flush_enabled: bool = False, hash_tag: bool = False):
+                 flush_enabled: bool = False, hash_tag: bool = False,
+                 now_ms: Callable[[], int] | None = None, refuse: Callable | None = None):
         self.ring = ring
         self.available = available
+        #: The clock (wall milliseconds), asked only to make a relative expiry absolute.
+        self.now_ms = now_ms
+        #: ``refuse(spec, write)``: an error line for a request the node's state
+        #: refuses (STANDBY, WRITES_ONLY), or None; None when it refuses nothing.
+        self.refuse = refuse
         self.flush_enabled = flush_enabled
         self.solo = len(ring.nodes) == 1  # one node: nothing is replicated
         self.single_dc = len(ring.dcs) == 1
@@ -270,28 +276,34 @@ class Planner:
     # -- the plan ---------------------------------------------------------------------
 
     def plan(self, requests: list[list[bytes]], raw: bytes | None, read_level: str, write_level: str,
-             now_ms: Callable[[], int], refuse: Callable | None = None, here_only: bool = False,
+             now_ms: Callable[[], int] | None = None, here_only: bool = False,
              rng: random.Random | None = None) -> Plan | Part:
         """The plan for ``requests`` (or for the prefix of them up to a command that
         ends a plan): a Plan, or, when one part answers the whole batch in order
         (the common case), that Part. ``raw``: their canonical encoding as received,
         or None.
-        ``now_ms()``: the time, asked only to make a relative expiry absolute.
-        ``refuse(spec, write)``: an error line for a request the node's state refuses.
+        ``now_ms()``: the time (the planner's clock if not given).
         ``here_only``: writes another datacenter hands over, for this one's replicas
         only (nothing is coordinated further; only writes are accepted)."""
-        if refuse is None and raw is not None:
-            plan = self._plain(requests, raw, read_level, write_level, here_only)
+        if self.solo:  # one replica: every level is decided by its reply
+            read_level = write_level = DC_ONE
+        if raw is not None and self.refuse is None:
+            plan = self.plain(requests, raw, read_level, write_level, here_only)
             if plan is not None:
                 return plan
-        return _General(self, requests, raw, read_level, write_level, now_ms, refuse, here_only,
-                        rng).plan()
+        return _General(self, requests, raw, read_level, write_level, now_ms or self.now_ms,
+                        self.refuse, here_only, rng).plan()
 
-    def _plain(self, requests, raw: bytes, read_level: str, write_level: str, here_only: bool):
-        """The common case: every request a plain one (BATCHABLE; unordered and
-        random reads at DC_ONE; multi-key commands in a uniform ring), all reads or
-        all writes, no relative expiry to rewrite. Its plan, or None if the batch is
-        not that. One replica set: the Part alone is the plan (nothing else to say)."""
+    def plain(self, requests, raw: bytes, read_level: str, write_level: str, here_only: bool = False):
+        """The common case of ``plan``: every request a plain one (BATCHABLE;
+        unordered and random reads at DC_ONE; multi-key commands in a uniform
+        ring), all reads or all writes, no relative expiry to rewrite, sent as read
+        (``raw``), and nothing refused. Its plan, or None if the batch is not that
+        (``plan`` then plans it request by request). One replica set: the Part
+        alone is the plan. The executor asks this first for a canonical read, the
+        same answer ``plan`` would give."""
+        if self.solo:
+            read_level = write_level = DC_ONE
         resolve = commands.resolve
         plain = self._plain_at_one if read_level == DC_ONE else self._plain_specs
         write = None
@@ -316,9 +328,7 @@ class Planner:
         calls = list(map(resolve, requests)) if mixed else first
         group = self.uniform_group
         if group is None:
-            replicas = self.ring.replicas
-            token_of = self.ring.token_of
-            groups = [replicas(token_of(argv[1])) for argv in requests]
+            groups = self._groups(requests)
             group = groups[0]
             for other in groups:
                 if other is not group:
@@ -326,6 +336,12 @@ class Planner:
         part = self.part(group, write, level, raw, len(requests), None, requests, here_only)
         part.calls = calls
         return part
+
+    def _groups(self, requests) -> list[tuple]:
+        """Each request's replica set (its key is argv[1])."""
+        replicas = self.ring.replicas
+        token_of = self.ring.token_of
+        return [replicas(token_of(argv[1])) for argv in requests]
 
     def _plain_parts(self, requests, raw: bytes, groups: list, write: bool, level: str, here_only: bool,
                      calls) -> Plan:
@@ -362,27 +378,32 @@ class Planner:
             plain = self.part(group, write, level, payload, count, positions, requests, here_only)
             return Special(plain.kind, plain.level, plain.write, plain.asked, plain.reserve,
                            plain.coordinate, payload, count, positions, requests, canonical=True)
-        local = group[: self.local_racks]
         available = self.available
+        if level == DC_ONE:  # the commonest first
+            if not write:
+                # A read: the first available replica here, else in another
+                # datacenter; the others, in that order, if it fails.
+                first = group[0]
+                if not available(first):
+                    first = _first_available(group, available)
+                return Part(ONE, level, False, (first,), group, (), payload, count, positions, requests)
+            if self.single_dc:
+                local, coordinate = group, ()
+            else:
+                local = group[: self.local_racks]
+                coordinate = () if here_only else self._representatives(group)
+            first = local[0]
+            if not available(first):
+                first = _first_available(local, available)
+                if first is not local[0]:
+                    local = (first, *(n for n in local if n is not first))
+            return Part(ONE, level, True, local, (), coordinate, payload, count, positions, requests)
+        local = group[: self.local_racks]
         if level == DC_EACH_SAFE_QUORUM and not here_only:
             return Part(EACH, level, write, group, (), (), payload, count, positions, requests)
         if here_only:
             group = local
         coordinate = self._representatives(group) if write and len(group) > len(local) else ()
-        if level == DC_ONE:
-            if write:
-                first = local[0]
-                if not available(first):
-                    first = _first_available(local, available)
-                    if first is not local[0]:
-                        local = (first, *(n for n in local if n is not first))
-                return Part(ONE, level, write, local, (), coordinate, payload, count, positions, requests)
-            # A read: the first available replica here, else in another datacenter;
-            # the others, in that order, if it fails.
-            first = group[0]
-            if not available(first):
-                first = _first_available(group, available)
-            return Part(ONE, level, write, (first,), group, (), payload, count, positions, requests)
         if write or len(local) < 3:
             return Part(QUORUM, level, write, local, (), coordinate, payload, count, positions, requests)
         picks, rest = self._read_quorum(local)
@@ -635,7 +656,7 @@ class _General:
         ]
         usable = [n for n in order if available(n)] or [node]
         usable += [n for n in order if n not in usable]
-        return Special(ONE, DC_ONE, False, (usable[0],), tuple(usable[1:]), (), resp.encode_command(argv),
+        return Special(ONE, DC_ONE, False, (usable[0],), tuple(usable), (), resp.encode_command(argv),
                        1, None, [argv])
 
     def _all_replicas(self, position: int, spec, argv: list[bytes]) -> None:

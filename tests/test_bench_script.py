@@ -3,7 +3,6 @@ twins' names, order and comparison), and, marked integration, the --baseline mac
 the probe that tells which dyno a process imports, and one tiny A/B run of the script.
 """
 
-import dataclasses
 import importlib.util
 import json
 import os

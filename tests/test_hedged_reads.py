@@ -6,7 +6,6 @@ Q to answer are those asked - and a read the first Q decide never reaches a thir
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import trio
@@ -14,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno import resp
-from dyno.coordinator import HEDGE_TICK, Coordinator
+from dyno.coordinator import HEDGE_TICK
 from fakes import ERROR, TIMEOUT, Client, Cluster, ring
 
 KEYS = [b"k%d" % i for i in range(8)]
