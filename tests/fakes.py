@@ -32,7 +32,8 @@ WRONGTYPE = resp.error("WRONGTYPE Operation against a key holding the wrong kind
 ERROR = "error"            # refuses it before running it (a FAILED frame, Redis down)
 TIMEOUT = "timeout"        # runs it, but its reply never comes back
 DISCONNECT = "disconnect"  # runs it, sends part of the replies, then the connection drops
-FAULTS = (ERROR, TIMEOUT, DISCONNECT)
+REFUSE = "refuse"          # fails it at once, as it is sent (its connection had just gone)
+FAULTS = (ERROR, TIMEOUT, DISCONNECT, REFUSE)
 
 
 def ring(dcs: int = 1, racks: int = 3, nodes_per_rack: int = 2, local: int = 0) -> Ring:
@@ -97,6 +98,9 @@ class Target:
         requests = resp.RequestParser().feed(payload)
         self.calls.append((method, len(requests)))
         fault = self.faults.pop(0) if self.faults else None
+        if fault == REFUSE:
+            fail(resp.error(f"ERR dyno: {self.name} is unavailable"), 0, len(requests))
+            return
 
         def job():
             if fault == ERROR:
