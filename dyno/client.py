@@ -107,6 +107,8 @@ class BatchSlot(ReplySlot):
     def deliver_parts(self, replies: list[bytes]) -> None:
         self.deliver_run(b"".join(replies), len(replies))
 
+    deliver_each = deliver_parts  # a peer's replies to several of them
+
 
 class ClientConnection:
     def __init__(

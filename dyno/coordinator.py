@@ -110,6 +110,8 @@ class _Slots(Sink):
             filled += 1
         self.filled = filled
 
+    deliver_each = deliver_parts  # a peer's replies to several
+
 
 class _Gather:
     """The replies of a plan of several parts (or of local answers, merges...), put
@@ -117,7 +119,7 @@ class _Gather:
     client with nothing else in flight, or a peer's acknowledgement), else into
     the request's own slot as soon as it is known (``slots``)."""
 
-    __slots__ = ("replies", "missing", "slot", "slots", "merges", "size")
+    __slots__ = ("replies", "missing", "slot", "slots", "merges", "size", "left")
 
     def __init__(self, plan: Plan, slot: Sink | None, slots: list[Sink] | None):
         self.replies: list[bytes | None] = [None] * plan.width
@@ -127,13 +129,24 @@ class _Gather:
         self.slots = slots
         # sub-request position -> the Merge (and its position) it belongs to
         self.merges: dict[int, tuple[int, object]] = {}
+        self.left: dict[int, int] = {}  # a Merge's position -> its sub-requests still out
+
+    def merge(self, position: int, merged) -> None:
+        """Request ``position`` is answered by combining the sub-requests of ``merged``."""
+        for sub in merged.parts:
+            self.merges[sub] = (position, merged)
+        self.left[position] = len(merged.parts)
 
     def place(self, position: int, reply: bytes) -> None:
         replies = self.replies
         if position >= self.size:  # a sub-request of a merge
+            if replies[position] is not None:
+                return
             replies[position] = reply
             owner, merged = self.merges[position]
-            if all(replies[sub] is not None for sub in merged.parts):
+            left = self.left[owner] - 1
+            self.left[owner] = left
+            if not left:
                 self.place(owner, merged.combine([replies[sub] for sub in merged.parts]))
             return
         if replies[position] is not None:
@@ -174,6 +187,8 @@ class _Placer(Sink):
             place(positions[filled], reply)
             filled += 1
         self.filled = filled
+
+    deliver_each = deliver_parts  # a peer's replies to several
 
 
 class _Position(Sink):
@@ -238,6 +253,8 @@ class _Whole(Sink):
                 sink.fail(reply)
             else:
                 sink.deliver(reply)
+
+    deliver_each = deliver_parts  # a peer's replies to several
 
 
 _DYNO_FAILURE = b"-ERR dyno: "
@@ -832,8 +849,7 @@ class Coordinator:
             elif source.__class__ is bytes:
                 gather.place(position, source)
             else:  # a Merge: its sub-requests' replies, combined
-                for sub in source.parts:
-                    gather.merges[sub] = (position, source)
+                gather.merge(position, source)
         for part in plan.parts:
             self._dispatch(part, _Placer(gather, part.positions), affinity, resp3)
 
@@ -928,7 +944,7 @@ class Coordinator:
         if link is None:
             sink.fail(resp.error(f"ERR dyno: no link to peer {node.name}"))
             return
-        link.send_batch(payload, sink, RESP3 if resp3 else 0)
+        link.send_batch(payload, sink, RESP3 if resp3 else 0, count)
 
     def write(self, nodes: tuple, payload: bytes, count: int, affinity: int, resp3: bool,
               sink: Sink | None = None, flags: int = 0, echoes: list | None = None) -> list:

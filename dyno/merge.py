@@ -39,22 +39,34 @@ def first_error(replies: Sequence[bytes]) -> bytes | None:
 # -- split ----------------------------------------------------------------------------
 
 
-def split_keys(argv: list[bytes], group_of: Callable[[bytes], object], stride: int) -> dict:
-    """Group a multi-key command's key (or key/value) arguments by owner.
+def split_keys(argv: list[bytes], owners: Sequence[object], stride: int) -> list[tuple]:
+    """Group a multi-key command's key (or key/value) arguments by owner:
+    ``owners[i]`` owns the i-th key.
 
-    Returns {group: (sub_argv, positions)} where positions are the indexes of the
-    keys in the original key list, so replies can be put back in order."""
-    groups: dict = {}
-    name = argv[:1]
-    for index, start in enumerate(range(1, len(argv), stride)):
-        key = argv[start]
-        group = group_of(key)
-        entry = groups.get(group)
+    Returns [(owner, sub_argv, positions)] in the order owners first appear, where
+    positions are the indexes of the keys in the original key list, so replies can
+    be put back in order. Owners are told apart by identity (the ring interns
+    replica sets: hashing a tuple of nodes would cost more than the split)."""
+    groups: dict[int, tuple] = {}
+    name = argv[0]
+    if stride == 1:
+        for index, owner in enumerate(owners):
+            entry = groups.get(id(owner))
+            if entry is None:
+                groups[id(owner)] = (owner, [name, argv[index + 1]], [index])
+            else:
+                entry[1].append(argv[index + 1])
+                entry[2].append(index)
+        return list(groups.values())
+    for index, owner in enumerate(owners):
+        start = 1 + index * stride
+        entry = groups.get(id(owner))
         if entry is None:
-            entry = groups[group] = (list(name), [])
-        entry[0].extend(argv[start : start + stride])
-        entry[1].append(index)
-    return groups
+            groups[id(owner)] = (owner, [name, *argv[start : start + stride]], [index])
+        else:
+            entry[1].extend(argv[start : start + stride])
+            entry[2].append(index)
+    return list(groups.values())
 
 
 # -- merge ----------------------------------------------------------------------------

@@ -260,10 +260,10 @@ class PeerLink:
         """One request; its reply goes to ``sink``."""
         self._send(payload, sink, 1, flags)
 
-    def send_batch(self, payload: bytes, sink: Sink, flags: int = 0) -> None:
-        """``sink.count`` requests; ``sink`` gets their replies together (or one
-        failure for all)."""
-        self._send(payload, sink, sink.count, flags)
+    def send_batch(self, payload: bytes, sink: Sink, flags: int = 0, count: int | None = None) -> None:
+        """``count`` requests (``sink.count`` if not given); ``sink`` gets their
+        replies together (or one failure for all)."""
+        self._send(payload, sink, sink.count if count is None else count, flags)
 
     def send_background(self, payload: bytes, count: int, flags: int = 0) -> tuple:
         """``count`` writes whose replies nobody waits for now (replica writes at

@@ -338,10 +338,9 @@ class Planner:
         return part
 
     def _groups(self, requests) -> list[tuple]:
-        """Each request's replica set (its key is argv[1])."""
+        """Each request's replica set (its key is argv[1]), the keys hashed together."""
         replicas = self.ring.replicas
-        token_of = self.ring.token_of
-        return [replicas(token_of(argv[1])) for argv in requests]
+        return [replicas(token) for token in self.ring.tokens_of([argv[1] for argv in requests])]
 
     def _plain_parts(self, requests, raw: bytes, groups: list, write: bool, level: str, here_only: bool,
                      calls) -> Plan:
@@ -484,14 +483,49 @@ class _General:
         self.order: list = []  # pieces and special parts in the order they were opened
         self.width = 0
         self.offsets: list[int] | None = None
+        self.tokens: dict[bytes, int] | None = None  # the batch's keys, hashed (_replicas_of)
+        self.specs: list = []  # each request's row of the command table
+
+    def _replicas_of(self, key: bytes) -> tuple:
+        """A key's replica set. The batch's keys are hashed together the first time
+        one is asked for (Ring.tokens_of); in a ring where every key has the same
+        replicas, nothing is hashed."""
+        group = self.planner.uniform_group
+        if group is not None:
+            return group
+        token = self._tokens().get(key)
+        if token is None:
+            token = self.ring.token_of(key)
+        return self.ring.replicas(token)
+
+    def _tokens(self) -> dict[bytes, int]:
+        """The batch's keys and their tokens, hashed together (once)."""
+        tokens = self.tokens
+        if tokens is None:
+            keys = self._keys()
+            tokens = self.tokens = dict(zip(keys, self.ring.tokens_of(keys)))
+        return tokens
+
+    def _keys(self) -> list[bytes]:
+        """Every key of the batch's key and multi-key commands (as their specs say)."""
+        keys: list[bytes] = []
+        for argv, spec in zip(self.requests, self.specs):
+            if spec.__class__ is bytes:
+                continue
+            if spec.route is _KEY:
+                keys += [argv[index] for index in commands.key_positions(spec, argv)]
+            elif spec.route is _MULTI_KEY:
+                keys += argv[1 :: 2 if spec.merge is MergeKind.MSET else 1]
+        return keys
 
     def plan(self) -> Plan:
         requests = self.requests
         size = len(requests)
         self.width = size
         rewriting = not self.planner.solo
+        self.specs = specs = list(map(commands.resolve, requests))
         for position, argv in enumerate(requests):
-            spec = commands.resolve(argv)
+            spec = specs[position]
             if spec.__class__ is bytes:
                 if argv[0][:12].upper() == b"DYNO_CONFIG:" and not self.here_only:
                     self.sources.append(LOCAL)
@@ -556,10 +590,10 @@ class _General:
         if not keys:  # EVAL with no keys (or argv Redis finds none in): any node answers
             self._single(position, (ring.local,), (), argv)
             return
-        token = ring.token_of(argv[keys[0]])
-        group = ring.replicas(token)
+        replicas_of = self._replicas_of
+        group = replicas_of(argv[keys[0]])
         for index in keys[1:]:
-            if ring.replicas(ring.token_of(argv[index])) is not group:
+            if replicas_of(argv[index]) is not group:
                 self.sources.append(self.planner.crossslot)
                 self.refused.append(name)
                 return
@@ -587,15 +621,17 @@ class _General:
         ring = self.ring
         kind = spec.merge
         stride = 2 if kind is MergeKind.MSET else 1
-        replicas, token_of = ring.replicas, ring.token_of
-        groups = merge.split_keys(argv, lambda key: replicas(token_of(key)), stride)
+        if self.planner.uniform_group is not None:
+            groups = [(self.planner.uniform_group, argv, None)]
+        else:
+            owners = list(map(self.ring.replicas, map(self._tokens().__getitem__, argv[1::stride])))
+            groups = merge.split_keys(argv, owners, stride)
         level = self._level(write)
         if len(groups) == 1:
-            (group,) = groups
-            self._add(position, group, write, level, False, argv, None)
+            self._add(position, groups[0][0], write, level, False, argv, None)
             return
         if kind is MergeKind.MGET:
-            where = [positions for _, positions in groups.values()]
+            where = [positions for _, _, positions in groups]
             total = (len(argv) - 1) // stride
 
             def combine(parts, where=where, total=total):
@@ -605,7 +641,7 @@ class _General:
         else:
             combine = merge.merge_all_ok
         subs = []
-        for group, (sub_argv, _) in groups.items():
+        for group, sub_argv, _ in groups:
             sub = self._virtual()
             subs.append(sub)
             self._add(sub, group, write, level, False, sub_argv, None)

@@ -456,8 +456,9 @@ def split_replies(data: bytes, count: int) -> list[bytes] | None:
 
 
 def encode_command(argv: list[bytes]) -> bytes:
-    """Canonical multibulk encoding of a request."""
-    return b"*%d\r\n" % len(argv) + b"".join([b"$%d\r\n%s\r\n" % (len(a), a) for a in argv])
+    """Canonical multibulk encoding of a request (of bytes arguments), by hiredis
+    (in C: half the time of a Python join)."""
+    return hiredis.pack_command(tuple(argv))
 
 
 def error(message: str | bytes) -> bytes:

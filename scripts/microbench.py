@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dyno import commands, merge, resp  # noqa: E402
 from dyno.consistency import Quorum, QuorumTracker  # noqa: E402
 from dyno.planner import Planner  # noqa: E402
-from dyno.ring import Ring, RingNode, murmur  # noqa: E402
+from dyno.ring import Ring, RingNode, murmur, murmur_many  # noqa: E402
 
 SET = resp.encode_command([b"SET", b"key:000000012345", b"xxx"])
 GET = resp.encode_command([b"GET", b"key:000000012345"])
@@ -76,6 +76,9 @@ def cases() -> dict[str, tuple[callable, int]]:
     def now():
         return 0
 
+    keys160 = [b"key:%012d" % (i * 7919 % 100000) for i in range(160)]
+    keys16 = keys160[:16]
+
     def scan16():
         pos = 0
         while pos < len(replies):
@@ -86,6 +89,8 @@ def cases() -> dict[str, tuple[callable, int]]:
         "parse pipeline of 16 SETs": (lambda: parser.feed(PIPELINE), 16),
         "resolve GET": (lambda: commands.resolve(argv), 1),
         "murmur 16-byte key": (lambda: murmur(b"key:000000012345"), 1),
+        "murmur_many, 16 keys of 16 bytes": (lambda: murmur_many(keys16), 16),
+        "murmur_many, 160 keys of 16 bytes": (lambda: murmur_many(keys160), 160),
         "token + replicas (2 nodes x 3 racks)": (lambda: ring.replicas(ring.token_of(b"key:000000012345")), 1),
         "QuorumTracker, 2 of 3 agree": (quorum_general, 1),
         "Quorum of one request, 2 of 3 agree": (quorum_part, 1),

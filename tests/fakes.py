@@ -182,9 +182,11 @@ class Link(Target):
     up = True
     coordinated = 0  # requests sent to be coordinated in the peer's datacenter
 
-    def send_batch(self, payload, sink, flags=0):
+    def send_batch(self, payload, sink, flags=0, count=None):
+        count = sink.count if count is None else count
+
         def answer(replies):
-            assert len(replies) == sink.count
+            assert len(replies) == count
             if len(replies) == 1:
                 sink.deliver(replies[0])
             else:

@@ -796,3 +796,22 @@ def test_murmur_does_not_unpack_bytewise():
     murmur(b"12345678")
     unpack = ring_module._murmur_blocks[2]
     assert unpack(b"12345678") == struct.unpack("<2I", b"12345678")
+
+
+# -- many keys at once ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=60))
+def test_murmur_many_hashes_each_key_as_murmur_does(keys):
+    assert ring_module.murmur_many(keys) == [ring_module.murmur(key) for key in keys]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"key:%012d" % i for i in range(50)]) | st.binary(max_size=20), max_size=40),
+       st.sampled_from(["murmur", "crc32", "fnv1a_64"]), st.sampled_from([None, b"{}"]))
+def test_tokens_of_many_keys_are_their_tokens_one_by_one(keys, hash_name, tag):
+    node = RingNode("127.0.0.1:8101", "127.0.0.1", 8101, "dc1", "rack1", (0,))
+    the_ring = Ring([node], node, hash_name, tag)
+    tagged = [b"{%s}x" % key[:3] if i % 3 == 0 else key for i, key in enumerate(keys)]
+    assert the_ring.tokens_of(tagged) == [the_ring.token_of(key) for key in tagged]
