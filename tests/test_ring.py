@@ -14,7 +14,6 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import struct
-import timeit
 
 import pytest
 from hypothesis import given, settings
@@ -774,22 +773,8 @@ def test_topology_non_ascii_hash_tag():
 
 
 # ---------------------------------------------------------------------------
-# Speed: a loose guard against an accidental per-byte loop or a linear scan (the
-# measured figures are in the commit message; this box is shared and noisy).
-
-def test_hot_path_is_fast():
-    nodes = [node(f"n{d}{r}{i}", f"r{r}", f"dc{d}", (t,))
-             for d in range(2) for r in range(3)
-             for i, t in enumerate(evenly_spaced_tokens(8))]
-    ring = Ring(nodes, nodes[0])
-    key = b"key:000000000001"
-    token_of, replicas = ring.token_of, ring.replicas
-    token = token_of(key)
-    runs = 20000
-    hash_us = min(timeit.repeat(lambda: token_of(key), number=runs, repeat=3)) / runs * 1e6
-    replicas_us = min(timeit.repeat(lambda: replicas(token), number=runs, repeat=3)) / runs * 1e6
-    assert hash_us < 10 and replicas_us < 5, (hash_us, replicas_us)
-
+# Speed is measured by scripts/microbench.py, never asserted here (a shared box is
+# noisy); this only checks the shape of the fast path.
 
 def test_murmur_does_not_unpack_bytewise():
     # the block unpacker is one struct call for all the blocks of a key length
