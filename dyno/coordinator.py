@@ -673,6 +673,7 @@ class Coordinator:
         """Route by ``ring`` from now on (at start, and when gossip changes it)."""
         self.ring = ring
         self.local_dc = ring.local.dc
+        self.solo = len(ring.nodes) == 1
         self.planner = Planner(ring, self.available, flush_enabled=self.flush_enabled,
                                hash_tag=self.hash_tag, now_ms=self.now_ms, refuse=self.refuse)
 
@@ -765,6 +766,12 @@ class Coordinator:
             replies.append(dest)
         else:
             dest = self._slots(client, count)
+        if self.solo and plan.__class__ is Part:
+            # A ring of one node: the part's one replica is this node's Redis, the
+            # batch is forwarded to it as read (_dispatch would come to the same).
+            (self.datastore3 if client.protocol == 3 else self.datastore).send_run(
+                plan.payload, dest, count, client.id)
+            return
         self._dispatch(plan, dest, client.id, client.protocol == 3)
 
     def _execute(self, client: "ClientConnection", requests: list[list[bytes]], raw: bytes | None,
@@ -891,7 +898,6 @@ class Coordinator:
 
     def _dispatch(self, part: Part, dest: Sink, affinity: int, resp3: bool) -> None:
         """Send ``part`` and arrange for its decided replies to reach ``dest``."""
-        self.by_level[part.level] += part.count
         if part.kind is ONE:
             if part.__class__ is not Part:  # a Special part: its transform, its effect
                 if part.transform is not None:
@@ -903,6 +909,7 @@ class Coordinator:
             asked = part.asked
             if part.write:
                 if len(asked) > 1 or part.coordinate:
+                    self.by_level[DC_ONE] += part.count
                     run = _Write(self, part, dest, affinity, resp3)
                     self.write(asked, part.payload, part.count, affinity, resp3, run, echoes=run.echoes)
                     if run.pending is not None:
@@ -911,6 +918,7 @@ class Coordinator:
                         self.write(part.coordinate, part.payload, part.count, affinity, resp3, None, COORDINATE)
                     return
             elif len(part.reserve) > 1:
+                self.by_level[DC_ONE] += part.count
                 self.send(asked[0], part.payload, part.count,
                           _Read(self, part, dest, affinity, resp3, part.reserve), affinity, resp3)
                 return
@@ -919,6 +927,7 @@ class Coordinator:
             self.send(asked[0], part.payload, part.count, dest, affinity, resp3)
             return
         else:
+            self.by_level[part.level] += part.count
             run = _Quorum(self, part, dest, affinity, resp3, self.local_dc)
             for index in range(len(part.asked)):
                 run.ask(index)

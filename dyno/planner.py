@@ -210,8 +210,8 @@ class Plan:
     ``sources[i]`` says how request i's reply is decided: None, by the part that
     carries it (``Part.positions``); ``LOCAL``, by the node itself; bytes, that
     reply now; a ``Merge``, by combining sub-requests' replies, which the parts
-    carry at positions ``size`` and up. ``sources`` is None when ``parts[0]``
-    answers every request, in order (the common case)."""
+    carry at positions ``size`` and up. (A batch that one part answers whole, in
+    order - the common case - is planned as that Part alone, not as a Plan.)"""
 
     __slots__ = ("parts", "size", "sources", "width", "refused", "calls")
 
@@ -251,7 +251,7 @@ class Planner:
         # replicas, so a batch needs no hashing to know where it goes.
         self.uniform = all(len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
         self.uniform_group = ring.replicas(0) if self.uniform else None
-        # Plain requests (Planner._plain): spec -> the most arguments it may have
+        # Plain requests (Planner.plain): spec -> the most arguments it may have
         # and stay plain (SET and GETEX carry a relative expiry only with more, and
         # nothing is rewritten in a ring of one node).
         unlimited = 1 << 30
@@ -333,7 +333,11 @@ class Planner:
             for other in groups:
                 if other is not group:
                     return self._plain_parts(requests, raw, groups, write, level, here_only, calls)
-        part = self.part(group, write, level, raw, len(requests), None, requests, here_only)
+        if self.solo:  # its only node: asked, and nothing to fall back on
+            part = Part(ONE, DC_ONE, write, group, () if write else group, (), raw, len(requests), None,
+                        requests)
+        else:
+            part = self.part(group, write, level, raw, len(requests), None, requests, here_only)
         part.calls = calls
         return part
 

@@ -256,7 +256,7 @@ def check_targets(ring: Ring, up, part: Part, key: bytes, write: bool, level: st
 @settings(max_examples=100, deadline=None)
 @given(ring=rings(), batch=st.lists(st.tuples(st.just(b"GET"), st.sampled_from(KEYS)), min_size=1, max_size=16))
 def test_a_plain_batch_is_planned_as_the_general_planner_would(ring, batch):
-    """The common case's shortcut (Planner._plain) makes the plan the general
+    """The common case's shortcut (Planner.plain) makes the plan the general
     planner makes: the same parts, carrying the same requests."""
     planner = Planner(ring, lambda node: True)
     requests = [list(command) for command in batch]
