@@ -335,8 +335,10 @@ class _Read(_Run):
         while reserve:
             target, reserve = reserve[0], reserve[1:]
             if target is not part.asked[0] and available(target):
-                rest = part.requests[self.received:]
-                payload = part.payload if not self.received else b"".join(map(resp.encode_command, rest))
+                payload = part.payload
+                if self.received:  # what is left: the requests after those answered
+                    rest = resp.RequestParser().feed(payload)[self.received:]
+                    payload = b"".join(map(resp.encode_command, rest))
                 run = _Read(coordinator, part, self.dest, self.affinity, self.resp3, reserve, self.received)
                 coordinator.metrics.failovers += 1
                 coordinator.send(target, payload, left, run, self.affinity, self.resp3)
@@ -359,7 +361,7 @@ class _Effect(_Read):
         if reply[:1] == b"-":
             return
         part = self.part
-        rewritten = part.effect(part.requests[0], reply)
+        rewritten = part.effect(part.argv, reply)
         if rewritten is not None:
             self.coordinator.write(part.others, resp.encode_command(rewritten), 1, self.affinity, self.resp3)
 

@@ -136,7 +136,7 @@ class Part:
     and printed by the tests."""
 
     __slots__ = ("kind", "level", "write", "asked", "reserve", "coordinate", "payload", "count",
-                 "positions", "requests", "calls")
+                 "positions", "calls")
 
     # What few parts have (a ``Special`` part sets them; the others read these):
     #: Replies compared sorted (UNORDERED_REPLIES at a quorum level).
@@ -148,8 +148,7 @@ class Part:
     transform: Callable | None = None
 
     def __init__(self, kind: str, level: str, write: bool, asked: tuple, reserve: tuple,
-                 coordinate: tuple, payload: bytes, count: int, positions: list[int] | None,
-                 requests: list[list[bytes]]):
+                 coordinate: tuple, payload: bytes, count: int, positions: list[int] | None):
         self.kind = kind
         self.level = level
         self.write = write
@@ -160,12 +159,13 @@ class Part:
         self.reserve = reserve
         #: One replica per other datacenter, which coordinates the writes there.
         self.coordinate = coordinate
+        #: The requests it carries, canonically encoded (as received, when they were):
+        #: what a failed target left is cut from it again. (Not the parsed requests:
+        #: kept alive until the replies came, they cost the cyclic GC.)
         self.payload = payload
         self.count = count
         #: Where its replies go in the batch (``Plan.sources``); None: 0..count-1.
         self.positions = positions
-        #: The requests it carries (as sent), to resend what a failed target left.
-        self.requests = requests
         #: A part that is a whole plan (Planner.plan): the command table rows of
         #: its requests (one standing for all, or a list), for the metrics.
         self.calls = None
@@ -185,15 +185,16 @@ class Special(Part):
     """A part with one of the fields few parts have (``canonical``, ``effect``,
     ``transform``): kept off the common part, which is made for every batch."""
 
-    __slots__ = ("canonical", "effect", "others", "transform")
+    __slots__ = ("canonical", "effect", "others", "transform", "argv")
 
     def __init__(self, *args, canonical: bool = False, effect: Callable | None = None,
-                 others: tuple = (), transform: Callable | None = None):
+                 others: tuple = (), transform: Callable | None = None, argv: list | None = None):
         super().__init__(*args)
         self.canonical = canonical
         self.effect = effect
         self.others = others
         self.transform = transform
+        self.argv = argv  # the one request of an ``effect`` part
 
 
 class Merge(NamedTuple):
@@ -334,10 +335,9 @@ class Planner:
                 if other is not group:
                     return self._plain_parts(requests, raw, groups, write, level, here_only, calls)
         if self.solo:  # its only node: asked, and nothing to fall back on
-            part = Part(ONE, DC_ONE, write, group, () if write else group, (), raw, len(requests), None,
-                        requests)
+            part = Part(ONE, DC_ONE, write, group, () if write else group, (), raw, len(requests), None)
         else:
-            part = self.part(group, write, level, raw, len(requests), None, requests, here_only)
+            part = self.part(group, write, level, raw, len(requests), None, here_only)
         part.calls = calls
         return part
 
@@ -365,22 +365,20 @@ class Planner:
         parts = []
         for group, positions in members.values():
             payload = b"".join([raw[offsets[i] : offsets[i + 1]] for i in positions])
-            parts.append(self.part(group, write, level, payload, len(positions), positions,
-                                   [requests[i] for i in positions], here_only))
+            parts.append(self.part(group, write, level, payload, len(positions), positions, here_only))
         size = len(requests)
         return Plan(parts, size, [None] * size, size, None, calls)
 
     # -- parts ------------------------------------------------------------------------
 
     def part(self, group: tuple, write: bool, level: str, payload: bytes, count: int,
-             positions: list[int] | None, requests: list, here_only: bool = False,
-             canonical: bool = False) -> Part:
+             positions: list[int] | None, here_only: bool = False, canonical: bool = False) -> Part:
         """A part for replica set ``group`` (local datacenter first) at ``level``.
         A part sent to a replica that is not available fails with its reason."""
         if canonical:
-            plain = self.part(group, write, level, payload, count, positions, requests, here_only)
+            plain = self.part(group, write, level, payload, count, positions, here_only)
             return Special(plain.kind, plain.level, plain.write, plain.asked, plain.reserve,
-                           plain.coordinate, payload, count, positions, requests, canonical=True)
+                           plain.coordinate, payload, count, positions, canonical=True)
         available = self.available
         if level == DC_ONE:  # the commonest first
             if not write:
@@ -389,7 +387,7 @@ class Planner:
                 first = group[0]
                 if not available(first):
                     first = _first_available(group, available)
-                return Part(ONE, level, False, (first,), group, (), payload, count, positions, requests)
+                return Part(ONE, level, False, (first,), group, (), payload, count, positions)
             if self.single_dc:
                 local, coordinate = group, ()
             else:
@@ -400,17 +398,17 @@ class Planner:
                 first = _first_available(local, available)
                 if first is not local[0]:
                     local = (first, *(n for n in local if n is not first))
-            return Part(ONE, level, True, local, (), coordinate, payload, count, positions, requests)
+            return Part(ONE, level, True, local, (), coordinate, payload, count, positions)
         local = group[: self.local_racks]
         if level == DC_EACH_SAFE_QUORUM and not here_only:
-            return Part(EACH, level, write, group, (), (), payload, count, positions, requests)
+            return Part(EACH, level, write, group, (), (), payload, count, positions)
         if here_only:
             group = local
         coordinate = self._representatives(group) if write and len(group) > len(local) else ()
         if write or len(local) < 3:
-            return Part(QUORUM, level, write, local, (), coordinate, payload, count, positions, requests)
+            return Part(QUORUM, level, write, local, (), coordinate, payload, count, positions)
         picks, rest = self._read_quorum(local)
-        return Part(QUORUM, level, write, picks, rest, (), payload, count, positions, requests)
+        return Part(QUORUM, level, write, picks, rest, (), payload, count, positions)
 
     def _read_quorum(self, local: tuple) -> tuple[tuple, tuple]:
         """Which Q of the local replicas a quorum read asks first, and the others:
@@ -696,8 +694,7 @@ class _General:
         ]
         usable = [n for n in order if available(n)] or [node]
         usable += [n for n in order if n not in usable]
-        return Special(ONE, DC_ONE, False, (usable[0],), tuple(usable), (), resp.encode_command(argv),
-                       1, None, [argv])
+        return Special(ONE, DC_ONE, False, (usable[0],), tuple(usable), (), resp.encode_command(argv), 1, None)
 
     def _all_replicas(self, position: int, spec, argv: list[bytes]) -> None:
         """FLUSHDB, FLUSHALL, SCRIPT LOAD/FLUSH: every node of every rack and DC."""
@@ -711,11 +708,11 @@ class _General:
         for node in self.ring.nodes:
             sub = self._virtual()
             subs.append(sub)
-            self._special(sub, Part(ONE, DC_ONE, True, (node,), (), (), payload, 1, None, [argv]))
+            self._special(sub, Part(ONE, DC_ONE, True, (node,), (), (), payload, 1, None))
         self.sources.append(Merge(merge.merge_all_ok, subs))
 
     def _single(self, position: int, asked: tuple, reserve: tuple, argv: list[bytes]) -> None:
-        part = Part(ONE, DC_ONE, False, asked, reserve, (), resp.encode_command(argv), 1, None, [argv])
+        part = Part(ONE, DC_ONE, False, asked, reserve, (), resp.encode_command(argv), 1, None)
         self.sources.append(None)
         self._special(position, part)
 
@@ -723,8 +720,8 @@ class _General:
         """SPOP, XADD: on the first available replica (this rack's first); its reply
         answers the client and what it did is sent to every other replica."""
         first = _first_available(group, self.planner.available)
-        part = Special(ONE, DC_ONE, True, (first,), (), (), resp.encode_command(argv), 1, None, [argv],
-                       effect=effect, others=tuple(n for n in group if n is not first))
+        part = Special(ONE, DC_ONE, True, (first,), (), (), resp.encode_command(argv), 1, None,
+                       effect=effect, others=tuple(n for n in group if n is not first), argv=argv)
         self.sources.append(None)
         self._special(position, part, group)
 
@@ -740,7 +737,7 @@ class _General:
         if argv[2] == b"0":
             index = group.index(_first_available(group, self.planner.available))
         sub = [argv[0], argv[1], b"%d" % cursor, *argv[3:]]
-        part = Special(ONE, DC_ONE, False, (group[index],), (), (), resp.encode_command(sub), 1, None, [sub])
+        part = Special(ONE, DC_ONE, False, (group[index],), (), (), resp.encode_command(sub), 1, None)
         count = len(group)
         part.transform = lambda reply, index=index, count=count: rewrite.cursor_reply(reply, index, count)
         self.sources.append(None)
@@ -780,10 +777,9 @@ class _General:
                 continue
             group, write, level, canonical, members = entry
             positions = [position for position, _, _ in members]
-            argvs = [argv for _, argv, _ in members]
             payload = b"".join([encoded if encoded is not None else self._bytes(position, argv)
                                 for position, argv, encoded in members])
-            parts.append(planner.part(group, write, level, payload, len(members), positions, argvs,
+            parts.append(planner.part(group, write, level, payload, len(members), positions,
                                       self.here_only, canonical))
         return parts
 
