@@ -7,7 +7,7 @@ reply Redis would have given.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 from dyno import resp
 

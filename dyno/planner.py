@@ -620,7 +620,6 @@ class _General:
 
     def _multi_key(self, position: int, spec, argv: list[bytes], write: bool) -> None:
         """MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: a sub-command per replica set."""
-        ring = self.ring
         kind = spec.merge
         stride = 2 if kind is MergeKind.MSET else 1
         if self.planner.uniform_group is not None:

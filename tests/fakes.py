@@ -260,15 +260,17 @@ class Cluster:
         return next(t for t in self.targets if t.name == name)
 
     def drain(self) -> None:
-        """Run every queued call: each target's in the order it got them, the
-        targets interleaved at random."""
-        jobs = self.jobs
-        order = self.order
-        while jobs:
-            targets = list(dict.fromkeys(target for target, _ in jobs))
-            target = order.choice(targets)
-            for index, (owner, job) in enumerate(jobs):
-                if owner is target:
-                    del jobs[index]
-                    job()
-                    break
+        drain(self.jobs, self.order)
+
+
+def drain(jobs: deque, order: random.Random) -> None:
+    """Run every queued call: each target's in the order it got them, the
+    targets interleaved at random."""
+    while jobs:
+        targets = list(dict.fromkeys(target for target, _ in jobs))
+        target = order.choice(targets)
+        for index, (owner, job) in enumerate(jobs):
+            if owner is target:
+                del jobs[index]
+                job()
+                break

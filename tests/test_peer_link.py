@@ -115,22 +115,26 @@ class ScriptedPeer:
                         continue
                     self.frames.append(frame)
                     if answer:
-                        _, request_id, flags, _, count = frame
-                        if self.numbered:
-                            replies = [b":%d\r\n" % n for n in range(1, count + 1)]
-                        else:
-                            replies = [b"+OK\r\n"] * count
-                        if flags & peer.QUIET:
-                            replies = b""
-                        elif count == 1:
-                            replies = replies[0]
-                        elif self.bad is not None:
-                            replies = self.bad
-                        conn.send(msgpack.packb([peer.REPLY, request_id, replies]))
+                        conn.send(msgpack.packb(self.answer(frame)))
         except Exception:
             pass
         finally:
             receiver.close()
+
+    def answer(self, frame: list) -> list:
+        """The frame answering REQUEST ``frame``."""
+        _, request_id, flags, _, count = frame
+        if self.numbered:
+            replies = [b":%d\r\n" % n for n in range(1, count + 1)]
+        else:
+            replies = [b"+OK\r\n"] * count
+        if flags & peer.QUIET:
+            replies = b""
+        elif count == 1:
+            replies = replies[0]
+        elif self.bad is not None:
+            replies = self.bad
+        return [peer.REPLY, request_id, replies]
 
 
 @contextlib.asynccontextmanager
@@ -390,30 +394,10 @@ class QuietPeer(ScriptedPeer):
         super().__init__()
         self.replies, self.fail = replies, fail
 
-    async def serve(self, answer: bool):
-        await trio.lowlevel.wait_readable(self.listener)
-        conn, _ = self.listener.accept()
-        conn.setblocking(False)
-        receiver = Receiver(conn, 65536, b"")
-        unpacker = msgpack.Unpacker(raw=False)
-        try:
-            while True:
-                unpacker.feed(await receiver.receive())
-                for frame in unpacker:
-                    if frame[0] == peer.HELLO:
-                        conn.send(msgpack.packb([peer.HELLO, 0, {
-                            "cluster": "test", "node": "127.0.0.1:9", "version": peer.PROTOCOL_VERSION,
-                        }]))
-                        continue
-                    self.frames.append(frame)
-                    if self.fail is not None:
-                        conn.send(msgpack.packb([peer.FAILED, frame[1], self.fail]))
-                    else:
-                        conn.send(msgpack.packb([peer.REPLY, frame[1], self.replies or b""]))
-        except Exception:
-            pass
-        finally:
-            receiver.close()
+    def answer(self, frame: list) -> list:
+        if self.fail is not None:
+            return [peer.FAILED, frame[1], self.fail]
+        return [peer.REPLY, frame[1], self.replies or b""]
 
 
 @pytest.mark.parametrize("answer, expected", [

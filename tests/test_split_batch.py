@@ -12,7 +12,6 @@ order, and each target must get one call per part, never one per request.
 from __future__ import annotations
 
 import random
-from collections import deque
 from types import SimpleNamespace
 
 import pytest
@@ -20,26 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno import resp
-from fakes import Client, Cluster, run
+from fakes import Client, Cluster, drain, run
 from fakes import ring as make_ring
 
 
 def cluster(level: str, seed: int, dcs: int, local: int = 0, nodes_per_rack: int = 2):
     fake = Cluster(make_ring(dcs, 3, nodes_per_rack, local), level, seed)
     return fake.coordinator, fake.targets, fake.jobs
-
-
-def drain(jobs: deque, order: random.Random) -> None:
-    """Run every queued call: each target's in the order it got them, the
-    targets interleaved at random."""
-    while jobs:
-        targets = list(dict.fromkeys(target for target, _ in jobs))
-        target = order.choice(targets)
-        for index, (owner, job) in enumerate(jobs):
-            if owner is target:
-                del jobs[index]
-                job()
-                break
 
 
 KEYS = [b"k%d" % i for i in range(40)]
