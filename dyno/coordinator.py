@@ -666,7 +666,6 @@ class Coordinator:
         """Route by ``ring`` from now on (at start, and when gossip changes it)."""
         self.ring = ring
         self.local_dc = ring.local.dc
-        self.solo = len(ring.nodes) == 1
         self.planner = Planner(ring, self.available, flush_enabled=self.flush_enabled,
                                hash_tag=self.hash_tag, now_ms=self.now_ms, refuse=self.refuse)
 
@@ -742,6 +741,9 @@ class Coordinator:
         if plan is None or plan.__class__ is Plan:
             self._execute(client, requests, raw, plan)
             return
+        if plan.__class__ is tuple:  # a ring of one node: it all goes to its Redis, as read
+            self._forward(client, *plan)
+            return
         calls = plan.calls
         count = plan.count
         if calls.__class__ is list:
@@ -759,13 +761,33 @@ class Coordinator:
             replies.append(dest)
         else:
             dest = self._slots(client, count)
-        if self.solo and plan.__class__ is Part:
-            # A ring of one node: the part's one replica is this node's Redis, the
-            # batch is forwarded to it as read (_dispatch would come to the same).
-            (self.datastore3 if client.protocol == 3 else self.datastore).send_run(
-                plan.payload, dest, count, client.id)
-            return
         self._dispatch(plan, dest, client.id, client.protocol == 3)
+
+    def _forward(self, client: "ClientConnection", payload: bytes, count: int, calls) -> None:
+        """A plain batch of a ring of one node (Planner.plain), to its Redis as read."""
+        if calls.__class__ is list:
+            counts = self.calls
+            for spec in calls:
+                counts[spec] += 1
+        else:
+            self.calls[calls] += count
+        replies = client.replies
+        if self.sampling:
+            if count == 1 or not replies and count <= WHOLE_BATCH:
+                dest = self.metrics.timed_slot(client) if count == 1 else self.metrics.timed_batch_slot(client, count)
+                replies.append(dest)
+            else:
+                dest = self._slots(client, count)
+            dest = TimedSink(dest, self.metrics.datastore_latency, count)
+        elif count == 1:
+            dest = ReplySlot(client)
+            replies.append(dest)
+        elif not replies and count <= WHOLE_BATCH:
+            dest = BatchSlot(client, count)
+            replies.append(dest)
+        else:
+            dest = self._slots(client, count)
+        (self.datastore3 if client.protocol == 3 else self.datastore).send_run(payload, dest, count, client.id)
 
     def _execute(self, client: "ClientConnection", requests: list[list[bytes]], raw: bytes | None,
                  plan: Plan | Part | None = None) -> None:
@@ -778,6 +800,9 @@ class Coordinator:
                     plan = self.planner.plan(requests, raw, override["read"], override["write"])
                 else:
                     plan = self.planner.plan(requests, raw, self.read_level, self.write_level)
+            if plan.__class__ is tuple:  # a ring of one node (Planner.plain)
+                self._forward(client, *plan)
+                return
             if plan.__class__ is not Plan:  # one Part answers the whole batch, in order
                 self._run_part_for_client(plan, client)
                 return
@@ -879,6 +904,9 @@ class Coordinator:
         raw: bytes | None = payload
         while requests:
             plan = self.planner.plan(requests, raw, DC_ONE, DC_ONE, here_only=True)
+            if plan.__class__ is tuple:  # a ring of one node (no other datacenter: never)
+                (self.datastore3 if resp3 else self.datastore).send_run(plan[0], _Whole(sink), plan[1], affinity)
+                return
             if plan.__class__ is not Plan:  # a Part answering them all
                 self._dispatch(plan, _Whole(sink), affinity, resp3)
                 return

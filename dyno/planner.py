@@ -278,11 +278,11 @@ class Planner:
 
     def plan(self, requests: list[list[bytes]], raw: bytes | None, read_level: str, write_level: str,
              now_ms: Callable[[], int] | None = None, here_only: bool = False,
-             rng: random.Random | None = None) -> Plan | Part:
+             rng: random.Random | None = None) -> Plan | Part | tuple:
         """The plan for ``requests`` (or for the prefix of them up to a command that
         ends a plan): a Plan, or, when one part answers the whole batch in order
-        (the common case), that Part. ``raw``: their canonical encoding as received,
-        or None.
+        (the common case), that Part, or for a ring of one node ``(raw, count,
+        calls)`` (``plain``). ``raw``: their canonical encoding as received, or None.
         ``now_ms()``: the time (the planner's clock if not given).
         ``here_only``: writes another datacenter hands over, for this one's replicas
         only (nothing is coordinated further; only writes are accepted)."""
@@ -301,8 +301,10 @@ class Planner:
         ring), all reads or all writes, no relative expiry to rewrite, sent as read
         (``raw``), and nothing refused. Its plan, or None if the batch is not that
         (``plan`` then plans it request by request). One replica set: the Part
-        alone is the plan. The executor asks this first for a canonical read, the
-        same answer ``plan`` would give."""
+        alone is the plan. A ring of one node: the plan is ``(raw, count, calls)``,
+        all of it to that node, as read (no Part to make: the old one-node path
+        cost that little, and the bench holds dyno to it). The executor asks this
+        first for a canonical read, the same answer ``plan`` would give."""
         if self.solo:
             read_level = write_level = DC_ONE
         resolve = commands.resolve
@@ -334,10 +336,9 @@ class Planner:
             for other in groups:
                 if other is not group:
                     return self._plain_parts(requests, raw, groups, write, level, here_only, calls)
-        if self.solo:  # its only node: asked, and nothing to fall back on
-            part = Part(ONE, DC_ONE, write, group, () if write else group, (), raw, len(requests), None)
-        else:
-            part = self.part(group, write, level, raw, len(requests), None, here_only)
+        if self.solo:  # it all goes, as read, to the one node
+            return (raw, len(requests), calls)
+        part = self.part(group, write, level, raw, len(requests), None, here_only)
         part.calls = calls
         return part
 

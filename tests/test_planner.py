@@ -132,7 +132,7 @@ def test_a_plan_sends_each_request_where_the_rules_say_and_decides_it_as_they_sa
 
     requests = [list(command) for command in batch]
     raw = b"".join(map(resp.encode_command, requests))
-    plan = as_plan(Planner(ring, up, hash_tag=True).plan(requests, raw, read_level, write_level, lambda: NOW))
+    plan = as_plan(Planner(ring, up, hash_tag=True).plan(requests, raw, read_level, write_level, lambda: NOW), ring)
     size = plan.size
     assert 1 <= size <= len(requests)
     ends = [i for i, argv in enumerate(requests) if argv[0] in (b"HELLO", b"QUIT")]
@@ -261,14 +261,23 @@ def test_a_plain_batch_is_planned_as_the_general_planner_would(ring, batch):
     planner = Planner(ring, lambda node: True)
     requests = [list(command) for command in batch]
     raw = b"".join(map(resp.encode_command, requests))
-    fast = as_plan(planner.plan(requests, raw, "DC_QUORUM", "DC_QUORUM", lambda: NOW))
-    general = as_plan(planner.plan(requests, None, "DC_QUORUM", "DC_QUORUM", lambda: NOW))
+    fast = as_plan(planner.plan(requests, raw, "DC_QUORUM", "DC_QUORUM", lambda: NOW), ring)
+    general = as_plan(planner.plan(requests, None, "DC_QUORUM", "DC_QUORUM", lambda: NOW), ring)
     assert [p.describe() for p in _normal(fast)] == [p.describe() for p in _normal(general)]
     assert [p.payload for p in _normal(fast)] == [p.payload for p in _normal(general)]
 
 
-def as_plan(plan: Plan | Part) -> Plan:
-    """A Plan, also for a Part that is a whole plan (it answers every request, in order)."""
+def as_plan(plan: Plan | Part | tuple, ring: Ring | None = None) -> Plan:
+    """A Plan, also for a Part that is a whole plan (it answers every request, in
+    order), and for a ring of one node's ``(raw, count, calls)``: all of it to the
+    one node, as read."""
+    if isinstance(plan, tuple):
+        raw, count, calls = plan
+        write = (calls[0] if isinstance(calls, list) else calls).write
+        local = (ring.local,)
+        part = Part(ONE, "DC_ONE", write, local, () if write else local, (), raw, count, None)
+        part.calls = calls
+        plan = part
     if isinstance(plan, Part):
         assert plan.positions is None and plan.calls is not None
         return Plan([plan], plan.count)
