@@ -1,0 +1,205 @@
+"""Versions: which write to a key is the newest, and how each Redis records it.
+
+Every replicated write gets a *version* from the node that coordinates it: a hybrid
+logical clock reading (``HLC``) and that node's id, so that concurrent writes to
+one key through different nodes are ordered the same way everywhere and the last
+writer wins. A version is 24 lowercase hex digits, ``MMMMMMMMMMMMLLLLNNNNNNNN``:
+48 bits of wall-clock milliseconds, a 16-bit logical counter, a 32-bit node id.
+Compared as bytes, versions compare as the triples they encode (fixed width), in
+Python and in Redis's Lua (which compares strings bytewise under the C locale).
+
+Where versions live. The data in each Redis stays plain Redis data, in database 0,
+exactly as clients wrote it. A key's version is a plain string with the same name
+in another database of the same Redis (``versions_db``, 15 by default): readable
+with ``redis-cli -n 15 GET key``, ignored by DBSIZE, SCAN, KEYS and RANDOMKEY on
+database 0. A deleted key keeps its version there: the version is then a
+tombstone, which tells repair that the key was deleted rather than never written.
+
+The write path stamps each batch of writes: after a part's commands, the same
+connection runs ``SELECT versions_db; MSET k1 V k2 V ...; SELECT 0`` (``stamp``),
+three commands whose replies are three ``+OK`` that the transport swallows
+(``STAMP_REPLIES``). A write replayed later (a hint) or copied by repair is applied
+only where it is newer than what the replica has (``APPLY_IF_NEWER``,
+``RESTORE_IF_NEWER``), so a retry or a replay never applies a command twice and
+never puts an older value over a newer one.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Sequence
+
+import hiredis
+
+__all__ = [
+    "APPLY_IF_NEWER", "DEFAULT_DB", "FETCH", "HLC", "RESTORE_IF_NEWER", "STAMP_REPLIES",
+    "VERSION_LENGTH", "make_version", "node_id", "parse_version", "stamp", "stamp_version",
+]
+
+DEFAULT_DB = 15
+VERSION_LENGTH = 24
+#: Replies of a stamp (SELECT, MSET, SELECT): the transport reads and drops them.
+STAMP_REPLIES = 3
+_LOGICAL_MAX = 0xFFFF
+
+
+def node_id(name: str) -> int:
+    """A node's 32-bit id in versions: a stable hash of its name (ties between two
+    nodes' writes in the same millisecond and counter are broken by it)."""
+    return zlib.crc32(name.encode())
+
+
+def make_version(millis: int, logical: int, node: int) -> bytes:
+    return b"%012x%04x%08x" % (millis, logical, node)
+
+
+def parse_version(version: bytes) -> tuple[int, int, int]:
+    """(milliseconds, logical, node id) of a version; ValueError if it is not one."""
+    if len(version) != VERSION_LENGTH:
+        raise ValueError(f"not a version: {version!r}")
+    return int(version[:12], 16), int(version[12:16], 16), int(version[16:], 16)
+
+
+class HLC:
+    """A hybrid logical clock (Kulkarni et al.): readings never go backwards, stay
+    close to wall-clock time, and order a write after every write this node has
+    seen (``observe``). ``clock()`` is wall-clock milliseconds."""
+
+    __slots__ = ("node", "clock", "millis", "logical")
+
+    def __init__(self, node: int, clock: Callable[[], int] | None = None):
+        self.node = node & 0xFFFFFFFF
+        self.clock = clock or _wall_ms
+        self.millis = 0
+        self.logical = 0
+
+    def now(self) -> bytes:
+        """A new version, greater than every version this clock made or observed."""
+        wall = self.clock()
+        if wall > self.millis:
+            self.millis = wall
+            self.logical = 0
+        elif self.logical < _LOGICAL_MAX:
+            self.logical += 1
+        else:  # 65,536 versions in one millisecond: borrow the next one
+            self.millis += 1
+            self.logical = 0
+        return b"%012x%04x%08x" % (self.millis, self.logical, self.node)
+
+    def observe(self, version: bytes) -> None:
+        """A version made elsewhere (a peer's write): later readings order after it."""
+        try:
+            millis, logical, _ = parse_version(version)
+        except ValueError:
+            return
+        if (millis, logical) > (self.millis, self.logical):
+            self.millis, self.logical = millis, logical
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def stamp(keys: Sequence[bytes], version: bytes, db: int = DEFAULT_DB) -> bytes:
+    """The commands that record ``version`` for ``keys`` (the keys a part writes),
+    sent after the part's commands on the same connection: three ``+OK`` replies."""
+    argv = [b"MSET"]
+    for key in keys:
+        argv.append(key)
+        argv.append(version)
+    return b"".join((_select(db), hiredis.pack_command(tuple(argv)), _SELECT0))
+
+
+def stamp_version(argvs: Sequence[Sequence[bytes]]) -> tuple[bytes, list[bytes]] | None:
+    """(version, keys) of a stamp, given the last three parsed commands of a payload
+    (SELECT, MSET, SELECT), or None if they are not a stamp."""
+    if len(argvs) != 3:
+        return None
+    select, mset, back = argvs
+    if (len(select) != 2 or select[0].upper() != b"SELECT" or len(mset) < 3 or len(mset) % 2 != 1
+            or mset[0].upper() != b"MSET" or back != [b"SELECT", b"0"]):
+        return None
+    version = mset[2]
+    if len(version) != VERSION_LENGTH:
+        return None
+    return version, list(mset[1::2])
+
+
+_SELECTS: dict[int, bytes] = {}
+_SELECT0 = hiredis.pack_command((b"SELECT", b"0"))
+
+
+def _select(db: int) -> bytes:
+    command = _SELECTS.get(db)
+    if command is None:
+        command = _SELECTS[db] = hiredis.pack_command((b"SELECT", str(db).encode()))
+    return command
+
+
+# -- Lua: what replay and repair run on a replica's Redis -------------------------------
+#
+# Each script SELECTs the versions database and database 0 itself (a script's SELECT
+# does not outlive it). Versions compare as strings; a key without a version (written
+# before versions existed, or behind dyno's back) is older than any version.
+
+#: KEYS: the keys of one write command. ARGV[1]: its version; ARGV[2]: versions_db;
+#: ARGV[3..]: the command. Runs it (and records the version for its keys) only if
+#: every key's recorded version is older: a write replayed twice, or replayed after
+#: a newer write, does nothing. Returns the command's reply, or the status SKIPPED.
+APPLY_IF_NEWER = b"""
+local v = ARGV[1]
+redis.call('SELECT', ARGV[2])
+for i = 1, #KEYS do
+  local cur = redis.call('GET', KEYS[i])
+  if cur and cur >= v then return redis.status_reply('SKIPPED') end
+end
+redis.call('SELECT', 0)
+local cmd = {}
+for i = 3, #ARGV do cmd[#cmd + 1] = ARGV[i] end
+local reply = redis.pcall(unpack(cmd))
+redis.call('SELECT', ARGV[2])
+for i = 1, #KEYS do redis.call('SET', KEYS[i], v) end
+return reply
+"""
+
+#: KEYS[1]: a key. ARGV[1]: the version to install; ARGV[2]: versions_db; ARGV[3]:
+#: absolute expiry in ms (0: none); ARGV[4]: a DUMP payload, or empty for "deleted".
+#: Installs the value (or deletes the key) only if the replica's version is older.
+#: Returns 1 if it did, 0 if not.
+RESTORE_IF_NEWER = b"""
+local v = ARGV[1]
+redis.call('SELECT', ARGV[2])
+local cur = redis.call('GET', KEYS[1])
+if cur and cur >= v then return 0 end
+redis.call('SELECT', 0)
+if ARGV[4] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  local at = tonumber(ARGV[3])
+  if at > 0 then
+    redis.call('RESTORE', KEYS[1], at, ARGV[4], 'REPLACE', 'ABSTTL')
+  else
+    redis.call('RESTORE', KEYS[1], 0, ARGV[4], 'REPLACE')
+  end
+end
+redis.call('SELECT', ARGV[2])
+redis.call('SET', KEYS[1], v)
+return 1
+"""
+
+#: KEYS: keys. ARGV[1]: versions_db. For each key, {version or '', absolute expiry
+#: in ms (-1: none, -2: no key), DUMP payload or ''}: what read repair and repair
+#: compare and copy.
+FETCH = b"""
+local out = {}
+for i = 1, #KEYS do
+  redis.call('SELECT', ARGV[1])
+  local v = redis.call('GET', KEYS[i]) or ''
+  redis.call('SELECT', 0)
+  local d = redis.call('DUMP', KEYS[i]) or ''
+  local at = redis.call('PEXPIRETIME', KEYS[i])
+  out[i] = {v, at, d}
+end
+return out
+"""
