@@ -174,6 +174,11 @@ class Config:
     # dyno's own settings (requirepass is also Dynomite 0.7's)
     requirepass: str | None = None
     hints_dir: str | None = None
+    max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
+    max_hints_size: int = 1 << 30  # bytes of hints kept per peer
+    versions_db: int = 15          # the Redis database that holds the keys' versions
+    read_repair_chance: float = 0.0  # DC_ONE reads also checked and repaired (Cassandra's)
+    repair_rate: int = 0           # keys per second a repair compares (0: unthrottled)
     flush_enabled: bool = True     # FLUSHDB/FLUSHALL allowed
     warnings: tuple[str, ...] = ()  # accepted-but-ignored keys, one message each
 
@@ -274,6 +279,15 @@ def _integer(minimum: int, maximum: int = _MAX_INT, *, unit: str = "",
         return value
 
     return parse_integer
+
+
+def _chance(value: object) -> float:
+    """A probability, 0 to 1 (read_repair_chance: 0.1)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]+(\.[0-9]+)?", value):
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _expected("a number from 0 to 1", value)
+    return float(value)
 
 
 def _positive_number(value: object) -> float:
@@ -500,6 +514,11 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "max_msgs": _integer(100_000, 1_000_000),
     "requirepass": _optional(_text),
     "hints_dir": _optional(_text),
+    "max_hint_window": _integer(0, unit="milliseconds"),
+    "max_hints_size": _integer(0, unit="bytes"),
+    "versions_db": _integer(1, 15),
+    "read_repair_chance": _chance,
+    "repair_rate": _integer(0, unit="keys per second"),
     "flush_enabled": _boolean,
 }
 

@@ -28,13 +28,14 @@ the target and the payload: the hook hinted handoff hangs on.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
 
-from dyno import commands, resp
+from dyno import commands, resp, versions
 from dyno.client import BatchSlot, ReplySlot
 from dyno.consistency import Quorum
 from dyno.datastore import Sink
@@ -258,6 +259,7 @@ class _Whole(Sink):
 
 
 _DYNO_FAILURE = b"-ERR dyno: "
+_STAMP_OK = resp.OK * versions.STAMP_REPLIES
 
 
 # -- running a part ------------------------------------------------------------------
@@ -303,11 +305,20 @@ class _Read(_Run):
     def deliver_run(self, replies: bytes, n: int) -> None:
         if self.over:
             return
-        self.received += n
+        received = self.received + n
+        if received > self.part.count:  # a stamped write's last replies: the stamp's
+            replies, n = self.coordinator.unstamp(replies, n, self.part.count - self.received)
+            if not n:
+                return
+            received = self.part.count
+        self.received = received
         self.dest.deliver_run(replies, n)
 
     def deliver(self, reply: bytes) -> None:
         if self.over:
+            return
+        if self.received >= self.part.count:  # one of a stamp's replies
+            self.coordinator.unstamp(reply, 1, 0)
             return
         self.received += 1
         self.dest.deliver(reply)
@@ -315,6 +326,15 @@ class _Read(_Run):
     def deliver_each(self, replies: list[bytes]) -> None:
         if self.over:
             return
+        left = self.part.count - self.received
+        if len(replies) > left:  # a stamped write's last replies: the stamp's
+            self.coordinator.unstamp(b"".join(replies[left:]), len(replies) - left, 0)
+            replies = replies[:left]
+            if len(replies) < 2:
+                if replies:
+                    self.received += 1
+                    self.dest.deliver(replies[0])
+                return
         self.received += len(replies)
         self.dest.deliver_parts(replies)
 
@@ -357,13 +377,20 @@ class _Effect(_Read):
         self.deliver_run(reply, 1)
 
     def deliver_run(self, reply: bytes, n: int) -> None:
-        super().deliver_run(reply, n)
+        if self.over or self.received:
+            return  # (the stamp's replies, after the one that matters)
+        if n > 1:
+            reply, n = self.coordinator.unstamp(reply, n, 1)
+        super().deliver_run(reply, 1)
         if reply[:1] == b"-":
             return
         part = self.part
         rewritten = part.effect(part.argv, reply)
         if rewritten is not None:
-            self.coordinator.write(part.others, resp.encode_command(rewritten), 1, self.affinity, self.resp3)
+            payload = resp.encode_command(rewritten)
+            if part.version is not None:  # what it did is the same write: the same version
+                payload += versions.stamp([part.argv[1]], part.version, self.coordinator.versions_db)
+            self.coordinator.write(part.others, payload, 1 + part.extra, self.affinity, self.resp3)
 
 
 class _Write(_Read):
@@ -387,7 +414,7 @@ class _Write(_Read):
             return
         self.over = True
         part = self.part
-        self.coordinator.write_failed(part.asked[0], part.payload, part.count, error)
+        self.coordinator.write_failed(part.asked[0], part.payload, part.count + part.extra, error)
         if len(self.echoes) < len(part.asked) - 1:
             self.pending = error  # decided once all are sent (sent())
             return
@@ -441,7 +468,7 @@ class _Quorum(_Run):
     which failed, asks the others (``widen``); so does one they have not decided
     within one or two HEDGE_TICKs (Coordinator.hedge_reads)."""
 
-    __slots__ = ("quorum", "targets", "asked", "outcomes", "listed")
+    __slots__ = ("quorum", "targets", "asked", "outcomes", "listed", "repaired")
 
     def __init__(self, coordinator, part, dest, affinity, resp3, local_dc):
         super().__init__(coordinator, part, dest, affinity, resp3)
@@ -452,18 +479,23 @@ class _Quorum(_Run):
         self.asked = len(part.asked)
         self.outcomes = 0
         self.listed = False  # in the coordinator's list of reads to hedge
+        self.repaired = False  # a read asked again after read repair (not repaired twice)
 
     def ask(self, index: int) -> None:
         part = self.part
-        self.coordinator.send(self.targets[index], part.payload, part.count, _Replica(self, index),
-                              self.affinity, self.resp3)
+        self.coordinator.send(self.targets[index], part.payload, part.count + part.extra,
+                              _Replica(self, index), self.affinity, self.resp3)
 
     def arrived(self, index: int, replies: bytes) -> None:
         self.outcomes += 1
+        part = self.part
+        if part.extra:
+            replies, _ = self.coordinator.unstamp(replies, part.count + part.extra, part.count)
         quorum = self.quorum
         if quorum.done:
             if replies != quorum.result:
                 self.coordinator.metrics.disagreements += 1
+                self.coordinator.repair_in_background(part, self.targets)
             return
         result = quorum.reply(index, replies)
         if result is not None:
@@ -476,7 +508,7 @@ class _Quorum(_Run):
         part = self.part
         coordinator = self.coordinator
         if part.write:
-            coordinator.write_failed(self.targets[index], part.payload, part.count, error)
+            coordinator.write_failed(self.targets[index], part.payload, part.count + part.extra, error)
         else:
             coordinator.replica_failed(error, part.count)
         quorum = self.quorum
@@ -508,6 +540,9 @@ class _Quorum(_Run):
             coordinator.hedged.pop(id(self), None)
             self.listed = False
         if result[:1] == b"-":
+            if (not self.repaired and not self.part.write and result.endswith(b"disagree\r\n")
+                    and coordinator.read_repair(self, result)):
+                return  # answered once the replicas are repaired and asked again
             coordinator.decided_error(result, self.part)
         self.dest.deliver_run(result, self.part.count)
 
@@ -530,13 +565,15 @@ class _Replica(Sink):
 
     @property
     def count(self) -> int:  # a peer link's send_batch reads it
-        return self.run.part.count
+        part = self.run.part
+        return part.count + part.extra
 
     def deliver_run(self, replies: bytes, n: int) -> None:
         if self.over:
             return
         received = self.received + n
-        if received < self.run.part.count:
+        part = self.run.part
+        if received < part.count + part.extra:
             self.received = received
             if self.parts is None:
                 self.parts = [replies]
@@ -571,12 +608,12 @@ class _Replica(Sink):
 class _LocalEcho(Sink):
     """A background write to the node's own Redis: its replies, kept."""
 
-    __slots__ = ("parts", "left", "error", "watcher", "index")
+    __slots__ = ("parts", "left", "error", "watcher", "index", "total", "wanted")
     runs = True
 
     def __init__(self, count: int):
         self.parts: list[bytes] = []
-        self.left = count
+        self.left = self.total = self.wanted = count
         self.error: bytes | None = None
         self.watcher = None
         self.index = 0  # the watcher's number for this replica
@@ -597,13 +634,18 @@ class _LocalEcho(Sink):
 
     def watch(self, watcher, index: int, offset: int, count: int) -> None:
         self.watcher, self.index = watcher, index
+        self.wanted = count  # the writes' replies, without a stamp's after them
         if not self.left:
             self._tell()
 
     def _tell(self) -> None:
         if self.watcher is not None:
             if self.error is None:
-                self.watcher.echoed(self.index, True, b"".join(self.parts))
+                data = b"".join(self.parts)
+                if self.wanted < self.total:
+                    parts = resp.split_replies(data, self.total)
+                    data = b"".join(parts[: self.wanted]) if parts is not None else data
+                self.watcher.echoed(self.index, True, data)
             else:
                 self.watcher.echoed(self.index, False, self.error)
 
@@ -631,7 +673,9 @@ class Coordinator:
     def __init__(self, ring: "Ring", *, datastore: "Datastore", datastore3: "Datastore",
                  link_of: Callable, admin_down, stats, metrics: "Metrics", run_local: Callable,
                  read_consistency: str, write_consistency: str, flush_enabled: bool = False,
-                 hash_tag: bool = False, clock: Callable[[], int] = time.time_ns):
+                 hash_tag: bool = False, clock: Callable[[], int] = time.time_ns,
+                 version: Callable[[], bytes] | None = None, versions_db: int = versions.DEFAULT_DB,
+                 on_write_failed: Callable | None = None):
         self.datastore = datastore
         self.datastore3 = datastore3
         self.link_of = link_of
@@ -646,6 +690,17 @@ class Coordinator:
         self.flush_enabled = flush_enabled
         self.hash_tag = hash_tag
         self.clock = clock
+        self.version = version  # a new version for a batch of writes (versions.HLC.now)
+        self.versions_db = versions_db
+        #: (node, payload, count, flags): writes a replica did not acknowledge (hints).
+        self.on_write_failed = on_write_failed
+        self._last_stamp_log = 0.0
+        #: Read repair (dyno.repair.repair_keys bound by the node: keys, replicas),
+        #: and where its tasks run; None until the node is running.
+        self.repair_keys: Callable | None = None
+        self.spawn: Callable | None = None
+        self.read_repair_chance = 0.0
+        self._random = random.random
         # One batch in SAMPLE_EVERY is timed: the countdown costs one decrement.
         self.countdown = SAMPLE_EVERY
         self.sampling = False
@@ -667,7 +722,9 @@ class Coordinator:
         self.ring = ring
         self.local_dc = ring.local.dc
         self.planner = Planner(ring, self.available, flush_enabled=self.flush_enabled,
-                               hash_tag=self.hash_tag, now_ms=self.now_ms, refuse=self.refuse)
+                               hash_tag=self.hash_tag, now_ms=self.now_ms, refuse=self.refuse,
+                               version=self.version,
+                               versions_db=self.versions_db)
 
     def set_levels(self, read: str, write: str) -> None:
         """The node's consistency levels (the admin port changes them)."""
@@ -901,19 +958,22 @@ class Coordinator:
         their replies (a peer's acknowledgement counts them)."""
         requests = resp.RequestParser().feed(payload)  # the peer server checked: `count` commands
         resp3 = bool(flags & RESP3)
-        raw: bytes | None = payload
-        while requests:
-            plan = self.planner.plan(requests, raw, DC_ONE, DC_ONE, here_only=True)
-            if plan.__class__ is tuple:  # a ring of one node (no other datacenter: never)
-                (self.datastore3 if resp3 else self.datastore).send_run(plan[0], _Whole(sink), plan[1], affinity)
-                return
-            if plan.__class__ is not Plan:  # a Part answering them all
-                self._dispatch(plan, _Whole(sink), affinity, resp3)
-                return
-            self._count(plan)
-            self._run(plan, _Gather(plan, _Whole(sink), None), affinity, resp3, None, requests)
-            requests = requests[plan.size:]
-            raw = None
+        for requests, raw, version in versions.segments(requests, payload):
+            while requests:
+                plan = self.planner.plan(requests, raw, DC_ONE, DC_ONE, here_only=True, version=version)
+                if plan.__class__ is tuple:  # a ring of one node (no other datacenter: never)
+                    (self.datastore3 if resp3 else self.datastore).send_run(plan[0], _Whole(sink), plan[1],
+                                                                            affinity)
+                    break
+                if plan.__class__ is not Plan:  # a Part answering them all
+                    self._dispatch(plan, _Whole(sink), affinity, resp3)
+                    break
+                self._count(plan)
+                self._run(plan, _Gather(plan, _Whole(sink), None), affinity, resp3, None, requests)
+                requests = requests[plan.size:]
+                raw = None
+            if version is not None:  # the stamp's own replies: it is re-made for each part here
+                sink.deliver_run(_STAMP_OK, versions.STAMP_REPLIES)
 
     # -- parts ------------------------------------------------------------------------
 
@@ -924,27 +984,31 @@ class Coordinator:
                 if part.transform is not None:
                     dest = _Transformed(dest, part.transform)
                 if part.effect is not None:
-                    self.send(part.asked[0], part.payload, 1, _Effect(self, part, dest, affinity, resp3, ()),
-                              affinity, resp3)
+                    self.send(part.asked[0], part.payload, 1 + part.extra,
+                              _Effect(self, part, dest, affinity, resp3, ()), affinity, resp3)
                     return
             asked = part.asked
             if part.write:
                 if len(asked) > 1 or part.coordinate:
                     self.by_level[DC_ONE] += part.count
                     run = _Write(self, part, dest, affinity, resp3)
-                    self.write(asked, part.payload, part.count, affinity, resp3, run, echoes=run.echoes)
+                    sent = part.count + part.extra
+                    self.write(asked, part.payload, sent, affinity, resp3, run, echoes=run.echoes)
                     if run.pending is not None:
                         run.sent()
                     if part.coordinate:
-                        self.write(part.coordinate, part.payload, part.count, affinity, resp3, None, COORDINATE)
+                        self.write(part.coordinate, part.payload, sent, affinity, resp3, None, COORDINATE)
                     return
             elif len(part.reserve) > 1:
                 self.by_level[DC_ONE] += part.count
                 self.send(asked[0], part.payload, part.count,
                           _Read(self, part, dest, affinity, resp3, part.reserve), affinity, resp3)
+                if self.read_repair_chance and self._random() < self.read_repair_chance:
+                    self.repair_in_background(part, part.reserve)
                 return
             # Its only replica (a ring of one node, a request without keys): nothing to
-            # fall back on, nobody to tell of a failure but the client.
+            # fall back on, nobody to tell of a failure but the client. (Not stamped:
+            # a key of one replica has nothing to be reconciled with.)
             self.send(asked[0], part.payload, part.count, dest, affinity, resp3)
             return
         else:
@@ -956,7 +1020,8 @@ class Coordinator:
                 self.hedged[id(run)] = (self._hedge_tick, run)
                 run.listed = True
         if part.coordinate:
-            self.write(part.coordinate, part.payload, part.count, affinity, resp3, None, COORDINATE)
+            self.write(part.coordinate, part.payload, part.count + part.extra, affinity, resp3, None,
+                       COORDINATE)
 
     def send(self, node: "RingNode", payload: bytes, count: int, sink: Sink, affinity: int,
              resp3: bool) -> None:
@@ -1003,17 +1068,106 @@ class Coordinator:
             link = self.link_of(node.name)
             if link is None:
                 error = resp.error(f"ERR dyno: no link to peer {node.name}")
-                self.write_failed(node, payload, count, error)
+                self.write_failed(node, payload, count, error, flags & COORDINATE)
                 echoes.append((_FailedEcho(error), 0))
             else:
                 echoes.append(link.send_background(payload, count, flags))
         return echoes
 
-    def write_failed(self, node: "RingNode", payload: bytes, count: int, error: bytes) -> None:
-        """``count`` writes (``payload``) did not reach ``node``, or may not have: the
-        one place such a failure is reported, whoever sent them."""
+    # -- read repair ----------------------------------------------------------------
+
+    def read_repair(self, run: "_Quorum", result: bytes) -> bool:
+        """A quorum read whose replicas disagree (``result``, the error it would
+        get): repair its keys on every replica (the newest version wins, dyno.repair)
+        and ask them again; the read is answered then. False if read repair is off."""
+        if self.repair_keys is None or self.spawn is None:
+            return False
+        self.spawn(self._repair_and_ask_again, run, result)
+        return True
+
+    async def _repair_and_ask_again(self, run: "_Quorum", result: bytes) -> None:
+        part = run.part
+        try:
+            await self.repair_keys(part_keys(part), run.targets)
+            self.metrics.read_repairs += 1
+        except Exception as exc:  # the replicas could not be repaired: the read fails as it was
+            self.metrics.read_repair_failures += 1
+            log.warning("read repair failed: %s", exc)
+            self.decided_error(result, part)
+            run.dest.deliver_run(result, part.count)
+            return
+        again = _Quorum(self, part, run.dest, run.affinity, run.resp3, self.local_dc)
+        again.repaired = True
+        for index in range(len(part.asked)):
+            again.ask(index)
+        again.widen()  # every replica: the newest value is now on all of them
+
+    def repair_in_background(self, part: Part, targets: tuple) -> None:
+        """A replica answered differently from the value decided (or a DC_ONE read
+        was picked by read_repair_chance): repair the part's keys, nobody waits."""
+        if self.repair_keys is None or self.spawn is None:
+            return
+        self.spawn(self._repair_quietly, part, targets)
+
+    async def _repair_quietly(self, part: Part, targets: tuple) -> None:
+        try:
+            await self.repair_keys(part_keys(part), targets)
+            self.metrics.read_repairs += 1
+        except Exception as exc:
+            self.metrics.read_repair_failures += 1
+            log.warning("background read repair failed: %s", exc)
+
+    async def call(self, node: "RingNode", payload: bytes, count: int, flags: int = 0) -> bytes:
+        """Send ``count`` requests to ``node`` (its Redis, or the peer: COORDINATE in
+        ``flags`` to have it coordinate them for its datacenter) and wait for their
+        replies, joined; a failure of the target comes back as error replies. For
+        the node's own work (hint replay, read repair, repair), not clients'."""
+        sink = _Awaited(count)
+        if node.local:
+            self.datastore.send_run(payload, sink, count, 0)
+        else:
+            link = self.link_of(node.name)
+            if link is None:
+                return resp.error(f"ERR dyno: no link to peer {node.name}") * count
+            link.send_batch(payload, sink, flags, count)
+        await sink.event.wait()
+        if sink.error is not None:
+            return sink.error * count
+        return b"".join(sink.parts)
+
+    def write_failed(self, node: "RingNode", payload: bytes, count: int, error: bytes,
+                     flags: int = 0) -> None:
+        """``count`` writes (``payload``, a stamp included) did not reach ``node``, or
+        may not have: the one place such a failure is reported, whoever sent them.
+        They are kept as a hint for ``node`` (``on_write_failed``: hinted handoff),
+        to be replayed once it is back; ``flags``: COORDINATE if ``node`` was to
+        coordinate them for its datacenter."""
         self.metrics.write_failures += count
         self.replica_failed(error, count)
+        if self.on_write_failed is not None:
+            self.on_write_failed(node, payload, count, flags)
+
+    def unstamp(self, replies: bytes, n: int, keep: int) -> tuple[bytes, int]:
+        """The first ``keep`` of ``n`` replies: the rest are a stamp's (dyno.versions),
+        +OK unless the versions could not be recorded (counted, logged)."""
+        dropped = n - keep
+        if replies.endswith(_STAMP_OK[: 5 * dropped]):
+            return (replies[: len(replies) - 5 * dropped] if keep else b""), keep
+        parts = resp.split_replies(replies, n)
+        if parts is None:
+            return replies, n  # cannot happen with whole replies; pass them on unchanged
+        self.stamp_failed(parts[keep:])
+        return b"".join(parts[:keep]), keep
+
+    def stamp_failed(self, replies: list[bytes]) -> None:
+        errors = [reply for reply in replies if reply[:1] == b"-"]
+        if errors:
+            self.metrics.stamp_failures += 1
+            now = time.monotonic()
+            if now - self._last_stamp_log >= 1.0:
+                self._last_stamp_log = now
+                log.warning("recording a version failed (versions_db %d): %s", self.versions_db,
+                            errors[0][1:-2].decode(errors="replace"))
 
     def replica_failed(self, error: bytes, count: int = 1) -> None:
         """Count replica requests that could not be answered; log at most once a second."""
@@ -1061,6 +1215,46 @@ class Coordinator:
                         run.quorum.done = True
                         error = resp.error("ERR dyno: internal error widening a quorum read")
                         run.dest.deliver_run(error * run.part.count, run.part.count)
+
+
+def part_keys(part: Part) -> list[bytes]:
+    """The keys a part's requests name (read repair repairs them)."""
+    keys: list[bytes] = []
+    for argv in resp.RequestParser().feed(part.payload)[: part.count]:
+        spec = commands.resolve(argv)
+        if spec.__class__ is not bytes:
+            keys += commands.keys(spec, argv)
+    return list(dict.fromkeys(keys))
+
+
+class _Awaited(Sink):
+    """Replies someone awaits (Coordinator.call): all ``count`` of them, or a failure."""
+
+    __slots__ = ("event", "parts", "left", "error")
+    runs = True
+
+    def __init__(self, count: int):
+        self.event = trio.Event()
+        self.parts: list[bytes] = []
+        self.left = count
+        self.error: bytes | None = None
+
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self.parts.append(replies)
+        self.left -= n
+        if self.left <= 0:
+            self.event.set()
+
+    def deliver(self, reply: bytes) -> None:
+        self.deliver_run(reply, 1)
+
+    def deliver_each(self, replies: list[bytes]) -> None:
+        self.deliver_run(b"".join(replies), len(replies))
+
+    def fail(self, error: bytes) -> None:
+        if self.error is None:
+            self.error = error
+        self.event.set()
 
 
 class _Echoing(Sink):

@@ -187,6 +187,9 @@ class Metrics:
         self.widened_reads = 0      # quorum reads the first Q replicas could not decide
         self.failovers = 0          # DC_ONE parts answered by another replica than the first
         self.write_failures = 0     # replica writes that failed (or may have), reported
+        self.stamp_failures = 0     # batches whose versions a replica could not record
+        self.read_repairs = 0       # reads whose keys were repaired (quorum disagreement, chance)
+        self.read_repair_failures = 0
         self.state_refusals = 0     # requests refused because of the node state
         self.client_latency = Histogram()
         self.datastore_latency = Histogram()
@@ -378,6 +381,27 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     family("dyno_failovers_total", "counter",
            "DC_ONE requests answered by another replica than the one first asked, because it "
            "failed after they were sent.").add(metrics.failovers)
+    family("dyno_read_repairs_total", "counter",
+           "Reads whose keys were repaired because replicas disagreed (or picked by "
+           "read_repair_chance).").add(metrics.read_repairs)
+    family("dyno_read_repair_failures_total", "counter",
+           "Read repairs that could not be completed (a replica unreachable).").add(metrics.read_repair_failures)
+    family("dyno_version_stamp_failures_total", "counter",
+           "Write batches whose versions a replica could not record (versions_db).").add(metrics.stamp_failures)
+    hints = node.hints()
+    for name, help_text, field in (
+        ("dyno_hints_pending", "Hinted writes waiting for each peer to come back.", "pending"),
+        ("dyno_hints_pending_bytes", "Bytes of hints waiting for each peer.", "pending_bytes"),
+        ("dyno_hints_stored_total", "Replica writes kept as hints, per peer.", "stored"),
+        ("dyno_hints_replayed_total", "Hints replayed to their peer.", "replayed"),
+        ("dyno_hints_dropped_window_total", "Hints dropped past max_hint_window (repair takes over).",
+         "dropped_window"),
+        ("dyno_hints_dropped_full_total", "Writes not hinted because max_hints_size was reached.",
+         "dropped_full"),
+    ):
+        hinted = family(name, "gauge" if field.startswith("pending") else "counter", help_text)
+        for peer_name, counts in hints.items():
+            hinted.add(counts[field], peer=peer_name)
     family("dyno_client_bytes_received_total", "counter",
            "Request bytes read from clients.").add(stats.client_bytes_in)
     family("dyno_client_bytes_sent_total", "counter",

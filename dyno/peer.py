@@ -25,7 +25,8 @@ A REQUEST is run on the receiving node's own Redis, unless ``flags`` has
 ``COORDINATE``: then the receiver coordinates it for its own datacenter (a write
 that crossed to a remote DC fans out there: 2 hops, as Dynomite does). A
 COORDINATE request of n > 1 writes (a client's pipelined writes, a part per
-replica set) must be QUIET: it is answered once all n ran here.
+replica set) is QUIET (answered once all n ran here), or, when its sender waits
+for the replies (a hint replay), answered with their list.
 
 Outgoing side: one ``PeerLink`` per peer; requests are pipelined and multiplexed by
 id, each with a deadline; a peer that does not answer in ``timeout`` fails those
@@ -59,8 +60,9 @@ if TYPE_CHECKING:
     from dyno.ring import RingNode
 
 # What a link reports when writes nobody waited for (``send_background``) failed,
-# or may have: the peer, their payload, how many requests it holds, and the error.
-WriteFailed = Callable[["RingNode", bytes, int, bytes], None]
+# or may have: the peer, their payload, how many requests it holds, the error, and
+# the request's flags (COORDINATE: the peer was to coordinate them).
+WriteFailed = Callable[["RingNode", bytes, int, bytes, int], None]
 # Coordinates ``count`` writes from a node of another datacenter for this one
 # (``payload, sink, flags, count``): a COORDINATE request.
 Coordinate = Callable[[bytes, Sink, int, int], None]
@@ -282,7 +284,7 @@ class PeerLink:
             if sink is not None:
                 sink.fail(self.down_error)
                 return None
-            self.on_write_failed(self.peer, payload, count, self.down_error)
+            self.on_write_failed(self.peer, payload, count, self.down_error, flags)
             return _Failed(self.down_error), 0
         if flags & COORDINATE and sink is not None:
             # The peer coordinates it and answers it alone: a frame of its own. (Held
@@ -557,9 +559,10 @@ class _Frame(Sink):
         self.error = error
         failed = self.link.on_write_failed
         peer = self.link.peer
+        flags = self.flags
         for payload, sink, count in zip(self.payloads, self.sinks, self.counts):
             if sink is None:
-                failed(peer, payload, count, error)
+                failed(peer, payload, count, error, flags)
             else:
                 sink.fail(error)
         if self.watchers:
@@ -792,8 +795,8 @@ class PeerConnection:
                     sink = _PeerAck(self, request_id, count)
                 elif count == 1:
                     sink = _PeerReply(self, request_id)
-                else:
-                    raise PeerError("a COORDINATE request of several commands must be QUIET")
+                else:  # someone waits for them all (a hint replay): a list, in order
+                    sink = _PeerBatchReply(self, request_id, count)
                 self.coordinate(payload, sink, flags, count)
             elif flags & QUIET:
                 ack = _PeerAck(self, request_id, count)

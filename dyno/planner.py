@@ -45,7 +45,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from dyno import commands, merge, resp, rewrite
+from dyno import commands, merge, resp, rewrite, versions
 from dyno.commands import Merge as MergeKind
 from dyno.commands import Route
 from dyno.ring import Ring, RingNode
@@ -136,7 +136,7 @@ class Part:
     and printed by the tests."""
 
     __slots__ = ("kind", "level", "write", "asked", "reserve", "coordinate", "payload", "count",
-                 "positions", "calls")
+                 "positions", "calls", "version", "extra")
 
     # What few parts have (a ``Special`` part sets them; the others read these):
     #: Replies compared sorted (UNORDERED_REPLIES at a quorum level).
@@ -169,6 +169,11 @@ class Part:
         #: A part that is a whole plan (Planner.plan): the command table rows of
         #: its requests (one standing for all, or a list), for the metrics.
         self.calls = None
+        #: A stamped write's version (dyno.versions): ``payload`` ends with the
+        #: stamp, ``extra`` (STAMP_REPLIES) more replies than ``count`` come back,
+        #: and the executor drops them. None and 0 for everything else.
+        self.version = None
+        self.extra = 0
 
     def describe(self) -> tuple:
         """What the part is, as plain values (tests compare these)."""
@@ -237,9 +242,14 @@ class Planner:
 
     def __init__(self, ring: Ring, available: Callable[[RingNode], bool], *,
                  flush_enabled: bool = False, hash_tag: bool = False,
-                 now_ms: Callable[[], int] | None = None, refuse: Callable | None = None):
+                 now_ms: Callable[[], int] | None = None, refuse: Callable | None = None,
+                 version: Callable[[], bytes] | None = None, versions_db: int = versions.DEFAULT_DB):
         self.ring = ring
         self.available = available
+        #: A new version for a batch's writes (versions.HLC.now), or None: writes
+        #: are not stamped (a key of one replica has nothing to be reconciled with).
+        self.version = version if len(ring.replicas(0)) > 1 else None
+        self.versions_db = versions_db
         #: The clock (wall milliseconds), asked only to make a relative expiry absolute.
         self.now_ms = now_ms
         #: ``refuse(spec, write)``: an error line for a request the node's state
@@ -278,24 +288,26 @@ class Planner:
 
     def plan(self, requests: list[list[bytes]], raw: bytes | None, read_level: str, write_level: str,
              now_ms: Callable[[], int] | None = None, here_only: bool = False,
-             rng: random.Random | None = None) -> Plan | Part | tuple:
+             rng: random.Random | None = None, version: bytes | None = None) -> Plan | Part | tuple:
         """The plan for ``requests`` (or for the prefix of them up to a command that
         ends a plan): a Plan, or, when one part answers the whole batch in order
         (the common case), that Part, or for a ring of one node ``(raw, count,
         calls)`` (``plain``). ``raw``: their canonical encoding as received, or None.
         ``now_ms()``: the time (the planner's clock if not given).
         ``here_only``: writes another datacenter hands over, for this one's replicas
-        only (nothing is coordinated further; only writes are accepted)."""
+        only (nothing is coordinated further; only writes are accepted), stamped
+        with their coordinator's ``version`` if it sent one (else not stamped)."""
         if self.solo:  # one replica: every level is decided by its reply
             read_level = write_level = DC_ONE
         if raw is not None and self.refuse is None:
-            plan = self.plain(requests, raw, read_level, write_level, here_only)
+            plan = self.plain(requests, raw, read_level, write_level, here_only, version)
             if plan is not None:
                 return plan
         return _General(self, requests, raw, read_level, write_level, now_ms or self.now_ms,
-                        self.refuse, here_only, rng).plan()
+                        self.refuse, here_only, rng, version).plan()
 
-    def plain(self, requests, raw: bytes, read_level: str, write_level: str, here_only: bool = False):
+    def plain(self, requests, raw: bytes, read_level: str, write_level: str, here_only: bool = False,
+              version: bytes | None = None):
         """The common case of ``plan``: every request a plain one (BATCHABLE;
         unordered and random reads at DC_ONE; multi-key commands in a uniform
         ring), all reads or all writes, no relative expiry to rewrite, sent as read
@@ -335,10 +347,31 @@ class Planner:
             group = groups[0]
             for other in groups:
                 if other is not group:
-                    return self._plain_parts(requests, raw, groups, write, level, here_only, calls)
+                    return self._plain_parts(requests, raw, groups, write, level, here_only, calls, version)
         if self.solo:  # it all goes, as read, to the one node
             return (raw, len(requests), calls)
+        if write:
+            version = self.batch_version(here_only, version)
+            if version is not None:
+                return self.stamped(self.part(group, True, level, raw, len(requests), None, here_only),
+                                    _write_keys(requests), version, calls)
         part = self.part(group, write, level, raw, len(requests), None, here_only)
+        part.calls = calls
+        return part
+
+    def batch_version(self, here_only: bool, version: bytes | None) -> bytes | None:
+        """The version a batch's writes are stamped with: a new one, or for writes
+        another datacenter hands over, the one their coordinator gave them."""
+        if here_only:
+            return version
+        make = self.version
+        return make() if make is not None else None
+
+    def stamped(self, part: Part, keys: list[bytes], version: bytes, calls=None) -> Part:
+        """``part`` with its writes' version stamped after them (dyno.versions)."""
+        part.payload += versions.stamp(keys, version, self.versions_db)
+        part.version = version
+        part.extra = versions.STAMP_REPLIES
         part.calls = calls
         return part
 
@@ -348,7 +381,7 @@ class Planner:
         return [replicas(token) for token in self.ring.tokens_of([argv[1] for argv in requests])]
 
     def _plain_parts(self, requests, raw: bytes, groups: list, write: bool, level: str, here_only: bool,
-                     calls) -> Plan:
+                     calls, version: bytes | None = None) -> Plan:
         """A plain batch whose keys have several replica sets (racks of several
         nodes): a part per replica set, its requests' bytes cut from the read."""
         offsets = [0]
@@ -364,9 +397,13 @@ class Planner:
             else:
                 entry[1].append(position)
         parts = []
+        version = self.batch_version(here_only, version) if write else None
         for group, positions in members.values():
             payload = b"".join([raw[offsets[i] : offsets[i + 1]] for i in positions])
-            parts.append(self.part(group, write, level, payload, len(positions), positions, here_only))
+            part = self.part(group, write, level, payload, len(positions), positions, here_only)
+            if version is not None:
+                self.stamped(part, _write_keys([requests[i] for i in positions]), version)
+            parts.append(part)
         size = len(requests)
         return Plan(parts, size, [None] * size, size, None, calls)
 
@@ -463,9 +500,11 @@ class _General:
     """Plans any batch, request by request (Planner.plan)."""
 
     def __init__(self, planner: Planner, requests, raw, read_level, write_level, now_ms, refuse,
-                 here_only, rng):
+                 here_only, rng, version=None):
         self.planner = planner
         self.here_only = here_only
+        self.given_version = version
+        self.version: bytes | None = None  # the batch's writes', once one is made (_version)
         self.calls: list = []
         self.ring = planner.ring
         self.requests = requests
@@ -718,10 +757,14 @@ class _General:
 
     def _run_once(self, position: int, group: tuple, argv: list[bytes], effect) -> None:
         """SPOP, XADD: on the first available replica (this rack's first); its reply
-        answers the client and what it did is sent to every other replica."""
+        answers the client and what it did is sent to every other replica (with
+        the same version)."""
         first = _first_available(group, self.planner.available)
         part = Special(ONE, DC_ONE, True, (first,), (), (), resp.encode_command(argv), 1, None,
                        effect=effect, others=tuple(n for n in group if n is not first), argv=argv)
+        version = self._version()
+        if version is not None:
+            self.planner.stamped(part, [argv[1]], version)
         self.sources.append(None)
         self._special(position, part, group)
 
@@ -768,6 +811,12 @@ class _General:
             self.open.pop(id(group), None)
         self.order.append(part)
 
+    def _version(self) -> bytes | None:
+        """The version of this batch's writes (one for all), made when first asked."""
+        if self.version is None:
+            self.version = self.planner.batch_version(self.here_only, self.given_version)
+        return self.version
+
     def _parts(self) -> list[Part]:
         parts = []
         planner = self.planner
@@ -779,8 +828,13 @@ class _General:
             positions = [position for position, _, _ in members]
             payload = b"".join([encoded if encoded is not None else self._bytes(position, argv)
                                 for position, argv, encoded in members])
-            parts.append(planner.part(group, write, level, payload, len(members), positions,
-                                      self.here_only, canonical))
+            part = planner.part(group, write, level, payload, len(members), positions,
+                                self.here_only, canonical)
+            if write:
+                version = self._version()
+                if version is not None:
+                    planner.stamped(part, _write_keys([argv for _, argv, _ in members]), version)
+            parts.append(part)
         return parts
 
     def _bytes(self, position: int, argv: list[bytes]) -> bytes:
@@ -796,6 +850,19 @@ class _General:
                 end += length
                 offsets.append(end)
         return raw[offsets[position] : offsets[position + 1]]
+
+
+def _write_keys(requests) -> list[bytes]:
+    """The keys the write requests of a part write (a version is stamped on each)."""
+    keys: list[bytes] = []
+    resolve = commands.resolve
+    for argv in requests:
+        spec = resolve(argv)
+        if spec.fixed_keys == (1,):
+            keys.append(argv[1])
+        else:
+            keys += commands.keys(spec, argv)
+    return keys
 
 
 def _refused_name(argv: list[bytes]) -> bytes:

@@ -32,9 +32,11 @@ from collections.abc import Callable, Sequence
 
 import hiredis
 
+from dyno.resp import encoded_length
+
 __all__ = [
     "APPLY_IF_NEWER", "DEFAULT_DB", "FETCH", "HLC", "RESTORE_IF_NEWER", "STAMP_REPLIES",
-    "VERSION_LENGTH", "make_version", "node_id", "parse_version", "stamp", "stamp_version",
+    "VERSION_LENGTH", "make_version", "node_id", "parse_version", "segments", "stamp", "stamp_version",
 ]
 
 DEFAULT_DB = 15
@@ -126,6 +128,33 @@ def stamp_version(argvs: Sequence[Sequence[bytes]]) -> tuple[bytes, list[bytes]]
     return version, list(mset[1::2])
 
 
+def segments(requests: list[list[bytes]], payload: bytes):
+    """The writes of a payload that may hold stamped parts one after another (a
+    frame of COORDINATE writes, a hint), cut at the stamps: ``(requests, raw,
+    version)`` for each run of writes, ``raw`` their canonical bytes (``payload``
+    must be canonical), ``version`` the stamp's after them (None: none followed).
+    (A client cannot send SELECT through dyno: a SELECT here is a stamp's.)"""
+    start = index = 0
+    cut = offset = 0
+    size = len(requests)
+    while index < size:
+        argv = requests[index]
+        if argv[0] in _SELECT_NAMES and index + 2 < size:
+            found = stamp_version(requests[index : index + 3])
+            if found is not None:
+                yield requests[start:index], payload[cut:offset], found[0]
+                for command in requests[index : index + 3]:
+                    offset += encoded_length(command)
+                index = start = index + 3
+                cut = offset
+                continue
+        offset += encoded_length(argv)
+        index += 1
+    if start < size:
+        yield requests[start:], payload[cut:], None
+
+
+_SELECT_NAMES = frozenset({b"SELECT", b"select", b"Select"})
 _SELECTS: dict[int, bytes] = {}
 _SELECT0 = hiredis.pack_command((b"SELECT", b"0"))
 

@@ -248,9 +248,9 @@ class Cluster:
         self.reported: list[tuple[str, bytes, int, bytes]] = []  # write_failed calls
         failed = self.coordinator.write_failed
 
-        def write_failed(node, payload, count, error):
+        def write_failed(node, payload, count, error, flags=0):
             self.reported.append((node.name, payload, count, error))
-            failed(node, payload, count, error)
+            failed(node, payload, count, error, flags)
 
         self.coordinator.write_failed = write_failed
         for target in self.targets:

@@ -232,8 +232,8 @@ AFTER_HELLO = {
     "reply sent to the server side": msgpack.packb([REPLY, 1, b"+OK\r\n"]),
     "second hello": hello(),
     "not an array": msgpack.packb("hello"),
-    "coordinate batch not quiet": msgpack.packb(
-        [REQUEST, 1, COORDINATE, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n", 2]
+    "count beyond the payload": msgpack.packb(
+        [REQUEST, 1, COORDINATE, b"*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nPING\r\n", 3]
     ),
 }
 

@@ -28,8 +28,9 @@ class Failures:
         self.payloads: list[bytes] = []
         self.peers: list[str] = []
 
-    def __call__(self, peer_node, payload: bytes, count: int, error: bytes) -> None:
+    def __call__(self, peer_node, payload: bytes, count: int, error: bytes, flags: int) -> None:
         self.count += count
+        self.flags = flags
         self.errors.append(error)
         self.payloads.append(payload)
         self.peers.append(peer_node.name)

@@ -18,12 +18,14 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dyno import resp
+from dyno import commands as command_table
+from dyno import resp, versions
 from dyno.planner import EACH, LOCAL, ONE, QUORUM, Merge, Part, Plan, Planner
 from dyno.ring import Ring, RingNode
 
 KEYS = [b"k%d" % i for i in range(30)] + [b"{t}a", b"{t}b"]
 NOW = 1_700_000_000_000
+VERSION = versions.make_version(NOW, 7, 42)
 
 
 @st.composite
@@ -132,7 +134,8 @@ def test_a_plan_sends_each_request_where_the_rules_say_and_decides_it_as_they_sa
 
     requests = [list(command) for command in batch]
     raw = b"".join(map(resp.encode_command, requests))
-    plan = as_plan(Planner(ring, up, hash_tag=True).plan(requests, raw, read_level, write_level, lambda: NOW), ring)
+    planner = Planner(ring, up, hash_tag=True, version=lambda: VERSION, versions_db=9)
+    plan = as_plan(planner.plan(requests, raw, read_level, write_level, lambda: NOW), ring)
     size = plan.size
     assert 1 <= size <= len(requests)
     ends = [i for i, argv in enumerate(requests) if argv[0] in (b"HELLO", b"QUIT")]
@@ -143,6 +146,8 @@ def test_a_plan_sends_each_request_where_the_rules_say_and_decides_it_as_they_sa
     for part in plan.parts:
         positions = part.positions if part.positions is not None else list(range(size))
         sent = resp.RequestParser().feed(part.payload)
+        check_stamp(ring, part, sent)
+        sent = sent[: part.count]
         assert len(sent) == len(positions) == part.count
         for index, (position, argv) in enumerate(zip(positions, sent)):
             assert position not in carried, "a request carried twice"
@@ -212,6 +217,54 @@ def test_a_plan_sends_each_request_where_the_rules_say_and_decides_it_as_they_sa
             level = "DC_ONE"  # any replica's pick is right
         check_targets(ring, up, part, argv[1], name in WRITES, level)
         assert part.canonical == (name == b"HGETALL" and level != "DC_ONE")
+
+
+def check_stamp(ring: Ring, part: Part, sent: list[list[bytes]]) -> None:
+    """A write part of a key with several replicas ends with the stamp that records
+    the batch's version for every key its writes name; nothing else is stamped."""
+    replicated = len(ring.replicas(0)) > 1
+    keyed = part.write and part.count and all(
+        command_table.keys(command_table.resolve(argv), argv) for argv in sent[: part.count])
+    if part.write and replicated and keyed and sent[0][0].upper() not in (b"FLUSHALL", b"FLUSHDB"):
+        assert part.extra == versions.STAMP_REPLIES and part.version == VERSION
+        assert len(sent) == part.count + part.extra
+        version, keys = versions.stamp_version(sent[part.count:])
+        assert version == VERSION and sent[part.count] == [b"SELECT", b"9"]
+        named = [k for argv in sent[: part.count] for k in command_table.keys(command_table.resolve(argv), argv)]
+        assert keys == named
+    else:
+        assert part.extra == 0 and len(sent) == part.count, (part, sent)
+
+
+def test_writes_another_datacenter_hands_over_keep_their_version():
+    """COORDINATE writes are stamped with the version their coordinator gave them,
+    and not stamped at all if it gave none."""
+    nodes = [RingNode(f"127.0.0.1:{9000 + i}", "127.0.0.1", 9000 + i, f"dc{i // 2}", f"r{i % 2}", (0,))
+             for i in range(4)]
+    ring = Ring(nodes, nodes[0], "murmur", b"{}")
+    planner = Planner(ring, lambda node: True, version=lambda: b"0" * 24)
+    requests = [[b"SET", b"a", b"1"], [b"INCR", b"b"]]
+    raw = b"".join(map(resp.encode_command, requests))
+    given = planner.plan(requests, raw, "DC_ONE", "DC_ONE", here_only=True, version=VERSION)
+    assert given.version == VERSION and given.payload == raw + versions.stamp([b"a", b"b"], VERSION)
+    none = planner.plan(requests, raw, "DC_ONE", "DC_ONE", here_only=True)
+    assert none.version is None and none.payload == raw and none.extra == 0
+    own = planner.plan(requests, raw, "DC_ONE", "DC_ONE")
+    assert own.version == b"0" * 24 and own.coordinate
+
+
+def test_segments_cut_a_payload_at_its_stamps():
+    one = [[b"SET", b"a", b"1"], [b"INCR", b"b"]]
+    two = [[b"DEL", b"c"]]
+    stamp_a = versions.stamp([b"a", b"b"], VERSION)
+    other = versions.make_version(NOW + 1, 0, 1)
+    stamp_b = versions.stamp([b"c"], other)
+    payload = (b"".join(map(resp.encode_command, one)) + stamp_a + b"".join(map(resp.encode_command, two))
+               + stamp_b + resp.encode_command([b"SET", b"d", b"x"]))
+    requests = resp.RequestParser().feed(payload)
+    got = list(versions.segments(requests, payload))
+    assert [(r, v) for r, _, v in got] == [(one, VERSION), (two, other), ([[b"SET", b"d", b"x"]], None)]
+    assert [raw for _, raw, _ in got] == [b"".join(map(resp.encode_command, r)) for r, _, _ in got]
 
 
 def _keys(argv: list[bytes]) -> set[bytes]:
