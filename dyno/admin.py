@@ -108,6 +108,8 @@ class NodeView:
     set_state: Callable[[str], None]
     set_consistency: Callable[[str, str], None]  # ("read" or "write", level)
     set_peer_admin_down: Callable[[str, bool], None]
+    #: Hinted handoff per peer (dyno.handoff.Handoff.describe).
+    hints: Callable[[], dict] = dict
 
 
 # -- the cluster view ------------------------------------------------------------------
@@ -270,12 +272,16 @@ async def info(server: "AdminServer") -> dict:
             "replica_failures": stats.replica_failures,
             "replica_write_failures": m.write_failures,
             "failovers": m.failovers,
+            "read_repairs": m.read_repairs,
+            "read_repair_failures": m.read_repair_failures,
+            "version_stamp_failures": m.stamp_failures,
             "client_bytes_in": stats.client_bytes_in,
             "client_bytes_out": stats.client_bytes_out,
             "requests_by_command": m.commands(),
             "requests_by_consistency": dict(m.by_level),
             "quorum_failures_by_consistency": dict(m.failures_by_level),
             "peers": peers,
+            "hints": node.hints(),
             datastore.address: {
                 "up": int(datastore.up),
                 "connections": len(datastore.connections),

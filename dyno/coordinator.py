@@ -468,7 +468,7 @@ class _Quorum(_Run):
     which failed, asks the others (``widen``); so does one they have not decided
     within one or two HEDGE_TICKs (Coordinator.hedge_reads)."""
 
-    __slots__ = ("quorum", "targets", "asked", "outcomes", "listed", "repaired")
+    __slots__ = ("quorum", "targets", "asked", "outcomes", "listed", "repaired", "seen", "differed")
 
     def __init__(self, coordinator, part, dest, affinity, resp3, local_dc):
         super().__init__(coordinator, part, dest, affinity, resp3)
@@ -480,6 +480,8 @@ class _Quorum(_Run):
         self.outcomes = 0
         self.listed = False  # in the coordinator's list of reads to hedge
         self.repaired = False  # a read asked again after read repair (not repaired twice)
+        self.seen: bytes | None = None  # the first replica's replies
+        self.differed = False  # another replica's differed from them: repair, once decided
 
     def ask(self, index: int) -> None:
         part = self.part
@@ -497,6 +499,10 @@ class _Quorum(_Run):
                 self.coordinator.metrics.disagreements += 1
                 self.coordinator.repair_in_background(part, self.targets)
             return
+        if self.seen is None:
+            self.seen = replies
+        elif replies != self.seen:
+            self.differed = True
         result = quorum.reply(index, replies)
         if result is not None:
             self._decided(result)
@@ -544,6 +550,8 @@ class _Quorum(_Run):
                     and coordinator.read_repair(self, result)):
                 return  # answered once the replicas are repaired and asked again
             coordinator.decided_error(result, self.part)
+        elif self.differed:  # decided, but a replica asked answered otherwise: repair it
+            coordinator.repair_in_background(self.part, self.targets)
         self.dest.deliver_run(result, self.part.count)
 
 

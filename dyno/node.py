@@ -22,15 +22,19 @@ import time
 
 import trio
 
-from dyno import node_commands
+import hiredis
+
+from dyno import node_commands, repair, versions
 from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
 from dyno.datastore import Datastore
 from dyno.gossip import Gossiper
+from dyno.handoff import Handoff
+from dyno.hints import HintStore
 from dyno.metrics import Metrics, Stats
-from dyno.peer import Congestion, PeerLink, PeerServer, hello_frame
+from dyno.peer import COORDINATE, Congestion, PeerLink, PeerServer, hello_frame
 from dyno.ring import Ring, RingNode, topology_from_config
 from dyno.states import NORMAL, OPERATOR_STATES
 
@@ -74,13 +78,25 @@ class Node:
             after_batch=self.flush_ready,
             protocol=3,
         )
+        # Every write this node coordinates gets a version from this clock.
+        self.hlc = versions.HLC(versions.node_id(self.name))
         coordinator = self.coordinator = Coordinator(
             self.ring, datastore=self.datastore, datastore3=self.datastore3,
             link_of=self.peer_links.get, admin_down=self.admin_down, stats=self.stats,
             metrics=self.metrics, run_local=self.run_local,
             read_consistency=self.read_consistency, write_consistency=self.write_consistency,
             flush_enabled=config.flush_enabled, hash_tag=config.hash_tag is not None,
+            version=self.hlc.now, versions_db=config.versions_db,
         )
+        # Hinted handoff: writes a replica did not acknowledge, kept until it is back.
+        # (HintStoreError, a hints_dir that cannot be used, stops the start.)
+        self.hints = HintStore(config.hints_dir, window_ms=config.max_hint_window,
+                               max_bytes=config.max_hints_size)
+        self.handoff = Handoff(self.hints, ring=lambda: self.ring, available=coordinator.available,
+                               send=coordinator.call, versions_db=config.versions_db)
+        coordinator.on_write_failed = self.handoff.failed
+        coordinator.repair_keys = self.repair_keys
+        coordinator.read_repair_chance = config.read_repair_chance
         self.listener = ClientListener(
             config.listen.host, config.listen.port, clients=self.clients,
             execute_batch=coordinator.execute_batch, congestion=self.congestion,
@@ -121,11 +137,11 @@ class Node:
         config = self.config
         return hello_frame(config.pool, self.name, config.datacenter, config.rack, self.admin.address)
 
-    def _write_failed(self, peer: RingNode, payload: bytes, count: int, error: bytes) -> None:
+    def _write_failed(self, peer: RingNode, payload: bytes, count: int, error: bytes, flags: int) -> None:
         """``count`` replica writes nobody waited for (``payload``) failed on the
         link to ``peer``: reported where every write failure is (the coordinator;
         it is built after the links)."""
-        self.coordinator.write_failed(peer, payload, count, error)
+        self.coordinator.write_failed(peer, payload, count, error, flags & COORDINATE)
 
     def _admin_view(self) -> NodeView:
         """What the admin port may read and change (dyno.admin.NodeView)."""
@@ -137,7 +153,7 @@ class Node:
             consistency=lambda: (self.read_consistency, self.write_consistency),
             gossip_view=lambda: self.gossiper.describe() if self.gossiper is not None else {},
             set_state=self.set_state, set_consistency=self.set_consistency,
-            set_peer_admin_down=self.set_peer_admin_down,
+            set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
         )
 
     def flush_ready(self) -> None:
@@ -192,6 +208,34 @@ class Node:
                 log.warning("node %s: peer %s is %s", self.name, name, "DOWN" if down else "UP")
                 if not down:  # it is back: do not wait out the link's back-off
                     link.reconnect_now()
+                    self.handoff.wake()
+
+    # -- repair (dyno.repair) --------------------------------------------------------
+
+    async def repair_keys(self, keys: list[bytes], nodes) -> None:
+        """Make ``keys`` the same on every one of ``nodes`` (their replicas): the
+        newest version wins (read repair)."""
+        for start in range(0, len(keys), 500):
+            await repair.repair_keys(keys[start : start + 500], list(nodes), self.call_commands,
+                                     self.config.versions_db)
+
+    async def call_commands(self, node: RingNode, argvs: list[list[bytes]]) -> list:
+        """Commands to ``node``'s Redis (this node's, or a peer's through its link),
+        their replies parsed (errors as hiredis.ReplyError); ReplicaUnavailable if
+        the node could not answer."""
+        payload = b"".join(hiredis.pack_command(tuple(argv)) for argv in argvs)
+        data = await self.coordinator.call(node, payload, len(argvs))
+        reader = hiredis.Reader()
+        reader.feed(data)
+        replies = []
+        for _ in argvs:
+            reply = reader.gets()
+            if reply is False:
+                raise repair.ReplicaUnavailable(f"{node.name}: short reply")
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("ERR dyno: "):
+                raise repair.ReplicaUnavailable(f"{node.name}: {reply}")
+            replies.append(reply)
+        return replies
 
     def learn_admin_address(self, name: str, address) -> None:
         """A peer's admin HTTP address, from its HELLO (dyno status follows it)."""
@@ -223,6 +267,9 @@ class Node:
             nursery.start_soon(self.datastore3.run)
             nursery.start_soon(self.peer_server.serve, nursery)
             nursery.start_soon(self.coordinator.hedge_reads)
+            self.coordinator.spawn = nursery.start_soon
+            nursery.start_soon(self.handoff.run)
+            nursery.start_soon(self.hints.flusher)
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
             if self.gossiper is not None:
