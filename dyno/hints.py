@@ -6,8 +6,8 @@ forgetting them once replayed, getting them to the disk in batches, and finding 
 again after a restart. It never sends anything, never looks into a payload (opaque
 bytes: RESP to this module is just bytes), never decides when to replay (the
 coordinator adds, the replay task reads and acknowledges when gossip says the peer is
-up), never waits on the disk in the event loop (``fsync`` runs in a worker thread) and
-never holds a peer's hints in memory: ``read`` streams them from the files.
+up), never waits on the disk in the event loop (``fsync`` runs in a worker thread) and,
+on disk, never loads a peer's hints into memory: ``read`` streams them from the files.
 
 Layout. ``<directory>/<target>/<sequence>.hints``: a directory per peer (its name
 escaped, ``escape_target``), numbered segments (16 digits) of records written back to
@@ -297,7 +297,8 @@ class HintStore:
             raise HintStoreError(f"hints directory {directory} cannot be created: {exc.strerror or exc}") from None
         try:
             self._lock = os.open(os.path.join(directory, _LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            probe = os.open(os.path.join(directory, _PROBE), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            probe = os.open(os.path.join(directory, _PROBE),
+                            os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 os.write(probe, b"x")
             finally:
@@ -379,11 +380,10 @@ class HintStore:
             target.records += segment.records
             target.bytes += segment.size
         if not target.segments:  # nothing left: no directory either
-            for file in (_ACKED,):
-                try:
-                    os.unlink(os.path.join(path, file))
-                except FileNotFoundError:
-                    pass
+            try:
+                os.unlink(os.path.join(path, _ACKED))
+            except FileNotFoundError:
+                pass
             try:
                 os.rmdir(path)
             except OSError:
