@@ -58,6 +58,7 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     """
     import trio
 
+    from dyno.hints import HintStoreError
     from dyno.node import serve
 
     config = _load(config_path)
@@ -66,6 +67,8 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
         trio.run(serve, config)
     except OSError as exc:  # e.g. the listen port is taken
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+    except HintStoreError as exc:  # hints_dir cannot be used
+        raise click.ClickException(f"{config_path}: cannot start: hints_dir: {exc}") from None
 
 
 @main.command("check-config")

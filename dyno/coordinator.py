@@ -699,6 +699,7 @@ class Coordinator:
         self.hash_tag = hash_tag
         self.clock = clock
         self.version = version  # a new version for a batch of writes (versions.HLC.now)
+        self.observe: Callable[[bytes], None] | None = None  # a version made elsewhere (HLC.observe)
         self.versions_db = versions_db
         #: (node, payload, count, flags): writes a replica did not acknowledge (hints).
         self.on_write_failed = on_write_failed
@@ -967,6 +968,8 @@ class Coordinator:
         requests = resp.RequestParser().feed(payload)  # the peer server checked: `count` commands
         resp3 = bool(flags & RESP3)
         for requests, raw, version in versions.segments(requests, payload):
+            if version is not None and self.observe is not None:
+                self.observe(version)  # writes made here later order after it (HLC)
             while requests:
                 plan = self.planner.plan(requests, raw, DC_ONE, DC_ONE, here_only=True, version=version)
                 if plan.__class__ is tuple:  # a ring of one node (no other datacenter: never)

@@ -92,9 +92,13 @@ class Node:
         # (HintStoreError, a hints_dir that cannot be used, stops the start.)
         self.hints = HintStore(config.hints_dir, window_ms=config.max_hint_window,
                                max_bytes=config.max_hints_size)
+        if config.hints_dir is None and len(self.ring.replicas(0)) > 1:
+            log.warning("hints_dir is not set: writes a replica misses are kept in memory only, "
+                        "and lost if this node restarts before it is back")
         self.handoff = Handoff(self.hints, ring=lambda: self.ring, available=coordinator.available,
                                send=coordinator.call, versions_db=config.versions_db)
         coordinator.on_write_failed = self.handoff.failed
+        coordinator.observe = self.hlc.observe
         coordinator.repair_keys = self.repair_keys
         coordinator.read_repair_chance = config.read_repair_chance
         self.listener = ClientListener(

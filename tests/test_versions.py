@@ -1,0 +1,144 @@
+"""Versions (dyno.versions): the hybrid logical clock, the version encoding, the
+stamp, and the Lua that applies a replayed write only where it is newer."""
+
+from __future__ import annotations
+
+import socket
+
+import hiredis
+import pytest
+import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dyno import versions
+from dyno.versions import HLC, make_version, parse_version
+
+millis = st.integers(0, 2**48 - 2)
+
+
+class Clock:
+    """A wall clock that reads the values it is given, jumps backwards included."""
+
+    def __init__(self, readings):
+        self.readings = list(readings)
+        self.last = self.readings[0]
+
+    def __call__(self) -> int:
+        if self.readings:
+            self.last = self.readings.pop(0)
+        return self.last
+
+
+@given(readings=st.lists(millis, min_size=1, max_size=60), node=st.integers(0, 2**32 - 1))
+def test_readings_only_go_forward_whatever_the_wall_clock_does(readings, node):
+    hlc = HLC(node, Clock(readings))
+    made = [hlc.now() for _ in readings]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    for version, wall in zip(made, readings):
+        ms, _, who = parse_version(version)
+        assert who == node
+        assert ms >= wall  # never behind the wall clock it read
+
+
+@given(readings=st.lists(millis, min_size=1, max_size=20), seen=st.lists(millis, min_size=1, max_size=20),
+       logical=st.integers(0, 0xFFFE))
+def test_a_reading_orders_after_every_version_observed(readings, seen, logical):
+    hlc = HLC(1, Clock(readings))
+    for ms in seen:
+        other = make_version(ms, logical, 2)
+        hlc.observe(other)
+        assert hlc.now()[:16] > other[:16]
+
+
+@given(wall=millis, a=st.integers(0, 2**32 - 1), b=st.integers(0, 2**32 - 1))
+def test_two_nodes_writing_in_the_same_millisecond_are_ordered_by_node_id(wall, a, b):
+    first, second = HLC(a, lambda: wall).now(), HLC(b, lambda: wall).now()
+    assert (first < second) == (a < b) and (first == second) == (a == b)
+
+
+@given(x=st.tuples(millis, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1)),
+       y=st.tuples(millis, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1)))
+def test_versions_compare_as_bytes_as_their_triples_do(x, y):
+    vx, vy = make_version(*x), make_version(*y)
+    assert len(vx) == versions.VERSION_LENGTH
+    assert parse_version(vx) == x
+    assert (vx < vy) == (x < y)
+
+
+def test_65536_versions_in_one_millisecond_borrow_the_next():
+    hlc = HLC(3, lambda: 1000)
+    made = [hlc.now() for _ in range(0x10002)]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert parse_version(made[-1])[0] == 1001
+
+
+def test_not_a_version():
+    with pytest.raises(ValueError):
+        parse_version(b"nope")
+    hlc = HLC(1, lambda: 5)
+    hlc.observe(b"garbage")  # ignored
+    assert parse_version(hlc.now())[0] == 5
+
+
+@settings(max_examples=50)
+@given(keys=st.lists(st.binary(min_size=1, max_size=8), min_size=1, max_size=10), db=st.integers(1, 15))
+def test_a_stamp_says_its_version_and_keys(keys, db):
+    version = make_version(123, 4, 5)
+    stamp = versions.stamp(keys, version, db)
+    reader = hiredis.Reader()
+    reader.feed(stamp)
+    parsed = [reader.gets() for _ in range(versions.STAMP_REPLIES)]
+    assert reader.gets() is False
+    assert parsed[0] == [b"SELECT", str(db).encode()]
+    assert versions.stamp_version(parsed) == (version, keys)
+
+
+# -- the Lua, against a real Redis ----------------------------------------------------
+
+
+@pytest.fixture
+def r(redis_server) -> redis.Redis:
+    client = redis_server.client()
+    client.flushall()
+    return client
+
+
+@pytest.fixture
+def recorded(redis_server) -> redis.Redis:
+    """The same Redis, its versions database."""
+    return redis_server.client(db=versions.DEFAULT_DB)
+
+
+def apply(r: redis.Redis, version: bytes, argv: list, keys: list) -> object:
+    return r.eval(versions.APPLY_IF_NEWER, len(keys), *keys, version, versions.DEFAULT_DB, *argv)
+
+
+@pytest.mark.integration
+def test_a_replayed_write_runs_once_and_never_over_a_newer_one(r, recorded):
+    v1, v2 = make_version(1000, 0, 1), make_version(2000, 0, 1)
+    assert apply(r, v1, ["INCR", "n"], ["n"]) == 1
+    assert apply(r, v1, ["INCR", "n"], ["n"]) == b"SKIPPED"  # the same write again
+    assert apply(r, v2, ["APPEND", "s", "x"], ["s"]) == 1
+    assert apply(r, v1, ["SET", "s", "older"], ["s"]) == b"SKIPPED"
+    assert r.get("n") == b"1" and r.get("s") == b"x"
+    assert recorded.mget("n", "s") == [v1, v2]
+    assert r.dbsize() == 2  # the versions are not in database 0
+
+
+@pytest.mark.integration
+def test_a_stamped_batch_records_every_key_it_wrote(r, recorded):
+    version = make_version(5000, 0, 9)
+    host, port = r.connection_pool.connection_kwargs["host"], r.connection_pool.connection_kwargs["port"]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n" + versions.stamp([b"a", b"b"], version)
+                     + b"*1\r\n$6\r\nDBSIZE\r\n")
+        reader = hiredis.Reader()
+        replies: list = []
+        while len(replies) < 5:
+            reader.feed(sock.recv(4096))
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+    assert replies == [b"OK"] * 4 + [1]  # and the connection is back on database 0
+    assert r.dbsize() == 1  # database 0: the data only, and the connection is back on it
+    assert recorded.mget("a", "b") == [version, version]
