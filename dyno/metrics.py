@@ -421,7 +421,8 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     family("dyno_datastore_up", "gauge", "1 when a connection to the node's Redis is up.").add(
         int(node.datastore.up), datastore=node.datastore.address)
     link_up = family("dyno_peer_up", "gauge", "1 when the peer link is connected.")
-    sent = family("dyno_peer_requests_total", "counter", "Requests sent to each peer.")
+    sent = family("dyno_peer_requests_total", "counter",
+                  "Commands sent to each peer (a batch of writes carries 3 more: its version stamp).")
     failed = family("dyno_peer_failures_total", "counter", "Requests to each peer that failed.")
     in_flight = family("dyno_peer_in_flight", "gauge", "Requests sent to each peer, not answered yet.")
     admin_down = family("dyno_peer_admin_down", "gauge", "1 when an operator marked the peer down.")
