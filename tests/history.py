@@ -101,6 +101,7 @@ class History:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
+        self.started = clock()  # the origin of the times in messages
         self.ops: list[Op] = []
         self._lock = threading.Lock()
 
@@ -154,11 +155,12 @@ class Violation:
 # --------------------------------------------------------------------------- the checks
 
 
-def check_reads(ops: Iterable[Op]) -> list[Violation]:
-    """Rule R for every ok read of the history."""
+def check_reads(ops: Iterable[Op], origin: float | None = None) -> list[Violation]:
+    """Rule R for every ok read of the history (times in messages: seconds since `origin`,
+    by default the first invocation)."""
     ops = list(ops)
     index = _index(ops)
-    origin = _origin(ops)
+    origin = _origin(ops) if origin is None else origin
     violations = []
     for read in ops:
         if read.kind != READ or read.outcome != OK:
@@ -186,7 +188,9 @@ def check_reads(ops: Iterable[Op]) -> list[Violation]:
     return violations
 
 
-def check_final(ops: Iterable[Op], final: Mapping[str, str | None], where: str = "final state") -> list[Violation]:
+def check_final(
+    ops: Iterable[Op], final: Mapping[str, str | None], where: str = "final state", origin: float | None = None
+) -> list[Violation]:
     """Rule F for one replica's content `final` (key -> value, nil as None or absent).
 
     Every key written in the history is judged, and every key of `final` (a key nobody
@@ -194,7 +198,7 @@ def check_final(ops: Iterable[Op], final: Mapping[str, str | None], where: str =
     """
     ops = list(ops)
     index = _index(ops)
-    origin = _origin(ops)
+    origin = _origin(ops) if origin is None else origin
     violations = []
     for key in sorted(set(index) | set(final)):
         writes = index.get(key) or _KeyWrites.empty()
@@ -215,12 +219,14 @@ def check_final(ops: Iterable[Op], final: Mapping[str, str | None], where: str =
     return violations
 
 
-def check(ops: Iterable[Op], finals: Mapping[str, Mapping[str, str | None]] | None = None) -> list[Violation]:
+def check(
+    ops: Iterable[Op], finals: Mapping[str, Mapping[str, str | None]] | None = None, origin: float | None = None
+) -> list[Violation]:
     """Rule R on the reads, and rule F on each replica's content in `finals` (name -> content)."""
     ops = list(ops)
-    violations = check_reads(ops)
+    violations = check_reads(ops, origin)
     for where, final in (finals or {}).items():
-        violations += check_final(ops, final, where)
+        violations += check_final(ops, final, where, origin)
     return violations
 
 

@@ -234,7 +234,7 @@ def test_a_value_written_twice_is_a_malformed_history():
 
 
 def test_the_recorder_stamps_invocation_and_completion_with_its_clock():
-    ticks = iter(range(100))
+    ticks = iter(range(-1, 100))
     h = History(clock=lambda: next(ticks))
     w = h.invoke(1, WRITE, "k", "c1-1")
     r = h.invoke(2, READ, "k")
