@@ -423,11 +423,14 @@ def test_nemesis_every_acknowledged_write_survives_and_racks_converge(cluster_fa
         crashed = [f"{c.name}: {c.crash!r}" for c in clients if c.crash is not None]
         assert not crashed, f"client threads crashed: {crashed}"
 
+    def warm() -> bool:
+        clients_fine()
+        return sum(op.outcome == history.OK for op in record.ops) >= 100
+
     try:
         for c in clients:
             c.start()
-        support.wait_for(lambda: sum(op.outcome == history.OK for op in record.ops) >= 100, 20,
-                         "the clients' first 100 operations to succeed")  # fmt: skip
+        support.wait_for(warm, 20, "the clients' first 100 operations to succeed")
         times.append(("clients warm", time.monotonic()))
         nemesis.run(cluster, admins, record, seconds, rounds, clients_fine)
     finally:
