@@ -244,7 +244,7 @@ def test_the_recorder_stamps_invocation_and_completion_with_its_clock():
     h.unknown(u, "timed out")
     f = h.invoke(2, READ, "k")
     h.fail(f, "-ERR quorum not achieved")
-    assert (w.invoked, w.completed, r.invoked, r.completed) == (0, 2, 1, 3)
+    assert (h.started, w.invoked, w.completed, r.invoked, r.completed) == (-1, 0, 2, 1, 3)
     assert (r.value, f.value, u.outcome, u.error) == ("c1-1", None, UNKNOWN, "timed out")
     assert h.counts() == {(WRITE, OK): 1, (READ, OK): 1, (WRITE, UNKNOWN): 1, (READ, FAIL): 1}
     with pytest.raises(HistoryError, match="completed twice"):

@@ -10,7 +10,8 @@ empty one (no persistence), which only repair can refill. After each fault the r
 healed, and the next fault waits until the rack is whole again: every node has its Redis and
 every peer link up, and no hint is pending. A rack that lost its data is not whole until
 repair, which runs only at the end, so after the first empty restart the nemesis disturbs
-that rack alone: every acknowledged write always stays on a quorum of two racks.
+that rack alone. Then, once hints are delivered, every acknowledged write is on two racks of
+three whenever a fault begins, and a quorum read must find it.
 
 At the end: heal everything, stop the clients, wait until no node has a hint pending
 (/metrics `dyno_hints_pending`), run `dyno repair` once through one node, and then look
@@ -18,8 +19,8 @@ behind dyno's back: every rack's Redis must hold the same keys in db 0 with the 
 and PTTL, and the history checker must find no read older than a write acknowledged before
 it began and no rack's final value older than an acknowledged write.
 
-Knobs, for longer runs by hand (the default fits `make test`, about 35 s):
-  DYNO_NEMESIS_SEED=<n>     replay one run's fault schedule and client choices (printed)
+Knobs, for longer runs by hand (the default fits `make test`: about 25 s on 2 cores):
+  DYNO_NEMESIS_SEED=<n>     replay one run's faults and the clients' choices, not their timing
   DYNO_NEMESIS_SECONDS=<s>  how long faults are injected (default 20)
   DYNO_NEMESIS_ROUNDS=<n>   stop after n faults instead (whichever comes first)
   DYNO_NEMESIS_KEYS=<n>     size of the key space (default 200)
