@@ -237,7 +237,7 @@ def describe(op: Op, origin: float = 0.0) -> str:
     outcome = op.outcome or "pending"
     if op.error:
         outcome += f" ({op.error})"
-    return f"{what} by client {op.client} during [{op.invoked - origin:.3f}, {end}] s, {outcome}"
+    return f"{what} by client {op.client} during [{op.invoked - origin:.3f}, {end}] s ({outcome})"
 
 
 def _origin(ops: list[Op]) -> float:

@@ -201,9 +201,9 @@ def test_a_stale_read_names_the_key_the_value_the_write_it_missed_and_the_times(
            read(3, "k", "c1-1", 104.25, 105.0)]  # fmt: skip
     (found,) = history.check_reads(ops)
     text = str(found)
-    assert text.startswith("stale read: key 'k': read by client 3 during [4.250, 5.000] s, ok returned 'c1-1'")
-    assert "write 'c1-1' by client 1 during [0.000, 1.000] s" in text
-    assert "write 'c2-7' by client 2 during [2.000, 3.500] s, ok was acknowledged before the read began" in text
+    assert text.startswith("stale read: key 'k': read by client 3 during [4.250, 5.000] s (ok) returned 'c1-1'")
+    assert "of write 'c1-1' by client 1 during [0.000, 1.000] s (ok)" in text
+    assert "write 'c2-7' by client 2 during [2.000, 3.500] s (ok) was acknowledged before the read began" in text
 
 
 def test_a_read_of_a_value_nobody_wrote_or_not_yet_written_is_caught():
