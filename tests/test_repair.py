@@ -11,20 +11,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 
 import hiredis
 import pytest
 import trio
 import trio.testing
 from hypothesis import given, settings
+from click.testing import CliRunner
 from hypothesis import strategies as st
 
 import support
-from dyno import peer, versions
+from dyno import admin, cli, peer, versions
 from dyno.datastore import Datastore
+from dyno.metrics import Metrics, Stats
 from dyno.peer import Congestion, PeerLink, PeerServer
 from dyno.repair import (
-    KeyState, RedisCall, Repair, RepairPlan, RepairRunning, RepairService, ReplicaUnavailable,
+    KeyState, RedisCall, Repair, RepairRunning, RepairService, RepairUnavailable, ReplicaUnavailable,
     TokenRange, decide, node_call, parse_range, plan_repair, repair_keys,
 )
 from dyno.ring import MAX_TOKEN, Ring, RingNode
@@ -249,6 +252,11 @@ class Replica:
 
     def digests(self, keys) -> list:
         return self.data.eval(DIGEST, len(keys), *keys)
+
+
+def snapshot(replica, keys) -> list:
+    """(version, expiry, content digest) of each key on ``replica``."""
+    return [(v, at, digest) for (v, at, _), digest in zip(replica.fetch(keys), replica.digests(keys))]
 
 
 def agreement(replicas, keys, dumps=True):
@@ -595,3 +603,87 @@ async def test_repair_through_the_datastore_and_a_peer_link(redises):
             with pytest.raises(ReplicaUnavailable, match="no peer link"):
                 await node_call("n1", None, {}.get)(ring.nodes[1], [[b"PING"]])
         nursery.cancel_scope.cancel()
+
+
+# -- the admin port's /repair, and `dyno repair` end to end ---------------------------
+
+
+class NodeStub:
+    """What the admin server's sampler reads of a node."""
+
+    stats = Stats()
+    metrics = Metrics()
+
+
+async def test_the_admin_repair_routes():
+    started = []
+
+    def start(rack, token_range, rate):
+        started.append((rack, token_range, rate))
+        if rack == "busy":
+            raise RepairRunning("repair 1 is running already on n1")
+        if rack == "stopping":
+            raise RepairUnavailable("the repair service is not running")
+        if token_range == "5:5":
+            raise ValueError("range '5:5' is empty")
+        return {"id": len(started)}
+
+    server = admin.AdminServer(NodeStub(), "127.0.0.1", 0, start_repair=start,
+                               repair_status=lambda: {"id": 7, "running": False})
+    reply = await server.respond("POST", "/repair?rack=r1&range=1%3A2&rate=5")
+    assert (reply.status, json.loads(reply.body)) == (202, {"started": {"id": 1}})
+    assert started == [("r1", "1:2", 5.0)]
+    reply = await server.respond("POST", "/repair/")
+    assert reply.status == 202 and started[-1] == (None, None, None)
+    for target, status, says in [
+        ("/repair?range=5:5", 400, b"400 Bad Request: range '5:5' is empty\n"),
+        ("/repair?rack=busy", 409, b"409 Conflict: repair 1 is running already on n1\n"),
+        ("/repair?rack=stopping", 503, b"503 Service Unavailable: the repair service is not running\n"),
+        ("/repair?rate=-1", 400, b"400 Bad Request: rate '-1' is not a number of keys per second (0: no limit)\n"),
+        ("/repair?rate=fast", 400, b"400 Bad Request: rate 'fast' is not"),
+        ("/repair?racks=r1", 400, b"400 Bad Request: /repair takes rack, range, rate, not racks\n"),
+    ]:
+        reply = await server.respond("POST", target)
+        assert (reply.status, reply.body[:len(says)]) == (status, says), target
+    reply = await server.respond("GET", "/repair")
+    assert (reply.status, json.loads(reply.body)) == (200, {"id": 7, "running": False})
+    reply = await server.respond("PUT", "/repair")
+    assert reply.status == 405 and ("Allow", "GET, HEAD, POST") in reply.headers
+    reply = await server.respond("POST", "/info")
+    assert reply.status == 405 and b"GET only" in reply.body and ("Allow", "GET, HEAD") in reply.headers
+    bare = admin.AdminServer(NodeStub(), "127.0.0.1", 0)
+    for method in ("GET", "POST"):
+        reply = await bare.respond(method, "/repair")
+        assert (reply.status, reply.body) == (503, b"503 Service Unavailable: repair not available on this node\n")
+
+
+async def test_dyno_repair_through_a_real_admin_port(redises):
+    ring = one_token_ring(3)
+    replicas = [Replica(server) for server in redises]
+    keys = plant_divergence(*replicas)
+    call = direct(ring, redises)
+    service = RepairService(lambda: ring, call)
+    server = admin.AdminServer(NodeStub(), "127.0.0.1", 0, start_repair=service.start,
+                               repair_status=service.status)
+    server.bind()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.serve)
+            nursery.start_soon(server.serve)
+            result = await trio.to_thread.run_sync(
+                lambda: CliRunner().invoke(cli.main, ["repair", "--node", server.address, "--rack", "r3"]))
+            assert result.exit_code == 0, result.output
+            assert result.stdout.startswith("repair 1 of n1 (rack r3 of dc1, all its ranges) done in ")
+            assert "no errors." in result.stdout
+            assert replicas[2].data.get("string") == b"new" and replicas[1].data.get("string") == b"old"
+            after_r3 = snapshot(replicas[2], keys)
+            result = await trio.to_thread.run_sync(
+                lambda: CliRunner().invoke(cli.main, ["repair", "--node", server.address]))
+            assert result.exit_code == 0 and result.stdout.startswith("repair 2 of n1 (every rack")
+            sets = ["set", "big-set"]
+            assert agreement(replicas, [k for k in keys if k not in sets]) == []
+            # the repair of every rack found nothing newer for rack r3's replica
+            assert snapshot(replicas[2], keys) == after_r3
+            nursery.cancel_scope.cancel()
+    finally:
+        await call.aclose()
