@@ -13,7 +13,9 @@ What it must never do: make a replica older. Every copy goes through the Lua scr
 older, so a write landing during repair is never overwritten by what repair read
 before it. It never writes to a replica outside the job's rack filter, and it never
 raises a traceback at an operator: an unreachable replica ends the job with a line
-naming it.
+naming it. Its commands share the node's Redis connections with clients: each
+EVAL holds a Redis for about a millisecond (``CHUNK`` keys), and ``rate`` bounds
+how many keys a second a job compares.
 
 Theory of operation. A key's *state* on a replica is what ``versions.FETCH`` reads
 there in one atomic step: its version (``b""`` if none), its absolute expiry, and
@@ -29,13 +31,14 @@ and in the Lua that installs copies, so repeated repairs converge.
 A job scans db 0 of every replica of its ranges in turn (SCAN, ``SCAN_COUNT`` keys
 a step), keeps the keys whose token this node owns in its rack (and that fall in
 the requested token range), and repairs each step's keys against all their
-replicas at once, in chunks. Memory is one step's keys, whatever the size of the
-data. A key held by a replica scanned earlier was compared during that replica's
-pass, so later passes skip the keys an earlier replica holds now (one EXISTS each):
-in a healthy cluster each key is fetched once, not once per replica holding it;
-a key present only on later replicas (a flushed replica, a lost write) is compared
-in the first pass that finds it. ``repair_keys`` is idempotent, so a key compared
-twice costs time, never correctness.
+replicas at once, in chunks, ``PARALLEL`` steps at a time. Memory is a few steps'
+keys, whatever the size of the data. A key held by a replica scanned earlier was
+compared during that replica's pass, so later passes skip the keys an earlier
+replica holds now (one EXISTS each): in a healthy cluster each key is fetched
+once, not once per replica holding it; a key present only on later replicas (a
+flushed replica, a lost write) is compared in the first pass that finds it.
+``repair_keys`` is idempotent, so a key compared twice costs time, never
+correctness.
 """
 
 from __future__ import annotations
@@ -58,17 +61,23 @@ if TYPE_CHECKING:
     from dyno.peer import PeerLink
 
 __all__ = [
-    "CHUNK", "Call", "Decision", "KeyRepairResult", "KeyState", "NodeCall", "RedisCall", "Repair",
-    "RepairPlan", "RepairRunning", "RepairService", "RepairUnavailable", "ReplicaUnavailable", "SCAN_COUNT", "TokenRange",
-    "decide", "node_call", "parse_range", "plan_repair", "repair_keys",
+    "CHUNK", "PARALLEL", "PRESENT", "RESTORE_SHA", "SCAN_COUNT", "Call", "Decision", "KeyRepairResult",
+    "KeyState", "NodeCall", "RedisCall", "Repair", "RepairPlan", "RepairRunning", "RepairService",
+    "RepairUnavailable", "ReplicaUnavailable", "TokenRange", "decide", "node_call", "parse_range",
+    "plan_repair", "repair_keys",
 ]
 
 log = logging.getLogger("dyno.repair")
 
 SCAN_COUNT = 1000   # SCAN's COUNT: keys asked of a replica per step
 CHUNK = 500         # keys per FETCH: one EVAL holds its Redis for about a millisecond
+PARALLEL = 2        # SCAN steps repaired at once by a job
 MAX_MESSAGES = 5    # error messages a result keeps (the count keeps counting)
 NO_EXPIRY_RANK = 1 << 62  # "no expiry" ranks after every deadline
+# Copies run RESTORE_IF_NEWER by its sha1 (EVALSHA), after one SCRIPT LOAD per call:
+# one EVAL per copy would send the script's 1.6 kB with every key.
+RESTORE_SHA = hashlib.sha1(RESTORE_IF_NEWER).hexdigest().encode()
+_LOAD_RESTORE = [b"SCRIPT", b"LOAD", RESTORE_IF_NEWER]
 
 #: ``call(replica, argvs)``: send the commands ``argvs`` to ``replica``'s Redis (its
 #: database 0) and return their replies as hiredis parses them (a Redis error is a
@@ -281,7 +290,6 @@ async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call:
     # key index -> (states, decision) for every key whose replicas disagree
     undecided: dict[int, list[KeyState]] = {}
     decided: dict[int, tuple[list[KeyState], Decision]] = {}
-    width = len(readable)
     for k in range(count):
         first = columns[0][k]
         if all(column[k] == first for column in columns[1:]):
@@ -333,10 +341,11 @@ async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call:
 
     if copies:
         positions = list(copies)
-        answers = await _gather(call, [(replicas[readable[p]], copies[p]) for p in positions])
+        answers = await _gather(call, [(replicas[readable[p]], [_LOAD_RESTORE, *copies[p]])
+                                       for p in positions])
         for p, reply in zip(positions, answers):
             node = replicas[readable[p]]
-            for installed, tombstone in zip(reply, kinds[p]):
+            for installed, tombstone in zip(reply[1:], kinds[p]):
                 if installed == 1:
                     if tombstone:
                         result.deleted += 1
@@ -352,7 +361,7 @@ async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call:
 def _queue_copies(copies: dict[int, list[list[bytes]]], kinds: dict[int, list[bool]], key: bytes,
                   winner: KeyState, decision: Decision, db_arg: bytes, payload: bytes) -> None:
     expire = b"%d" % winner.expire_at if winner.expire_at >= 0 else b"0"
-    argv = [b"EVAL", RESTORE_IF_NEWER, b"1", key, winner.version, db_arg, expire, payload]
+    argv = [b"EVALSHA", RESTORE_SHA, b"1", key, winner.version, db_arg, expire, payload]
     if decision.tie:
         argv.append(_digest(winner))
     for target in decision.targets:
@@ -532,7 +541,7 @@ class Repair:
 
     def __init__(self, plan: RepairPlan, call: Call, *, db: int = DEFAULT_DB, rate: float = 0.0,
                  clock: Callable[[], float] = trio.current_time, job_id: int = 1,
-                 chunk: int = CHUNK, scan_count: int = SCAN_COUNT):
+                 chunk: int = CHUNK, scan_count: int = SCAN_COUNT, parallel: int = PARALLEL):
         if rate < 0:
             raise ValueError(f"rate {rate} is negative: give keys per second, or 0 for no limit")
         self.plan = plan
@@ -541,6 +550,7 @@ class Repair:
         self.rate = rate
         self.clock = clock
         self.chunk = chunk
+        self.parallel = parallel
         self.scan_count = b"%d" % scan_count
         self.id = job_id
         self.result = KeyRepairResult()
@@ -594,18 +604,40 @@ class Repair:
         return self
 
     async def _scan(self, replica: RingNode, earlier: Sequence[RingNode]) -> None:
-        cursor = b"0"
-        while True:
-            [reply] = await self.call(replica, [[b"SCAN", cursor, b"COUNT", self.scan_count]])
-            if isinstance(reply, hiredis.ReplyError) or not isinstance(reply, list):
-                self.result.error(f"{replica.name}: SCAN failed: {reply}")
-                return  # this replica's keys are left for the next repair
-            cursor, keys = reply
-            self.scanned += len(keys)
-            if keys:
+        """One pass: SCAN ``replica`` and repair each step's keys, up to ``parallel``
+        steps at a time (a replica answers one step while another's are decided)."""
+        failures: list[ReplicaUnavailable] = []
+        slots = trio.Semaphore(self.parallel)
+
+        async def step(keys: list[bytes]) -> None:
+            try:
                 await self._repair_step(keys, earlier)
-            if cursor == b"0":
-                return
+            except ReplicaUnavailable as failure:
+                failures.append(failure)
+                nursery.cancel_scope.cancel()
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            cursor = b"0"
+            try:
+                while True:
+                    [reply] = await self.call(replica, [[b"SCAN", cursor, b"COUNT", self.scan_count]])
+                    if isinstance(reply, hiredis.ReplyError) or not isinstance(reply, list):
+                        self.result.error(f"{replica.name}: SCAN failed: {reply}")
+                        break  # this replica's keys are left for the next repair
+                    cursor, keys = reply
+                    self.scanned += len(keys)
+                    if keys:
+                        await slots.acquire()
+                        nursery.start_soon(step, keys)
+                    if cursor == b"0":
+                        break
+            except ReplicaUnavailable as failure:
+                failures.append(failure)
+                nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
 
     async def _repair_step(self, keys: list[bytes], earlier: Sequence[RingNode]) -> None:
         plan = self.plan
@@ -872,7 +904,8 @@ class RedisCall:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
                 hiredis.ProtocolError) as error:
             await self._drop(node.name, connection)
-            reason = "timed out" if isinstance(error, trio.TooSlowError) else str(error) or type(error).__name__
+            reason = ("timed out" if isinstance(error, trio.TooSlowError)
+                      else str(error) or type(error).__name__)
             raise ReplicaUnavailable(node.name, f"{host}:{port}: {reason}") from None
 
     @staticmethod
