@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import socket
 import subprocess
 import sys
@@ -121,7 +122,8 @@ async def bench(args) -> dict:
         finally:
             await call.aclose()
     return {"keys": args.keys, "value_size": args.value_size, "chunk": args.chunk,
-            "parallel": args.parallel, "cases": results}
+            "parallel": args.parallel, "cases": results,
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def main() -> None:
@@ -141,6 +143,7 @@ def main() -> None:
     for name, case in report["cases"].items():
         print(f"  {name:10} {case['keys_per_second']:>9,} keys/s  ({case['compared']:,} compared, "
               f"{case['copied']:,} copied in {case['seconds']} s; dyno CPU {case['dyno_cpu_seconds']} s)")
+    print(f"  largest resident size of this process: {report['max_rss_mb']} MB")
 
 
 if __name__ == "__main__":

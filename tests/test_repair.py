@@ -12,6 +12,9 @@ import contextlib
 import hashlib
 import itertools
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import hiredis
 import pytest
@@ -687,3 +690,13 @@ async def test_dyno_repair_through_a_real_admin_port(redises):
             nursery.cancel_scope.cancel()
     finally:
         await call.aclose()
+
+
+def test_the_bench_script_reports_what_it_did():
+    script = Path(__file__).resolve().parent.parent / "scripts" / "repair_bench.py"
+    done = subprocess.run([sys.executable, str(script), "--keys", "3000", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cases = json.loads(done.stdout)["cases"]
+    assert [(c["compared"], c["copied"]) for c in cases.values()] == [(3000, 3000), (3000, 0), (3000, 300)]
+    assert all(c["keys_per_second"] > 0 for c in cases.values())
