@@ -7,7 +7,8 @@ and the node's *cluster view* as the admin port and the CLI see it.
 What it must never do: slow down or stop client traffic. Handlers only read the
 node's counters and change a few plain attributes (state, consistency levels, log
 level, peers marked down); the one that talks to Redis (``/info`` asks DBSIZE) waits
-at most ``DATASTORE_TIMEOUT``. A bad request gets a 4xx with a reason, never a
+at most ``DATASTORE_TIMEOUT``; ``POST /repair`` only starts a job the node runs
+(``dyno.repair.RepairService``) and returns. A bad request gets a 4xx with a reason, never a
 dropped node. It does not know the node (STYLE.md §9): it reads and changes what
 the node hands it in a ``NodeView``, and nothing else.
 
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import h11
 import trio
@@ -35,6 +36,7 @@ import trio
 from dyno import __version__, metrics, resp
 from dyno.consistency import LEVELS
 from dyno.datastore import Sink
+from dyno.repair import RepairRunning, RepairUnavailable
 from dyno.states import OPERATOR_STATES
 from dyno.stream import listen_socket
 
@@ -366,6 +368,43 @@ def _metrics(server: "AdminServer") -> Reply:
     return Reply(200, text.encode(), "text/plain; version=0.0.4; charset=utf-8")
 
 
+_NO_REPAIR = "503 Service Unavailable: repair not available on this node\n"
+REPAIR_PARAMETERS = ("rack", "range", "rate")
+
+
+def _repair_status(server: "AdminServer") -> Reply:
+    """GET /repair: the current or last repair job's progress (JSON null if none ran)."""
+    if server.repair_status is None:
+        return _text(_NO_REPAIR, 503)
+    return _json(server.repair_status())
+
+
+def _start_repair(server: "AdminServer", query: dict[str, str]) -> Reply:
+    """POST /repair?rack=R&range=A:B&rate=N: start a repair of this node's ranges."""
+    if server.start_repair is None:
+        return _text(_NO_REPAIR, 503)
+    unknown = sorted(set(query) - set(REPAIR_PARAMETERS))
+    if unknown:
+        return _bad(f"/repair takes {', '.join(REPAIR_PARAMETERS)}, not {', '.join(unknown)}")
+    rate = query.get("rate") or None
+    if rate is not None:
+        try:
+            rate = float(rate)
+            if not rate >= 0 or rate == float("inf"):
+                raise ValueError
+        except ValueError:
+            return _bad(f"rate '{query['rate']}' is not a number of keys per second (0: no limit)")
+    try:
+        started = server.start_repair(query.get("rack") or None, query.get("range") or None, rate)
+    except ValueError as error:
+        return _bad(str(error))
+    except RepairRunning as error:
+        return _text(f"409 Conflict: {error}\n", 409)
+    except RepairUnavailable as error:
+        return _text(f"503 Service Unavailable: {error}\n", 503)
+    return _json({"started": started}, 202)
+
+
 Handler = Callable[..., "Reply | Awaitable[Reply]"]
 
 # path -> handler, for paths without parameters
@@ -379,6 +418,11 @@ FIXED: dict[str, Handler] = {
     "/loglevelup": lambda server: _log_level(server, +1),
     "/logleveldown": lambda server: _log_level(server, -1),
     "/metrics": _metrics,
+    "/repair": _repair_status,
+}
+# path -> handler of a POST, given the query parameters
+POSTS: dict[str, Callable[["AdminServer", dict[str, str]], Reply]] = {
+    "/repair": _start_repair,
 }
 # first path segment -> (handler, number of parameters, usage)
 WITH_PARAMETERS: dict[str, tuple[Handler, int, str]] = {
@@ -397,6 +441,8 @@ PATHS = [
     ("/loglevelup", "log more (towards DEBUG)"),
     ("/logleveldown", "log less (towards CRITICAL)"),
     ("/metrics", "every counter and histogram in Prometheus text format"),
+    ("/repair", "GET: JSON progress of the current or last repair; POST ?rack=R&range=A:B&rate=N: "
+                "repair this node's ranges (dyno repair)"),
     ("/help", "this list"),
 ]
 
@@ -428,10 +474,18 @@ def route(path: str) -> tuple[Handler, tuple[str, ...]] | Reply:
 
 
 class AdminServer:
-    def __init__(self, node: NodeView, host: str, port: int):
+    """``start_repair(rack, token_range, rate) -> status`` and ``repair_status() ->
+    status | None`` are the node's repair service (``RepairService.start`` and
+    ``.status``); without them /repair answers 503."""
+
+    def __init__(self, node: NodeView, host: str, port: int, *,
+                 start_repair: Callable[[str | None, str | None, float | None], dict] | None = None,
+                 repair_status: Callable[[], dict | None] | None = None):
         self.node = node
         self.host = host
         self.port = port
+        self.start_repair = start_repair
+        self.repair_status = repair_status
         self.sock: socket.socket | None = None
         self.window = metrics.Window()
 
@@ -457,10 +511,20 @@ class AdminServer:
             await trio.sleep(SAMPLE_INTERVAL)
 
     async def respond(self, method: str, target: str) -> Reply:
-        path = unquote(target.split("?", 1)[0]) or "/"
+        path, _, query = target.partition("?")
+        path = unquote(path) or "/"
+        if path != "/" and path.endswith("/"):
+            path = path.rstrip("/")
+        post = POSTS.get(path)
+        if method == "POST" and post is not None:
+            return post(self, dict(parse_qsl(query, keep_blank_values=True)))
         if method not in ("GET", "HEAD"):
-            reply = _text(f"405 Method Not Allowed: the admin port answers GET only, not {method}\n", 405)
-            reply.headers.append(("Allow", "GET, HEAD"))
+            if post is not None:
+                allowed, what = "GET, HEAD, POST", "GET and POST"
+            else:
+                allowed, what = "GET, HEAD", "GET only"
+            reply = _text(f"405 Method Not Allowed: {path} answers {what}, not {method}\n", 405)
+            reply.headers.append(("Allow", allowed))
             return reply
         found = route(path)
         if isinstance(found, Reply):

@@ -182,3 +182,85 @@ def tokens(nodes_per_rack: int, as_json: bool) -> None:
         _print_json(plan)
     else:
         view.render_tokens(plan, view.console())
+
+
+@main.command()
+@click.option("--node", default=None, metavar="HOST:PORT",
+              help=_NODE_HELP + " The node whose token ranges are repaired. Default 127.0.0.1:22222.")
+@click.option("--rack", default=None, metavar="RACK",
+              help="Copy only to the replicas in this rack of the node's datacenter; the other "
+              "racks' replicas are read as sources. Default: every rack.")
+@click.option("--range", "token_range", default=None, metavar="A:B",
+              help="Only keys whose token t is in A < t <= B (wrapping past 4294967295 when "
+              "A > B), within the node's own ranges. Default: all of them.")
+@click.option("--rate", default=None, type=click.FloatRange(min=0), metavar="KEYS",
+              help="Compare at most this many keys per second (0: no limit). Default: no limit.")
+@click.option("--no-wait", is_flag=True, help="Start the repair and return; `dyno status` shows it.")
+def repair(node: str | None, rack: str | None, token_range: str | None, rate: float | None,
+           no_wait: bool) -> None:
+    """Anti-entropy repair of a node's token ranges.
+
+    The node compares the replicas of its ranges (their owners in every rack of its
+    datacenter) key by key, and copies the newest version of each key, with its
+    expiry, over stale or missing copies; a key deleted more recently than another
+    replica's copy was written is deleted there. A write that lands during the
+    repair is never overwritten. Exit status: 0 when the repair ended without
+    errors, 1 otherwise.
+    """
+    from dyno import status as view
+
+    address = node or view.DEFAULT_ADMIN
+    try:
+        started = view.start_repair(address, rack, token_range, rate)
+    except view.StatusError as exc:
+        raise click.ClickException(str(exc)) from None
+    job = started.get("id")
+    if no_wait:
+        click.echo(f"repair {job} of {started.get('node')} started (replicas: "
+                   f"{', '.join(started.get('replicas') or [])}); `dyno status --node {address}` "
+                   "shows its progress")
+        return
+    try:
+        progress = _watch_repair(view, address, job)
+    except view.StatusError as exc:
+        raise click.ClickException(f"{exc}; repair {job} may still be running on the node") from None
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching; repair {job} goes on on the node "
+                   f"(`dyno status --node {address}` shows it)", err=True)
+        sys.exit(130)
+    click.echo(view.repair_summary(progress))
+    sys.exit(0 if view.repair_clean(progress) else 1)
+
+
+POLL_INTERVAL = 0.5  # seconds between two GET /repair while watching
+
+
+def _stderr_is_tty() -> bool:
+    return sys.stderr.isatty()
+
+
+def _watch_repair(view, address: str, job) -> dict:
+    """Poll the node's repair ``job`` until it ends, drawing its progress on stderr:
+    one line redrawn on a terminal, a line per tenth done otherwise."""
+    import shutil
+    import time
+
+    tty = _stderr_is_tty()
+    width = min(view.WIDTH, shutil.get_terminal_size((view.WIDTH, 24)).columns) - 1
+    last_step = None
+    while True:
+        progress = view.repair_progress(address)
+        if not isinstance(progress, dict) or progress.get("id") != job:
+            raise view.StatusError(f"{address} no longer reports repair {job} (was the node restarted?)")
+        line = view.repair_line(progress, width)
+        if tty:
+            click.echo("\r" + line.ljust(width), err=True, nl=not progress.get("running"))
+        else:
+            fraction = view.repair_fraction(progress)
+            step = (progress.get("phase"), None if fraction is None else int(fraction * 10))
+            if step != last_step:
+                click.echo(line, err=True)
+                last_step = step
+        if not progress.get("running"):
+            return progress
+        time.sleep(POLL_INTERVAL)

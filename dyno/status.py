@@ -1,4 +1,4 @@
-"""What ``dyno status``, ``dyno ring`` and ``dyno tokens`` print.
+"""What ``dyno status``, ``dyno ring``, ``dyno tokens`` and ``dyno repair`` print.
 
 Each command is split in two: a function that gathers plain data (dicts and lists,
 which ``--json`` prints as they are) and a function that renders that data as a
@@ -9,6 +9,7 @@ as such, never waited for. Nothing here runs inside a node.
 
 from __future__ import annotations
 
+import http.client
 import json
 import shutil
 import urllib.error
@@ -41,11 +42,25 @@ def console(width: int | None = None) -> Console:
 # -- talking to admin ports ----------------------------------------------------------
 
 
-def fetch(address: str, path: str, timeout: float = TIMEOUT) -> bytes:
-    """GET ``path`` from the admin port at ``address`` (HOST:PORT); raises OSError
-    (URLError is one) when the node cannot be reached or answers an error."""
-    with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout) as response:
-        return response.read()
+class NotHTTP(OSError):
+    """What answered is not an HTTP server (a client or peer port, say)."""
+
+
+def fetch(address: str, path: str, timeout: float = TIMEOUT, method: str = "GET") -> bytes:
+    """``method`` ``path`` at the admin port at ``address`` (HOST:PORT); raises
+    OSError (URLError and NotHTTP are ones) when the node cannot be reached, does
+    not speak HTTP, or answers an error."""
+    request = urllib.request.Request(f"http://{address}{path}", method=method,
+                                     data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    except http.client.RemoteDisconnected:  # Redis closes on what looks like HTTP
+        raise NotHTTP("it closed the connection without an HTTP answer; is it a node's "
+                      "admin port (its stats_listen)?") from None
+    except http.client.HTTPException as error:  # BadStatusLine: a RESP port's -ERR, say
+        raise NotHTTP(f"it answered something that is not HTTP ({str(error)[:40].strip()!r}); "
+                      "is it a node's admin port (its stats_listen)?") from None
 
 
 def fetch_json(address: str, path: str, timeout: float = TIMEOUT) -> dict:
@@ -53,7 +68,13 @@ def fetch_json(address: str, path: str, timeout: float = TIMEOUT) -> dict:
 
 
 def _reason(error: Exception) -> str:
-    if isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError):
+    if isinstance(error, urllib.error.HTTPError):
+        try:  # the admin port's first line says why
+            body = error.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            body = []
+        return body[0] if body else str(error)
+    if isinstance(error, urllib.error.URLError):
         return str(error.reason)
     return str(error)
 
@@ -130,7 +151,17 @@ def gather_status(addresses: Sequence[str]) -> dict:
             "p99_ms": round(info["latency_99th"] / 1000, 3) if info and "latency_99th" in info else None,
             "admin": info["admin"] if info else admin,
         })
-    return {"source": source, "viewpoint": viewpoint, "nodes": rows, "warnings": warnings}
+    repairs = []
+    for row in rows:
+        if row["admin"] and row["up"] and row["keys"] is not None:
+            try:
+                progress = fetch_json(row["admin"], "/repair", timeout=1.0)
+            except (OSError, ValueError):
+                continue  # a node without /repair, or one that stopped answering
+            if isinstance(progress, dict) and progress.get("running"):
+                repairs.append(progress)
+    return {"source": source, "viewpoint": viewpoint, "nodes": rows, "warnings": warnings,
+            "repairs": repairs}
 
 
 def _unknown(value, fmt="{}") -> str:
@@ -159,11 +190,124 @@ def render_status(status: dict, out: Console) -> None:
             "-" if down else _unknown(row["p99_ms"], "{:.2f}"),
         )
     out.print(table)
+    for progress in status.get("repairs", ()):
+        out.print(repair_line(progress, width=out.width), highlight=False, markup=False)
     for warning in status["warnings"]:
         out.print(f"warning: {warning}", style="yellow")
     if any(row["keys"] is None and row["up"] for row in status["nodes"]):
         out.print("?: that node's admin port is not known to the node asked (until gossip "
                   "carries it): add --node HOST:PORT for it")
+
+
+# -- dyno repair ---------------------------------------------------------------------
+
+
+def _admin_call(address: str, path: str, method: str = "GET"):
+    """The JSON an admin path answers; StatusError with one line saying why not."""
+    try:
+        return json.loads(fetch(address, path, method=method))
+    except (OSError, ValueError) as error:
+        if isinstance(error, (urllib.error.HTTPError, NotHTTP)):
+            raise StatusError(f"{address}: {_reason(error)}") from None
+        if isinstance(error, ValueError):
+            raise StatusError(f"{address}{path} answered something that is not JSON; is "
+                              "it a dyno node's admin port (its stats_listen)?") from None
+        raise StatusError(f"cannot reach the admin port at {address}: {_reason(error)}") from None
+
+
+def start_repair(address: str, rack: str | None = None, token_range: str | None = None,
+                 rate: float | None = None) -> dict:
+    """POST /repair on the node at ``address``: the started job's progress."""
+    from urllib.parse import urlencode
+
+    query = urlencode({name: value for name, value in
+                       (("rack", rack), ("range", token_range), ("rate", rate)) if value is not None})
+    answer = _admin_call(address, "/repair" + (f"?{query}" if query else ""), "POST")
+    if not isinstance(answer, dict) or not isinstance(answer.get("started"), dict):
+        raise StatusError(f"{address}: POST /repair answered {str(answer)[:60]!r}, not a started repair")
+    return answer["started"]
+
+
+def repair_progress(address: str) -> dict | None:
+    """GET /repair: the node's current or last repair (None if none ran)."""
+    answer = _admin_call(address, "/repair")
+    if answer is not None and not isinstance(answer, dict):
+        raise StatusError(f"{address}: GET /repair answered {str(answer)[:60]!r}")
+    return answer
+
+
+def _count(value) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def repair_fraction(progress: dict) -> float | None:
+    """How much of the scan is done, 0..1 (None until the replicas' sizes are known)."""
+    if not progress.get("running"):
+        return 1.0 if progress.get("phase") == "done" else None
+    total = progress.get("keys_total")
+    if not total:
+        return None if total is None else 1.0
+    return min(progress.get("keys_scanned", 0) / total, 0.99)
+
+
+def repair_line(progress: dict, width: int = WIDTH) -> str:
+    """One line of a repair's progress: a bar, keys compared and copied, ETA."""
+    fraction = repair_fraction(progress)
+    copies = progress.get("repaired", 0) + progress.get("deleted", 0)
+    text = (f" {_count(progress.get('compared'))} compared, {_count(copies)} copied"
+            + (f", {progress['errors']:,} errors" if progress.get("errors") else "")
+            + (f", ETA {_duration(progress.get('eta'))}" if progress.get("running") else ""))
+    head = f"repair {progress.get('node', '?')} "
+    percent = "  ?%" if fraction is None else f"{fraction * 100:3.0f}%"
+    bar_width = max(10, width - len(head) - len(text) - len(percent) - 4)
+    filled = 0 if fraction is None else int(fraction * bar_width)
+    return f"{head}[{'#' * filled}{'.' * (bar_width - filled)}] {percent}{text}"[:width]
+
+
+def repair_clean(progress: dict) -> bool:
+    return progress.get("phase") == "done" and not progress.get("errors")
+
+
+def repair_summary(progress: dict) -> str:
+    """A paragraph on how a repair ended."""
+    where = (f"repair {progress.get('id')} of {progress.get('node')} ("
+             f"{'rack ' + progress['rack'] if progress.get('rack') else 'every rack'} of "
+             f"{progress.get('dc')}, "
+             f"{'tokens ' + progress['range'] if progress.get('range') else 'all its ranges'})")
+    replicas = progress.get("replicas") or []
+    phase = progress.get("phase")
+    elapsed = _duration(progress.get("elapsed"))
+    copies = (f"{_count(progress.get('compared'))} keys compared on {len(replicas)} replicas "
+              f"({', '.join(replicas)}), {_count(progress.get('repaired'))} values and "
+              f"{_count(progress.get('deleted'))} deletes copied")
+    if progress.get("skipped"):
+        copies += f", {progress['skipped']:,} copies refused by a replica holding a newer write"
+    if progress.get("changed"):
+        copies += f", {progress['changed']:,} keys left alone (written during the repair)"
+    if phase == "done":
+        text = f"{where} done in {elapsed}: {copies}"
+    elif phase == "failed":
+        text = f"{where} FAILED after {elapsed}: {progress.get('error')}. So far: {copies}"
+    else:
+        text = f"{where} ended ({phase}) after {elapsed}: {progress.get('error') or ''} So far: {copies}"
+    errors = progress.get("errors") or 0
+    if errors:
+        samples = "; ".join(progress.get("error_samples") or [])
+        text += f"; {errors:,} errors (first: {samples}), see the node's log"
+    else:
+        text += "; no errors"
+    return text + "."
 
 
 # -- dyno ring -----------------------------------------------------------------------

@@ -35,7 +35,7 @@ import hiredis
 from dyno.resp import encoded_length
 
 __all__ = [
-    "APPLY_IF_NEWER", "DEFAULT_DB", "FETCH", "HLC", "RESTORE_IF_NEWER", "STAMP_REPLIES",
+    "APPLY_IF_NEWER", "DEFAULT_DB", "DIGEST", "FETCH", "HLC", "RESTORE_IF_NEWER", "STAMP_REPLIES",
     "VERSION_LENGTH", "make_version", "node_id", "parse_version", "segments", "stamp", "stamp_version",
 ]
 
@@ -192,16 +192,78 @@ for i = 1, #KEYS do redis.call('SET', KEYS[i], v) end
 return reply
 """
 
-#: KEYS[1]: a key. ARGV[1]: the version to install; ARGV[2]: versions_db; ARGV[3]:
-#: absolute expiry in ms (0: none); ARGV[4]: a DUMP payload, or empty for "deleted".
-#: Installs the value (or deletes the key) only if the replica's version is older.
-#: Returns 1 if it did, 0 if not.
-RESTORE_IF_NEWER = b"""
+# What repair compares when two replicas hold the same version of a key with different
+# DUMPs. A DUMP is not a function of the value alone: a set or hash in a hash table is
+# dumped in the order of that table, which depends on each Redis's random hash seed,
+# and a small collection that once was large keeps its large encoding until a copy
+# (RESTORE) gives it the small one. So equal values often dump differently, and
+# "the larger DUMP wins" would copy them again on every repair. The *content digest*
+# depends on the value only: for a hash, set or sorted set, the XOR of one sha1 per
+# field/member (order-free); for a list, the sha1 of its elements in order; for
+# anything else (strings, streams) the sha1 of its DUMP, which is canonical for them.
+# It is 40 hex digits ('' for no key), so Lua (strcoll) and Python (bytes) order
+# digests alike. repair.decide ranks two states of one version by (digest, expiry).
+_CONTENT_DIGEST = b"""
+local function content_digest(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return '' end
+  local acc = {0, 0, 0, 0, 0}
+  local function mix(s)
+    local h = redis.sha1hex(s)
+    for i = 0, 4 do
+      acc[i + 1] = bit.bxor(acc[i + 1], tonumber(string.sub(h, i * 8 + 1, i * 8 + 8), 16))
+    end
+  end
+  if kind == 'hash' or kind == 'zset' then
+    local flat
+    if kind == 'hash' then flat = redis.call('HGETALL', key)
+    else flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES') end
+    for i = 1, #flat, 2 do mix(#flat[i] .. ':' .. flat[i] .. flat[i + 1]) end
+  elseif kind == 'set' then
+    local members = redis.call('SMEMBERS', key)
+    for i = 1, #members do mix(members[i]) end
+  elseif kind == 'list' then
+    local parts = {}
+    for _, item in ipairs(redis.call('LRANGE', key, 0, -1)) do
+      parts[#parts + 1] = #item .. ':' .. item
+    end
+    return redis.sha1hex('list\\n' .. table.concat(parts))
+  else
+    return redis.sha1hex(kind .. '\\n' .. redis.call('DUMP', key))
+  end
+  local hex = {kind}
+  for i = 1, 5 do hex[#hex + 1] = bit.tohex(acc[i], 8) end
+  return redis.sha1hex(table.concat(hex, '\\n'))
+end
+"""
+
+#: KEYS[1]: a key. ARGV[1]: the version to install ('' for none: the key was never
+#: versioned); ARGV[2]: versions_db; ARGV[3]: absolute expiry in ms (0: none);
+#: ARGV[4]: a DUMP payload, or empty for "deleted"; ARGV[5], optional: the content
+#: digest of what is installed ('' for deleted).
+#: Installs the value (or deletes the key) only if the replica's version is older,
+#: or, given ARGV[5], if it is the same version and what is installed ranks higher:
+#: a larger content digest, or the same digest and a later expiry (none is latest).
+#: So a copy never makes a replica older, and repeated repairs of one version agree.
+#: Records the version (unless it is ''). Returns 1 if it installed, 0 if not.
+RESTORE_IF_NEWER = _CONTENT_DIGEST + b"""
 local v = ARGV[1]
 redis.call('SELECT', ARGV[2])
-local cur = redis.call('GET', KEYS[1])
-if cur and cur >= v then return 0 end
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur > v then return 0 end
 redis.call('SELECT', 0)
+if cur == v then
+  local theirs = ARGV[5]
+  if theirs == nil then return 0 end
+  local mine = content_digest(KEYS[1])
+  if theirs < mine then return 0 end
+  if theirs == mine then
+    if mine == '' then return 0 end
+    local at = redis.call('PEXPIRETIME', KEYS[1])
+    local new = tonumber(ARGV[3])
+    if at == -1 or (new ~= 0 and new <= at) then return 0 end
+  end
+end
 if ARGV[4] == '' then
   redis.call('DEL', KEYS[1])
 else
@@ -212,23 +274,36 @@ else
     redis.call('RESTORE', KEYS[1], 0, ARGV[4], 'REPLACE')
   end
 end
-redis.call('SELECT', ARGV[2])
-redis.call('SET', KEYS[1], v)
+if v ~= '' then
+  redis.call('SELECT', ARGV[2])
+  redis.call('SET', KEYS[1], v)
+end
 return 1
 """
 
-#: KEYS: keys. ARGV[1]: versions_db. For each key, {version or '', absolute expiry
-#: in ms (-1: none, -2: no key), DUMP payload or ''}: what read repair and repair
-#: compare and copy.
+#: KEYS: keys. ARGV[1]: versions_db; ARGV[2], optional: 'sha1' to get each DUMP's
+#: sha1 (hex) instead of the DUMP. For each key, {version or '', absolute expiry in
+#: ms (-1: none, -2: no key), DUMP payload (or its sha1) or ''}: what read repair and
+#: repair compare and copy.
 FETCH = b"""
+local hashed = ARGV[2] == 'sha1'
+local versions = {}
+redis.call('SELECT', ARGV[1])
+for i = 1, #KEYS do versions[i] = redis.call('GET', KEYS[i]) or '' end
+redis.call('SELECT', 0)
 local out = {}
 for i = 1, #KEYS do
-  redis.call('SELECT', ARGV[1])
-  local v = redis.call('GET', KEYS[i]) or ''
-  redis.call('SELECT', 0)
   local d = redis.call('DUMP', KEYS[i]) or ''
-  local at = redis.call('PEXPIRETIME', KEYS[i])
-  out[i] = {v, at, d}
+  if hashed and d ~= '' then d = redis.sha1hex(d) end
+  out[i] = {versions[i], redis.call('PEXPIRETIME', KEYS[i]), d}
 end
+return out
+"""
+
+#: KEYS: keys. For each key, its content digest in database 0 ('' for no key).
+DIGEST = _CONTENT_DIGEST + b"""
+redis.call('SELECT', 0)
+local out = {}
+for i = 1, #KEYS do out[i] = content_digest(KEYS[i]) end
 return out
 """
