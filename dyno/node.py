@@ -22,8 +22,6 @@ import time
 
 import trio
 
-import hiredis
-
 from dyno import node_commands, repair, versions
 from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
@@ -117,7 +115,13 @@ class Node:
             config, self.ring, send=self.send_gossip, set_ring=self.set_ring,
             set_judged_down=self.set_judged_down,
         ) if config.enable_gossip else None
-        self.admin = AdminServer(self._admin_view(), config.stats_listen.host, config.stats_listen.port)
+        # Commands to any replica's Redis (this node's, or a peer's through its link):
+        # what read repair and `dyno repair` (dyno.repair) compare and copy with.
+        self.call_redis = repair.node_call(self.name, self.datastore, self.peer_links.get)
+        self.repairs = repair.RepairService(lambda: self.ring, self.call_redis, db=config.versions_db,
+                                            rate=config.repair_rate)
+        self.admin = AdminServer(self._admin_view(), config.stats_listen.host, config.stats_listen.port,
+                                 start_repair=self.repairs.start, repair_status=self.repairs.status)
         self.nursery: trio.Nursery | None = None
 
     @property
@@ -220,26 +224,8 @@ class Node:
         """Make ``keys`` the same on every one of ``nodes`` (their replicas): the
         newest version wins (read repair)."""
         for start in range(0, len(keys), 500):
-            await repair.repair_keys(keys[start : start + 500], list(nodes), self.call_commands,
-                                     self.config.versions_db)
-
-    async def call_commands(self, node: RingNode, argvs: list[list[bytes]]) -> list:
-        """Commands to ``node``'s Redis (this node's, or a peer's through its link),
-        their replies parsed (errors as hiredis.ReplyError); ReplicaUnavailable if
-        the node could not answer."""
-        payload = b"".join(hiredis.pack_command(tuple(argv)) for argv in argvs)
-        data = await self.coordinator.call(node, payload, len(argvs))
-        reader = hiredis.Reader()
-        reader.feed(data)
-        replies = []
-        for _ in argvs:
-            reply = reader.gets()
-            if reply is False:
-                raise repair.ReplicaUnavailable(f"{node.name}: short reply")
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("ERR dyno: "):
-                raise repair.ReplicaUnavailable(f"{node.name}: {reply}")
-            replies.append(reply)
-        return replies
+            await repair.repair_keys(keys[start : start + 500], list(nodes), self.call_redis,
+                                     self.config.versions_db, ties=False)
 
     def learn_admin_address(self, name: str, address) -> None:
         """A peer's admin HTTP address, from its HELLO (dyno status follows it)."""
@@ -274,6 +260,7 @@ class Node:
             self.coordinator.spawn = nursery.start_soon
             nursery.start_soon(self.handoff.run)
             nursery.start_soon(self.hints.flusher)
+            nursery.start_soon(self.repairs.serve)
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
             if self.gossiper is not None:

@@ -258,9 +258,12 @@ def _rows(reply, count: int, what: str, node: RingNode, result: KeyRepairResult)
 
 async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call: Call,
                       db: int = DEFAULT_DB, *, writable: Callable[[RingNode], bool] | None = None,
-                      ) -> KeyRepairResult:
+                      ties: bool = True) -> KeyRepairResult:
     """Compare ``keys`` on every replica of ``replicas`` and copy the newest state of
     each over the stale ones (only to those ``writable`` allows; default all).
+    ``ties=False`` (read repair): only over replicas holding an *older* version;
+    values that differ under one version (changed behind dyno's back) are left to
+    ``dyno repair``, and the read that saw them is not answered with either.
 
     One FETCH (hashed: DUMPs' sha1) per replica for all the keys; one DIGEST per
     replica whose same-version states must be ranked; one full FETCH per winning
@@ -297,7 +300,8 @@ async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call:
         states = [KeyState(*column[k]) for column in columns]
         decision = decide(states)
         if decision.needs_digests:
-            undecided[k] = states
+            if ties:
+                undecided[k] = states
         elif decision.targets:
             decided[k] = (states, decision)
 
@@ -310,7 +314,8 @@ async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call:
     kinds: dict[int, list[bool]] = {}             # position -> per copy: a tombstone?
     for k, (states, decision) in decided.items():
         targets = [t for t in decision.targets
-                   if writable is None or writable(replicas[readable[t]])]
+                   if (writable is None or writable(replicas[readable[t]]))
+                   and (ties or states[t].version < states[decision.winner].version)]
         if not targets:
             continue
         decided[k] = (states, decision._replace(targets=tuple(targets)))
