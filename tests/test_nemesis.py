@@ -44,14 +44,12 @@ import urllib.request
 from collections.abc import Callable
 
 import hiredis
+import history
 import pytest
 import redis
-from prometheus_client.parser import text_string_to_metric_families
-
-import history
 import support
-from dyno.cli import main as dyno_cli
 from history import READ, WRITE, History
+from prometheus_client.parser import text_string_to_metric_families
 
 integration = pytest.mark.integration
 
@@ -254,35 +252,24 @@ def settle(admins: list[redis.Redis], timeout: float = DRAIN_TIMEOUT) -> None:
                      "every node to have 0 peer_requests_in_flight", interval=0.05)  # fmt: skip
 
 
-def repair_built() -> bool:
-    return "repair" in getattr(dyno_cli, "commands", {})
-
-
-def hints_pending(node: support.NodeHandle) -> dict[str, float] | None:
-    """The node's hints waiting per peer (/metrics `dyno_hints_pending{peer=...}`), or None
-    when the node exposes no such gauge."""
+def hints_pending(node: support.NodeHandle) -> dict[str, float]:
+    """The node's hints waiting per peer (/metrics `dyno_hints_pending{peer=...}`)."""
     url = f"http://{node.host}:{node.stats_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as reply:
         text = reply.read().decode()
     for family in text_string_to_metric_families(text):
         if family.name == HINTS_GAUGE:
             return {s.labels.get("peer", "?"): s.value for s in family.samples}
-    return None
+    raise AssertionError(f"{node.name} exposes no {HINTS_GAUGE} in /metrics")
 
 
 def wait_hints_drained(cluster: support.Cluster, timeout: float = DRAIN_TIMEOUT) -> str:
-    """Wait until no node has a hint pending for any peer; return a line for the report.
-
-    Until `dyno repair` exists (hints and repair are being built together, issue 14) a
-    build without the gauge is reported, not failed; once it exists, the gauge must too.
-    """
-    last: dict[str, dict[str, float] | None] = {}
+    """Wait until no node has a hint pending for any peer; return a line for the report."""
+    last: dict[str, dict[str, float]] = {}
 
     def drained() -> bool:
         last.update({n.name: hints_pending(n) for n in cluster.nodes})
-        if all(pending is None for pending in last.values()):
-            return True
-        return all(pending is not None and not any(pending.values()) for pending in last.values())
+        return not any(any(pending.values()) for pending in last.values())
 
     started = time.monotonic()
     try:
@@ -290,16 +277,11 @@ def wait_hints_drained(cluster: support.Cluster, timeout: float = DRAIN_TIMEOUT)
                          ignore=(OSError,))  # fmt: skip
     except AssertionError as e:
         raise AssertionError(f"{e}; last seen: {last}") from None
-    if all(pending is None for pending in last.values()):
-        assert not repair_built(), f"`dyno repair` exists but no node exposes {HINTS_GAUGE} in /metrics"
-        return f"hints: no node exposes {HINTS_GAUGE} (not built on this branch): nothing to wait for"
     return f"hints: drained in {time.monotonic() - started:.1f} s"
 
 
 def run_repair(node: support.NodeHandle) -> str:
     """`dyno repair --node ADMIN` once; a line for the report."""
-    if not repair_built():
-        return "repair: no `dyno repair` command on this branch: not run"
     argv = [sys.executable, "-m", "dyno", "repair", "--node", f"{node.host}:{node.stats_port}"]
     started = time.monotonic()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=REPAIR_TIMEOUT)
