@@ -353,8 +353,11 @@ class Planner:
         if write:
             version = self.batch_version(here_only, version)
             if version is not None:
+                # (the common case, one command of one key at argv[1], without a second look)
+                keys = ([argv[1] for argv in requests] if not mixed and first.fixed_keys == (1,)
+                        else _write_keys(requests))
                 return self.stamped(self.part(group, True, level, raw, len(requests), None, here_only),
-                                    _write_keys(requests), version, calls)
+                                    keys, version, calls)
         part = self.part(group, write, level, raw, len(requests), None, here_only)
         part.calls = calls
         return part

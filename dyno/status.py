@@ -149,6 +149,7 @@ def gather_status(addresses: Sequence[str]) -> dict:
             "keys": info.get("keys") if info else None,
             "ops_per_sec": info.get("ops_per_sec") if info else None,
             "p99_ms": round(info["latency_99th"] / 1000, 3) if info and "latency_99th" in info else None,
+            "hints": _hints(info),
             "admin": info["admin"] if info else admin,
         })
     repairs = []
@@ -162,6 +163,17 @@ def gather_status(addresses: Sequence[str]) -> dict:
                 repairs.append(progress)
     return {"source": source, "viewpoint": viewpoint, "nodes": rows, "warnings": warnings,
             "repairs": repairs}
+
+
+def _hints(info: dict | None) -> dict[str, int] | None:
+    """Hints the node holds, per peer (only peers it holds some for), from its /info."""
+    if not info:
+        return None
+    for value in info.values():
+        if isinstance(value, dict) and isinstance(value.get("hints"), dict):
+            return {peer: counts.get("pending", 0) for peer, counts in value["hints"].items()
+                    if counts.get("pending")}
+    return None
 
 
 def _unknown(value, fmt="{}") -> str:
@@ -179,6 +191,7 @@ def render_status(status: dict, out: Console) -> None:
     table.add_column("keys", justify="right", no_wrap=True)
     table.add_column("ops/s", justify="right", no_wrap=True)
     table.add_column("p99 ms", justify="right", no_wrap=True)
+    table.add_column("hints", justify="right", no_wrap=True)
     for row in status["nodes"]:
         up = "[green]UP[/]" if row["up"] else "[bold red]DOWN[/]"
         down = not row["up"]
@@ -188,8 +201,13 @@ def render_status(status: dict, out: Console) -> None:
             "-" if down else _unknown(row["keys"]),
             "-" if down else _unknown(row["ops_per_sec"], "{:.0f}"),
             "-" if down else _unknown(row["p99_ms"], "{:.2f}"),
+            "-" if down or row.get("hints") is None else f"{sum(row['hints'].values()):,}",
         )
     out.print(table)
+    for row in status["nodes"]:
+        for peer, pending in sorted((row.get("hints") or {}).items()):
+            out.print(f"hints: {row['node']} holds {pending:,} write(s) for {peer}, replayed once it is up",
+                      highlight=False, markup=False)
     for progress in status.get("repairs", ()):
         out.print(repair_line(progress, width=out.width), highlight=False, markup=False)
     for warning in status["warnings"]:

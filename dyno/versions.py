@@ -106,11 +106,9 @@ def _wall_ms() -> int:
 def stamp(keys: Sequence[bytes], version: bytes, db: int = DEFAULT_DB) -> bytes:
     """The commands that record ``version`` for ``keys`` (the keys a part writes),
     sent after the part's commands on the same connection: three ``+OK`` replies."""
-    argv = [b"MSET"]
-    for key in keys:
-        argv.append(key)
-        argv.append(version)
-    return b"".join((_select(db), hiredis.pack_command(tuple(argv)), _SELECT0))
+    pairs = [version] * (2 * len(keys))
+    pairs[0::2] = keys
+    return b"".join((_select(db), hiredis.pack_command((b"MSET", *pairs)), _SELECT0))
 
 
 def stamp_version(argvs: Sequence[Sequence[bytes]]) -> tuple[bytes, list[bytes]] | None:

@@ -163,6 +163,16 @@ def test_status_of_a_three_rack_cluster_shows_a_killed_node_down(cluster_factory
     assert "DOWN" in _row(table, victim)
     assert all("UP" in _row(table, n) for n in cluster.nodes[:2])
 
+    # Writes the dead node misses are held as hints by the node that took them.
+    for i in range(5):
+        client.set(f"missed:{i}", i)
+    result = json.loads(dyno("status", *everyone, "--json").stdout)
+    rows = {row["node"]: row for row in result["nodes"]}
+    assert rows[name_of(cluster[0])]["hints"] == {name_of(victim): 5}
+    table = dyno("status", *everyone).stdout
+    assert fits_80(table)
+    assert f"hints: {name_of(cluster[0])} holds 5 write(s) for {name_of(victim)}" in table
+
     # asked only the dead node, then a live one: the live one answers
     result = json.loads(dyno("status", "--node", admin_of(victim), "--node", admin_of(cluster[1]), "--json").stdout)
     assert result["source"] == admin_of(cluster[1])
