@@ -192,3 +192,36 @@ def test_a_stale_replica_is_repaired_by_the_quorum_reads_that_ask_it(cluster_fac
     wait_for(lambda: [n.redis_client().get(key) for n in cluster.nodes] == [b"new"] * 3, 10,
              "the stale replica to be repaired")
     assert {n.redis_client(db=versions.DEFAULT_DB).get(key) for n in cluster.nodes} == {version}
+
+
+@integration
+def test_read_repair_chance_repairs_what_a_dc_one_read_touched(cluster_factory):
+    """read_repair_chance: 1 - every DC_ONE read also compares its keys on every
+    replica and repairs a stale one in the background (the read itself is answered
+    by the local replica as always)."""
+    cluster = cluster_factory(racks=3, read_repair_chance=1)
+    wait_all_up(cluster)
+    key = b"chance"
+    cluster[0].client().set(key, b"new")
+    version = cluster[0].redis_client(db=versions.DEFAULT_DB).get(key)
+    _plant(cluster[2], key, b"old", versions.make_version(versions.parse_version(version)[0] - 1000, 0, 1))
+    assert cluster[0].client().get(key) == b"new"
+    wait_for(lambda: cluster[2].redis_client().get(key) == b"new", 10, "the stale replica to be repaired")
+
+
+@integration
+def test_writes_for_another_datacenter_reach_a_node_that_was_down_there(cluster_factory):
+    """2 DCs: a node of the remote DC is killed while writes go through the local
+    one; once it is back it holds every write (hinted by whichever node
+    coordinated them: this DC's, for the remote DC's representative, or the
+    remote DC's own coordinator)."""
+    cluster = cluster_factory(dcs=2, racks=2)
+    wait_all_up(cluster)
+    remote = next(n for n in cluster.nodes if n.dc == "dc2")
+    remote.kill()
+    written = write_keys(cluster[0].client(), "dc", 2000, "v")
+    remote.start()
+    wait_drained(cluster)
+    wait_all_up(cluster)
+    wait_drained(cluster)
+    assert missing_on(remote, written) == []
