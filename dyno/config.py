@@ -179,6 +179,7 @@ class Config:
     versions_db: int = 15          # the Redis database that holds the keys' versions
     read_repair_chance: float = 0.0  # DC_ONE reads also checked and repaired (Cassandra's)
     repair_rate: int = 0           # keys per second a repair compares (0: unthrottled)
+    repair_interval: int = 0       # seconds between the node's own scheduled repairs (0: none)
     flush_enabled: bool = True     # FLUSHDB/FLUSHALL allowed
     warnings: tuple[str, ...] = ()  # accepted-but-ignored keys, one message each
 
@@ -519,6 +520,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "versions_db": _integer(1, 15),
     "read_repair_chance": _chance,
     "repair_rate": _integer(0, unit="keys per second"),
+    "repair_interval": _integer(0, unit="seconds"),
     "flush_enabled": _boolean,
 }
 

@@ -497,11 +497,12 @@ class _Quorum(_Run):
         if quorum.done:
             if replies != quorum.result:
                 self.coordinator.metrics.disagreements += 1
-                self.coordinator.repair_in_background(part, self.targets)
+                if not part.canonical:  # (unordered replies differ in bytes, not in value)
+                    self.coordinator.repair_in_background(part, self.targets)
             return
         if self.seen is None:
             self.seen = replies
-        elif replies != self.seen:
+        elif replies != self.seen and not part.canonical:
             self.differed = True
         result = quorum.reply(index, replies)
         if result is not None:

@@ -227,6 +227,20 @@ class Node:
             await repair.repair_keys(keys[start : start + 500], list(nodes), self.call_redis,
                                      self.config.versions_db, ties=False)
 
+    async def scheduled_repairs(self, interval: float) -> None:
+        """``repair_interval``: repair this node's ranges every ``interval`` seconds
+        (a job already running, started by an operator, counts for this round)."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                started = self.repairs.start()
+            except repair.RepairRunning:
+                continue
+            except Exception as exc:  # the service not serving yet, a ring it cannot plan
+                log.warning("scheduled repair not started: %s", exc)
+                continue
+            log.info("scheduled repair %s started", started.get("id"))
+
     def learn_admin_address(self, name: str, address) -> None:
         """A peer's admin HTTP address, from its HELLO (dyno status follows it)."""
         if isinstance(address, str) and len(address) < 300:
@@ -261,6 +275,8 @@ class Node:
             nursery.start_soon(self.handoff.run)
             nursery.start_soon(self.hints.flusher)
             nursery.start_soon(self.repairs.serve)
+            if self.config.repair_interval:
+                nursery.start_soon(self.scheduled_repairs, self.config.repair_interval)
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
             if self.gossiper is not None:

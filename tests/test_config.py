@@ -103,6 +103,7 @@ DEFAULTS = {
     "versions_db": 15,
     "read_repair_chance": 0.0,
     "repair_rate": 0,
+    "repair_interval": 0,
     "flush_enabled": True,
     "warnings": (),
 }
@@ -192,6 +193,7 @@ EVERY_KEY = [
     ("versions_db", 9, 9),
     ("read_repair_chance", 0.1, 0.1),
     ("repair_rate", 5000, 5000),
+    ("repair_interval", 86400, 86400),
     ("flush_enabled", False, False),
     ("phi_convict_threshold", 12.5, 12.5),
 ]
@@ -496,6 +498,7 @@ KEY_ERRORS = [
     ("read_repair_chance", 1.5, "expected a number from 0 to 1, got 1.5"),
     ("read_repair_chance", True, "expected a number from 0 to 1, got true"),
     ("repair_rate", -5, "expected a whole number of keys per second"),
+    ("repair_interval", "daily", "expected a whole number of seconds"),
     # keys dyno ignores still get their values checked
     ("dyn_read_timeout", "abc", "expected a whole number, got 'abc'"),
     ("dyn_connections", 0, "0 is out of range; expected a whole number, at least 1"),

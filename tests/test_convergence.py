@@ -159,3 +159,17 @@ def test_writers_racing_through_different_nodes_leave_one_value_on_every_rack(cl
     recorded = [n.redis_client(db=versions.DEFAULT_DB) for n in cluster.nodes]
     for key in keys:  # and of the deleted ones: one tombstone everywhere
         assert len({r.get(key) for r in recorded}) == 1, key
+
+
+@integration
+def test_repair_interval_rebuilds_a_flushed_replica_by_itself(cluster_factory):
+    """repair_interval: the nodes repair their own ranges on a schedule; nobody runs
+    `dyno repair`."""
+    cluster = cluster_factory(racks=3, repair_interval=1)
+    write_everything(cluster[0].client(), 500)
+    settle(cluster)
+    expected = cluster[0].redis_client().dbsize()
+    cluster[2].redis_client().flushall()
+    support.wait_for(lambda: cluster[2].redis_client().dbsize() == expected, 30,
+                     "a scheduled repair to rebuild the flushed replica", interval=0.2)
+    assert_racks_identical(cluster)
