@@ -112,6 +112,8 @@ class NodeView:
     set_peer_admin_down: Callable[[str, bool], None]
     #: Hinted handoff per peer (dyno.handoff.Handoff.describe).
     hints: Callable[[], dict] = dict
+    #: Wrong passwords clients gave (AUTH, HELLO AUTH; dyno.auth).
+    auth_failures: Callable[[], int] = int
 
 
 # -- the cluster view ------------------------------------------------------------------
@@ -274,6 +276,7 @@ async def info(server: "AdminServer") -> dict:
             "replica_failures": stats.replica_failures,
             "replica_write_failures": m.write_failures,
             "failovers": m.failovers,
+            "auth_failures": node.auth_failures(),
             "read_repairs": m.read_repairs,
             "read_repair_failures": m.read_repair_failures,
             "version_stamp_failures": m.stamp_failures,

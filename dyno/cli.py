@@ -58,6 +58,7 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     """
     import trio
 
+    from dyno.datastore import DatastoreAuthError
     from dyno.hints import HintStoreError
     from dyno.node import serve
 
@@ -69,6 +70,8 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except HintStoreError as exc:  # hints_dir cannot be used
         raise click.ClickException(f"{config_path}: cannot start: hints_dir: {exc}") from None
+    except DatastoreAuthError as exc:  # datastore_password wrong, or missing
+        raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
 
 
 @main.command("check-config")

@@ -127,6 +127,7 @@ class ClientConnection:
         self.name = b""
         self.protocol = 2  # 3 after HELLO 3
         self.consistency_override: dict[str, str] = {}  # set by DYNO_CONFIG:CONN_CONSISTENCY
+        self.authenticated = False  # AUTH (dyno.auth); only read when requirepass is set
         self.replies: deque[ReplySlot] = deque()
         self.ready = ready  # the node's: clients with replies to send (ReplySlot.deliver)
         self.queued = False

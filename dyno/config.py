@@ -173,6 +173,7 @@ class Config:
     max_msgs: int = 200000         # ALLOC_MSGS (src/dyn_message.h)
     # dyno's own settings (requirepass is also Dynomite 0.7's)
     requirepass: str | None = None
+    datastore_password: str | None = None  # what the node AUTHs to its own Redis with
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -514,6 +515,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "mbuf_size": _integer(512, 65536, unit="bytes", multiple_of=16),
     "max_msgs": _integer(100_000, 1_000_000),
     "requirepass": _optional(_text),
+    "datastore_password": _optional(_text),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),

@@ -117,6 +117,11 @@ class Connection:
             if not was_up:
                 log.info("datastore %s reachable again", store.address)
             was_up = True
+            if store.auth is not None:  # datastore_password: before anything else
+                self._last_progress = trio.current_time()
+                self._out.append(store.auth)
+                self._sinks.append(_AuthReply(store))
+                self._writer_wakeup.set()
             if store.protocol == 3:  # its replies are relayed to RESP3 clients as they are
                 self._last_progress = trio.current_time()
                 self._out.append(_HELLO3)
@@ -285,6 +290,52 @@ _DISCARD = _Discard()
 _HELLO3 = resp.encode_command([b"HELLO", b"3"])
 
 
+class _AuthReply(Sink):
+    """The reply to the AUTH a connection starts with: an error is logged (the
+    password changed on the Redis side; the start-up check catches a wrong one)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: "Datastore"):
+        self.store = store
+
+    def deliver(self, reply: bytes) -> None:
+        if reply[:1] == b"-":
+            log.error("datastore %s refused datastore_password: %s", self.store.address,
+                      reply[1:-2].decode(errors="replace"))
+
+
+class DatastoreAuthError(Exception):
+    """The node's Redis refuses the configured password, or wants one (one line)."""
+
+
+async def check_auth(host: str, port: int, password: str | None, timeout: float = 2.0) -> None:
+    """At start: does the node's Redis take ``password`` (datastore_password), or
+    need one when none is set? DatastoreAuthError if not; a Redis that cannot be
+    reached yet is not an error (the pool keeps trying)."""
+    command = resp.encode_command([b"AUTH", password.encode()] if password is not None else [b"PING"])
+    try:
+        with trio.fail_after(timeout):
+            sock = await connect(host, port)
+            try:
+                sock.send(command)  # a few bytes into an empty socket buffer
+                reply = b""
+                while b"\r\n" not in reply:
+                    await trio.lowlevel.wait_readable(sock)
+                    data = sock.recv(4096)
+                    if not data:
+                        return
+                    reply += data
+            finally:
+                sock.close()
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+        return
+    line = reply.split(b"\r\n", 1)[0].decode(errors="replace")
+    if line.startswith("-"):
+        hint = ("set datastore_password" if password is None else "check datastore_password")
+        raise DatastoreAuthError(f"datastore {host}:{port}: {line[1:]} ({hint})")
+
+
 class Datastore:
     """The pool. ``after_batch`` is called after each batch of replies has been
     delivered, so that whoever collects replies (clients) sends them in one go."""
@@ -298,11 +349,14 @@ class Datastore:
         timeout: float = 5.0,
         after_batch: Callable[[], None] = lambda: None,
         protocol: int = 2,
+        password: str | None = None,
     ):
         self.host = host
         self.port = port
         self.address = f"{host}:{port}"
         self.protocol = protocol  # 3: the pool RESP3 clients' requests go to
+        # datastore_password: AUTH is the first command of every (re)connection.
+        self.auth = None if password is None else resp.encode_command([b"AUTH", password.encode()])
         self.timeout = timeout
         self.after_batch = after_batch
         self.unavailable = resp.error(f"ERR dyno: datastore {self.address} is unavailable")

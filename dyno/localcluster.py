@@ -334,7 +334,8 @@ def stop_pids(procs: Sequence[tuple[int, int | None]], timeout: float = DEFAULT_
 
 
 def ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if a RESP server on host:port answers PING with +PONG."""
+    """True if a RESP server on host:port answers PING with +PONG (or, when it
+    wants a password first, with -NOAUTH: it is serving)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
@@ -344,7 +345,7 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
                 if not chunk:
                     return False
                 reply += chunk
-            return reply == b"+PONG\r\n"
+            return reply == b"+PONG\r\n" or reply.startswith(b"-NOAUTH")
     except OSError:
         return False
 

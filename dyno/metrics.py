@@ -381,6 +381,8 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     family("dyno_failovers_total", "counter",
            "DC_ONE requests answered by another replica than the one first asked, because it "
            "failed after they were sent.").add(metrics.failovers)
+    family("dyno_auth_failures_total", "counter",
+           "Wrong passwords clients gave (AUTH, HELLO ... AUTH).").add(node.auth_failures())
     family("dyno_read_repairs_total", "counter",
            "Reads whose keys were repaired because replicas disagreed (or picked by "
            "read_repair_chance).").add(metrics.read_repairs)

@@ -22,12 +22,12 @@ import time
 
 import trio
 
-from dyno import node_commands, repair, versions
+from dyno import auth, node_commands, repair, versions
 from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
-from dyno.datastore import Datastore
+from dyno.datastore import Datastore, check_auth
 from dyno.gossip import Gossiper
 from dyno.handoff import Handoff
 from dyno.hints import HintStore
@@ -65,6 +65,7 @@ class Node:
             connections=config.datastore_connections,
             timeout=config.timeout / 1000,
             after_batch=self.flush_ready,
+            password=config.datastore_password,
         )
         # Clients that said HELLO 3 are served by connections that did too, so that
         # Redis's RESP3 replies are relayed as they are, like RESP2 ones.
@@ -75,6 +76,7 @@ class Node:
             timeout=config.timeout / 1000,
             after_batch=self.flush_ready,
             protocol=3,
+            password=config.datastore_password,
         )
         # Every write this node coordinates gets a version from this clock.
         self.hlc = versions.HLC(versions.node_id(self.name))
@@ -99,9 +101,15 @@ class Node:
         coordinator.observe = self.hlc.observe
         coordinator.repair_keys = self.repair_keys
         coordinator.read_repair_chance = config.read_repair_chance
+        # requirepass: clients must AUTH first (dyno.auth); without it nothing stands
+        # between a client's batch and the coordinator.
+        self.password = auth.Password(config.requirepass)
+        execute_batch = coordinator.execute_batch
+        if config.requirepass is not None:
+            execute_batch = auth.gate(self.password, execute_batch)
         self.listener = ClientListener(
             config.listen.host, config.listen.port, clients=self.clients,
-            execute_batch=coordinator.execute_batch, congestion=self.congestion,
+            execute_batch=execute_batch, congestion=self.congestion,
             ready=self.ready_clients, stats=self.stats,
         )
         self.peer_server = PeerServer(
@@ -162,6 +170,7 @@ class Node:
             gossip_view=lambda: self.gossiper.describe() if self.gossiper is not None else {},
             set_state=self.set_state, set_consistency=self.set_consistency,
             set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
+            auth_failures=lambda: self.password.failures,
         )
 
     def flush_ready(self) -> None:
@@ -364,6 +373,8 @@ class Node:
 
 async def serve(config: Config) -> None:
     """Run a node until SIGINT or SIGTERM, then stop cleanly."""
+    server = config.servers[0]
+    await check_auth(server.host, server.port, config.datastore_password)
     node = Node(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -13,7 +13,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable
 
-from dyno import __version__, resp
+from dyno import __version__, auth, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
@@ -55,25 +55,26 @@ def _select(node, client, argv, slot):
     return resp.error("ERR dyno: only database 0 exists in a dyno cluster (SELECT is limited to 0)")
 
 
-_NO_PASSWORD = resp.error(
-    "ERR AUTH <password> called without any password configured for the default user. "
-    "Are you sure your configuration is correct?"
-)
-_WRONGPASS = resp.error("WRONGPASS invalid username-password pair or user is disabled.")
+_NO_PASSWORD = auth.NO_PASSWORD
 
 
 def _auth(node, client, argv, slot):
     if len(argv) > 3:
         return _SYNTAX
     if len(argv) == 2:
-        return _NO_PASSWORD
-    return _authenticate(argv[1])
+        if node.password.secret is None:
+            return _NO_PASSWORD
+        return _authenticate(node, client, b"default", argv[1])
+    return _authenticate(node, client, argv[1], argv[2])
 
 
-def _authenticate(username: bytes) -> bytes:
-    """AUTH <username> <password>, as Redis with no password set answers it: the
-    default user takes any password ("nopass"), and there is no other user."""
-    return resp.OK if username == b"default" else _WRONGPASS
+def _authenticate(node, client, username: bytes, password: bytes) -> bytes:
+    """AUTH [username] password (dyno.auth): with no requirepass, as Redis with no
+    password answers it (the default user takes any password)."""
+    reply = node.password.check(username, password)
+    if reply is resp.OK:
+        client.authenticated = True
+    return reply
 
 
 def _hello(node, client, argv, slot):
@@ -94,13 +95,17 @@ def _hello(node, client, argv, slot):
                     return error
                 rest = rest[2:]
             elif option == b"AUTH" and len(rest) >= 3:
-                reply = _authenticate(rest[1])
+                reply = _authenticate(node, client, rest[1], rest[2])
                 if reply is not resp.OK:
                     return reply
                 rest = rest[3:]
             else:
                 return resp.error(f"ERR Syntax error in HELLO option '{rest[0].decode(errors='replace')}'")
+        if not client.authenticated and node.password.secret is not None:
+            return auth.NOAUTH_HELLO
         client.protocol = version
+    elif not client.authenticated and node.password.secret is not None:
+        return auth.NOAUTH_HELLO
     fields = [
         b"server", b"redis", b"version", REDIS_VERSION, b"proto", client.protocol, b"id", client.id,
         b"mode", b"standalone", b"role", b"master", b"modules", [],
@@ -175,6 +180,7 @@ def _reset(node, client, argv, slot):
     client.protocol = 2
     client.name = b""
     client.consistency_override.clear()
+    client.authenticated = node.password.secret is None  # Redis: RESET de-authenticates
     return b"+RESET\r\n"
 
 
