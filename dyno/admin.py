@@ -20,6 +20,7 @@ an unknown path is a 404 listing the paths, and a bad parameter is a 400 saying 
 
 from __future__ import annotations
 
+import hmac
 import inspect
 import json
 import logging
@@ -455,6 +456,21 @@ def _not_found(path: str) -> Reply:
     return _text(f"404 Not Found: no admin path {path}; the paths are:\n{listing}\n", 404)
 
 
+def changes_node(path: str) -> bool:
+    """Whether an admin path changes the node (POST only): Dynomite's state,
+    consistency, peer and log-level paths but /state/get_state, and /repair's POST."""
+    if path in ("/loglevelup", "/logleveldown"):
+        return True
+    head = path.lstrip("/").partition("/")[0]
+    return head in ("set_consistency", "peer") or (head == "state" and path != "/state/get_state")
+
+
+def _bearer_matches(authorization: bytes | None, token: bytes) -> bool:
+    if authorization is None or not authorization.startswith(b"Bearer "):
+        return False
+    return hmac.compare_digest(authorization[7:].strip(), token)
+
+
 def route(path: str) -> tuple[Handler, tuple[str, ...]] | Reply:
     """The handler and parameters for ``path``, or the error reply. No I/O."""
     if path != "/" and path.endswith("/"):
@@ -483,10 +499,12 @@ class AdminServer:
 
     def __init__(self, node: NodeView, host: str, port: int, *,
                  start_repair: Callable[[str | None, str | None, float | None], dict] | None = None,
-                 repair_status: Callable[[], dict | None] | None = None):
+                 repair_status: Callable[[], dict | None] | None = None, token: str | None = None):
         self.node = node
         self.host = host
         self.port = port
+        #: admin_token: what a POST's "Authorization: Bearer ..." must carry (None: nothing).
+        self.token = None if token is None else token.encode()
         self.start_repair = start_repair
         self.repair_status = repair_status
         self.sock: socket.socket | None = None
@@ -513,20 +531,33 @@ class AdminServer:
             self.window.sample(time.monotonic(), node.stats.commands, node.metrics.client_latency)
             await trio.sleep(SAMPLE_INTERVAL)
 
-    async def respond(self, method: str, target: str) -> Reply:
+    async def respond(self, method: str, target: str, authorization: bytes | None = None) -> Reply:
+        """The reply to one request. Paths that change the node (its state,
+        levels, peers' marks, log level, a repair) take POST, and the bearer token
+        when ``admin_token`` is set; a GET of one gets 405 (a web page cannot make a
+        browser change the node). Read-only paths are Dynomite's GETs."""
         path, _, query = target.partition("?")
         path = unquote(path) or "/"
         if path != "/" and path.endswith("/"):
             path = path.rstrip("/")
         post = POSTS.get(path)
-        if method == "POST" and post is not None:
-            return post(self, dict(parse_qsl(query, keep_blank_values=True)))
-        if method not in ("GET", "HEAD"):
+        changes = post is not None or changes_node(path)
+        if method == "POST" and changes:
+            if self.token is not None and not _bearer_matches(authorization, self.token):
+                reply = _text(f"401 Unauthorized: {path} needs the admin token "
+                              "(Authorization: Bearer <admin_token>)\n", 401)
+                reply.headers.append(("WWW-Authenticate", "Bearer"))
+                return reply
             if post is not None:
-                allowed, what = "GET, HEAD, POST", "GET and POST"
+                return post(self, dict(parse_qsl(query, keep_blank_values=True)))
+        elif method not in ("GET", "HEAD") or (changes and post is None):
+            if changes:
+                allowed, what = ("GET, HEAD, POST", "GET and POST") if post is not None else ("POST", "POST only")
             else:
                 allowed, what = "GET, HEAD", "GET only"
-            reply = _text(f"405 Method Not Allowed: {path} answers {what}, not {method}\n", 405)
+            hint = (f" (it changes the node: curl -X POST http://{self.address}{path})"
+                    if changes and method in ("GET", "HEAD") else "")
+            reply = _text(f"405 Method Not Allowed: {path} answers {what}, not {method}{hint}\n", 405)
             reply.headers.append(("Allow", allowed))
             return reply
         found = route(path)
@@ -548,7 +579,8 @@ class AdminServer:
                     return
                 try:
                     reply = await self.respond(request.method.decode("ascii", "replace"),
-                                               request.target.decode("latin-1"))
+                                               request.target.decode("latin-1"),
+                                               dict(request.headers).get(b"authorization"))
                 except Exception:  # a bug in a handler: answer 500, keep the node up
                     log.exception("admin %s: handler failed", request.target.decode("latin-1"))
                     reply = _text("500 Internal Server Error: see the node's log\n", 500)

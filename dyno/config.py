@@ -149,7 +149,8 @@ class Config:
     dyn_seeds: tuple[Seed, ...] = ()
     tokens: tuple[int, ...] = (0,)  # dyno: one token owning the whole ring
     servers: tuple[Server, ...]    # required, exactly one
-    stats_listen: Address = Address("0.0.0.0", 22222)  # CONF_DEFAULT_STATS_PNAME
+    # Dynomite's port (CONF_DEFAULT_STATS_PNAME), on loopback: it can change the node.
+    stats_listen: Address = Address("127.0.0.1", 22222)
     data_store: int = 0            # CONF_DEFAULT_DATASTORE, DATA_REDIS
     read_consistency: str = "DC_ONE"
     write_consistency: str = "DC_ONE"
@@ -174,6 +175,7 @@ class Config:
     # dyno's own settings (requirepass is also Dynomite 0.7's)
     requirepass: str | None = None
     datastore_password: str | None = None  # what the node AUTHs to its own Redis with
+    admin_token: str | None = None  # bearer token the admin port's POSTs must carry
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -516,6 +518,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "max_msgs": _integer(100_000, 1_000_000),
     "requirepass": _optional(_text),
     "datastore_password": _optional(_text),
+    "admin_token": _optional(_text),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),

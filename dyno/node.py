@@ -129,7 +129,8 @@ class Node:
         self.repairs = repair.RepairService(lambda: self.ring, self.call_redis, db=config.versions_db,
                                             rate=config.repair_rate)
         self.admin = AdminServer(self._admin_view(), config.stats_listen.host, config.stats_listen.port,
-                                 start_repair=self.repairs.start, repair_status=self.repairs.status)
+                                 start_repair=self.repairs.start, repair_status=self.repairs.status,
+                                 token=config.admin_token)
         self.nursery: trio.Nursery | None = None
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import urllib.error
 import urllib.request
@@ -50,8 +51,12 @@ def fetch(address: str, path: str, timeout: float = TIMEOUT, method: str = "GET"
     """``method`` ``path`` at the admin port at ``address`` (HOST:PORT); raises
     OSError (URLError and NotHTTP are ones) when the node cannot be reached, does
     not speak HTTP, or answers an error."""
+    headers = {}
+    token = os.environ.get("DYNO_ADMIN_TOKEN")
+    if method == "POST" and token:  # the node's admin_token, for what changes it
+        headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(f"http://{address}{path}", method=method,
-                                     data=b"" if method == "POST" else None)
+                                     data=b"" if method == "POST" else None, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()

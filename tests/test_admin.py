@@ -101,6 +101,13 @@ def get(node: support.NodeHandle, path: str) -> str:
     return body
 
 
+def post(node: support.NodeHandle, path: str) -> str:
+    """A path that changes the node: POST only."""
+    status, body = http(node, path, "POST")
+    assert status == 200, f"POST {path}: {status} {body}"
+    return body
+
+
 def get_json(node: support.NodeHandle, path: str) -> dict:
     return json.loads(get(node, path))
 
@@ -215,14 +222,14 @@ def test_log_level_up_and_down(cluster):
     node = cluster[2]
     assert get_json(node, "/info")["log_level"] == "INFO"
     try:
-        assert get(node, "/loglevelup") == "OK\r\n"
+        assert post(node, "/loglevelup") == "OK\r\n"
         assert get_json(node, "/info")["log_level"] == "DEBUG"
-        get(node, "/logleveldown")
-        get(node, "/logleveldown")
+        post(node, "/logleveldown")
+        post(node, "/logleveldown")
         assert get_json(node, "/info")["log_level"] == "WARNING"
     finally:
         while get_json(node, "/info")["log_level"] != "INFO":
-            get(node, "/loglevelup")
+            post(node, "/loglevelup")
     still_serving(node)
 
 
@@ -296,7 +303,7 @@ def test_node_states_as_a_client_sees_them(cluster):
     client = node.client()
     client.set("state:k", "v")
     try:
-        assert get(node, "/state/standby") == "OK\r\n"
+        assert post(node, "/state/standby") == "OK\r\n"
         assert get(node, "/state/get_state") == "State: STANDBY\n"
         for command in (("GET", "state:k"), ("SET", "state:k", "w"), ("DBSIZE",), ("MGET", "a", "b")):
             with pytest.raises(redis.ResponseError, match="STANDBY"):
@@ -312,16 +319,16 @@ def test_node_states_as_a_client_sees_them(cluster):
         assert value(scrape(node), "dyno_state_refusals_total") >= 5
         assert value(scrape(node), "dyno_node_state", state="STANDBY") == 1
 
-        assert get(node, "/state/writes_only") == "OK\r\n"
+        assert post(node, "/state/writes_only") == "OK\r\n"
         assert client.set("state:k", "w")
         with pytest.raises(redis.ResponseError, match="WRITES_ONLY"):
             client.get("state:k")
 
-        assert get(node, "/state/resuming") == "OK\r\n"
+        assert post(node, "/state/resuming") == "OK\r\n"
         assert client.get("state:k") == b"w"
         assert get(node, "/state/get_state") == "State: RESUMING\n"
     finally:
-        assert get(node, "/state/normal") == "OK\r\n"
+        assert post(node, "/state/normal") == "OK\r\n"
     assert client.get("state:k") == b"w"
     assert client.set("state:k", "x")
     assert get(node, "/state/get_state") == "State: NORMAL\n"
@@ -340,7 +347,7 @@ def test_set_consistency_changes_what_a_read_returns(cluster):
     node.redis_client().set("cons:k", "stale")  # the local rack's copy, behind dyno's back
     assert client.get("cons:k") == b"stale"  # DC_ONE reads the local rack
     try:
-        assert get(node, "/set_consistency/read/dc_quorum") == "OK\r\n"
+        assert post(node, "/set_consistency/read/dc_quorum") == "OK\r\n"
         assert get(node, "/get_consistency") == "Read Consistency: DC_QUORUM\r\nWrite Consistency: DC_ONE\r\n"
         assert get_json(node, "/info")["read_consistency"] == "DC_QUORUM"
         assert client.info("dyno")["read_consistency"] == "DC_QUORUM"
@@ -357,7 +364,7 @@ def test_set_consistency_changes_what_a_read_returns(cluster):
                          5, "the late, stale reply to be counted")
         assert value(scrape(node), "dyno_consistency_requests_total", level="DC_QUORUM") >= 2
     finally:
-        get(node, "/set_consistency/read/DC_ONE")
+        post(node, "/set_consistency/read/DC_ONE")
     assert get(node, "/get_consistency") == "Read Consistency: DC_ONE\r\nWrite Consistency: DC_ONE\r\n"
     assert client.get("cons:k") == b"stale"
     client.set("cons:k", "v")
@@ -379,19 +386,19 @@ def test_peer_marked_down_is_not_read_from(cluster):
         support.wait_for(lambda: get_json(node, "/info")["dyn_o_mite"][f"{node.host}:{node.redis_port}"]["up"] == 0,
                          10, "the node to notice its Redis is gone")
         assert client.get("peer:k") == b"from-rack2"
-        assert get(node, f"/peer/down/{node_name(second)}") == "OK\r\n"
+        assert post(node, f"/peer/down/{node_name(second)}") == "OK\r\n"
         assert client.get("peer:k") == b"from-rack3"
         describe = get_json(node, "/cluster_describe")
         servers = {s["name"]: s for dc in describe["dcs"] for r in dc["racks"] for s in r["servers"]}
         assert servers[node_name(second)]["up"] is False
         assert value(scrape(node), "dyno_peer_admin_down", peer=node_name(second)) == 1
-        assert get(node, f"/peer/up/{node_name(second)}") == "OK\r\n"
+        assert post(node, f"/peer/up/{node_name(second)}") == "OK\r\n"
         assert client.get("peer:k") == b"from-rack2"
-        assert get(node, "/peer/down/all") == "OK\r\n"
-        assert get(node, "/peer/reset/all") == "OK\r\n"
+        assert post(node, "/peer/down/all") == "OK\r\n"
+        assert post(node, "/peer/reset/all") == "OK\r\n"
         assert value(scrape(node), "dyno_peer_admin_down", peer=node_name(second)) == 0
     finally:
-        get(node, "/peer/reset/all")
+        post(node, "/peer/reset/all")
         node.start_redis()
     support.wait_for(lambda: get_json(node, "/info")["dyn_o_mite"][f"{node.host}:{node.redis_port}"]["up"] == 1,
                      10, "the node to reconnect to its Redis")
@@ -416,7 +423,7 @@ def test_peer_marked_down_is_not_read_from(cluster):
 ])
 def test_bad_paths_and_parameters_get_4xx_with_a_reason(cluster, path, status, reason):
     node = cluster[1]
-    got, body = http(node, path)
+    got, body = http(node, path, "POST" if admin.changes_node(path) else "GET")
     assert (got, reason in body) == (status, True), body
     assert get(node, "/get_consistency") == "Read Consistency: DC_ONE\r\nWrite Consistency: DC_ONE\r\n"
     assert get(node, "/state/get_state") == "State: NORMAL\n"
@@ -427,15 +434,43 @@ def test_bad_paths_and_parameters_get_4xx_with_a_reason(cluster, path, status, r
 def test_other_methods_get_405(cluster):
     node = cluster[1]
     for method in ("POST", "PUT", "DELETE"):
-        request = urllib.request.Request(f"http://{node.host}:{node.stats_port}/state/standby",
+        request = urllib.request.Request(f"http://{node.host}:{node.stats_port}/info",
                                          method=method, data=b"")
         with pytest.raises(urllib.error.HTTPError) as caught:
             urllib.request.urlopen(request, timeout=10)
         assert caught.value.code == 405
         assert caught.value.headers["Allow"] == "GET, HEAD"
         assert "GET only" in caught.value.read().decode()
-    assert get(node, "/state/get_state") == "State: NORMAL\n"
     still_serving(node)
+
+
+@integration
+@pytest.mark.parametrize("path", ["/state/standby", "/peer/down/all", "/set_consistency/write/DC_ONE",
+                                  "/loglevelup"])
+def test_a_get_cannot_change_the_node(cluster, path):
+    """State-changing paths take POST: a link a browser follows (a GET) changes nothing."""
+    node = cluster[1]
+    status, body = http(node, path)
+    assert status == 405 and "POST only" in body and "curl -X POST" in body
+    assert get(node, "/state/get_state") == "State: NORMAL\n"
+    assert get_json(node, "/info")["log_level"] == "INFO"
+    still_serving(node)
+
+
+@integration
+def test_admin_token_guards_what_changes_the_node(cluster_factory):
+    node = cluster_factory(racks=1, admin_token="t0ken")[0]
+    url = f"http://{node.host}:{node.stats_port}/state/writes_only"
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "t0ken"}):
+        request = urllib.request.Request(url, method="POST", data=b"", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 401 and caught.value.headers["WWW-Authenticate"] == "Bearer"
+    assert get(node, "/state/get_state") == "State: NORMAL\n"  # read-only paths need no token
+    request = urllib.request.Request(url, method="POST", data=b"", headers={"Authorization": "Bearer t0ken"})
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.status == 200
+    assert get(node, "/state/get_state") == "State: WRITES_ONLY\n"
 
 
 @integration
