@@ -575,6 +575,26 @@ _IGNORED: dict[str, Callable[[object], str | None]] = {
     "redis": _redis_flag,
 }
 
+# Dynomite keys dyno parses (so Dynomite's configs load, and bad values are still
+# caught) but that change nothing here: a warning names each one given.
+_NO_EFFECT = {
+    "pem_key_file": "dyno has no peer encryption yet (Dynomite's RSA+AES scheme is not reproduced)",
+    "preconnect": "dyno always connects to its Redis and its peers at start",
+    "auto_eject_hosts": "dyno routes around a peer gossip judges down (phi_convict_threshold)",
+    "server_retry_timeout": "dyno reconnects with its own back-off (50 ms to 2 s)",
+    "server_failure_limit": "dyno routes around a peer gossip judges down (phi_convict_threshold)",
+    "local_peer_connections": "dyno keeps one pipelined connection to each peer",
+    "remote_peer_connections": "dyno keeps one pipelined connection to each peer",
+    "stats_interval": "dyno's counters are live (/info, /metrics)",
+    "mbuf_size": "dyno reads into buffers of its own size",
+    "max_msgs": "dyno bounds what it holds per connection instead",
+}
+# Settings dyno refuses at anything but their default: what they ask for is not built.
+_NOT_YET = {
+    "secure_server_option": "dyno does not encrypt peer links yet; only 'none' is accepted "
+                            "(keep peer ports on a private network)",
+}
+
 # twemproxy keys people bring along; still errors, with a pointer.
 _FOREIGN = {
     "redis_auth": "twemproxy's key; dyno's is requirepass",
@@ -758,6 +778,12 @@ def parse_config(text: str, path: str = "<string>") -> Config:
         try:
             if key in _SETTINGS:
                 values[key] = _SETTINGS[key](value)
+                refusal = _NOT_YET.get(key)
+                if refusal is not None and values[key] != _FIELDS[key].default:
+                    raise _Invalid(refusal)
+                no_effect = _NO_EFFECT.get(key)
+                if no_effect is not None:
+                    warnings.append(f"{at(key)}: accepted but has no effect: {no_effect}")
             elif key in _ALIASES:
                 current = _ALIASES[key]
                 if current in settings:
