@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
 
 __all__ = [
@@ -862,6 +863,42 @@ _BY_NAME: dict[bytes, CommandSpec] = {**COMMANDS, **{n.upper(): s for n, s in CO
 
 # Rows that are writes only when they store: their other keys are STORE destinations.
 _WRITE_ONLY_WHEN_STORING = frozenset({b"sort", b"georadius", b"georadiusbymember"})
+
+
+# What a peer may run on this node's Redis besides the data commands: the SELECT of
+# a version stamp (dyno.versions).
+_PEER_EXTRA = frozenset({b"select"})
+
+
+def peer_refusal(requests: Sequence[Sequence[bytes]], flush_enabled: bool) -> bytes | None:
+    """The first command of a peer's REQUEST frame that a peer has no business
+    running on this node's Redis (CONFIG, SHUTDOWN, MODULE, DEBUG ..., anything
+    the client port refuses or answers itself, FLUSHALL where flush_enabled is
+    false), or None. Replication, coordination, hint replay and repair send only
+    data commands, their Lua (EVAL, EVALSHA, SCRIPT LOAD) and the stamps' SELECT.
+    Each distinct name is looked up once (a C-level pass finds them)."""
+    for name in set(map(_first, requests)):
+        spec = lookup(name)
+        if spec is None:
+            return name
+        if spec.subcommands is not None:  # CONFIG SET vs SCRIPT LOAD: per request
+            for argv in requests:
+                if argv[0] == name:
+                    sub = spec.subcommands.get(argv[1].lower()) if len(argv) > 1 else None
+                    if sub is None or not _peer_may_run(sub, flush_enabled):
+                        return b" ".join(argv[:2])
+        elif not _peer_may_run(spec, flush_enabled) and spec.name not in _PEER_EXTRA:
+            return name
+    return None
+
+
+_first = itemgetter(0)
+
+
+def _peer_may_run(spec: CommandSpec, flush_enabled: bool) -> bool:
+    if spec.route is Route.LOCAL or spec.route is Route.UNSUPPORTED:
+        return False
+    return flush_enabled or spec.name not in (b"flushall", b"flushdb")
 
 
 def lookup(name: bytes) -> CommandSpec | None:

@@ -116,7 +116,7 @@ class Node:
             config.dyn_listen.host, config.dyn_listen.port, cluster=config.pool,
             hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
             coordinate=coordinator.coordinate_for_dc, on_gossip=self.gossip_received,
-            on_hello=self.learn_admin_address,
+            on_hello=self.learn_admin_address, flush_enabled=config.flush_enabled,
         )
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
         self.gossiper = Gossiper(

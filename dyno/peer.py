@@ -51,7 +51,8 @@ import trio
 
 from dyno import resp
 from dyno.datastore import Sink
-from dyno.resp import whole_commands
+from dyno.commands import peer_refusal
+from dyno.resp import whole_requests
 from dyno.stream import ConnectionLost, Listener, Receiver, connect, write_loop
 from dyno.wakeup import Wakeup
 
@@ -702,8 +703,10 @@ class PeerConnection:
         self, sock: socket.socket, address, *, cluster: str, hello: Callable[[], bytes],
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
+        flush_enabled: bool = True,
     ):
         self.cluster = cluster
+        self.flush_enabled = flush_enabled
         self.hello = hello
         self.datastore = datastore
         self.datastore3 = datastore3
@@ -787,8 +790,16 @@ class PeerConnection:
                 raise PeerError(f"unexpected frame {frame!r:.80}")
             # The payload goes to a Redis connection other clients share: it must be
             # exactly `count` whole, canonical commands, or replies would fall out of step.
-            if count > MAX_REQUESTS or not whole_commands(payload, count):
+            requests = whole_requests(payload, count) if count <= MAX_REQUESTS else None
+            if requests is None:
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
+            refused = peer_refusal(requests, self.flush_enabled)
+            if refused is not None:  # never on a shared Redis connection: refused, logged
+                name = refused.decode(errors="replace")[:40]
+                log.warning("peer %s (%s): refused a request to run %s, which peers never send",
+                            self.peer_name, self.address, name)
+                self.answer(request_id, None, resp.error(f"ERR dyno: peers may not run '{name}'"))
+                continue
             datastore = resp3 if flags & RESP3 else plain
             if flags & COORDINATE:
                 if flags & QUIET:
@@ -823,11 +834,12 @@ class PeerServer(Listener):
         self, host: str, port: int, *, cluster: str, hello: Callable[[], bytes],
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
+        flush_enabled: bool = True,
     ):
         super().__init__(host, port)
         self.given = dict(
             cluster=cluster, hello=hello, datastore=datastore, datastore3=datastore3,
-            coordinate=coordinate, on_gossip=on_gossip, on_hello=on_hello,
+            coordinate=coordinate, on_gossip=on_gossip, on_hello=on_hello, flush_enabled=flush_enabled,
         )
         self.connections: set[PeerConnection] = set()
 

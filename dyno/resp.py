@@ -125,7 +125,13 @@ _LIST_ONLY = {list}
 
 def whole_commands(payload: bytes, count: int) -> bool:
     """Whether ``payload`` is exactly the canonical encoding of ``count`` requests
-    (what a peer frame must carry before it goes to a shared Redis connection).
+    (what a peer frame must carry before it goes to a shared Redis connection)."""
+    return whole_requests(payload, count) is not None
+
+
+def whole_requests(payload: bytes, count: int) -> list | None:
+    """The ``count`` requests ``payload`` is exactly the canonical encoding of, or
+    None (``whole_commands``).
 
     RequestParser.feed proves the same, but checks each request in Python; knowing
     the count, this reads the payload as one array of ``count`` elements with a
@@ -133,35 +139,35 @@ def whole_commands(payload: bytes, count: int) -> bool:
     request against 0.38. hiredis checks lengths as strictly as Redis does
     (string2ll), and bytes left over after the array mean more than ``count``."""
     if payload[:1] != b"*":
-        return False
+        return None
     if _huge_aggregate(payload):  # maybe a hostile header, maybe data: be exact
         parser = RequestParser()
         requests = parser.feed(payload)
-        return (
-            len(requests) == count and parser.error is None and not parser.pending
-            and b"".join(map(encode_command, requests)) == payload
-        )
+        whole = (len(requests) == count and parser.error is None and not parser.pending
+                 and b"".join(map(encode_command, requests)) == payload)
+        return requests if whole else None
     reader = hiredis.Reader()
     reader.feed(b"*%d\r\n" % count)
     reader.feed(payload)
     try:
         requests = reader.gets()
     except hiredis.ProtocolError:
-        return False
+        return None
     if requests is False or reader.has_data():
-        return False
+        return None
     # Every request a non-empty array (a push frame is a list subclass), every
     # argument bytes: join refuses the integers, lists and None of other types.
     if set(map(type, requests)) != _LIST_ONLY or [] in requests:
-        return False
+        return None
     try:
         b"".join(chain.from_iterable(requests))
     except TypeError:
-        return False
+        return None
     size = len(payload)
-    return (
-        size <= _SMALL and len(payload.translate(None, _OTHER_TYPES)) == size
-    ) or _only_bulk_strings(payload, requests)
+    if (size <= _SMALL and len(payload.translate(None, _OTHER_TYPES)) == size) or \
+            _only_bulk_strings(payload, requests):
+        return requests
+    return None
 
 
 class RequestParser:

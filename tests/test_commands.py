@@ -575,3 +575,17 @@ def test_unknown_command_examples(redis):
         assert commands.resolve(argv) == reply.line, argv
     assert commands.unknown_command_error([b"foo", b"a", b"b"]) == (
         b"-ERR unknown command 'foo', with args beginning with: 'a' 'b' \r\n")
+
+
+def test_what_a_peer_may_run():
+    """dyno.peer refuses REQUEST frames with anything replication does not send."""
+    ok = [[b"SET", b"a", b"1"], [b"SELECT", b"15"], [b"MSET", b"a", b"v"], [b"SELECT", b"0"],
+          [b"EVAL", b"return 1", b"0"], [b"EVALSHA", b"x", b"0"], [b"SCRIPT", b"LOAD", b"x"],
+          [b"scan", b"0"], [b"DUMP", b"a"], [b"OBJECT", b"ENCODING", b"a"]]
+    assert commands.peer_refusal(ok, flush_enabled=False) is None
+    for argv, refused in (([b"CONFIG", b"SET", b"x", b"y"], b"CONFIG SET"), ([b"shutdown"], b"shutdown"),
+                          ([b"MODULE", b"LOAD", b"m"], b"MODULE LOAD"), ([b"PING"], b"PING"),
+                          ([b"NOPE"], b"NOPE"), ([b"CONFIG"], b"CONFIG")):
+        assert commands.peer_refusal([*ok, argv], flush_enabled=True) == refused
+    assert commands.peer_refusal([[b"FLUSHALL"]], flush_enabled=False) == b"FLUSHALL"
+    assert commands.peer_refusal([[b"FLUSHALL"]], flush_enabled=True) is None

@@ -256,9 +256,29 @@ def test_a_well_formed_request_from_a_raw_peer_is_answered(shared):
     node.redis_client().set("raw-peer", "seen")
     frames = exchange(node, [
         [REQUEST, 41, 0, b"*2\r\n$3\r\nGET\r\n$8\r\nraw-peer\r\n", 1],
-        [REQUEST, 42, 0, b"*1\r\n$4\r\nPING\r\n", 1],
+        [REQUEST, 42, 0, b"*2\r\n$6\r\nEXISTS\r\n$8\r\nraw-peer\r\n", 1],
     ])
-    assert frames == [[REPLY, 41, b"$4\r\nseen\r\n"], [REPLY, 42, b"+PONG\r\n"]]
+    assert frames == [[REPLY, 41, b"$4\r\nseen\r\n"], [REPLY, 42, b":1\r\n"]]
+
+
+@pytest.mark.parametrize("command", [
+    [b"CONFIG", b"SET", b"maxmemory", b"1"], [b"SHUTDOWN", b"NOSAVE"], [b"MODULE", b"LOAD", b"/x.so"],
+    [b"DEBUG", b"SLEEP", b"0"], [b"PING"],
+])
+def test_a_peer_may_run_only_what_replication_sends(shared, command):
+    """REQUEST frames carry data commands (and the stamps' SELECT, repair's Lua):
+    anything else is refused with a FAILED frame and a log line, and never reaches
+    the node's Redis; the connection and the node go on."""
+    node = shared.nodes[2]
+    node.redis_client().set("guarded", "1")
+    before = log_size(node.log)
+    payload = b"*%d\r\n" % len(command) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in command)
+    frames = exchange(node, [[REQUEST, 61, 0, payload, 1],
+                             [REQUEST, 62, 0, b"*2\r\n$3\r\nGET\r\n$7\r\nguarded\r\n", 1]])
+    assert frames[0][0] == FAILED and b"peers may not run" in frames[0][2], frames
+    assert frames[1] == [REPLY, 62, b"$1\r\n1\r\n"]
+    log_has(node.log, "refused a request to run", command[0].decode(), after=before)
+    assert node.redis_client().get("guarded") == b"1" and node.redis_client().ping()
 
 
 def test_batch_and_quiet_requests_from_a_raw_peer_are_answered_as_the_protocol_says(shared):
@@ -294,11 +314,11 @@ def test_a_quiet_coordinate_batch_from_a_raw_peer_reaches_every_rack(shared):
 
 
 def test_a_coordinate_batch_with_a_read_among_its_writes_refuses_the_read_only(shared):
-    """A frame no dyno sends (a PING among the writes, a multi-key write): only
+    """A frame no dyno sends (a GET among the writes, a multi-key write): only
     writes may be coordinated for another datacenter, so the frame is answered
-    FAILED for the PING; each command's outcome is still counted once (one
+    FAILED for the GET; each command's outcome is still counted once (one
     answer for the frame), and the writes land in every rack."""
-    payload = (b"*1\r\n$4\r\nPING\r\n"
+    payload = (b"*2\r\n$3\r\nGET\r\n$3\r\ncb0\r\n"
                b"*5\r\n$4\r\nMSET\r\n$3\r\ncb1\r\n$1\r\n1\r\n$3\r\ncb2\r\n$1\r\n2\r\n"
                b"*3\r\n$3\r\nSET\r\n$3\r\ncb3\r\n$1\r\n3\r\n")
     assert exchange(shared.nodes[2], [[REQUEST, 63, COORDINATE | QUIET, payload, 3]]) == [

@@ -325,7 +325,7 @@ async def test_a_bug_handling_a_request_costs_that_peer_connection_not_the_node(
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     connection = new_connection(ours, datastore=Broken(), datastore3=Broken())
-    theirs.sendall(HELLO + msgpack.packb([peer.REQUEST, 1, 0, command(b"PING"), 1]))
+    theirs.sendall(HELLO + msgpack.packb([peer.REQUEST, 1, 0, command(b"GET", b"k"), 1]))
     with trio.fail_after(5):
         await connection.run()  # returns, rather than raising into the node
     assert "unexpected error; disconnecting" in caplog.text
