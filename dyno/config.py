@@ -176,6 +176,7 @@ class Config:
     requirepass: str | None = None
     datastore_password: str | None = None  # what the node AUTHs to its own Redis with
     admin_token: str | None = None  # bearer token the admin port's POSTs must carry
+    cluster_secret: str | None = None  # peers prove they know it in their handshake
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -519,6 +520,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "requirepass": _optional(_text),
     "datastore_password": _optional(_text),
     "admin_token": _optional(_text),
+    "cluster_secret": _optional(_text),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),

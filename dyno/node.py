@@ -42,6 +42,12 @@ class Node:
     def __init__(self, config: Config, ring: Ring | None = None):
         self.config = config
         self.ring = ring if ring is not None else topology_from_config(config)
+        # cluster_secret: peers prove they know it (dyno.peer); without it, anyone who
+        # knows the cluster name can speak to the peer port.
+        self.secret = None if config.cluster_secret is None else config.cluster_secret.encode()
+        if self.secret is None and len(self.ring.nodes) > 1:
+            log.warning("cluster_secret is not set: the peer port (%s) accepts any peer that knows the "
+                        "cluster name; set cluster_secret on every node", config.dyn_listen)
         self.congestion = Congestion()
         self.peer_links = {
             peer.name: self._new_link(peer) for peer in self.ring.nodes if not peer.local
@@ -117,6 +123,7 @@ class Node:
             hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
             coordinate=coordinator.coordinate_for_dc, on_gossip=self.gossip_received,
             on_hello=self.learn_admin_address, flush_enabled=config.flush_enabled,
+            secret=self.secret,
         )
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
         self.gossiper = Gossiper(
@@ -145,7 +152,7 @@ class Node:
             peer, cluster=config.pool, hello=self._hello, timeout=config.timeout / 1000,
             congestion=self.congestion, after_batch=self.flush_ready,
             on_unreachable=self.peer_unreachable, on_hello=self.learn_admin_address,
-            on_write_failed=self._write_failed,
+            on_write_failed=self._write_failed, secret=self.secret,
         )
 
     def _hello(self) -> bytes:

@@ -20,6 +20,15 @@ loop per frame and buys nothing msgpack does not already give.)
     GOSSIP   [4, 0, message]           membership (dyno.membership), both ways
     FAILED   [5, id, error]            the receiver could not run the request (its
                                        Redis is down, ...): a failure, not a reply
+    AUTH     [6, 0, {nonce?, proof?}]  with ``cluster_secret``: after the HELLOs, each
+                                       side proves it knows the secret (below)
+
+With a ``cluster_secret`` the handshake proves both sides know it, without sending
+it and without a replay being accepted: the connecting side sends HELLO and AUTH
+{nonce: Nc}; the accepting side answers HELLO and AUTH {nonce: Ns, proof:
+HMAC(secret, "server" Nc Ns)}; the connecting side checks it and sends AUTH {proof:
+HMAC(secret, "client" Ns Nc)}, which the accepting side checks before it takes any
+other frame. Fresh nonces each way make a recorded exchange worthless.
 
 A REQUEST is run on the receiving node's own Redis, unless ``flags`` has
 ``COORDINATE``: then the receiver coordinates it for its own datacenter (a write
@@ -41,8 +50,11 @@ bound once, so the request path costs what it would with the node's attributes.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, Callable
 
@@ -71,9 +83,11 @@ Coordinate = Callable[[bytes, Sink, int, int], None]
 log = logging.getLogger("dyno.peer")
 
 # 2: a REPLY to n > 1 requests is a list; 3: COORDINATE batches; 4: a QUIET REPLY
-# is b"" only when every reply was +OK, else the replies joined (echoes).
-PROTOCOL_VERSION = 4
-HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED = 0, 1, 2, 3, 4, 5
+# is b"" only when every reply was +OK, else the replies joined (echoes); 5: AUTH.
+PROTOCOL_VERSION = 5
+HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED, AUTH = 0, 1, 2, 3, 4, 5, 6
+NONCE_BYTES = 16
+CHALLENGE_WAIT = 1.0  # for the AUTH challenge a HELLO comes with (same write)
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
 QUIET = 4       # REQUEST flag: no one waits for the replies; answer REPLY b"" once all ran
@@ -149,6 +163,26 @@ async def _read_frames(receiver: Receiver, unpacker: msgpack.Unpacker) -> list:
             return frames
 
 
+def proof(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
+    """What a side sends to prove it knows ``cluster_secret`` (module docstring)."""
+    return hmac.new(secret, role + first + second, hashlib.sha256).digest()
+
+
+def _auth_field(frame, field: str) -> bytes | None:
+    """An AUTH frame's ``field`` (bytes), or None if ``frame`` is not one with it."""
+    if not (frame.__class__ is list and len(frame) == 3 and frame[0] == AUTH and isinstance(frame[2], dict)):
+        return None
+    value = frame[2].get(field)
+    return value if isinstance(value, bytes) and 0 < len(value) <= 64 else None
+
+
+async def _next_frame(receiver: Receiver, unpacker: msgpack.Unpacker, frames: list):
+    """The first of ``frames`` (what was read already) or of what comes next; and the rest."""
+    if not frames:
+        frames = await _read_frames(receiver, unpacker)
+    return frames[0], frames[1:]
+
+
 class Congestion:
     """The peer links that have too many unanswered requests. While any has,
     clients are not read from (``wait_clear``), so a slow replica slows writers
@@ -192,11 +226,12 @@ class PeerLink:
         self, peer: "RingNode", *, cluster: str, hello: Callable[[], bytes], timeout: float,
         congestion: Congestion, after_batch: Callable[[], None],
         on_unreachable: Callable[[str], None], on_hello: Callable[[str, object], None],
-        on_write_failed: WriteFailed,
+        on_write_failed: WriteFailed, secret: bytes | None = None,
     ):
         self.peer = peer
         self.cluster = cluster
         self.hello = hello
+        self.secret = secret  # cluster_secret: the handshake proves both sides know it
         self.congestion = congestion
         self.after_batch = after_batch
         self.on_unreachable = on_unreachable
@@ -422,18 +457,26 @@ class PeerLink:
             self._backing_off.cancel()
 
     async def _handshake(self, sock: socket.socket, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
-        sock.send(self.hello())
+        secret = self.secret
+        nonce = os.urandom(NONCE_BYTES)
+        sock.send(self.hello() if secret is None else self.hello() + msgpack.packb([AUTH, 0, {"nonce": nonce}]))
         with trio.move_on_after(HELLO_TIMEOUT) as scope:
-            frames = await _read_frames(receiver, unpacker)
+            frame, frames = await _next_frame(receiver, unpacker, [])
+            if isinstance(frame, list) and len(frame) == 3 and frame[0] == REFUSED:
+                raise PeerError(f"refused our HELLO: {frame[2]}")
+            reason = check_hello(self.cluster, frame)
+            if reason:
+                raise PeerError(f"bad HELLO reply: {reason}")
+            if secret is not None:
+                challenge, frames = await _next_frame(receiver, unpacker, frames)
+                theirs, given = _auth_field(challenge, "nonce"), _auth_field(challenge, "proof")
+                if theirs is None or given is None or not hmac.compare_digest(
+                        given, proof(secret, b"server", nonce, theirs)):
+                    raise PeerError("it did not prove it knows the cluster_secret; not using it")
+                sock.send(msgpack.packb([AUTH, 0, {"proof": proof(secret, b"client", theirs, nonce)}]))
         if scope.cancelled_caught:
-            raise PeerError("no HELLO reply")
-        frame = frames[0]
-        if isinstance(frame, list) and len(frame) == 3 and frame[0] == REFUSED:
-            raise PeerError(f"refused our HELLO: {frame[2]}")
-        reason = check_hello(self.cluster, frame)
-        if reason:
-            raise PeerError(f"bad HELLO reply: {reason}")
-        if len(frames) > 1:
+            raise PeerError("no HELLO reply" if secret is None else "no HELLO and proof of the cluster_secret")
+        if frames:
             raise PeerError("frames before the handshake completed")
         self.on_hello(self.peer.name, frame[2].get("admin"))
 
@@ -703,10 +746,11 @@ class PeerConnection:
         self, sock: socket.socket, address, *, cluster: str, hello: Callable[[], bytes],
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
-        flush_enabled: bool = True,
+        flush_enabled: bool = True, secret: bytes | None = None,
     ):
         self.cluster = cluster
         self.flush_enabled = flush_enabled
+        self.secret = secret
         self.hello = hello
         self.datastore = datastore
         self.datastore3 = datastore3
@@ -750,11 +794,17 @@ class PeerConnection:
                     pass
                 return
             self.peer_name = frames[0][2].get("node", "?")
+            rest = frames[1:]
+            if self.secret is not None:
+                rest = await self._prove(sock, receiver, unpacker, rest)
+                if rest is None:
+                    return
             self.on_hello(self.peer_name, frames[0][2].get("admin"))
-            sock.send(self.hello())
+            if self.secret is None:
+                sock.send(self.hello())
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
-                self._handle(frames[1:])
+                self._handle(rest)
                 handle = self._handle
                 await receiver.serve(lambda data: handle(_decode(unpacker, data)))
         except* PeerError as group:  # raised alone or wrapped by the nursery
@@ -772,6 +822,36 @@ class PeerConnection:
             self.closed = True
             receiver.close()
             sock.close()
+
+    async def _prove(self, sock: socket.socket, receiver: Receiver, unpacker: msgpack.Unpacker,
+                     frames: list) -> list | None:
+        """cluster_secret: the peer's AUTH nonce, our HELLO and challenge, its proof
+        (module docstring). The frames after it, or None (refused, logged)."""
+        secret = self.secret
+        theirs = None
+        # The challenge comes with the HELLO (one write): a node without a secret sends none.
+        with trio.move_on_after(CHALLENGE_WAIT):
+            first, frames = await _next_frame(receiver, unpacker, frames)
+            theirs = _auth_field(first, "nonce")
+        if theirs is None:
+            log.error("refusing peer %s (%s): it sent no cluster_secret challenge (is its "
+                      "cluster_secret set?)", self.peer_name, self.address)
+            sock.send(msgpack.packb([REFUSED, 0, "this cluster needs its cluster_secret"]))
+            return None
+        with trio.move_on_after(HELLO_TIMEOUT):
+            ours = os.urandom(NONCE_BYTES)
+            sock.send(self.hello() + msgpack.packb(
+                [AUTH, 0, {"nonce": ours, "proof": proof(secret, b"server", theirs, ours)}]))
+            answer, frames = await _next_frame(receiver, unpacker, frames)
+            given = _auth_field(answer, "proof")
+            if given is not None and hmac.compare_digest(given, proof(secret, b"client", ours, theirs)):
+                return frames
+            log.error("refusing peer %s (%s): wrong proof of the cluster_secret (a wrong secret, or a "
+                      "replayed handshake)", self.peer_name, self.address)
+            return None
+        log.error("refusing peer %s (%s): no proof of the cluster_secret within %.0f s",
+                  self.peer_name, self.address, HELLO_TIMEOUT)
+        return None
 
     def _handle(self, frames: list) -> None:
         plain, resp3 = self.datastore, self.datastore3
@@ -834,12 +914,13 @@ class PeerServer(Listener):
         self, host: str, port: int, *, cluster: str, hello: Callable[[], bytes],
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
-        flush_enabled: bool = True,
+        flush_enabled: bool = True, secret: bytes | None = None,
     ):
         super().__init__(host, port)
         self.given = dict(
             cluster=cluster, hello=hello, datastore=datastore, datastore3=datastore3,
             coordinate=coordinate, on_gossip=on_gossip, on_hello=on_hello, flush_enabled=flush_enabled,
+            secret=secret,
         )
         self.connections: set[PeerConnection] = set()
 

@@ -13,11 +13,13 @@ Frames (dyno/peer.py): msgpack arrays [kind, id, ...]; HELLO [0, 0, {...}], REQU
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +32,8 @@ from redis.retry import Retry
 
 import support
 from dyno import localcluster
-from dyno.peer import COORDINATE, FAILED, HELLO, PROTOCOL_VERSION, QUIET, REFUSED, REPLY, REQUEST
+from dyno import peer as peer_protocol
+from dyno.peer import COORDINATE, FAILED, GOSSIP, HELLO, PROTOCOL_VERSION, QUIET, REFUSED, REPLY, REQUEST
 
 pytestmark = pytest.mark.integration
 
@@ -584,3 +587,77 @@ def test_reply_with_unhashable_id_disconnects_that_peer_only(cluster_factory):
         server.close()
     assert victim.alive, f"the node died:\n{victim.log_tail(15)}"
     assert impatient(victim).get("k") == b"v"
+
+
+# --------------------------------------------------------------------------- cluster_secret
+
+
+def admin_get(node: support.NodeHandle, path: str) -> str:
+    with urllib.request.urlopen(f"http://{node.host}:{node.stats_port}{path}", timeout=5) as reply:
+        return reply.read().decode()
+
+
+@pytest.fixture(scope="module")
+def secret_cluster(tmp_path_factory):
+    """3 racks x 1 node whose peers prove they know cluster_secret."""
+    if support.dyno_missing():
+        pytest.skip(support.dyno_missing())
+    with support.running_cluster(tmp_path_factory.mktemp("secret"), racks=3, nodes_per_rack=1,
+                                 cluster_secret="s3cret") as cluster:
+        yield cluster
+
+
+def _frames(sock: socket.socket, unpacker: msgpack.Unpacker, count: int) -> list:
+    frames: list = []
+    while len(frames) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        unpacker.feed(data)
+        frames.extend(unpacker)
+    return frames
+
+
+
+def test_nodes_with_a_cluster_secret_replicate(secret_cluster):
+    secret_cluster[0].client().set("with-secret", "1")
+    support.wait_for(lambda: all(n.redis_client().get("with-secret") == b"1" for n in secret_cluster.nodes),
+                     10, "every rack to get the write")
+
+
+
+def test_a_peer_proves_the_secret_and_a_replayed_or_forged_handshake_is_refused(secret_cluster):
+    node = secret_cluster[1]
+    nonce = b"n" * 16
+    # A peer that knows the secret: accepted, its requests answered.
+    sock = connect(node)
+    sock.sendall(hello() + msgpack.packb([peer_protocol.AUTH, 0, {"nonce": nonce}]))
+    unpacker = msgpack.Unpacker(raw=False)
+    answer = _frames(sock, unpacker, 2)
+    assert answer[0][0] == HELLO and answer[1][0] == peer_protocol.AUTH
+    theirs = answer[1][2]["nonce"]
+    assert answer[1][2]["proof"] == peer_protocol.proof(b"s3cret", b"server", nonce, theirs)
+    recorded = msgpack.packb([peer_protocol.AUTH, 0, {"proof": peer_protocol.proof(b"s3cret", b"client", theirs, nonce)}])
+    sock.sendall(recorded + msgpack.packb([REQUEST, 7, 0, b"*2\r\n$3\r\nGET\r\n$3\r\nnil\r\n", 1]))
+    assert _frames(sock, unpacker, 1) == [[REPLY, 7, b"$-1\r\n"]]
+    sock.close()
+    members = len(json.loads(admin_get(node, "/cluster_describe"))["dcs"][0]["racks"])
+    # The same handshake replayed (a recorded proof; the node's nonce is new): refused, logged.
+    before = log_size(node.log)
+    forged_gossip = msgpack.packb([GOSSIP, 0, {"made": "up"}])
+    port, frames = send_until_closed(connect(node), hello() + msgpack.packb(
+        [peer_protocol.AUTH, 0, {"nonce": nonce}]) + recorded + forged_gossip)
+    assert log_has(node.log, "wrong proof of the cluster_secret", after=before)
+    # A wrong secret: refused.
+    sock = connect(node)
+    sock.sendall(hello() + msgpack.packb([peer_protocol.AUTH, 0, {"nonce": nonce}]))
+    theirs = _frames(sock, msgpack.Unpacker(raw=False), 2)[1][2]["nonce"]
+    before = log_size(node.log)
+    send_until_closed(sock, msgpack.packb(
+        [peer_protocol.AUTH, 0, {"proof": peer_protocol.proof(b"guess", b"client", theirs, nonce)}]))
+    assert log_has(node.log, "wrong proof of the cluster_secret", after=before)
+    # No proof at all (a node without cluster_secret): REFUSED, saying why.
+    port, frames = send_until_closed(connect(node), hello())
+    assert frames[-1][0] == REFUSED and "cluster_secret" in frames[-1][2]
+    assert len(json.loads(admin_get(node, "/cluster_describe"))["dcs"][0]["racks"]) == members
+    assert node.client().ping()
