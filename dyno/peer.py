@@ -104,6 +104,7 @@ LOW_WATER = 10_000
 MAX_FRAME = 600 * 1024 * 1024  # a request can carry a 512 MB value
 MAX_REQUESTS = 1024 * 1024  # per frame (Redis's own limit on a multibulk's length)
 HELLO_TIMEOUT = 5.0
+HELLO_BYTES = 64 * 1024  # what a connection may send before its HELLO is whole
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
@@ -161,6 +162,21 @@ async def _read_frames(receiver: Receiver, unpacker: msgpack.Unpacker) -> list:
         frames = _decode(unpacker, await receiver.receive())
         if frames:
             return frames
+
+
+async def _read_hello(receiver: Receiver, unpacker: msgpack.Unpacker) -> list:
+    """The first frames of an incoming connection: at most HELLO_BYTES before a
+    whole frame (a HELLO is a few hundred bytes), so a connection that has not said
+    who it is cannot make the node buffer a frame's worth (MAX_FRAME)."""
+    received = 0
+    while True:
+        data = await receiver.receive()
+        received += len(data)
+        frames = _decode(unpacker, data)
+        if frames:
+            return frames
+        if received > HELLO_BYTES:
+            raise PeerError(f"{received} bytes and no complete HELLO frame")
 
 
 def proof(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
@@ -782,7 +798,7 @@ class PeerConnection:
         receiver = Receiver(sock, RECV_SIZE, broken)
         try:
             with trio.move_on_after(HELLO_TIMEOUT) as scope:
-                frames = await _read_frames(receiver, unpacker)
+                frames = await _read_hello(receiver, unpacker)
             if scope.cancelled_caught:
                 raise PeerError("no HELLO within %.0f s" % HELLO_TIMEOUT)
             reason = check_hello(self.cluster, frames[0])

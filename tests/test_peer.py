@@ -212,6 +212,9 @@ BEFORE_HELLO = {
     "hello without fields": msgpack.packb([HELLO, 0, {}]),
     "array too long": msgpack.packb(list(range(1000))),
     "nesting too deep": b"\x91" * 5000,
+    # the start of a 500 MB frame: closed after 64 KB, not buffered for 5 s
+    "a huge frame before hello": (b"\x93\x00\x00\x81\xa3pad\xc6" + (500 << 20).to_bytes(4, "big")
+                                  + b"x" * (200 << 10)),
 }
 
 
@@ -660,4 +663,14 @@ def test_a_peer_proves_the_secret_and_a_replayed_or_forged_handshake_is_refused(
     port, frames = send_until_closed(connect(node), hello())
     assert frames[-1][0] == REFUSED and "cluster_secret" in frames[-1][2]
     assert len(json.loads(admin_get(node, "/cluster_describe"))["dcs"][0]["racks"]) == members
+    assert node.client().ping()
+
+
+def test_a_connection_that_has_not_said_hello_cannot_make_the_node_buffer_much(shared):
+    """Before its HELLO is whole, a connection may send 64 KB, not a frame's worth."""
+    node = shared.nodes[0]
+    offset = log_size(node.log)
+    start_of_a_huge_hello = b"\x93\x00\x00\x81\xa3pad\xc6" + (500 << 20).to_bytes(4, "big")
+    send_until_closed(connect(node), start_of_a_huge_hello + b"x" * (200 << 10))
+    assert log_has(node.log, "no complete HELLO frame", after=offset)
     assert node.client().ping()
