@@ -1,0 +1,101 @@
+"""Fuzzing the parts that read what others send: the RESP request parser, the peer
+frame decoder and HELLO check, the gossip merge and the config loader. Whatever
+bytes or values arrive, each either does its job or refuses with its own error
+type - never another exception, never a hang (hypothesis' deadline), never a
+buffer past its bound. (DYNO_FUZZ_EXAMPLES raises the example count for long runs.)"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import msgpack
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dyno import peer, resp
+from dyno.config import ConfigError, parse_config
+from dyno.membership import GossipError, Member, Membership, State
+
+EXAMPLES = int(os.environ.get("DYNO_FUZZ_EXAMPLES", "300"))
+fuzz = settings(max_examples=EXAMPLES, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+
+# Values msgpack can carry, nested: what a hostile peer can put in a frame.
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.binary(max_size=40) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8) | st.binary(max_size=8),
+                                                              inner, max_size=6),
+    max_leaves=30,
+)
+# Bytes that look like RESP often enough to get past the first byte.
+resp_like = st.lists(st.sampled_from([b"*", b"$", b"\r\n", b"1", b"3", b"-1", b"0", b"GET", b"\r", b"\n",
+                                      b"99999999999", b" ", b"\x00", b"+OK", b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n"]),
+                     max_size=40).map(b"".join)
+
+
+@fuzz
+@given(data=st.one_of(st.binary(max_size=300), resp_like), cuts=st.lists(st.integers(0, 300), max_size=5))
+def test_the_request_parser_takes_any_bytes_in_any_pieces(data, cuts):
+    parser = resp.RequestParser()
+    requests = []
+    start = 0
+    for cut in sorted(cuts) + [len(data)]:
+        requests += parser.feed(data[start:cut])
+        start = max(start, cut)
+        if parser.error is not None:
+            assert parser.error.startswith(b"-ERR Protocol error")
+            break
+    for argv in requests:
+        assert isinstance(argv, list) and all(isinstance(arg, bytes) for arg in argv)
+    # what it says is whole is exactly that
+    assert resp.whole_commands(b"".join(map(resp.encode_command, requests)), len(requests)) or not requests
+
+
+@fuzz
+@given(frames=st.lists(values, max_size=5), noise=st.binary(max_size=60))
+def test_the_peer_frame_decoder_and_hello_check_take_anything(frames, noise):
+    unpacker = peer._unpacker()
+    payload = b"".join(msgpack.packb(frame) for frame in frames) + noise
+    try:
+        decoded = peer._decode(unpacker, payload)
+    except peer.PeerError:
+        return
+    for frame in decoded:
+        reason = peer.check_hello("dyn_o_mite", frame)
+        assert reason is None or isinstance(reason, str)
+        assert peer._auth_field(frame, "nonce") is None or isinstance(peer._auth_field(frame, "nonce"), bytes)
+
+
+@fuzz
+@given(message=values, sender=st.text(max_size=30))
+def test_gossip_merges_or_refuses_anything_and_changes_nothing_when_it_refuses(message, sender):
+    me = Member("10.0.0.1:8101", "10.0.0.1", 8101, "dc1", "rack1", (0,), 1, 0, State.NORMAL)
+    membership = Membership(me, (), gos_interval=1.0, rng=random.Random(0), now=0.0)
+    before = membership.describe() if hasattr(membership, "describe") else None
+    try:
+        replies = membership.receive(sender, message, 1.0)
+    except GossipError:
+        if before is not None:
+            assert membership.describe() == before
+        return
+    assert isinstance(replies, list)
+
+
+@fuzz
+@given(document=st.one_of(
+    st.text(max_size=200),
+    st.dictionaries(st.sampled_from(["dyn_o_mite", "pool"]),
+                    st.dictionaries(st.sampled_from(["listen", "servers", "tokens", "dyn_seeds", "timeout",
+                                                     "hints_dir", "read_consistency", "requirepass",
+                                                     "secure_server_option", "max_hint_window", "versions_db",
+                                                     "read_repair_chance", "unknown_key"]),
+                                    values, max_size=6), max_size=2).flatmap(
+        lambda d: st.sampled_from([repr(d), yaml.safe_dump(d)])),
+))
+def test_the_config_loader_refuses_what_it_cannot_read_in_one_line(document):
+    try:
+        parse_config(document, "node.yml")
+    except ConfigError as error:
+        assert str(error).startswith("node.yml")
