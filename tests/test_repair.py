@@ -591,7 +591,7 @@ async def test_repair_through_the_datastore_and_a_peer_link(redises):
     keys = plant_divergence(a, b, Replica(redises[2]))
     async with trio.open_nursery() as nursery:
         async with node_transport(nursery, redises[:2]) as (call, link):
-            assert await call(ring.nodes[1], [[b"PING"]]) == [b"PONG"]
+            assert await call(ring.nodes[1], [[b"EXISTS", b"no-such-key"]]) == [0]
             [error] = await call(ring.nodes[0], [[b"NOSUCHCOMMAND"]])
             assert isinstance(error, hiredis.ReplyError)
             result = await repair_keys([k.encode() for k in keys], ring.nodes, call)
