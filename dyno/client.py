@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
@@ -321,6 +322,9 @@ class ClientConnection:
                 self._caught_up.set()
 
 
+MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
+
+
 class ClientListener(Listener):
     """Accepts clients on ``listen`` and gives each its own task.
 
@@ -331,10 +335,13 @@ class ClientListener(Listener):
     def __init__(
         self, host: str, port: int, *, clients: dict[int, ClientConnection],
         execute_batch: "ExecuteBatch", congestion: "Congestion",
-        ready: list[ClientConnection], stats: "Stats",
+        ready: list[ClientConnection], stats: "Stats", maxclients: int = 10000,
     ):
         super().__init__(host, port)
         self.clients = clients
+        self.maxclients = maxclients  # past it, a new client gets Redis's error and is closed
+        self.refused = 0
+        self._refusal_logged = 0.0
         self.given = dict(
             execute_batch=execute_batch, congestion=congestion, ready=ready, stats=stats,
             forget=self.forget,
@@ -347,6 +354,20 @@ class ClientListener(Listener):
         clients, given = self.clients, self.given
 
         def on_connection(conn: socket.socket, address) -> None:
+            if len(clients) >= self.maxclients:
+                self.refused += 1
+                now = time.monotonic()
+                if now - self._refusal_logged >= 10.0:
+                    self._refusal_logged = now
+                    log.warning("maxclients (%d) reached: refusing clients (%d so far)",
+                                self.maxclients, self.refused)
+                try:  # Redis's words, then closed; the node goes on serving the others
+                    conn.setblocking(False)
+                    conn.send(MAX_CLIENTS)
+                except OSError:
+                    pass
+                conn.close()
+                return
             client = ClientConnection(conn, address, **given)
             clients[client.id] = client
             nursery.start_soon(client.run)

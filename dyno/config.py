@@ -177,6 +177,7 @@ class Config:
     datastore_password: str | None = None  # what the node AUTHs to its own Redis with
     admin_token: str | None = None  # bearer token the admin port's POSTs must carry
     cluster_secret: str | None = None  # peers prove they know it in their handshake
+    maxclients: int = 10000        # Redis's default: client connections at once
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -521,6 +522,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "datastore_password": _optional(_text),
     "admin_token": _optional(_text),
     "cluster_secret": _optional(_text),
+    "maxclients": _integer(1, unit="connections"),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),

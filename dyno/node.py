@@ -115,7 +115,7 @@ class Node:
             execute_batch = auth.gate(self.password, execute_batch)
         self.listener = ClientListener(
             config.listen.host, config.listen.port, clients=self.clients,
-            execute_batch=execute_batch, congestion=self.congestion,
+            execute_batch=execute_batch, congestion=self.congestion, maxclients=config.maxclients,
             ready=self.ready_clients, stats=self.stats,
         )
         self.peer_server = PeerServer(
