@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 
 import msgpack
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import support
 from dyno import peer, resp
 from dyno.config import ConfigError, parse_config
 from dyno.membership import GossipError, Member, Membership, State
@@ -99,3 +102,39 @@ def test_the_config_loader_refuses_what_it_cannot_read_in_one_line(document):
         parse_config(document, "node.yml")
     except ConfigError as error:
         assert str(error).startswith("node.yml")
+
+
+@pytest.mark.integration
+def test_random_bytes_at_every_port_of_a_live_cluster_cost_only_their_own_connections(cluster_factory):
+    """Random bytes (seeded; DYNO_FUZZ_EXAMPLES connections per port) at the client, peer
+    and admin ports of a running cluster while a normal client writes and reads: the
+    normal client never sees an error, its data stays, and every node still serves."""
+    cluster = cluster_factory(racks=3)
+    rng = random.Random(int(os.environ.get("DYNO_TEST_SEED", "14")))
+    client = cluster[0].client()
+    written = {}
+    for round_ in range(max(20, EXAMPLES // 10)):
+        node = rng.choice(cluster.nodes)
+        port = rng.choice([node.port, node.dyn_port, node.stats_port])
+        garbage = rng.randbytes(rng.randrange(1, 2000))
+        if rng.random() < 0.3:  # something that starts like the real thing
+            garbage = rng.choice([b"*3\r\n$3\r\nSET\r\n", msgpack.packb([0, 0, {"cluster": "dyn_o_mite"}]),
+                                  b"GET /info HTTP/1.1\r\n"]) + garbage
+        try:
+            with socket.create_connection((node.host, port), timeout=2) as sock:
+                sock.sendall(garbage)
+                sock.settimeout(0.2)
+                try:
+                    sock.recv(65536)
+                except (TimeoutError, OSError):
+                    pass
+        except OSError:
+            pass
+        key = f"fuzzed:{round_}"
+        assert client.set(key, round_)
+        written[key] = str(round_).encode()
+        assert client.get(key) == written[key]
+    for node in cluster.nodes:  # (DC_ONE: the other racks get the last writes a moment later)
+        reader = node.client()
+        support.wait_for(lambda: reader.mget(list(written)) == list(written.values()), 10,
+                         f"{node.name} to hold every write")
