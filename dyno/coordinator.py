@@ -788,6 +788,9 @@ class Coordinator:
         """Run ``requests`` for ``client``; each gets its reply in the client's FIFO,
         in order. ``raw``, if not None, is their canonical encoding as read."""
         self.stats.commands += len(requests)
+        if client.refused_multi:
+            self._after_refused_multi(client, requests)
+            return
         self.countdown -= 1
         if not self.countdown:
             self.countdown = SAMPLE_EVERY
@@ -874,11 +877,45 @@ class Coordinator:
                 self._run_part_for_client(plan, client)
                 return
             self._run_for_client(plan, client, requests)
+            if requests[plan.size - 1][0].lower() == b"multi":  # refused: see _after_refused_multi
+                client.refused_multi = True
+                if plan.size < len(requests):
+                    self._after_refused_multi(client, requests[plan.size:])
+                return
             if plan.size == len(requests) or client.closing:
                 return
             requests = requests[plan.size:]
             raw = None
             plan = None
+
+    _NOT_QUEUED = resp.error("ERR dyno: not run: it follows a MULTI, which dyno refused; "
+                              "EXEC or DISCARD ends it")
+    _EXECABORT = resp.error("EXECABORT Transaction discarded because of previous errors.")
+    _NESTED = resp.error("ERR MULTI calls can not be nested")
+
+    def _after_refused_multi(self, client: "ClientConnection", requests: list[list[bytes]]) -> None:
+        """A client sent MULTI, which dyno refused: what it sends until EXEC or DISCARD
+        is not run (it believes it is queueing a transaction, and would be told the
+        whole failed); EXEC answers EXECABORT, as Redis does for a transaction with
+        an error, DISCARD and RESET end it, and what follows runs as usual."""
+        for index, argv in enumerate(requests):
+            name = argv[0].lower() if argv else b""
+            if name in (b"exec", b"discard"):
+                client.refused_multi = False
+                reply = self._EXECABORT if name == b"exec" else resp.OK
+            elif name in (b"reset", b"quit"):  # they end it too, and run as usual
+                client.refused_multi = False
+                self._execute(client, requests[index:], None)
+                return
+            else:
+                reply = self._NESTED if name == b"multi" else self._NOT_QUEUED
+            slot = ReplySlot(client)
+            client.replies.append(slot)
+            slot.deliver(reply)
+            if not client.refused_multi:
+                if index + 1 < len(requests):
+                    self._execute(client, requests[index + 1:], None)
+                return
 
     def _run_part_for_client(self, part: Part, client: "ClientConnection") -> None:
         self._count_part(part)

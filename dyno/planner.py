@@ -578,6 +578,12 @@ class _General:
                     break
                 self.sources.append(spec)
                 self.refused.append(_refused_name(argv))
+                if argv[0].lower() == b"multi" and not self.here_only:
+                    # What follows a refused MULTI must not run (the client thinks it
+                    # is queueing a transaction): the plan ends here, and the
+                    # coordinator refuses the rest until EXEC or DISCARD.
+                    size = position + 1
+                    break
                 continue
             route = spec.route
             if route is _LOCAL and not self.here_only:

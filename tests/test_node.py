@@ -1017,11 +1017,16 @@ def test_node_local_commands_over_a_raw_socket(redis_server, dyno_node):
         assert c.replies(3)[1] == b"+RESET\r\n$-1\r\n*0\r\n"  # RESP2 again
 
         # commands a cluster cannot support: an error, and the connection stays usable
-        for args in (("MULTI",), ("EXEC",), ("WATCH", "k"), ("BLPOP", "l", "0")):
+        for args in (("EXEC",), ("WATCH", "k"), ("BLPOP", "l", "0")):
             c.send(command(*args) + command("PING"))
             replies, raw = c.replies(2)
             assert raw.startswith(b"-ERR ") and raw.endswith(b"+PONG\r\n"), (args, raw)
             assert isinstance(replies[0], hiredis.ReplyError)
+        # ... and after a refused MULTI nothing runs until DISCARD (or EXEC)
+        c.send(command("MULTI") + command("PING") + command("DISCARD") + command("PING"))
+        replies, raw = c.replies(4)
+        assert raw.startswith(b"-ERR 'MULTI'") and raw.endswith(b"+OK\r\n+PONG\r\n"), raw
+        assert b"-ERR dyno: not run" in raw
 
         # inline commands, as typed over telnet
         c.send(b"PING\r\n")
