@@ -99,14 +99,17 @@ def cluster() -> None:
 @click.option("--base-port", type=int, default=None, help="First port to use (default: free ports).")
 @click.option("--read-consistency", default="DC_ONE", show_default=True, help="read_consistency of every node.")
 @click.option("--write-consistency", default="DC_ONE", show_default=True, help="write_consistency of every node.")
-def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency):
+@click.option("--hash-tag", default="{}", show_default=True,
+              help="hash_tag of every node ('' for none): {user1}:a and {user1}:b live together.")
+def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency, hash_tag):
     """Start a local cluster and print how to reach it."""
     from dyno import localcluster
 
+    extra = {"hash_tag": hash_tag} if hash_tag else {}
     try:
         state = localcluster.up(
             directory, dcs=dcs, racks=racks, nodes_per_rack=nodes_per_rack, base_port=base_port,
-            read_consistency=read_consistency.upper(), write_consistency=write_consistency.upper(),
+            read_consistency=read_consistency.upper(), write_consistency=write_consistency.upper(), **extra,
         )
     except localcluster.ClusterError as exc:
         raise click.ClickException(str(exc)) from None

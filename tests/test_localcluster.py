@@ -9,6 +9,7 @@ import sys
 from collections import defaultdict
 
 import pytest
+import redis
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
@@ -228,3 +229,32 @@ def test_up_plans_again_when_a_probed_port_gets_taken(tmp_path, monkeypatch):
         with support.start_cluster(tmp_path, racks=1, node_command=support.standin_command) as cluster:
             assert len(calls) == 2 and cluster[0].redis_port != taken
             assert "Address already in use" not in cluster[0].state.redis_log.read_text()
+
+
+@pytest.mark.integration
+def test_dyno_cluster_up_gives_its_nodes_a_hash_tag_so_tagged_keys_live_together(tmp_path):
+    """With several nodes per rack, the README's {user1}:a / {user1}:b example works on a
+    cluster from `dyno cluster up` (and so `make cluster`); untagged keys still get
+    CROSSSLOT with the hint that fits."""
+    directory = tmp_path / "c"
+    support.TRACKER.track_cluster(directory.resolve())
+    up = subprocess.run([sys.executable, "-m", "dyno", "cluster", "up", "--dir", str(directory),
+                         "--nodes-per-rack", "2"], capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        node = json.loads((directory / "cluster.json").read_text())["nodes"][0]
+        host, port = node["listen"].rsplit(":", 1)
+        client = redis.Redis(host, int(port))
+        assert client.mset({"{user1}:a": 1, "{user1}:b": 2})
+        assert client.rename("{user1}:a", "{user1}:z")
+        crossslot = []
+        for i in range(50):  # some pairs of untagged keys have different owners
+            try:
+                client.rename(f"plain{i}", f"other{i}")
+            except redis.ResponseError as error:  # (redis-py drops the CROSSSLOT code)
+                if "don't hash to the same slot" in str(error):
+                    crossslot.append(str(error))
+        assert crossslot and all("e.g. {user1}:a and {user1}:b" in e for e in crossslot)
+    finally:
+        subprocess.run([sys.executable, "-m", "dyno", "cluster", "down", "--dir", str(directory)],
+                       capture_output=True, timeout=120)
