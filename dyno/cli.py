@@ -126,6 +126,30 @@ def cluster_down(directory):
     click.echo(f"stopped {stopped} process(es)")
 
 
+@main.command()
+@click.option("--out", "directory", required=True, type=click.Path(file_okay=False),
+              help="Directory for the CA, node and client certificates (made if missing).")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 1000),
+              help="Node certificates to make (node1.pem ...).")
+@click.option("--host", "hosts", multiple=True,
+              help="A host name or address the node certificates are valid for (repeat; default: "
+                   "localhost, 127.0.0.1, ::1).")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1, 36500), help="Validity.")
+@click.option("--force", is_flag=True, help="Replace certificates already in --out.")
+def certs(directory: str, nodes: int, hosts: tuple[str, ...], days: int, force: bool) -> None:
+    """Make a test CA, node certificates and a client certificate (to try TLS locally;
+    bring your own PKI's in production)."""
+    from dyno import certs as certificates
+
+    try:
+        paths = certificates.write_bundle(directory, nodes, hosts or certificates.DEFAULT_HOSTS,
+                                          days=days, force=force)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {len(paths)} files to {directory}: ca.pem (the CA to trust), "
+               f"node1.pem..node{nodes}.pem, client.pem, and their -key.pem files (mode 0600)")
+
+
 # -- the operator's view (admin ports of running nodes) ---------------------------------
 
 _NODE_HELP = "A node's admin address (its stats_listen, HOST:PORT)."
