@@ -40,7 +40,7 @@ _CLOCK_SKEW = datetime.timedelta(minutes=5)  # valid a little before "now": peer
 class Issued:
     """A private key and its certificate."""
 
-    __slots__ = ("key", "cert")
+    __slots__ = ("cert", "key")
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate):
         self.key = key
@@ -68,7 +68,7 @@ def _validity(builder: x509.CertificateBuilder, now: datetime.datetime, days: in
 
 def make_ca(cluster: str = "dyno", *, days: int = VALID_DAYS, now: datetime.datetime | None = None) -> Issued:
     """A self-signed CA for ``cluster``: it signs certificates, nothing else."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(f"{cluster} cluster CA", cluster)
     builder = (
@@ -100,7 +100,7 @@ def issue(ca: Issued, common_name: str, hosts: Sequence[str] = (), *, server: bo
           cluster: str = "dyno", days: int = VALID_DAYS, now: datetime.datetime | None = None) -> Issued:
     """A certificate signed by ``ca``: a node's (``server``: serverAuth and clientAuth,
     valid for ``hosts``) or a client's (clientAuth only)."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server \
         else [ExtendedKeyUsageOID.CLIENT_AUTH]
