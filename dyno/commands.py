@@ -714,9 +714,9 @@ _TABLE: tuple[CommandSpec, ...] = (
         _cmd("command|info",             -2, (0,  0, 0), READ,  LOCAL),
         _cmd("command|list",             -2, (0,  0, 0), READ,  LOCAL),
     )),
-    _cmd("config",                       -2, (0,  0, 0), READ,  UNSUPPORTED, reason=ADMIN, subcommands=(
-        _cmd("config|get",               -3, (0,  0, 0), READ,  UNSUPPORTED, reason=ADMIN),
-        _cmd("config|help",               2, (0,  0, 0), READ,  UNSUPPORTED, reason=ADMIN),
+    _cmd("config",                       -2, (0,  0, 0), READ,  LOCAL, subcommands=(
+        _cmd("config|get",               -3, (0,  0, 0), READ,  LOCAL),  # read-only, from the node's Redis
+        _cmd("config|help",               2, (0,  0, 0), READ,  LOCAL),
         _cmd("config|resetstat",          2, (0,  0, 0), READ,  UNSUPPORTED, reason=ADMIN),
         _cmd("config|rewrite",            2, (0,  0, 0), READ,  UNSUPPORTED, reason=ADMIN),
         _cmd("config|set",               -4, (0,  0, 0), READ,  UNSUPPORTED, reason=ADMIN),

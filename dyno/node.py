@@ -336,12 +336,13 @@ class Node:
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
-    def info_text(self, sections: list[bytes], everything: bool) -> str:
-        """The node's own INFO sections (Redis's keyspace section is appended by the caller)."""
+    def info_blocks(self, sections: list[bytes], everything: bool) -> dict[str, dict]:
+        """The node's own INFO sections asked for (``node_commands.info_text`` merges
+        them into its Redis's): name -> fields."""
         config = self.config
         blocks = {
             b"server": node_commands.server_info(self),
-            b"clients": {"connected_clients": len(self.clients)},
+            b"clients": {"connected_clients": len(self.clients), "maxclients": config.maxclients},
             b"stats": {
                 "total_commands_processed": self.stats.commands,
                 "total_error_replies": self.stats.errors,
@@ -370,13 +371,7 @@ class Node:
                 ),
             },
         }
-        out = []
-        for name, fields in blocks.items():
-            if everything or name in sections:
-                out.append(f"# {name.decode().capitalize()}\r\n")
-                out.extend(f"{k}:{v}\r\n" for k, v in fields.items())
-                out.append("\r\n")
-        return "".join(out)
+        return {name.decode(): fields for name, fields in blocks.items() if everything or name in sections}
 
 
 async def serve(config: Config) -> None:

@@ -13,6 +13,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Callable
 
+import hiredis
+
 from dyno import __version__, auth, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
@@ -184,31 +186,128 @@ def _reset(node, client, argv, slot):
     return b"+RESET\r\n"
 
 
-class _InfoSink(Sink):
-    """Adds Redis's keyspace section to the node's own INFO sections."""
-
-    __slots__ = ("slot", "head")
-
-    def __init__(self, slot: "ReplySlot", head: bytes):
-        self.slot = slot
-        self.head = head
-
-    def deliver(self, reply: bytes) -> None:
-        keyspace = b""
-        if reply[:1] == b"$":
-            keyspace = reply[reply.index(b"\r\n") + 2 : -2]
-        self.slot.deliver(resp.bulk(self.head + keyspace))
+# INFO's section names that mean "several sections" (Redis 7): dyno's own sections
+# come with them.
+_INFO_GROUPS = frozenset({b"default", b"all", b"everything"})
 
 
 def _info(node, client, argv, slot):
+    """INFO: the node's Redis's sections (memory, persistence, cpu, commandstats ...:
+    what exporters and dashboards read), with dyno's own values where dyno is the
+    server the client talks to (server, clients, stats) and its ``dyno`` section.
+    If the Redis does not answer, dyno's sections alone."""
     sections = [s.lower() for s in argv[1:]] or [b"default"]
-    everything = any(s in (b"all", b"everything", b"default") for s in sections)
-    head = node.info_text(sections, everything).encode()
-    if everything or b"keyspace" in sections:
-        payload = resp.encode_command([b"INFO", b"keyspace"])
-        node.datastore.send(payload, _InfoSink(slot, head), client.id)
-        return None
-    return resp.bulk(head)
+    everything = any(s in _INFO_GROUPS for s in sections)
+    blocks = node.info_blocks(sections, everything)
+    node.datastore.send(resp.encode_command([b"INFO", *sections]), _InfoSink(slot, blocks, node.config.versions_db),
+                        client.id)
+    return None
+
+
+class _InfoSink(Sink):
+    """Merges the Redis's INFO with the node's own sections (``info_text``)."""
+
+    __slots__ = ("slot", "blocks", "versions_db")
+
+    def __init__(self, slot: "ReplySlot", blocks: dict[str, dict], versions_db: int):
+        self.slot = slot
+        self.blocks = blocks
+        self.versions_db = versions_db
+
+    def deliver(self, reply: bytes) -> None:
+        text = ""
+        if reply[:1] == b"$":
+            text = reply[reply.index(b"\r\n") + 2 : -2].decode(errors="replace")
+        self.slot.deliver(resp.bulk(info_text(text, self.blocks, self.versions_db)))
+
+
+def parse_info(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Redis's INFO text as (section title, [(field, value)]), in order; a line
+    without ':' is kept whole as a field with value None."""
+    sections: list[tuple[str, list]] = []
+    for line in text.split("\r\n"):
+        if line.startswith("# "):
+            sections.append((line[2:], []))
+        elif line and sections:
+            field, sep, value = line.partition(":")
+            sections[-1][1].append((field, value if sep else None))
+    return sections
+
+
+def info_text(redis_text: str, blocks: dict[str, dict], versions_db: int) -> str:
+    """INFO's reply: Redis's sections in Redis's order, each field dyno also keeps
+    (``blocks``: section name -> fields) given dyno's value and dyno's extra fields
+    added; dyno's sections Redis has not got go before Keyspace. The versions
+    database is dyno's bookkeeping, not the client's data: its keyspace line is left
+    out (as DBSIZE and SCAN leave it out)."""
+    hidden = f"db{versions_db}"
+    own = {name.lower(): fields for name, fields in blocks.items()}
+    out: list[str] = []
+
+    def emit(title: str, fields) -> None:
+        out.append(f"# {title}\r\n")
+        out.extend(f"{k}\r\n" if v is None else f"{k}:{v}\r\n" for k, v in fields)
+        out.append("\r\n")
+
+    def emit_own() -> None:
+        for name in list(own):
+            emit(name.capitalize(), own.pop(name).items())
+
+    for title, fields in parse_info(redis_text):
+        name = title.lower()
+        if name == "keyspace":
+            emit_own()
+            fields = [(k, v) for k, v in fields if k != hidden]
+        mine = own.pop(name, None)
+        if mine is not None:
+            fields = [(k, mine.get(k, v)) for k, v in fields]
+            present = {k for k, _ in fields}
+            fields += [(k, v) for k, v in mine.items() if k not in present]
+        emit(title, fields)
+    emit_own()
+    return "".join(out)[:-2]  # Redis's INFO ends with the last field's CRLF
+
+
+# CONFIG GET answers from the node's Redis, except: secrets (the Redis's password is
+# dyno's datastore_password; never shown to a client) and what is dyno's own.
+_CONFIG_HIDDEN = frozenset({b"requirepass", b"masterauth", b"masteruser", b"tls-key-file-pass",
+                            b"tls-client-key-file-pass"})
+
+
+def _config(node, client, argv, slot):
+    """CONFIG GET (read-only, from the node's Redis: tools that read settings work)
+    and CONFIG HELP; what changes a Redis stays refused by the command table."""
+    if argv[1].lower() == b"help":
+        return _from_redis(node, client, argv, slot)
+    own = {b"port": str(node.listener.port).encode(), b"maxclients": str(node.config.maxclients).encode(),
+           b"databases": b"1"}
+    node.datastore.send(resp.encode_command(argv), _ConfigSink(slot, client.protocol, own), client.id)
+    return None
+
+
+class _ConfigSink(Sink):
+    __slots__ = ("own", "protocol", "slot")
+
+    def __init__(self, slot: ReplySlot, protocol: int, own: dict[bytes, bytes]):
+        self.slot = slot
+        self.protocol = protocol
+        self.own = own
+
+    def deliver(self, reply: bytes) -> None:
+        if reply[:1] != b"*":  # an error (Redis down, ...): as it came
+            self.slot.deliver(reply)
+            return
+        reader = hiredis.Reader()
+        reader.feed(reply)
+        flat = reader.gets()
+        items = []
+        for name, value in zip(flat[::2], flat[1::2], strict=True):
+            if name not in _CONFIG_HIDDEN:
+                items += [resp.bulk(name), resp.bulk(self.own.get(name, value))]
+        if self.protocol == 3:
+            self.slot.deliver(b"%%%d\r\n" % (len(items) // 2) + b"".join(items))
+        else:
+            self.slot.deliver(resp.array(items))
 
 
 def dyno_config(client, argv) -> bytes:
@@ -236,6 +335,7 @@ HANDLERS: dict[bytes, Handler] = {
     b"hello": _hello,
     b"client": _client,
     b"info": _info,
+    b"config": _config,
     b"reset": _reset,
 }
 

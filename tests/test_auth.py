@@ -136,6 +136,9 @@ def test_the_right_datastore_password_is_sent_on_every_connection(tmp_path):
             support.wait_for(lambda: support.ping(plan.host, plan.port), 15, "the node to answer PING")
             client = redis.Redis(plan.host, plan.port)
             assert client.set("pw", "ok") and client.get("pw") == b"ok"
+            # CONFIG GET reads the Redis's settings, never its password
+            assert client.config_get("requirepass") == {}
+            assert "requirepass" not in client.config_get("*") and "save" in client.config_get("*")
             # Redis restarts (the pool reconnects): the password is sent again.
             server.restart()
             support.wait_for(lambda: _works(client), 15, "the node to serve again after Redis restarted",

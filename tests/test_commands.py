@@ -255,7 +255,7 @@ def test_table_invariants():
     (b"watch", Route.UNSUPPORTED, None), (b"subscribe", Route.UNSUPPORTED, None),
     (b"publish", Route.UNSUPPORTED, None), (b"blpop", Route.UNSUPPORTED, None),
     (b"bzpopmin", Route.UNSUPPORTED, None), (b"blmove", Route.UNSUPPORTED, None),
-    (b"wait", Route.UNSUPPORTED, None), (b"config", Route.UNSUPPORTED, None),
+    (b"wait", Route.UNSUPPORTED, None), (b"config", Route.LOCAL, None),
     (b"slaveof", Route.UNSUPPORTED, None), (b"debug", Route.UNSUPPORTED, None),
     (b"shutdown", Route.UNSUPPORTED, None), (b"migrate", Route.UNSUPPORTED, None),
     (b"move", Route.UNSUPPORTED, None), (b"swapdb", Route.UNSUPPORTED, None),
