@@ -821,8 +821,9 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("sunsubscribe",                 -1, (1, -1, 1), READ,  UNSUPPORTED, reason=PUBSUB),
     _cmd("unsubscribe",                  -1, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
     # --- Redis Cluster ---------------------------------------------------------
-    _cmd("asking",                        1, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-    _cmd("cluster",                      -2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER, subcommands=(
+    _cmd("asking",                        1, (0,  0, 0), READ,  LOCAL),
+    # Cluster-mode clients see every dyno node as serving every slot (node_commands).
+    _cmd("cluster",                      -2, (0,  0, 0), READ,  LOCAL, subcommands=(
         _cmd("cluster|addslots",         -3, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|addslotsrange",    -4, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|bumpepoch",         2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
@@ -834,25 +835,25 @@ _TABLE: tuple[CommandSpec, ...] = (
         _cmd("cluster|flushslots",        2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|forget",            3, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|getkeysinslot",     4, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-        _cmd("cluster|help",              2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-        _cmd("cluster|info",              2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-        _cmd("cluster|keyslot",           3, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
+        _cmd("cluster|help",              2, (0,  0, 0), READ,  LOCAL),
+        _cmd("cluster|info",              2, (0,  0, 0), READ,  LOCAL),
+        _cmd("cluster|keyslot",           3, (0,  0, 0), READ,  LOCAL),
         _cmd("cluster|links",             2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|meet",             -4, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-        _cmd("cluster|myid",              2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-        _cmd("cluster|nodes",             2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
+        _cmd("cluster|myid",              2, (0,  0, 0), READ,  LOCAL),
+        _cmd("cluster|nodes",             2, (0,  0, 0), READ,  LOCAL),
         _cmd("cluster|replicas",          3, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|replicate",         3, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|reset",            -2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|saveconfig",        2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|set-config-epoch",  3, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
         _cmd("cluster|setslot",          -4, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-        _cmd("cluster|shards",            2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
+        _cmd("cluster|shards",            2, (0,  0, 0), READ,  LOCAL),
         _cmd("cluster|slaves",            3, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-        _cmd("cluster|slots",             2, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
+        _cmd("cluster|slots",             2, (0,  0, 0), READ,  LOCAL),
     )),
-    _cmd("readonly",                      1, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
-    _cmd("readwrite",                     1, (0,  0, 0), READ,  UNSUPPORTED, reason=CLUSTER),
+    _cmd("readonly",                      1, (0,  0, 0), READ,  LOCAL),
+    _cmd("readwrite",                     1, (0,  0, 0), READ,  LOCAL),
 )
 
 #: Every command by its lower-case name (subcommands hang off their container's row).

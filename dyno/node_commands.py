@@ -9,6 +9,8 @@ Wording follows Redis 7.0 wherever Redis has the same situation.
 
 from __future__ import annotations
 
+import binascii
+import hashlib
 import os
 import time
 from typing import TYPE_CHECKING, Callable
@@ -19,6 +21,7 @@ from dyno import __version__, auth, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
+from dyno.states import NORMAL
 
 if TYPE_CHECKING:
     from dyno.client import ClientConnection, ReplySlot
@@ -310,6 +313,110 @@ class _ConfigSink(Sink):
             self.slot.deliver(resp.array(items))
 
 
+# -- cluster-mode clients ---------------------------------------------------------------
+#
+# redis-py's RedisCluster, ioredis's Cluster and the like ask CLUSTER SLOTS (or SHARDS)
+# which node serves which of Redis Cluster's 16384 slots. Any dyno node can serve any
+# key (it routes by its own token ring), so each node answers that one shard holds all
+# slots, served by itself (as the client reached it) and by the other nodes of its
+# datacenter that gossip judges up, listed as that shard's replicas: a client whose
+# node fails moves to another. dyno never redirects (no MOVED/ASK).
+
+_SLOTS = 16384
+
+
+def key_slot(key: bytes) -> int:
+    """Redis Cluster's slot of a key: CRC16 (XMODEM) of the key, or of its hash tag
+    (what is between the first '{' and the next '}', when not empty), mod 16384."""
+    start = key.find(b"{")
+    if start != -1:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key, 0) % _SLOTS
+
+
+def _node_id(name: str) -> bytes:
+    """A node's 40-hex-digit id for CLUSTER answers: stable across restarts."""
+    return hashlib.sha1(name.encode()).hexdigest().encode()
+
+
+def _cluster_members(node, client) -> list[tuple[bytes, bytes, int, int]]:
+    """(id, host, client port, peer port) of this node, first, as the client reached
+    it, then of the other nodes of its datacenter judged up whose client port gossip
+    told (nodes that listen on a wildcard address cannot be named: left out)."""
+    host, port = client.sock.getsockname()[:2]
+    members = [(_node_id(node.name), host.encode(), port, node.config.dyn_listen.port)]
+    if node.gossiper is not None:
+        for member in node.gossiper.describe().values():
+            if (member.name != node.name and member.up and member.dc == node.config.datacenter
+                    and member.client_port and member.host not in ("0.0.0.0", "::")):
+                members.append((_node_id(member.name), member.host.encode(), member.client_port, member.port))
+    return members
+
+
+def _cluster(node, client, argv, slot):
+    sub = argv[1].lower()
+    if sub == b"keyslot":
+        return resp.integer(key_slot(argv[2]))
+    if sub == b"myid":
+        return resp.bulk(_node_id(node.name))
+    if sub == b"help":
+        return resp.array([resp.status(line) for line in _CLUSTER_HELP])
+    members = _cluster_members(node, client)
+    resp3 = client.protocol == 3
+    if sub == b"info":
+        fields = {"cluster_enabled": 1, "cluster_state": "ok" if node.state == NORMAL else "fail",
+                  "cluster_slots_assigned": _SLOTS, "cluster_slots_ok": _SLOTS, "cluster_slots_pfail": 0,
+                  "cluster_slots_fail": 0, "cluster_known_nodes": len(members), "cluster_size": 1,
+                  "cluster_current_epoch": 1, "cluster_my_epoch": 1}
+        return resp.bulk("".join(f"{k}:{v}\r\n" for k, v in fields.items()))
+    if sub == b"slots":
+        empty = b"%0\r\n" if resp3 else b"*0\r\n"
+        entries = [resp.array([resp.bulk(host), resp.integer(port), resp.bulk(ident), empty])
+                   for ident, host, port, _ in members]
+        return resp.array([resp.array([resp.integer(0), resp.integer(_SLOTS - 1), *entries])])
+    if sub == b"shards":
+        nodes = [_map(resp3, [(b"id", resp.bulk(ident)), (b"port", resp.integer(port)), (b"ip", resp.bulk(host)),
+                              (b"endpoint", resp.bulk(host)), (b"role", resp.bulk(b"master" if i == 0 else b"replica")),
+                              (b"replication-offset", resp.integer(0)), (b"health", resp.bulk(b"online"))])
+                 for i, (ident, host, port, _) in enumerate(members)]
+        shard = _map(resp3, [(b"slots", resp.array([resp.integer(0), resp.integer(_SLOTS - 1)])),
+                             (b"nodes", resp.array(nodes))])
+        return resp.array([shard])
+    # nodes
+    me = members[0][0].decode()
+    lines = []
+    for i, (ident, host, port, peer_port) in enumerate(members):
+        role = f"myself,master - 0 0 1 connected 0-{_SLOTS - 1}" if i == 0 else f"slave {me} 0 0 1 connected"
+        lines.append(f"{ident.decode()} {host.decode()}:{port}@{peer_port} {role}\n")
+    return resp.bulk("".join(lines))
+
+
+def _map(resp3: bool, pairs: list[tuple[bytes, bytes]]) -> bytes:
+    flat = b"".join(resp.bulk(k) + v for k, v in pairs)
+    return (b"%%%d\r\n" if resp3 else b"*%d\r\n") % (len(pairs) if resp3 else 2 * len(pairs)) + flat
+
+
+_CLUSTER_HELP = [
+    "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are (dyno answers these; it is not a "
+    "Redis Cluster: every node serves every slot, no MOVED):",
+    "INFO", "    Return information about the cluster.",
+    "KEYSLOT <key>", "    Return the hash slot for <key>.",
+    "MYID", "    Return the node id.",
+    "NODES", "    Return cluster configuration seen by node. Output format:",
+    "    <id> <ip:port@cport> <flags> <master> <pings> <pongs> <epoch> <link> <slot> ...",
+    "SHARDS", "    Return information about slot range mappings and the nodes associated with them.",
+    "SLOTS", "    Return information about slots range mappings. Each range is made of:",
+    "    start, end, master and replicas IP addresses, ports and ids",
+    "HELP", "    Print this help.",
+]
+
+
+def _ok(node, client, argv, slot):  # READONLY, READWRITE, ASKING: nothing to change in dyno
+    return resp.OK
+
+
 def dyno_config(client, argv) -> bytes:
     """Dynomite's per-connection override: ``DYNO_CONFIG:CONN_CONSISTENCY <level>``."""
     name = argv[0].upper()
@@ -336,6 +443,10 @@ HANDLERS: dict[bytes, Handler] = {
     b"client": _client,
     b"info": _info,
     b"config": _config,
+    b"cluster": _cluster,
+    b"readonly": _ok,
+    b"readwrite": _ok,
+    b"asking": _ok,
     b"reset": _reset,
 }
 

@@ -259,7 +259,7 @@ def test_table_invariants():
     (b"slaveof", Route.UNSUPPORTED, None), (b"debug", Route.UNSUPPORTED, None),
     (b"shutdown", Route.UNSUPPORTED, None), (b"migrate", Route.UNSUPPORTED, None),
     (b"move", Route.UNSUPPORTED, None), (b"swapdb", Route.UNSUPPORTED, None),
-    (b"cluster", Route.UNSUPPORTED, None), (b"monitor", Route.UNSUPPORTED, None),
+    (b"cluster", Route.LOCAL, None), (b"monitor", Route.UNSUPPORTED, None),
 ])
 def test_routes_of_design_section_5(name, route, merge):
     spec = commands.lookup(name)
