@@ -10,9 +10,9 @@ and its link is connected; for the node's own Redis, a connection is up).
 
 A replayed write must not be applied twice (INCR, APPEND, LPUSH ...) nor put an
 older value over a newer one: every hinted write carries its version (the stamp
-that followed it, dyno.versions), and replay sends each command wrapped in
-``APPLY_IF_NEWER``, which runs it only where every key's recorded version is
-older. A hint is acknowledged (and gone from the store) only once its target
+that followed it, dyno.versions), and replay sends each stamped part wrapped in
+``APPLY_SEGMENT_IF_NEWER``, which runs a write only where every key it writes had a
+recorded version older than the part's. A hint is acknowledged (and gone from the store) only once its target
 answered the replay; a replay that fails is tried again later, from the same
 hint, which is harmless for the same reason.
 
@@ -38,6 +38,7 @@ import hiredis
 import trio
 
 from dyno import commands, resp, versions
+from dyno.peer import COORDINATE
 
 if TYPE_CHECKING:
     from dyno.hints import HintStore
@@ -51,14 +52,22 @@ REPLAY_TICK = 0.5
 #: Hints read and replayed per round trip to the target.
 REPLAY_RECORDS = 256
 REPLAY_BYTES = 4 << 20
-_APPLY = versions.APPLY_IF_NEWER.strip()
+_APPLY = versions.APPLY_SEGMENT_IF_NEWER.strip()
 _EVAL = b"EVAL"
+# A transaction's brackets: the script that replays its block is atomic already, and
+# Redis refuses them inside a script.
+_BRACKETS = frozenset({b"multi", b"exec"})
 
 
-def replay_payload(payload: bytes, db: int) -> tuple[bytes, int]:
+def replay_payload(payload: bytes, db: int, routed: bool = False) -> tuple[bytes, int]:
     """The commands that replay ``payload`` (a hint: writes, each part followed by
     its stamp) where they are newer than what the target has: ``(payload,
-    count)``. Unstamped writes are replayed as they are."""
+    count)``. A stamped part goes as one ``APPLY_SEGMENT_IF_NEWER`` script (so a
+    part that wrote a key twice replays both writes, and a transaction's block
+    replays atomically), its keys declared. ``routed``: the target coordinates
+    what it gets (a COORDINATE hint for another datacenter), whose ring may split
+    the part's keys; then a script per group of writes that share keys (which is
+    all the two-writes-of-one-key case needs). Unstamped writes go as they are."""
     requests = resp.RequestParser().feed(payload)
     out: list[bytes] = []
     count = 0
@@ -68,12 +77,44 @@ def replay_payload(payload: bytes, db: int) -> tuple[bytes, int]:
             out.append(raw)
             count += len(writes)
             continue
+        keyed = []
         for argv in writes:
+            if argv[0].lower() in _BRACKETS:
+                continue
             spec = commands.resolve(argv)
-            keys = commands.keys(spec, argv) if spec.__class__ is not bytes else []
-            out.append(hiredis.pack_command((_EVAL, _APPLY, len(keys), *keys, version, database, *argv)))
-        count += len(writes)
+            keyed.append((commands.keys(spec, argv) if spec.__class__ is not bytes else [], argv))
+        for group in (_sharing_keys(keyed) if routed else [keyed] if keyed else []):
+            keys = list(dict.fromkeys(key for write_keys, _ in group for key in write_keys))
+            args: list[bytes] = []
+            for write_keys, argv in group:
+                args += [b"%d" % len(write_keys), *write_keys, b"%d" % len(argv), *argv]
+            out.append(hiredis.pack_command((_EVAL, _APPLY, len(keys), *keys, version, database, *args)))
+            count += 1
     return b"".join(out), count
+
+
+def _sharing_keys(keyed: list[tuple[list[bytes], list[bytes]]]) -> list[list]:
+    """The writes grouped so that writes sharing a key (directly or through others)
+    are in one group, each group in the writes' order."""
+    parent = list(range(len(keyed)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[bytes, int] = {}
+    for index, (keys, _) in enumerate(keyed):
+        for key in keys:
+            if key in owner:
+                parent[root(index)] = root(owner[key])
+            else:
+                owner[key] = index
+    groups: dict[int, list] = {}
+    for index, write in enumerate(keyed):
+        groups.setdefault(root(index), []).append(write)
+    return list(groups.values())
 
 
 class Handoff:
@@ -180,7 +221,7 @@ class Handoff:
     async def _send_replay(self, node: "RingNode", payloads: list[bytes], flags: int) -> None:
         if not payloads:
             return
-        payload, count = replay_payload(b"".join(payloads), self.versions_db)
+        payload, count = replay_payload(b"".join(payloads), self.versions_db, bool(flags & COORDINATE))
         if not count:
             return
         replies = await self.send(node, payload, count, flags)

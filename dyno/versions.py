@@ -19,7 +19,7 @@ The write path stamps each batch of writes: after a part's commands, the same
 connection runs ``SELECT versions_db; MSET k1 V k2 V ...; SELECT 0`` (``stamp``),
 three commands whose replies are three ``+OK`` that the transport swallows
 (``STAMP_REPLIES``). A write replayed later (a hint) or copied by repair is applied
-only where it is newer than what the replica has (``APPLY_IF_NEWER``,
+only where it is newer than what the replica has (``APPLY_SEGMENT_IF_NEWER``,
 ``RESTORE_IF_NEWER``), so a retry or a replay never applies a command twice and
 never puts an older value over a newer one.
 """
@@ -35,7 +35,7 @@ import hiredis
 from dyno.resp import encoded_length
 
 __all__ = [
-    "APPLY_IF_NEWER", "DEFAULT_DB", "DIGEST", "FETCH", "HLC", "RESTORE_IF_NEWER", "STAMP_REPLIES",
+    "APPLY_SEGMENT_IF_NEWER", "DEFAULT_DB", "DIGEST", "FETCH", "HLC", "RESTORE_IF_NEWER", "STAMP_REPLIES",
     "VERSION_LENGTH", "make_version", "node_id", "parse_version", "segments", "stamp", "stamp_version",
 ]
 
@@ -170,24 +170,47 @@ def _select(db: int) -> bytes:
 # does not outlive it). Versions compare as strings; a key without a version (written
 # before versions existed, or behind dyno's back) is older than any version.
 
-#: KEYS: the keys of one write command. ARGV[1]: its version; ARGV[2]: versions_db;
-#: ARGV[3..]: the command. Runs it (and records the version for its keys) only if
-#: every key's recorded version is older: a write replayed twice, or replayed after
-#: a newer write, does nothing. Returns the command's reply, or the status SKIPPED.
-APPLY_IF_NEWER = b"""
+#: The writes of one stamped segment (all of one version), replayed at once. KEYS:
+#: every key they write (declared for routing; the script reads its keys from ARGV).
+#: ARGV[1]: the version; ARGV[2]: versions_db; then each write as ``nkeys key... nargs
+#: arg...``.
+#: Which keys are older than the version is decided once, before any write runs: a
+#: segment that wrote one key twice (SET k then INCR k, a transaction's block) runs
+#: both writes where k was stale and neither where it was not. A write runs only if
+#: every one of its keys was stale; then those keys get the version. The script is
+#: atomic, so a transaction's writes stay one step. Returns one reply per write (the
+#: status SKIPPED for a write not run).
+APPLY_SEGMENT_IF_NEWER = b"""
 local v = ARGV[1]
 redis.call('SELECT', ARGV[2])
-for i = 1, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
-  if cur and cur >= v then return redis.status_reply('SKIPPED') end
+local stale, writes = {}, {}
+local i = 3
+while i <= #ARGV do
+  local keys, cmd = {}, {}
+  for j = 1, tonumber(ARGV[i]) do keys[j] = ARGV[i + j] end
+  i = i + #keys + 1
+  for j = 1, tonumber(ARGV[i]) do cmd[j] = ARGV[i + j] end
+  i = i + #cmd + 1
+  writes[#writes + 1] = {keys, cmd}
+  for _, k in ipairs(keys) do
+    if stale[k] == nil then
+      local cur = redis.call('GET', k)
+      stale[k] = (not cur) or cur < v
+    end
+  end
 end
 redis.call('SELECT', 0)
-local cmd = {}
-for i = 3, #ARGV do cmd[#cmd + 1] = ARGV[i] end
-local reply = redis.pcall(unpack(cmd))
+local replies = {}
+for n, w in ipairs(writes) do
+  local run = true
+  for _, k in ipairs(w[1]) do run = run and stale[k] end
+  if run then replies[n] = redis.pcall(unpack(w[2])) else replies[n] = redis.status_reply('SKIPPED') end
+end
 redis.call('SELECT', ARGV[2])
-for i = 1, #KEYS do redis.call('SET', KEYS[i], v) end
-return reply
+for k, s in pairs(stale) do
+  if s then redis.call('SET', k, v) end
+end
+return replies
 """
 
 # What repair compares when two replicas hold the same version of a key with different

@@ -144,6 +144,33 @@ def test_an_incr_replayed_after_a_time_out_that_applied_counts_once(cluster_fact
     assert sum(c["replayed"] for c in hints_of(coordinator).values()) >= 1
 
 
+@integration
+def test_a_batch_that_writes_a_key_twice_reaches_a_killed_replica_whole(cluster_factory):
+    """One pipelined read that writes keys more than once (SET then INCR, two APPENDs,
+    RPUSH then LPOP): the replica that missed it gets every write once, so it ends
+    equal to the others."""
+    cluster = cluster_factory(racks=3)
+    wait_all_up(cluster)
+    coordinator, down = cluster[0], cluster[2]
+    client = coordinator.client()
+    down.kill()
+    for round_ in range(3):
+        pipe = client.pipeline(transaction=False)
+        for i in range(50):
+            pipe.set(f"n:{i}", round_).incr(f"n:{i}").incrby(f"n:{i}", 10)
+            pipe.append(f"s:{i}", "a").append(f"s:{i}", "b")
+            pipe.rpush(f"l:{i}", "x", "y").lpop(f"l:{i}")
+        pipe.execute()
+    down.start()
+    wait_drained(cluster)
+    expected = {f"n:{i}": str(2 + 11).encode() for i in range(50)}
+    for node in cluster.nodes:
+        direct = node.redis_client()
+        assert {key: direct.get(key) for key in expected} == expected, node
+        assert [direct.get(f"s:{i}") for i in range(50)] == [b"ababab"] * 50, node
+        assert [direct.lrange(f"l:{i}", 0, -1) for i in range(50)] == [[b"y", b"x", b"y"]] * 50, node
+
+
 def _plant(node: support.NodeHandle, key: bytes, value: bytes, version: bytes) -> None:
     """A value and its version, written to a replica's Redis behind dyno's back."""
     direct = node.redis_client()

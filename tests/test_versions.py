@@ -11,7 +11,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dyno import versions
+from dyno import resp, versions
 from dyno.versions import HLC, make_version, parse_version
 
 millis = st.integers(0, 2**48 - 2)
@@ -110,8 +110,17 @@ def recorded(redis_server) -> redis.Redis:
     return redis_server.client(db=versions.DEFAULT_DB)
 
 
+def apply_segment(r: redis.Redis, version: bytes, writes: list[tuple[list, list]]) -> list:
+    args: list = []
+    for argv, keys in writes:
+        args += [len(keys), *keys, len(argv), *argv]
+    keys = list(dict.fromkeys(key for _, write_keys in writes for key in write_keys))
+    return r.eval(versions.APPLY_SEGMENT_IF_NEWER, len(keys), *keys, version, versions.DEFAULT_DB, *args)
+
+
 def apply(r: redis.Redis, version: bytes, argv: list, keys: list) -> object:
-    return r.eval(versions.APPLY_IF_NEWER, len(keys), *keys, version, versions.DEFAULT_DB, *argv)
+    (reply,) = apply_segment(r, version, [(argv, keys)])
+    return reply
 
 
 @pytest.mark.integration
@@ -124,6 +133,26 @@ def test_a_replayed_write_runs_once_and_never_over_a_newer_one(r, recorded):
     assert r.get("n") == b"1" and r.get("s") == b"x"
     assert recorded.mget("n", "s") == [v1, v2]
     assert r.dbsize() == 2  # the versions are not in database 0
+
+
+@pytest.mark.integration
+def test_a_segment_that_writes_a_key_twice_replays_both_writes_once(r, recorded):
+    """SET k then INCR k in one stamped part: staleness is decided before either runs,
+    so both run on a replica that missed them, and neither on one that has them."""
+    v1, v2 = make_version(1000, 0, 1), make_version(2000, 0, 1)
+    segment = [(["SET", "k", "1"], ["k"]), (["INCR", "k"], ["k"]), (["APPEND", "s", "a"], ["s"]),
+               (["APPEND", "s", "b"], ["s"]), (["RPUSH", "{t}l", "x"], ["{t}l"]),
+               (["RPOPLPUSH", "{t}l", "{t}m"], ["{t}l", "{t}m"])]
+    assert apply_segment(r, v1, segment) == [b"OK", 2, 1, 2, 1, b"x"]
+    assert apply_segment(r, v1, segment) == [b"SKIPPED"] * 6  # replayed again: nothing
+    assert r.get("k") == b"2" and r.get("s") == b"ab" and r.lrange("{t}m", 0, -1) == [b"x"]
+    assert recorded.mget("k", "s", "{t}l", "{t}m") == [v1] * 4
+    # a newer write of s arrived first: s's writes are skipped, k's run
+    r.delete("k")
+    recorded.delete("k")
+    recorded.set("s", v2)
+    assert apply_segment(r, v1, segment[:4]) == [b"OK", 2, b"SKIPPED", b"SKIPPED"]
+    assert r.get("s") == b"ab" and recorded.get("s") == v2
 
 
 @pytest.mark.integration
@@ -142,3 +171,33 @@ def test_a_stamped_batch_records_every_key_it_wrote(r, recorded):
     assert replies == [b"OK"] * 4 + [1]  # and the connection is back on database 0
     assert r.dbsize() == 1  # database 0: the data only, and the connection is back on it
     assert recorded.mget("a", "b") == [version, version]
+
+
+def _run_raw(r: redis.Redis, payload: bytes, count: int) -> list:
+    host, port = r.connection_pool.connection_kwargs["host"], r.connection_pool.connection_kwargs["port"]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(payload)
+        reader = hiredis.Reader()
+        replies: list = []
+        while len(replies) < count:
+            reader.feed(sock.recv(65536))
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+    return replies
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("routed", [False, True])
+def test_a_hint_with_two_writes_of_one_key_replays_both_once(r, recorded, routed):
+    from dyno.handoff import replay_payload
+
+    version = make_version(7000, 0, 3)
+    writes = [[b"SET", b"k", b"1"], [b"INCR", b"k"], [b"SET", b"other", b"x"], [b"MULTI"],
+              [b"APPEND", b"s", b"a"], [b"APPEND", b"s", b"b"], [b"EXEC"]]
+    hint = b"".join(map(resp.encode_command, writes)) + versions.stamp([b"k", b"k", b"other", b"s", b"s"], version)
+    payload, count = replay_payload(hint, versions.DEFAULT_DB, routed)
+    assert count == (3 if routed else 1)  # routed: {k}, {other}, {s}
+    for _ in range(2):  # the second replay finds every version recorded: nothing runs
+        _run_raw(r, payload, count)
+        assert r.mget("k", "other", "s") == [b"2", b"x", b"ab"]
+    assert recorded.mget("k", "other", "s") == [version] * 3
