@@ -280,6 +280,7 @@ async def info(server: "AdminServer") -> dict:
             "auth_failures": node.auth_failures(),
             "read_repairs": m.read_repairs,
             "read_repair_failures": m.read_repair_failures,
+            "transactions": m.transactions,
             "version_stamp_failures": m.stamp_failures,
             "client_bytes_in": stats.client_bytes_in,
             "client_bytes_out": stats.client_bytes_out,

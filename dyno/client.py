@@ -129,7 +129,7 @@ class ClientConnection:
         self.protocol = 2  # 3 after HELLO 3
         self.consistency_override: dict[str, str] = {}  # set by DYNO_CONFIG:CONN_CONSISTENCY
         self.authenticated = False  # AUTH (dyno.auth); only read when requirepass is set
-        self.refused_multi = False  # sent a MULTI dyno refused: nothing runs until EXEC/DISCARD
+        self.transaction = None  # between MULTI and EXEC: its dyno.transactions.Transaction
         self.replies: deque[ReplySlot] = deque()
         self.ready = ready  # the node's: clients with replies to send (ReplySlot.deliver)
         self.queued = False

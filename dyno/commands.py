@@ -798,9 +798,10 @@ _TABLE: tuple[CommandSpec, ...] = (
         _cmd("script|load",               3, (0,  0, 0), READ,  ALL_REPLICAS),
     )),
     # --- transactions ----------------------------------------------------------
-    _cmd("discard",                       1, (0,  0, 0), READ,  UNSUPPORTED, reason=TRANSACTIONS),
-    _cmd("exec",                          1, (0,  0, 0), READ,  UNSUPPORTED, reason=TRANSACTIONS),
-    _cmd("multi",                         1, (0,  0, 0), READ,  UNSUPPORTED, reason=TRANSACTIONS),
+    # The node queues a transaction and runs it at EXEC on its keys' replicas (dyno.transactions).
+    _cmd("discard",                       1, (0,  0, 0), READ,  LOCAL),
+    _cmd("exec",                          1, (0,  0, 0), READ,  LOCAL),
+    _cmd("multi",                         1, (0,  0, 0), READ,  LOCAL),
     _cmd("unwatch",                       1, (0,  0, 0), READ,  UNSUPPORTED, reason=TRANSACTIONS),
     _cmd("watch",                        -2, (1, -1, 1), READ,  UNSUPPORTED, reason=TRANSACTIONS),
     # --- pub/sub ---------------------------------------------------------------
@@ -867,8 +868,9 @@ _WRITE_ONLY_WHEN_STORING = frozenset({b"sort", b"georadius", b"georadiusbymember
 
 
 # What a peer may run on this node's Redis besides the data commands: the SELECT of
-# a version stamp (dyno.versions).
-_PEER_EXTRA = frozenset({b"select"})
+# a version stamp (dyno.versions), a transaction's brackets (whole: _brackets_whole).
+_PEER_EXTRA = frozenset({b"select", b"multi", b"exec"})
+_BRACKETS = frozenset({b"multi", b"exec"})
 
 
 def peer_refusal(requests: Sequence[Sequence[bytes]], flush_enabled: bool) -> bytes | None:
@@ -890,7 +892,27 @@ def peer_refusal(requests: Sequence[Sequence[bytes]], flush_enabled: bool) -> by
                         return b" ".join(argv[:2])
         elif not _peer_may_run(spec, flush_enabled) and spec.name not in _PEER_EXTRA:
             return name
+        elif spec.name in _BRACKETS and not _brackets_whole(requests):
+            return b"MULTI without its EXEC"
     return None
+
+
+def _brackets_whole(requests: Sequence[Sequence[bytes]]) -> bool:
+    """Every MULTI of a frame closed by an EXEC in it, none nested or stray: a
+    MULTI left open would make the node's shared Redis connection queue every
+    other client's commands."""
+    open_ = False
+    for argv in requests:
+        name = argv[0].lower()
+        if name == b"multi":
+            if open_:
+                return False
+            open_ = True
+        elif name == b"exec":
+            if not open_:
+                return False
+            open_ = False
+    return not open_
 
 
 _first = itemgetter(0)

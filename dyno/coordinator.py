@@ -35,15 +35,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dyno import commands, resp, versions
+from dyno import commands, resp, transactions, versions
 from dyno.client import BatchSlot, ReplySlot
 from dyno.consistency import Quorum
 from dyno.datastore import Sink
 from dyno.metrics import SAMPLE_EVERY, TimedSink
 from dyno.peer import COORDINATE, RESP3
-from dyno.planner import EACH, LOCAL, ONE, Part, Plan, Planner
+from dyno.planner import EACH, LOCAL, ONE, Merge, Part, Plan, Planner
 from dyno.rewrite import canonical as _canonical
 from dyno.states import STANDBY, WRITES_ONLY
+from dyno.transactions import Transaction
 
 if TYPE_CHECKING:
     from dyno.client import ClientConnection
@@ -788,8 +789,8 @@ class Coordinator:
         """Run ``requests`` for ``client``; each gets its reply in the client's FIFO,
         in order. ``raw``, if not None, is their canonical encoding as read."""
         self.stats.commands += len(requests)
-        if client.refused_multi:
-            self._after_refused_multi(client, requests)
+        if client.transaction is not None:  # between MULTI and EXEC: queued
+            self._queue(client, requests)
             return
         self.countdown -= 1
         if not self.countdown:
@@ -877,10 +878,9 @@ class Coordinator:
                 self._run_part_for_client(plan, client)
                 return
             self._run_for_client(plan, client, requests)
-            if requests[plan.size - 1][0].lower() == b"multi":  # refused: see _after_refused_multi
-                client.refused_multi = True
+            if client.transaction is not None:  # MULTI ended the plan: what follows is queued
                 if plan.size < len(requests):
-                    self._after_refused_multi(client, requests[plan.size:])
+                    self._queue(client, requests[plan.size:])
                 return
             if plan.size == len(requests) or client.closing:
                 return
@@ -888,34 +888,80 @@ class Coordinator:
             raw = None
             plan = None
 
-    _NOT_QUEUED = resp.error("ERR dyno: not run: it follows a MULTI, which dyno refused; "
-                              "EXEC or DISCARD ends it")
-    _EXECABORT = resp.error("EXECABORT Transaction discarded because of previous errors.")
-    _NESTED = resp.error("ERR MULTI calls can not be nested")
+    # -- transactions (dyno.transactions) ---------------------------------------------
 
-    def _after_refused_multi(self, client: "ClientConnection", requests: list[list[bytes]]) -> None:
-        """A client sent MULTI, which dyno refused: what it sends until EXEC or DISCARD
-        is not run (it believes it is queueing a transaction, and would be told the
-        whole failed); EXEC answers EXECABORT, as Redis does for a transaction with
-        an error, DISCARD and RESET end it, and what follows runs as usual."""
+    def transaction(self) -> Transaction:
+        """A new transaction (MULTI), whose keys' replica sets come from the ring as
+        it is when each command is queued."""
+        return Transaction(self._replicas_of, self.planner.crossslot)
+
+    def _replicas_of(self, key: bytes) -> tuple:
+        planner = self.planner
+        group = planner.uniform_group
+        if group is not None:
+            return group
+        ring = planner.ring
+        return ring.replicas(ring.token_of(key))
+
+    def _queue(self, client: "ClientConnection", requests: list[list[bytes]]) -> None:
+        """Requests a client sent after MULTI: queued (``+QUEUED`` or the error that
+        aborts the transaction) until EXEC runs it or DISCARD drops it; RESET and
+        QUIT drop it and run as usual. What follows EXEC or DISCARD runs as usual."""
+        transaction = client.transaction
         for index, argv in enumerate(requests):
             name = argv[0].lower() if argv else b""
-            if name in (b"exec", b"discard"):
-                client.refused_multi = False
-                reply = self._EXECABORT if name == b"exec" else resp.OK
-            elif name in (b"reset", b"quit"):  # they end it too, and run as usual
-                client.refused_multi = False
+            if name == b"exec" and len(argv) == 1:
+                client.transaction = None
+                self._exec(client, transaction, argv)
+            elif name == b"discard" and len(argv) == 1:
+                client.transaction = None
+                self._reply(client, resp.OK)
+            elif name in (b"reset", b"quit"):
+                client.transaction = None
                 self._execute(client, requests[index:], None)
                 return
             else:
-                reply = self._NESTED if name == b"multi" else self._NOT_QUEUED
-            slot = ReplySlot(client)
-            client.replies.append(slot)
-            slot.deliver(reply)
-            if not client.refused_multi:
-                if index + 1 < len(requests):
-                    self._execute(client, requests[index + 1:], None)
-                return
+                if name == b"multi":
+                    reply = transactions.NESTED
+                elif name == b"watch":
+                    reply = transactions.WATCH_INSIDE
+                else:
+                    reply = transaction.add(argv)
+                    if transaction.aborted and reply is not transactions.QUEUED:
+                        self.stats.errors += 1
+                self._reply(client, reply)
+                continue
+            if index + 1 < len(requests):
+                self._execute(client, requests[index + 1:], None)
+            return
+
+    def _reply(self, client: "ClientConnection", reply: bytes) -> None:
+        slot = ReplySlot(client)
+        client.replies.append(slot)
+        slot.deliver(reply)
+
+    def _exec(self, client: "ClientConnection", transaction: Transaction, argv: list[bytes]) -> None:
+        """EXEC: the queued commands as one block on every replica of their keys
+        (Planner.transaction); the client gets EXEC's reply as the level decides."""
+        if transaction.aborted:
+            self._reply(client, transactions.EXECABORT)
+            return
+        queued = transaction.queued
+        if not queued:
+            self._reply(client, b"*0\r\n")
+            return
+        override = client.consistency_override
+        read_level, write_level = (override["read"], override["write"]) if override else (
+            self.read_level, self.write_level)
+        count = len(queued) + 2
+        part = self.planner.transaction(queued, read_level, write_level, positions=list(range(1, count + 1)))
+        if part.__class__ is bytes:
+            self._reply(client, part)
+            return
+        self.metrics.transactions += 1
+        plan = Plan([part], 1, [Merge(_exec_reply, part.positions)], count + 1, None,
+                    [commands.resolve(argv) for argv in queued])
+        self._run_for_client(plan, client, [argv])
 
     def _run_part_for_client(self, part: Part, client: "ClientConnection") -> None:
         self._count_part(part)
@@ -1264,6 +1310,11 @@ class Coordinator:
                         run.quorum.done = True
                         error = resp.error("ERR dyno: internal error widening a quorum read")
                         run.dest.deliver_run(error * run.part.count, run.part.count)
+
+
+def _exec_reply(replies: list[bytes]) -> bytes:
+    """A transaction's replies (MULTI's, the +QUEUED ones, EXEC's): the client gets EXEC's."""
+    return replies[-1]
 
 
 def part_keys(part: Part) -> list[bytes]:

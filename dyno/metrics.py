@@ -190,6 +190,7 @@ class Metrics:
         self.stamp_failures = 0     # batches whose versions a replica could not record
         self.read_repairs = 0       # reads whose keys were repaired (quorum disagreement, chance)
         self.read_repair_failures = 0
+        self.transactions = 0       # MULTI ... EXEC blocks sent to replicas
         self.state_refusals = 0     # requests refused because of the node state
         self.client_latency = Histogram()
         self.datastore_latency = Histogram()
@@ -386,6 +387,8 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     family("dyno_read_repairs_total", "counter",
            "Reads whose keys were repaired because replicas disagreed (or picked by "
            "read_repair_chance).").add(metrics.read_repairs)
+    family("dyno_transactions_total", "counter",
+           "Transactions (MULTI ... EXEC) run on their keys' replicas.").add(metrics.transactions)
     family("dyno_read_repair_failures_total", "counter",
            "Read repairs that could not be completed (a replica unreachable).").add(metrics.read_repair_failures)
     family("dyno_version_stamp_failures_total", "counter",

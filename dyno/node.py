@@ -342,7 +342,11 @@ class Node:
         config = self.config
         blocks = {
             b"server": node_commands.server_info(self),
-            b"clients": {"connected_clients": len(self.clients), "maxclients": config.maxclients},
+            # Redis's fields, dyno's values (no client of dyno blocks or tracks keys)
+            b"clients": {"connected_clients": len(self.clients), "cluster_connections": 0,
+                         "maxclients": config.maxclients, "client_recent_max_input_buffer": 0,
+                         "client_recent_max_output_buffer": 0, "blocked_clients": 0,
+                         "tracking_clients": 0, "clients_in_timeout_table": 0},
             b"stats": {
                 "total_commands_processed": self.stats.commands,
                 "total_error_replies": self.stats.errors,

@@ -192,6 +192,9 @@ def _reset(node, client, argv, slot):
 # INFO's section names that mean "several sections" (Redis 7): dyno's own sections
 # come with them.
 _INFO_GROUPS = frozenset({b"default", b"all", b"everything"})
+# Sections that are dyno's alone: its clients are not its Redis's (whose clients are
+# dyno's own connections).
+_DYNO_ONLY = frozenset({b"clients", b"dyno"})
 
 
 def _info(node, client, argv, slot):
@@ -202,6 +205,8 @@ def _info(node, client, argv, slot):
     sections = [s.lower() for s in argv[1:]] or [b"default"]
     everything = any(s in _INFO_GROUPS for s in sections)
     blocks = node.info_blocks(sections, everything)
+    if not everything and all(s in _DYNO_ONLY for s in sections):  # no need to wait for the Redis
+        return resp.bulk(info_text("", blocks, node.config.versions_db))
     node.datastore.send(resp.encode_command([b"INFO", *sections]), _InfoSink(slot, blocks, node.config.versions_db),
                         client.id)
     return None
@@ -262,7 +267,9 @@ def info_text(redis_text: str, blocks: dict[str, dict], versions_db: int) -> str
             emit_own()
             fields = [(k, v) for k, v in fields if k != hidden]
         mine = own.pop(name, None)
-        if mine is not None:
+        if mine is not None and name.encode() in _DYNO_ONLY:
+            fields = list(mine.items())
+        elif mine is not None:
             fields = [(k, mine.get(k, v)) for k, v in fields]
             present = {k for k, _ in fields}
             fields += [(k, v) for k, v in mine.items() if k not in present]
@@ -413,6 +420,16 @@ _CLUSTER_HELP = [
 ]
 
 
+def _multi(node, client, argv, slot):
+    # What the client sends next is queued (Coordinator._queue) until EXEC or DISCARD.
+    client.transaction = node.coordinator.transaction()
+    return resp.OK
+
+
+_EXEC_WITHOUT = resp.error("ERR EXEC without MULTI")
+_DISCARD_WITHOUT = resp.error("ERR DISCARD without MULTI")
+
+
 def _ok(node, client, argv, slot):  # READONLY, READWRITE, ASKING: nothing to change in dyno
     return resp.OK
 
@@ -444,6 +461,9 @@ HANDLERS: dict[bytes, Handler] = {
     b"info": _info,
     b"config": _config,
     b"cluster": _cluster,
+    b"multi": _multi,
+    b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,
+    b"discard": lambda node, client, argv, slot: _DISCARD_WITHOUT,
     b"readonly": _ok,
     b"readwrite": _ok,
     b"asking": _ok,

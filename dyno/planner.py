@@ -90,7 +90,10 @@ CURSOR_READS = frozenset({b"sscan", b"hscan", b"zscan"})
 REPLICATE_EFFECT = {b"spop": rewrite.spop_effect, b"xadd": rewrite.xadd_effect}
 # Commands after which the rest of a batch is served differently (protocol, levels,
 # or not at all): a plan ends with them.
-_ENDS_PLAN = frozenset({b"hello", b"reset", b"quit"})
+_ENDS_PLAN = frozenset({b"hello", b"reset", b"quit", b"multi"})
+_BRACKETS = frozenset({b"multi", b"exec"})
+_MULTI = resp.encode_command([b"MULTI"])
+_EXEC = resp.encode_command([b"EXEC"])
 
 # Plain key commands: one key at argv[1], replies that compare as bytes, an effect
 # every replica computes alike. A batch made only of these (the common case) is
@@ -362,6 +365,56 @@ class Planner:
         part.calls = calls
         return part
 
+    def transaction(self, queued: list[list[bytes]], read_level: str, write_level: str, *,
+                    now_ms: Callable[[], int] | None = None, here_only: bool = False,
+                    version: bytes | None = None, positions: list[int] | None = None) -> Part | bytes:
+        """The part that runs a transaction (dyno.transactions) as one ``MULTI`` ...
+        ``EXEC`` block on every replica of its keys, at ``write_level`` if it writes,
+        else ``read_level``: its ``count`` replies are MULTI's, one ``+QUEUED`` per
+        command and EXEC's. Or the error line the client gets instead, when the keys
+        no longer share one replica set (the ring changed since they were queued),
+        or when a reply replicas order each their own way would have a quorum
+        compare it."""
+        ring = self.ring
+        keys: list[bytes] = []
+        write_keys: list[bytes] = []
+        block = [_MULTI]
+        write = False
+        now = None
+        unordered = None
+        for argv in queued:
+            spec = commands.resolve(argv)
+            its_keys = commands.keys(spec, argv)
+            keys += its_keys
+            if commands.is_write(spec, argv):
+                write = True
+                write_keys += its_keys
+                if not self.solo and spec.name in rewrite.EXPIRY_COMMANDS:
+                    now = now if now is not None else (now_ms or self.now_ms)()
+                    argv = rewrite.absolute_expiry(argv, now) or argv
+            elif spec.name in UNORDERED_REPLIES:
+                unordered = spec.name
+            block.append(resp.encode_command(argv))
+        block.append(_EXEC)
+        group = self.uniform_group
+        if group is None:
+            groups = list(map(ring.replicas, ring.tokens_of(keys)))
+            group = groups[0]
+            if any(other is not group for other in groups):
+                return resp.error("ERR dyno: the transaction's keys no longer have the same replicas (the "
+                                  "ring changed while it was queued); nothing of it ran")
+        level = DC_ONE if self.solo else write_level if write else read_level
+        if unordered is not None and level != DC_ONE:
+            return resp.error(f"ERR dyno: {unordered.decode().upper()} in a transaction at {level}: each replica "
+                              "orders its reply its own way, so a quorum cannot compare them; nothing of it ran "
+                              "(DYNO_CONFIG:CONN_CONSISTENCY DC_ONE allows it)")
+        part = self.part(group, write, level, b"".join(block), len(queued) + 2, positions, here_only)
+        if write:
+            version = self.batch_version(here_only, version)
+            if version is not None:
+                self.stamped(part, write_keys, version)
+        return part
+
     def batch_version(self, here_only: bool, version: bytes | None) -> bytes | None:
         """The version a batch's writes are stamped with: a new one, or for writes
         another datacenter hands over, the one their coordinator gave them."""
@@ -569,6 +622,10 @@ class _General:
         self.width = size
         rewriting = not self.planner.solo
         self.specs = specs = list(map(commands.resolve, requests))
+        if self.here_only and requests[0][0].lower() == b"multi":
+            block = self._transaction_block()
+            if block is not None:
+                return block
         for position, argv in enumerate(requests):
             spec = specs[position]
             if spec.__class__ is bytes:
@@ -578,12 +635,6 @@ class _General:
                     break
                 self.sources.append(spec)
                 self.refused.append(_refused_name(argv))
-                if argv[0].lower() == b"multi" and not self.here_only:
-                    # What follows a refused MULTI must not run (the client thinks it
-                    # is queueing a transaction): the plan ends here, and the
-                    # coordinator refuses the rest until EXEC or DISCARD.
-                    size = position + 1
-                    break
                 continue
             route = spec.route
             if route is _LOCAL and not self.here_only:
@@ -594,6 +645,9 @@ class _General:
                     break
                 continue
             write = commands.is_write(spec, argv)
+            if self.here_only and spec.name in _BRACKETS:  # a transaction run unbracketed here
+                self.sources.append(resp.OK)
+                continue
             if self.here_only and not write:
                 self.sources.append(_NOT_FROM_A_PEER)
                 self.refused.append(spec.name)
@@ -628,6 +682,22 @@ class _General:
             part.calls = self.calls
             return part
         return Plan(parts, size, sources, self.width, self.refused, self.calls)
+
+    def _transaction_block(self) -> Plan | None:
+        """A transaction another datacenter's coordinator sent (MULTI ... EXEC,
+        stamped): one part, the block whole, to this datacenter's replicas. None if
+        its keys have several replica sets here (this datacenter's ring is laid out
+        otherwise): then its commands are planned one by one, MULTI and EXEC answered
+        here."""
+        requests = self.requests
+        end = next((i for i, argv in enumerate(requests) if argv[0].lower() == b"exec"), None)
+        if end is None:
+            return None
+        part = self.planner.transaction(requests[1:end], DC_ONE, DC_ONE, now_ms=self.now_ms, here_only=True,
+                                        version=self.given_version, positions=list(range(end + 1)))
+        if part.__class__ is bytes:
+            return None
+        return Plan([part], end + 1, [None] * (end + 1), end + 1, None, self.specs[: end + 1])
 
     # -- request kinds ----------------------------------------------------------------
 

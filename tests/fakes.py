@@ -216,7 +216,7 @@ class Client:
         self.id = 1
         self.protocol = 2
         self.consistency_override: dict[str, str] = {}
-        self.refused_multi = False
+        self.transaction = None
         self.closing = False
         self.replies: deque = deque()
         self.queued = False
