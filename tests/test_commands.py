@@ -589,3 +589,15 @@ def test_what_a_peer_may_run():
         assert commands.peer_refusal([*ok, argv], flush_enabled=True) == refused
     assert commands.peer_refusal([[b"FLUSHALL"]], flush_enabled=False) == b"FLUSHALL"
     assert commands.peer_refusal([[b"FLUSHALL"]], flush_enabled=True) is None
+
+
+def test_a_peer_may_send_a_transaction_only_with_its_brackets_whole():
+    """MULTI left open on the node's shared Redis connection would queue every other
+    client's commands: a frame's MULTI must be closed by its EXEC, none nested."""
+    block = [[b"MULTI"], [b"SET", b"k", b"1"], [b"EXEC"]]
+    assert commands.peer_refusal(block, flush_enabled=False) is None
+    assert commands.peer_refusal(block + [[b"GET", b"k"]] + block, flush_enabled=False) is None
+    for frame in ([[b"MULTI"], [b"SET", b"k", b"1"]], [[b"SET", b"k", b"1"], [b"EXEC"]],
+                  [[b"MULTI"], [b"MULTI"], [b"EXEC"], [b"EXEC"]], [[b"exec"], [b"multi"]]):
+        assert commands.peer_refusal(frame, flush_enabled=False) == b"MULTI without its EXEC", frame
+    assert commands.peer_refusal([[b"MULTI"], [b"DISCARD"]], flush_enabled=False) is not None
