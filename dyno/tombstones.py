@@ -194,7 +194,7 @@ class TombstoneSweeper:
         return removed
 
     def describe(self) -> dict:
-        """Counters for /info, /metrics and dyno status."""
+        """Counters for /info and /metrics."""
         return {
             "grace": self.grace, "period": self.period, "removed": self.removed,
             "examined": self.examined, "passes": self.passes, "failures": self.failures,
