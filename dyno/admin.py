@@ -115,6 +115,8 @@ class NodeView:
     hints: Callable[[], dict] = dict
     #: Wrong passwords clients gave (AUTH, HELLO AUTH; dyno.auth).
     auth_failures: Callable[[], int] = int
+    #: Tombstone GC counters (dyno.tombstones.TombstoneSweeper.describe).
+    tombstones: Callable[[], dict] = dict
 
 
 # -- the cluster view ------------------------------------------------------------------
@@ -289,6 +291,7 @@ async def info(server: "AdminServer") -> dict:
             "quorum_failures_by_consistency": dict(m.failures_by_level),
             "peers": peers,
             "hints": node.hints(),
+            "tombstones": node.tombstones(),
             datastore.address: {
                 "up": int(datastore.up),
                 "connections": len(datastore.connections),

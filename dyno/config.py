@@ -185,6 +185,7 @@ class Config:
     read_repair_chance: float = 0.0  # DC_ONE reads also checked and repaired (Cassandra's)
     repair_rate: int = 0           # keys per second a repair compares (0: unthrottled)
     repair_interval: int = 0       # seconds between the node's own scheduled repairs (0: none)
+    tombstone_grace: int = 864000  # seconds a deleted key's version is kept (Cassandra's gc_grace_seconds)
     flush_enabled: bool = True     # FLUSHDB/FLUSHALL allowed
     warnings: tuple[str, ...] = ()  # accepted-but-ignored keys, one message each
 
@@ -530,6 +531,9 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "read_repair_chance": _chance,
     "repair_rate": _integer(0, unit="keys per second"),
     "repair_interval": _integer(0, unit="seconds"),
+    # At least 1: a version dropped the moment its key is deleted would let any
+    # replica that missed the delete bring the key back (see _check_together).
+    "tombstone_grace": _integer(1, unit="seconds"),
     "flush_enabled": _boolean,
 }
 
@@ -659,6 +663,14 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
                 which = "" if key in values else f"the default {key} "
                 errors.append((key, f"{which}{address} clashes with {other_key} ({other}); "
                                     "each listener needs its own port"))
+    # A hint is replayed up to max_hint_window after its write; if the tombstone of a
+    # later delete were dropped by then, the replayed write would bring the key back.
+    grace, window = _effective(values, "tombstone_grace"), _effective(values, "max_hint_window")
+    if grace * 1000 < window:
+        which = "tombstone_grace" if "tombstone_grace" in values else "max_hint_window"
+        errors.append((which, f"tombstone_grace ({grace} s) is shorter than max_hint_window ({window} ms): "
+                              "a hint replayed after its key's tombstone was dropped would bring a deleted "
+                              f"key back; set tombstone_grace to at least {-(-window // 1000)}"))
     datastore = values["servers"][0].address
     for key, address in listeners:
         if datastore == address:

@@ -407,6 +407,16 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
         hinted = family(name, "gauge" if field.startswith("pending") else "counter", help_text)
         for peer_name, counts in hints.items():
             hinted.add(counts[field], peer=peer_name)
+    swept = node.tombstones()
+    family("dyno_tombstones_removed_total", "counter",
+           "Versions of keys deleted or expired more than tombstone_grace ago, dropped from "
+           "this node's versions database.").add(swept.get("removed", 0))
+    family("dyno_tombstone_sweeps_total", "counter",
+           "Passes of the tombstone sweep over this node's versions database, completed.").add(
+        swept.get("passes", 0))
+    family("dyno_tombstone_sweep_failures_total", "counter",
+           "Tombstone sweep passes that ended early (the node's Redis unreachable).").add(
+        swept.get("failures", 0))
     family("dyno_client_bytes_received_total", "counter",
            "Request bytes read from clients.").add(stats.client_bytes_in)
     family("dyno_client_bytes_sent_total", "counter",

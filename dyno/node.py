@@ -22,7 +22,7 @@ import time
 
 import trio
 
-from dyno import auth, node_commands, repair, versions
+from dyno import auth, node_commands, repair, tombstones, versions
 from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
@@ -134,7 +134,12 @@ class Node:
         # what read repair and `dyno repair` (dyno.repair) compare and copy with.
         self.call_redis = repair.node_call(self.name, self.datastore, self.peer_links.get)
         self.repairs = repair.RepairService(lambda: self.ring, self.call_redis, db=config.versions_db,
-                                            rate=config.repair_rate)
+                                            rate=config.repair_rate, tombstone_grace=config.tombstone_grace)
+        # Tombstone GC: this node drops its own Redis's versions of keys deleted or
+        # expired more than tombstone_grace ago (dyno.tombstones).
+        self.sweeper = tombstones.TombstoneSweeper(
+            lambda argvs: self.call_redis(self.ring.local, argvs), grace=config.tombstone_grace,
+            db=config.versions_db)
         self.admin = AdminServer(self._admin_view(), config.stats_listen.host, config.stats_listen.port,
                                  start_repair=self.repairs.start, repair_status=self.repairs.status,
                                  token=config.admin_token)
@@ -178,7 +183,7 @@ class Node:
             gossip_view=lambda: self.gossiper.describe() if self.gossiper is not None else {},
             set_state=self.set_state, set_consistency=self.set_consistency,
             set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
-            auth_failures=lambda: self.password.failures,
+            auth_failures=lambda: self.password.failures, tombstones=self.sweeper.describe,
         )
 
     def flush_ready(self) -> None:
@@ -242,7 +247,8 @@ class Node:
         newest version wins (read repair)."""
         for start in range(0, len(keys), 500):
             await repair.repair_keys(keys[start : start + 500], list(nodes), self.call_redis,
-                                     self.config.versions_db, ties=False)
+                                     self.config.versions_db, ties=False,
+                                     horizon=tombstones.horizon_now(self.config.tombstone_grace))
 
     async def scheduled_repairs(self, interval: float) -> None:
         """``repair_interval``: repair this node's ranges every ``interval`` seconds
@@ -292,6 +298,7 @@ class Node:
             nursery.start_soon(self.handoff.run)
             nursery.start_soon(self.hints.flusher)
             nursery.start_soon(self.repairs.serve)
+            nursery.start_soon(self.sweeper.run)
             if self.config.repair_interval:
                 nursery.start_soon(self.scheduled_repairs, self.config.repair_interval)
             for link in self.peer_links.values():

@@ -22,7 +22,9 @@ there in one atomic step: its version (``b""`` if none), its absolute expiry, an
 its DUMP (or the DUMP's sha1). States are ranked by version (bytes; no version is
 older than any); a replica without the key whose versions database still holds a
 version has a *tombstone*, and a tombstone newer than a value wins (the delete is
-copied). Two states of the same version (one write applied twice, or a copy) are
+copied); but replicas that all lack a key agree when every tombstone of it is older
+than ``tombstone_grace``, which each replica drops in its own time (dyno.tombstones),
+so repair does not copy back what a sweep dropped. Two states of the same version (one write applied twice, or a copy) are
 ranked by their *content digest* (``versions.DIGEST``: a function of the value, not
 of its DUMP, whose bytes differ between Redis processes for equal sets and hashes),
 then by expiry (none counts as latest). That order is total and the same in Python
@@ -54,6 +56,7 @@ import trio
 
 from dyno.datastore import Sink
 from dyno.ring import MAX_TOKEN, Ring, RingError, RingNode
+from dyno.tombstones import horizon_now
 from dyno.versions import DEFAULT_DB, DIGEST, FETCH, RESTORE_IF_NEWER
 
 if TYPE_CHECKING:
@@ -139,7 +142,7 @@ def _digest(state: KeyState) -> bytes | None:
     return state.digest if state.present else b""
 
 
-def decide(states: Sequence[KeyState]) -> Decision:
+def decide(states: Sequence[KeyState], horizon: bytes = b"") -> Decision:
     """Which of ``states`` (one key on each replica) wins, and which replicas must
     receive it.
 
@@ -149,8 +152,16 @@ def decide(states: Sequence[KeyState]) -> Decision:
     ranked by content digest, then by expiry (none latest), and equal ranks agree
     (the same value dumped differently). The result does not depend on the order of
     ``states``; a replica that received the winner's state is never a target again.
+
+    ``horizon`` (``tombstones.horizon``; ``b""``: none): when no replica holds the
+    key and every version is older than it, the replicas agree, whoever still has a
+    tombstone: one that its replica may drop any time (dyno.tombstones) is not
+    copied back to a replica that dropped it first. A tombstone still deletes a
+    value, however old: that is what it is kept for.
     """
     newest = max(state.version for state in states)
+    if newest < horizon and not any(state.present for state in states):
+        return Decision(next(i for i, state in enumerate(states) if state.version == newest), ())
     tied = [index for index, state in enumerate(states) if state.version == newest]
     first = states[tied[0]]
     if all(states[i].value == first.value and states[i].expire_at == first.expire_at for i in tied):
@@ -258,12 +269,14 @@ def _rows(reply, count: int, what: str, node: RingNode, result: KeyRepairResult)
 
 async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call: Call,
                       db: int = DEFAULT_DB, *, writable: Callable[[RingNode], bool] | None = None,
-                      ties: bool = True) -> KeyRepairResult:
+                      ties: bool = True, horizon: bytes = b"") -> KeyRepairResult:
     """Compare ``keys`` on every replica of ``replicas`` and copy the newest state of
     each over the stale ones (only to those ``writable`` allows; default all).
     ``ties=False`` (read repair): only over replicas holding an *older* version;
     values that differ under one version (changed behind dyno's back) are left to
     ``dyno repair``, and the read that saw them is not answered with either.
+    ``horizon``: tombstones older than it, of keys no replica holds, are not copied
+    (``decide``; dyno.tombstones).
 
     One FETCH (hashed: DUMPs' sha1) per replica for all the keys; one DIGEST per
     replica whose same-version states must be ranked; one full FETCH per winning
@@ -298,7 +311,7 @@ async def repair_keys(keys: Sequence[bytes], replicas: Sequence[RingNode], call:
         if all(column[k] == first for column in columns[1:]):
             continue
         states = [KeyState(*column[k]) for column in columns]
-        decision = decide(states)
+        decision = decide(states, horizon)
         if decision.needs_digests:
             if ties:
                 undecided[k] = states
@@ -542,11 +555,14 @@ RUNNING_PHASES = ("starting", "sizing", "scanning")
 class Repair:
     """A repair job over a plan's ranges; ``run`` once. Its ``progress`` is read
     while it runs (``status``). ``rate``: keys compared per second (0: as fast as
-    the replicas answer); ``clock``: seconds, for rates and the throttle."""
+    the replicas answer); ``clock``: seconds, for rates and the throttle;
+    ``tombstone_grace``: seconds after which a tombstone may be dropped
+    (dyno.tombstones; None: never), so not copied back where it was."""
 
     def __init__(self, plan: RepairPlan, call: Call, *, db: int = DEFAULT_DB, rate: float = 0.0,
                  clock: Callable[[], float] = trio.current_time, job_id: int = 1,
-                 chunk: int = CHUNK, scan_count: int = SCAN_COUNT, parallel: int = PARALLEL):
+                 chunk: int = CHUNK, scan_count: int = SCAN_COUNT, parallel: int = PARALLEL,
+                 tombstone_grace: float | None = None):
         if rate < 0:
             raise ValueError(f"rate {rate} is negative: give keys per second, or 0 for no limit")
         self.plan = plan
@@ -554,6 +570,7 @@ class Repair:
         self.db = db
         self.rate = rate
         self.clock = clock
+        self.tombstone_grace = tombstone_grace
         self.chunk = chunk
         self.parallel = parallel
         self.scan_count = b"%d" % scan_count
@@ -654,13 +671,15 @@ class Repair:
                 if group is None:
                     group = groups[id(replicas)] = (replicas, [])
                 group[1].append(key)
+        grace = self.tombstone_grace
+        cutoff = horizon_now(grace) if grace is not None else b""
         for replicas, mine in groups.values():
             if earlier:
                 mine = await self._not_seen(mine, earlier)
             for start in range(0, len(mine), self.chunk):
                 chunk = mine[start:start + self.chunk]
                 self.result.add(await repair_keys(chunk, replicas, self.call, self.db,
-                                                  writable=plan.may_write))
+                                                  writable=plan.may_write, horizon=cutoff))
                 await self._throttle()
 
     async def _not_seen(self, keys: list[bytes], earlier: Sequence[RingNode]) -> list[bytes]:
@@ -728,11 +747,13 @@ class RepairService:
     sees it now; ``call`` reaches a replica's Redis (``node_call``)."""
 
     def __init__(self, ring: Callable[[], Ring], call: Call, *, db: int = DEFAULT_DB,
-                 rate: float = 0.0, clock: Callable[[], float] = trio.current_time):
+                 rate: float = 0.0, clock: Callable[[], float] = trio.current_time,
+                 tombstone_grace: float | None = None):
         self.ring = ring
         self.call = call
         self.db = db
         self.rate = rate
+        self.tombstone_grace = tombstone_grace
         self.clock = clock
         self.job: Repair | None = None
         self._jobs = 0
@@ -764,7 +785,7 @@ class RepairService:
             raise ValueError(str(error)) from None
         self._jobs += 1
         job = self.job = Repair(plan, self.call, db=self.db, rate=self.rate if rate is None else rate,
-                                clock=self.clock, job_id=self._jobs)
+                                clock=self.clock, job_id=self._jobs, tombstone_grace=self.tombstone_grace)
         self._nursery.start_soon(job.run)
         log.info("repair %d of %s started: rack %s, range %s, replicas %s", job.id, plan.node.name,
                  rack or "all", token_range or "all", ", ".join(m.name for m in plan.scan))

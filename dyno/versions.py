@@ -13,7 +13,8 @@ exactly as clients wrote it. A key's version is a plain string with the same nam
 in another database of the same Redis (``versions_db``, 15 by default): readable
 with ``redis-cli -n 15 GET key``, ignored by DBSIZE, SCAN, KEYS and RANDOMKEY on
 database 0. A deleted key keeps its version there: the version is then a
-tombstone, which tells repair that the key was deleted rather than never written.
+tombstone, which tells repair that the key was deleted rather than never written,
+until it is older than ``tombstone_grace`` and dyno.tombstones drops it.
 
 The write path stamps each batch of writes: after a part's commands, the same
 connection runs ``SELECT versions_db; MSET k1 V k2 V ...; SELECT 0`` (``stamp``),

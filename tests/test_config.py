@@ -108,6 +108,7 @@ DEFAULTS = {
     "read_repair_chance": 0.0,
     "repair_rate": 0,
     "repair_interval": 0,
+    "tombstone_grace": 864000,
     "flush_enabled": True,
     "warnings": (),
 }
@@ -202,6 +203,7 @@ EVERY_KEY = [
     ("read_repair_chance", 0.1, 0.1),
     ("repair_rate", 5000, 5000),
     ("repair_interval", 86400, 86400),
+    ("tombstone_grace", 86400, 86400),
     ("flush_enabled", False, False),
     ("phi_convict_threshold", 12.5, 12.5),
 ]
@@ -547,6 +549,8 @@ KEY_ERRORS = [
     ("read_repair_chance", True, "expected a number from 0 to 1, got true"),
     ("repair_rate", -5, "expected a whole number of keys per second"),
     ("repair_interval", "daily", "expected a whole number of seconds"),
+    ("tombstone_grace", 0, "0 is out of range; expected a whole number of seconds, at least 1"),
+    ("tombstone_grace", "10d", "expected a whole number of seconds"),
     # keys dyno ignores still get their values checked
     ("dyn_read_timeout", "abc", "expected a whole number, got 'abc'"),
     ("dyn_connections", 0, "0 is out of range; expected a whole number, at least 1"),
@@ -759,6 +763,14 @@ def test_wildcard_dyn_listen_with_seeds_warns() -> None:
         ({"servers": ["127.0.0.1:22222:1"]}, "servers[0]", "is this node's own stats_listen address"),
         ({"listen": "127.0.0.1:8101"}, "dyn_listen",
          "the default dyn_listen 0.0.0.0:8101 clashes with listen (127.0.0.1:8101)"),
+        ({"tombstone_grace": 3600}, "tombstone_grace",
+         "tombstone_grace (3600 s) is shorter than max_hint_window (10800000 ms): a hint replayed "
+         "after its key's tombstone was dropped would bring a deleted key back; set tombstone_grace "
+         "to at least 10800"),
+        ({"max_hint_window": 900_000_001}, "max_hint_window",
+         "tombstone_grace (864000 s) is shorter than max_hint_window (900000001 ms)"),
+        ({"tombstone_grace": 1, "max_hint_window": 1001}, "tombstone_grace",
+         "set tombstone_grace to at least 2"),
     ],
 )
 def test_cross_key_errors(settings: dict, key: str, message: str) -> None:

@@ -14,6 +14,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hiredis
@@ -25,7 +26,7 @@ from click.testing import CliRunner
 from hypothesis import strategies as st
 
 import support
-from dyno import admin, cli, peer, versions
+from dyno import admin, cli, peer, tombstones, versions
 from dyno.datastore import Datastore
 from dyno.metrics import Metrics, Stats
 from dyno.peer import Congestion, PeerLink, PeerServer
@@ -171,6 +172,30 @@ def test_digests_are_asked_for_only_to_break_a_tie():
     # same digest, one with no expiry: no expiry ranks last... that is, latest
     expiring = decide([new._replace(digest=b"d", expire_at=5), other._replace(digest=b"d")])
     assert (expiring.winner, expiring.targets, expiring.tie) == (1, (0,), True)
+
+
+@given(replica_states, st.sampled_from([b"", *VERSIONS[1:], version(4)]))
+def test_tombstones_past_the_horizon_are_copied_nowhere_when_no_replica_has_the_key(states, cutoff):
+    """decide(horizon=...): replicas that all lack the key agree once every version of
+    it is older than the horizon (a sweep may drop them: dyno.tombstones); otherwise
+    the horizon changes nothing, and an old tombstone still deletes a value."""
+    plain, swept = decide_fully(states), decide(without_digests(states), cutoff)
+    newest = max(state.version for state in states)
+    if newest < cutoff and not any(state.present for state in states):
+        assert swept.targets == () and swept.needs_digests == ()
+        assert states[swept.winner].version == newest
+    else:
+        if swept.needs_digests:
+            swept = decide(states, cutoff)
+        assert swept == plain
+
+
+def test_an_old_tombstone_still_deletes_an_older_value():
+    tombstone = KeyState(version(2), -2, b"", b"")
+    value = KeyState(version(1), -1, b"x", None)
+    assert decide([tombstone, value], horizon=version(3)) == (0, (1,), (), False)
+    assert decide([tombstone, KeyState(b"", -2, b"", b"")], horizon=version(3)).targets == ()
+    assert decide([tombstone, KeyState(b"", -2, b"", b"")], horizon=version(2)).targets == (1,)
 
 
 # -- ranges and plans ---------------------------------------------------------------------
@@ -361,6 +386,76 @@ async def test_equal_sets_that_dump_differently_are_not_copied(redises):
     try:
         result = await repair_keys([b"s"], ring.nodes, call)
         assert (result.compared, result.copies) == (1, 0)
+    finally:
+        await call.aclose()
+
+
+async def test_repair_does_not_copy_back_a_tombstone_a_sweep_may_drop(redises):
+    """One replica has dropped a tombstone older than tombstone_grace (or never had
+    it), another still has it, neither has the key: repair leaves both alone, rather
+    than copy the old tombstone back. A recent tombstone is still copied, and an old
+    one still deletes an older value."""
+    ring = one_token_ring(2)
+    a, b = [Replica(server) for server in redises[:2]]
+    now_ms = time.time_ns() // 1_000_000
+    recent = versions.make_version(now_ms, 0, 7)
+    a.tombstone("swept-on-b", version(2))
+    a.tombstone("both-old", version(3))
+    b.tombstone("both-old", version(2))
+    a.tombstone("recent", recent)
+    a.tombstone("over-a-value", version(5))
+    b.put("over-a-value", version(4), lambda r: r.set("over-a-value", "deleted later"))
+    keys = [b"swept-on-b", b"both-old", b"recent", b"over-a-value"]
+    cutoff = tombstones.horizon(now_ms, 864_000)
+    assert version(5) < cutoff < recent
+    call = direct(ring, redises)
+    try:
+        result = await repair_keys(keys, ring.nodes, call, horizon=cutoff)
+        assert (result.compared, result.deleted, result.repaired, result.errors) == (4, 2, 0, 0)
+        assert b.versions.get("swept-on-b") is None          # not copied back
+        assert (a.versions.get("both-old"), b.versions.get("both-old")) == (version(3), version(2))
+        assert b.versions.get("recent") == recent            # inside the grace: copied
+        assert not b.data.exists("over-a-value") and b.versions.get("over-a-value") == version(5)
+        # without a horizon (as before tombstone GC) the old tombstone is copied back
+        again = await repair_keys([b"swept-on-b"], ring.nodes, call)
+        assert again.deleted == 1 and b.versions.get("swept-on-b") == version(2)
+    finally:
+        await call.aclose()
+
+
+async def test_a_repair_job_honours_tombstone_grace(redises):
+    """A job (as the node's RepairService runs it) takes its horizon from
+    tombstone_grace: a key deleted behind the scan's back on every replica, whose
+    tombstone is old, is not copied to the replica without it."""
+    ring = one_token_ring(2)
+    a, b = [Replica(server) for server in redises[:2]]
+    a.put("k", version(1), lambda r: r.set("k", "v"))
+    b.put("k", version(1), lambda r: r.set("k", "v"))
+    call = direct(ring, redises)
+    scanned = []
+
+    async def deleting_call(node, argvs):
+        # the scan saw k on a; then k is deleted on both (b dropped its tombstone already)
+        replies = await call(node, argvs)
+        if argvs[0][0] == b"SCAN" and not scanned:
+            scanned.append(node.name)
+            a.tombstone("k", version(2))
+            b.data.delete("k")
+            b.versions.delete("k")
+        return replies
+
+    try:
+        job = Repair(plan_repair(ring), deleting_call, tombstone_grace=864_000)
+        await job.run()
+        assert job.phase == "done" and job.result.compared >= 1 and job.result.copies == 0
+        assert b.versions.get("k") is None
+        a.data.set("k", "v")
+        b.data.set("k", "v")
+        b.versions.set("k", version(1))
+        scanned.clear()
+        plain = Repair(plan_repair(ring), deleting_call)   # no grace: the tombstone is copied
+        await plain.run()
+        assert plain.result.deleted == 1 and b.versions.get("k") == version(2)
     finally:
         await call.aclose()
 
