@@ -16,7 +16,12 @@ each bound once, so a read costs what it would with the node's attributes.
 Back-pressure: a client with more than ``MAX_IN_FLIGHT`` unanswered requests, or
 whose unsent replies exceed ``MAX_UNSENT`` bytes because it does not read them, is
 not read from until it catches up; and no client is read from while a peer link is
-congested (``dyno.peer.Congestion``). Nothing is buffered without bound.
+congested (``dyno.peer.Congestion``). Nothing is buffered without bound: requests a
+client has read from it stay in flight, so their replies still come, and a client
+that never reads gets its connection closed once the replies the node holds for it
+pass ``client_output_buffer_limit``; an unfinished request may hold at most
+``client_query_buffer_limit`` bytes, and an argument at most ``proto_max_bulk_len``
+(dyno.resp.RequestParser).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
@@ -115,7 +121,8 @@ class ClientConnection:
     def __init__(
         self, sock: socket.socket, address: tuple, *, execute_batch: "ExecuteBatch",
         congestion: "Congestion", ready: list["ClientConnection"], stats: "Stats",
-        forget: Callable[["ClientConnection"], None],
+        forget: Callable[["ClientConnection"], None], max_bulk: int = resp.MAX_BULK,
+        max_query: int = resp.MAX_QUERY_BUFFER, max_output: int = 0,
     ):
         self.execute_batch = execute_batch
         self.congestion = congestion
@@ -142,7 +149,8 @@ class ClientConnection:
         self._caught_up = Wakeup()
         self._waiting = False
         self.created = trio.current_time()
-        self.parser = resp.RequestParser()
+        self.parser = resp.RequestParser(max_bulk, max_query)
+        self.max_output = max_output or sys.maxsize  # unsent reply bytes before closing
         self._eof = False  # the poller's read found the connection closed
 
     # -- reading ----------------------------------------------------------------------
@@ -281,6 +289,10 @@ class ClientConnection:
         if self._unsent:
             self._unsent.append(data)
             self._unsent_bytes += len(data)
+            # Checked only as replies queue behind unsent ones: one reply larger
+            # than the limit still goes out to a client that reads it.
+            if self._unsent_bytes > self.max_output:
+                self._overflow()
             return
         try:
             sent = self.sock.send(data)
@@ -297,6 +309,18 @@ class ClientConnection:
             if not self._writer_running and self._nursery is not None:
                 self._writer_running = True
                 self._nursery.start_soon(self._write_unsent)
+
+    def _overflow(self) -> None:
+        """The client left more than ``max_output`` bytes of replies unread: close
+        it (Redis's client-output-buffer-limit), dropping what it never read."""
+        log.warning("client %s closed for overcoming the output buffer limit (%d bytes of "
+                    "replies unread)", self.address, self._unsent_bytes)
+        self.dead = True
+        self.replies.clear()
+        self._unsent.clear()
+        self._unsent_bytes = 0
+        if self._nursery is not None:  # wherever its task is parked, it ends now
+            self._nursery.cancel_scope.cancel()
 
     async def _write_unsent(self) -> None:
         """Runs only while the client is not keeping up with its replies."""
@@ -337,6 +361,7 @@ class ClientListener(Listener):
         self, host: str, port: int, *, clients: dict[int, ClientConnection],
         execute_batch: "ExecuteBatch", congestion: "Congestion",
         ready: list[ClientConnection], stats: "Stats", maxclients: int = 10000,
+        max_bulk: int = resp.MAX_BULK, max_query: int = resp.MAX_QUERY_BUFFER, max_output: int = 0,
     ):
         super().__init__(host, port)
         self.clients = clients
@@ -345,7 +370,7 @@ class ClientListener(Listener):
         self._refusal_logged = 0.0
         self.given = dict(
             execute_batch=execute_batch, congestion=congestion, ready=ready, stats=stats,
-            forget=self.forget,
+            forget=self.forget, max_bulk=max_bulk, max_query=max_query, max_output=max_output,
         )
 
     def forget(self, client: ClientConnection) -> None:

@@ -178,6 +178,9 @@ class Config:
     admin_token: str | None = None  # bearer token the admin port's POSTs must carry
     cluster_secret: str | None = None  # peers prove they know it in their handshake
     maxclients: int = 10000        # Redis's default: client connections at once
+    proto_max_bulk_len: int = 512 * 1024 * 1024  # bytes, Redis's default
+    client_query_buffer_limit: int = 1024 * 1024 * 1024  # bytes, Redis's default
+    client_output_buffer_limit: int = 256 * 1024 * 1024  # bytes (0: none), dyno's
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -286,6 +289,30 @@ def _integer(minimum: int, maximum: int = _MAX_INT, *, unit: str = "",
         return value
 
     return parse_integer
+
+
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
+                 "g": 1000**3, "gb": 1024**3}
+
+
+def _memory(minimum: int) -> Callable[[object], int]:
+    """Bytes, as Redis's config takes them: 1048576, '1mb' (1024*1024), '1m'
+    (1000*1000), '1gb', any case."""
+    what = "a number of bytes like 1048576 or '512mb'"
+
+    def parse_memory(value: object) -> int:
+        if isinstance(value, str):
+            match = re.fullmatch(r"([0-9]{1,19})([a-z]{0,2})", value.strip().lower())
+            if match is None or match[2] not in _MEMORY_UNITS:
+                raise _expected(what, value)
+            value = int(match[1]) * _MEMORY_UNITS[match[2]]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _expected(what, value)
+        if not minimum <= value < 2**63:
+            raise _Invalid(f"{value} is out of range; expected {what}, at least {minimum}")
+        return value
+
+    return parse_memory
 
 
 def _chance(value: object) -> float:
@@ -524,6 +551,11 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "admin_token": _optional(_text),
     "cluster_secret": _optional(_text),
     "maxclients": _integer(1, unit="connections"),
+    # Redis's own minimums (1mb), which also keep a whole request in one 64 KB read
+    # (that the fast parser takes without looking at lengths) within the limits.
+    "proto_max_bulk_len": _memory(1024 * 1024),
+    "client_query_buffer_limit": _memory(1024 * 1024),
+    "client_output_buffer_limit": _memory(0),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),

@@ -116,6 +116,8 @@ class Node:
         self.listener = ClientListener(
             config.listen.host, config.listen.port, clients=self.clients,
             execute_batch=execute_batch, congestion=self.congestion, maxclients=config.maxclients,
+            max_bulk=config.proto_max_bulk_len, max_query=config.client_query_buffer_limit,
+            max_output=config.client_output_buffer_limit,
             ready=self.ready_clients, stats=self.stats,
         )
         self.peer_server = PeerServer(

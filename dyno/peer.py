@@ -105,6 +105,10 @@ MAX_FRAME = 600 * 1024 * 1024  # a request can carry a 512 MB value
 MAX_REQUESTS = 1024 * 1024  # per frame (Redis's own limit on a multibulk's length)
 HELLO_TIMEOUT = 5.0
 HELLO_BYTES = 64 * 1024  # what a connection may send before its HELLO is whole
+# Answers queued to a peer that does not read them, past which its connection is
+# closed: far beyond what a peer that reads ever has pending (its link stops at
+# HIGH_WATER unanswered requests), and a bound on what one that never reads costs.
+MAX_UNSENT = 1024 * 1024 * 1024
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
@@ -776,8 +780,11 @@ class PeerConnection:
         self.sock = sock
         self.address = f"{address[0]}:{address[1]}"
         self.out: list[bytes] = []
+        # Bytes appended to ``out`` since it was last measured: at least what it holds.
+        self.out_bytes = 0
         self.wakeup = Wakeup()
         self.closed = False
+        self._scope: trio.CancelScope | None = None
         self.peer_name = "?"
         # Every request of this connection goes to one Redis connection of the pool,
         # so a peer's writes run in the order it sent them.
@@ -788,8 +795,24 @@ class PeerConnection:
         list for several requests), or FAILED ``error`` if that is not None."""
         if not self.closed:
             frame = [REPLY, request_id, reply] if error is None else [FAILED, request_id, error]
-            self.out.append(msgpack.packb(frame))
+            packed = msgpack.packb(frame)
+            self.out.append(packed)
+            self.out_bytes += len(packed)
+            if self.out_bytes > MAX_UNSENT:  # maybe: the writer sent some since; measure
+                self.out_bytes = sum(map(len, self.out))
+                if self.out_bytes > MAX_UNSENT:
+                    self._overflow()
+                    return
             self.wakeup.set()
+
+    def _overflow(self) -> None:
+        log.error("peer %s (%s): %d bytes of answers it does not read; disconnecting",
+                  self.peer_name, self.address, self.out_bytes)
+        self.closed = True
+        self.out.clear()
+        self.out_bytes = 0
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def run(self) -> None:
         sock = self.sock
@@ -819,6 +842,7 @@ class PeerConnection:
             if self.secret is None:
                 sock.send(self.hello())
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
                 self._handle(rest)
                 handle = self._handle

@@ -25,10 +25,12 @@ from itertools import chain
 
 import hiredis
 
-# Redis's limits (server.h: PROTO_INLINE_MAX_SIZE, proto-max-bulk-len), and the
+# Redis's limits (server.h: PROTO_INLINE_MAX_SIZE, proto-max-bulk-len and
+# client-query-buffer-limit defaults; the last two are config keys), and the
 # element limit dyno enforces on a request array.
 MAX_INLINE = 64 * 1024
 MAX_BULK = 512 * 1024 * 1024
+MAX_QUERY_BUFFER = 1024 * 1024 * 1024
 MAX_MULTIBULK = 1024 * 1024
 
 # hiredis allocates an aggregate's list when it reads its header ('*N', and the
@@ -175,12 +177,20 @@ class RequestParser:
 
     After ``feed`` returns, ``error`` holds the reply for a protocol error found
     after the returned requests; the caller answers the requests, sends the error
-    and closes the connection, as Redis does.
+    and closes the connection, as Redis does. ``max_bulk`` is Redis's
+    proto-max-bulk-len (a larger declared argument is a protocol error at once);
+    ``max_buffer`` its client-query-buffer-limit: the bytes of an unfinished
+    request the parser holds, past which it gives up on the client. Whole requests
+    in one ``feed`` take the fast path, which does not look at lengths: both limits
+    are exact for any ``max_bulk`` and ``max_buffer`` of at least the size of one
+    read (config: 1mb at least, reads 64 KB).
     """
 
-    __slots__ = ("_reader", "_buffer", "error", "clean")
+    __slots__ = ("_reader", "_buffer", "error", "clean", "max_bulk", "max_buffer")
 
-    def __init__(self) -> None:
+    def __init__(self, max_bulk: int = MAX_BULK, max_buffer: int = MAX_QUERY_BUFFER) -> None:
+        self.max_bulk = max_bulk
+        self.max_buffer = max_buffer
         self._reader = hiredis.Reader()
         # Bytes the slow parser still has to look at; empty while hiredis is in
         # charge and the stream is at a request boundary.
@@ -268,7 +278,7 @@ class RequestParser:
         try:
             while pos < len(buffer):
                 if buffer[pos] == 0x2A:  # '*'
-                    parsed = _parse_multibulk(buffer, pos)
+                    parsed = _parse_multibulk(buffer, pos, self.max_bulk)
                 else:
                     parsed = _parse_inline(buffer, pos)
                 if parsed is None:
@@ -280,10 +290,16 @@ class RequestParser:
             self.error = exc.reply
             pos = len(buffer)
         del buffer[:pos]
+        # Only this parser ever holds an unfinished request (_parse_fast hands it
+        # over), so this one check bounds what a client can make the node buffer.
+        # Redis closes such a client without a word; dyno says why first.
+        if len(buffer) > self.max_buffer:
+            self.error = ProtocolError("client query buffer limit reached").reply
+            buffer.clear()
         return requests
 
 
-def _parse_multibulk(buffer: bytearray, pos: int) -> tuple[list[bytes], int] | None:
+def _parse_multibulk(buffer: bytearray, pos: int, max_bulk: int) -> tuple[list[bytes], int] | None:
     """One multibulk request at ``pos``: (argv, end) or None if incomplete.
     Raises ProtocolError with Redis's wording (networking.c processMultibulkBuffer)."""
     newline = buffer.find(b"\r\n", pos)
@@ -307,7 +323,7 @@ def _parse_multibulk(buffer: bytearray, pos: int) -> tuple[list[bytes], int] | N
         if buffer[pos] != 0x24:  # '$'
             raise ProtocolError("expected '$', got '%c'" % buffer[pos])
         size = _parse_length(bytes(buffer[pos + 1 : newline]))
-        if size is None or size < 0 or size > MAX_BULK:
+        if size is None or size < 0 or size > max_bulk:
             raise ProtocolError("invalid bulk length")
         start = newline + 2
         if len(buffer) < start + size + 2:

@@ -1,9 +1,13 @@
 """Limits that keep one client's behaviour from costing the others: maxclients,
-1,000 idle connections, a client that sends a command a byte at a time."""
+1,000 idle connections, a client that sends a command a byte at a time, the request
+size limits (proto_max_bulk_len, client_query_buffer_limit) and a client that
+pipelines without reading its replies (client_output_buffer_limit)."""
 
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +92,84 @@ def test_a_thousand_idle_connections_and_a_slow_client_do_not_stop_the_others(cl
         slow.close()
         for sock in idle:
             sock.close()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def closed_by_node(sock: socket.socket, deadline: float) -> bytes:
+    """Everything the node sends until it closes ``sock`` (within ``deadline`` s)."""
+    sock.settimeout(deadline)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+@integration
+def test_request_size_limits_close_only_the_client_that_passes_them(cluster_factory):
+    node = cluster_factory(racks=1, proto_max_bulk_len="2mb", client_query_buffer_limit="1mb")[0]
+    other = node.client()
+    assert other.set("before", "v")
+    # an argument longer than proto_max_bulk_len: refused at its header, as Redis does
+    big = raw(node)
+    big.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (2 * 1024 * 1024 + 1))
+    assert closed_by_node(big, 10) == b"-ERR Protocol error: invalid bulk length\r\n"
+    big.close()
+    assert other.get("before") == b"v"
+    # an argument within it, but more of an unfinished request than the query buffer takes
+    long = raw(node)
+    long.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n" % (2 * 1024 * 1024))
+    sent = 0
+    try:
+        while sent <= 1024 * 1024 + 65536:
+            long.sendall(b"x" * 65536)
+            sent += 65536
+            assert other.set("during", sent) and other.get("during") == str(sent).encode()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # closed as soon as the buffer passed the limit, before all this was sent
+    assert closed_by_node(long, 10) == b"-ERR Protocol error: client query buffer limit reached\r\n"
+    long.close()
+    assert other.get("k") is None  # nothing of either ran
+    # a request as large as the limits allow still works
+    value = b"y" * (1024 * 1024 - 100)
+    assert other.set("large", value) and other.get("large") == value
+
+
+@integration
+def test_a_client_that_pipelines_without_reading_is_closed_and_costs_a_bounded_rss(cluster_factory):
+    node = cluster_factory(racks=1, client_output_buffer_limit="8mb")[0]
+    other = node.client()
+    value = b"v" * 100_000
+    assert other.set("big", value)
+    idle = rss_bytes(node.state.pid)
+    # GETs of a 100 KB value: every 64 KB read of requests is ~2,000 replies, 200 MB
+    hog = raw(node)
+    hog.setblocking(False)
+    gets = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 10_000
+    peak = idle
+    closed = False
+    deadline = time.monotonic() + 30
+    while not closed:
+        assert time.monotonic() < deadline, "the node never closed the client that does not read"
+        try:
+            hog.send(gets)
+        except BlockingIOError:
+            pass  # the node stopped reading it (or is still busy with what it read)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True
+        peak = max(peak, rss_bytes(node.state.pid))
+        assert other.get("big") == value  # the others are served all along
+        if not closed:  # the node may close it while we are not sending
+            closed = other.info("clients")["connected_clients"] == 1
+    hog.close()
+    # what it cost at most: the limit, and the replies to one read of requests in flight
+    assert peak - idle < 400 * 1024 * 1024, f"RSS grew by {(peak - idle) >> 20} MiB"
+    assert "closed for overcoming the output buffer limit" in Path(node.log).read_text()

@@ -171,6 +171,33 @@ def test_protocol_errors_use_redis_wording(data, message):
     assert parser.feed(resp.encode_command([b"PING"])) == []  # nothing after an error
 
 
+@given(st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=12),
+       st.integers(37, 600), st.integers(64, 400))
+@settings(max_examples=300)
+def test_the_parser_never_holds_more_than_its_limits(requests, max_bulk, max_buffer):
+    """Whatever the requests and their cutting, an unfinished request never holds
+    more than ``max_buffer`` bytes; passing it is the query-buffer error; an argument
+    over ``max_bulk`` (at least a read's size, as in dyno) is refused; whatever is
+    returned is what was sent, in order."""
+    stream = b"".join(resp.encode_command([b"SET", b"k", value]) for value in requests)
+    parser = resp.RequestParser(max_bulk=max_bulk, max_buffer=max_buffer)
+    got = []
+    for start in range(0, len(stream), 37):
+        got += parser.feed(stream[start:start + 37])
+        assert parser.pending <= max_buffer
+        if parser.error is not None:
+            break
+    assert got == [[b"SET", b"k", value] for value in requests[:len(got)]]
+    if parser.error is None:
+        assert len(got) == len(requests)
+        assert all(len(value) <= max_bulk for value in requests)
+    elif parser.error == b"-ERR Protocol error: invalid bulk length\r\n":
+        assert len(requests[len(got)]) > max_bulk
+    else:
+        assert parser.error == b"-ERR Protocol error: client query buffer limit reached\r\n"
+        assert len(resp.encode_command([b"SET", b"k", requests[len(got)]])) > max_buffer
+
+
 def test_empty_multibulk_frames_are_skipped_but_not_clean():
     parsed, parser = parse_all([b"*0\r\n*-1\r\n" + resp.encode_command([b"PING"])])
     assert parsed == [[b"PING"]]
