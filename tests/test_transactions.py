@@ -70,9 +70,10 @@ def test_queue_exec_discard_and_errors_as_redis_answers_them(cluster_factory, re
         sock.close()
     assert got["dyno"] == got["redis"]
     assert got["dyno"][5] == b"*3\r\n+OK\r\n:6\r\n$1\r\n6\r\n"
+    support.wait_for(lambda: all(n.redis_client().get("{t}a") == b"6" for n in node.cluster.nodes), 10,
+                     "every replica to have run the transaction")
     for n in node.cluster.nodes:  # the aborted and discarded ones left nothing anywhere
         assert n.redis_client().exists("{t}b", "{t}c", "{t}d") == 0
-        assert n.redis_client().get("{t}a") == b"6"
 
 
 @integration
