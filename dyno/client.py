@@ -13,15 +13,17 @@ A connection does not know the node (STYLE.md §9): the listener hands it
 congestion, the counters to add its bytes to and ``forget`` for when it ends,
 each bound once, so a read costs what it would with the node's attributes.
 
-Back-pressure: a client with more than ``MAX_IN_FLIGHT`` unanswered requests, or
-whose unsent replies exceed ``MAX_UNSENT`` bytes because it does not read them, is
-not read from until it catches up; and no client is read from while a peer link is
-congested (``dyno.peer.Congestion``). Nothing is buffered without bound: requests a
-client has read from it stay in flight, so their replies still come, and a client
-that never reads gets its connection closed once the replies the node holds for it
-pass ``client_output_buffer_limit``; an unfinished request may hold at most
-``client_query_buffer_limit`` bytes, and an argument at most ``proto_max_bulk_len``
-(dyno.resp.RequestParser).
+Back-pressure: a client with more than ``MAX_IN_FLIGHT`` unanswered requests is not
+read from until its replies come in, and no client is read from while a peer link is
+congested (``dyno.peer.Congestion``). A client that writes before it reads (redis-py
+sends a whole pipeline first) is read on as Redis reads it: its replies wait in
+``_unsent`` while it sends, up to ``client_output_buffer_limit`` bytes; past that it
+is closed with a log line, as Redis closes a client past its output buffer limit.
+All clients' unsent replies together are bounded by ``maxmemory_clients`` (Redis 7's
+name): past it the clients holding the most are closed (``ClientListener.shed``). An
+unfinished request may hold at most ``client_query_buffer_limit`` bytes, and an
+argument at most ``proto_max_bulk_len`` (dyno.resp.RequestParser). Nothing is
+buffered without bound.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ log = logging.getLogger("dyno.client")
 
 RECV_SIZE = 64 * 1024
 MAX_IN_FLIGHT = 1024
-MAX_UNSENT = 1024 * 1024
+SEND_CHUNK = 1024 * 1024  # bytes of unsent replies joined for one send
 CLOSE_GRACE = 5.0  # seconds to deliver the last replies before closing
 
 # The coordinator's: runs a client's parsed requests; the third argument is their
@@ -123,6 +125,7 @@ class ClientConnection:
         congestion: "Congestion", ready: list["ClientConnection"], stats: "Stats",
         forget: Callable[["ClientConnection"], None], max_bulk: int = resp.MAX_BULK,
         max_query: int = resp.MAX_QUERY_BUFFER, max_output: int = 0,
+        shed: Callable[[], None] | None = None, max_total: int = 0,
     ):
         self.execute_batch = execute_batch
         self.congestion = congestion
@@ -151,6 +154,8 @@ class ClientConnection:
         self.created = trio.current_time()
         self.parser = resp.RequestParser(max_bulk, max_query)
         self.max_output = max_output or sys.maxsize  # unsent reply bytes before closing
+        self.max_total = max_total or sys.maxsize  # every client's unsent bytes: ClientListener.shed
+        self.shed = shed
         self._eof = False  # the poller's read found the connection closed
 
     # -- reading ----------------------------------------------------------------------
@@ -165,7 +170,7 @@ class ClientConnection:
                 self._nursery = nursery
                 short_read = True
                 while not self.closing and not self.dead:
-                    if len(replies) > MAX_IN_FLIGHT or self._unsent_bytes > MAX_UNSENT:
+                    if len(replies) > MAX_IN_FLIGHT:
                         await self._catch_up()
                     if congestion:
                         await congestion.wait_clear()
@@ -187,6 +192,7 @@ class ClientConnection:
         finally:
             self.dead = True
             self.replies.clear()
+            self._drop_unsent()
             self.watch.close()
             self.sock.close()
             self.forget(self)
@@ -240,16 +246,14 @@ class ClientConnection:
             return False
         return outcome is not _FULL and not (
             self.closing or self.dead or self.congestion
-            or len(self.replies) > MAX_IN_FLIGHT or self._unsent_bytes > MAX_UNSENT
+            or len(self.replies) > MAX_IN_FLIGHT
         )
 
     async def _catch_up(self) -> None:
-        """Back-pressure: stop reading until replies are answered and sent."""
+        """Back-pressure: stop reading until replies are answered."""
         self._waiting = True
         try:
-            while not self.dead and (
-                len(self.replies) > MAX_IN_FLIGHT // 2 or self._unsent_bytes > MAX_UNSENT // 2
-            ):
+            while not self.dead and len(self.replies) > MAX_IN_FLIGHT // 2:
                 await self._caught_up.wait()
         finally:
             self._waiting = False
@@ -287,12 +291,7 @@ class ClientConnection:
     def _send(self, data: bytes) -> None:
         self.stats.client_bytes_out += len(data)
         if self._unsent:
-            self._unsent.append(data)
-            self._unsent_bytes += len(data)
-            # Checked only as replies queue behind unsent ones: one reply larger
-            # than the limit still goes out to a client that reads it.
-            if self._unsent_bytes > self.max_output:
-                self._overflow()
+            self._queue_unsent(data)
             return
         try:
             sent = self.sock.send(data)
@@ -303,44 +302,73 @@ class ClientConnection:
             self.replies.clear()
             return
         if sent < len(data):
-            rest = memoryview(data)[sent:]
-            self._unsent.append(rest)
-            self._unsent_bytes += len(rest)
+            self._queue_unsent(memoryview(data)[sent:])
             if not self._writer_running and self._nursery is not None:
                 self._writer_running = True
                 self._nursery.start_soon(self._write_unsent)
 
-    def _overflow(self) -> None:
-        """The client left more than ``max_output`` bytes of replies unread: close
-        it (Redis's client-output-buffer-limit), dropping what it never read."""
-        log.warning("client %s closed for overcoming the output buffer limit (%d bytes of "
-                    "replies unread)", self.address, self._unsent_bytes)
+    def _queue_unsent(self, data) -> None:
+        """Replies the client has not read yet wait here (module docstring: limits)."""
+        self._unsent.append(data)
+        self._unsent_bytes += len(data)
+        stats = self.stats
+        stats.client_unsent += len(data)
+        # One reply larger than the limit still goes out to a client that reads it:
+        # the limit counts what waits behind the first.
+        if self._unsent_bytes - len(self._unsent[0]) > self.max_output:
+            self.overflow("client_output_buffer_limit")
+        elif stats.client_unsent > self.max_total and self.shed is not None:
+            self.shed()
+
+    def overflow(self, limit: str) -> None:
+        """Close the client for holding too many unread replies (``limit`` names the
+        setting it passed), dropping them."""
+        log.warning("client %s closed: %d bytes of replies it has not read (%s)", self.address,
+                    self._unsent_bytes, limit)
+        self.stats.output_limit_closes += 1
+        self._drop_unsent()
         self.dead = True
         self.replies.clear()
-        self._unsent.clear()
-        self._unsent_bytes = 0
         if self._nursery is not None:  # wherever its task is parked, it ends now
             self._nursery.cancel_scope.cancel()
 
+    def _drop_unsent(self) -> None:
+        self.stats.client_unsent -= self._unsent_bytes
+        self._unsent.clear()
+        self._unsent_bytes = 0
+
     async def _write_unsent(self) -> None:
-        """Runs only while the client is not keeping up with its replies."""
+        """Runs only while the client is not keeping up with its replies: sends them
+        as the socket takes them, a chunk at a time (joining megabytes on every
+        wake-up would cost a slow reader's node a copy of all it holds)."""
         sock = self.sock
+        unsent = self._unsent
         try:
-            while self._unsent:
+            while unsent:
                 await trio.lowlevel.wait_writable(sock)
-                data = b"".join(self._unsent)
+                if len(unsent) > 1 and len(unsent[0]) < SEND_CHUNK:
+                    size, count = 0, 0
+                    for part in unsent:
+                        if size and size + len(part) > SEND_CHUNK:
+                            break
+                        size += len(part)
+                        count += 1
+                    unsent[:count] = [b"".join(unsent[:count])]
+                data = unsent[0]
                 try:
                     sent = sock.send(data)
                 except BlockingIOError:
                     continue
                 except OSError:
                     self.dead = True
-                    self._unsent.clear()
-                    self._unsent_bytes = 0
+                    self._drop_unsent()
                     break
-                rest = memoryview(data)[sent:]
-                self._unsent = [rest] if rest else []
-                self._unsent_bytes = len(rest)
+                self._unsent_bytes -= sent
+                self.stats.client_unsent -= sent
+                if sent == len(data):
+                    del unsent[0]
+                else:
+                    unsent[0] = memoryview(data)[sent:]
         finally:
             self._writer_running = False
             if self._waiting:
@@ -362,6 +390,7 @@ class ClientListener(Listener):
         execute_batch: "ExecuteBatch", congestion: "Congestion",
         ready: list[ClientConnection], stats: "Stats", maxclients: int = 10000,
         max_bulk: int = resp.MAX_BULK, max_query: int = resp.MAX_QUERY_BUFFER, max_output: int = 0,
+        max_total: int = 0,
     ):
         super().__init__(host, port)
         self.clients = clients
@@ -371,7 +400,21 @@ class ClientListener(Listener):
         self.given = dict(
             execute_batch=execute_batch, congestion=congestion, ready=ready, stats=stats,
             forget=self.forget, max_bulk=max_bulk, max_query=max_query, max_output=max_output,
+            shed=self.shed, max_total=max_total,
         )
+        self.stats = stats
+        self.max_total = max_total
+
+    def shed(self) -> None:
+        """``maxmemory_clients`` passed: close the clients holding the most unread
+        replies until what all hold is under it (Redis 7's client eviction)."""
+        stats = self.stats
+        holding = sorted((c for c in self.clients.values() if c._unsent_bytes),
+                         key=lambda c: c._unsent_bytes, reverse=True)
+        for client in holding:
+            if stats.client_unsent <= self.max_total:
+                break
+            client.overflow("maxmemory_clients")
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.pop(client.id, None)

@@ -181,6 +181,7 @@ class Config:
     proto_max_bulk_len: int = 512 * 1024 * 1024  # bytes, Redis's default
     client_query_buffer_limit: int = 1024 * 1024 * 1024  # bytes, Redis's default
     client_output_buffer_limit: int = 256 * 1024 * 1024  # bytes (0: none), dyno's
+    maxmemory_clients: int = 1024 * 1024 * 1024  # every client's unread replies (0: none), Redis 7's name
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -556,6 +557,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "proto_max_bulk_len": _memory(1024 * 1024),
     "client_query_buffer_limit": _memory(1024 * 1024),
     "client_output_buffer_limit": _memory(0),
+    "maxmemory_clients": _memory(0),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),

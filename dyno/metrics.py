@@ -173,6 +173,8 @@ class Stats:
     replica_failures: int = 0
     client_bytes_in: int = 0   # request bytes read from clients
     client_bytes_out: int = 0  # reply bytes written to clients
+    client_unsent: int = 0     # reply bytes waiting for clients that have not read them
+    output_limit_closes: int = 0  # clients closed for holding too many unread replies
 
 
 class Metrics:

@@ -117,7 +117,7 @@ class Node:
             config.listen.host, config.listen.port, clients=self.clients,
             execute_batch=execute_batch, congestion=self.congestion, maxclients=config.maxclients,
             max_bulk=config.proto_max_bulk_len, max_query=config.client_query_buffer_limit,
-            max_output=config.client_output_buffer_limit,
+            max_output=config.client_output_buffer_limit, max_total=config.maxmemory_clients,
             ready=self.ready_clients, stats=self.stats,
         )
         self.peer_server = PeerServer(
@@ -359,6 +359,8 @@ class Node:
             b"stats": {
                 "total_commands_processed": self.stats.commands,
                 "total_error_replies": self.stats.errors,
+                # closed for unread replies past client_output_buffer_limit / maxmemory_clients
+                "client_output_buffer_limit_disconnections": self.stats.output_limit_closes,
                 "replica_failures": self.stats.replica_failures,
                 "quorum_reads_widened": self.metrics.widened_reads,
                 "replica_write_failures": self.metrics.write_failures,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 import support
 
@@ -172,4 +173,78 @@ def test_a_client_that_pipelines_without_reading_is_closed_and_costs_a_bounded_r
     hog.close()
     # what it cost at most: the limit, and the replies to one read of requests in flight
     assert peak - idle < 400 * 1024 * 1024, f"RSS grew by {(peak - idle) >> 20} MiB"
-    assert "closed for overcoming the output buffer limit" in Path(node.log).read_text()
+    assert "bytes of replies it has not read (client_output_buffer_limit)" in Path(node.log).read_text()
+    assert other.info("stats")["client_output_buffer_limit_disconnections"] == 1
+    # what it held is given back: the node's count of unread replies is zero again
+    assert other.set("after", 1) and other.get("after") == b"1"
+
+
+@integration
+def test_maxmemory_clients_closes_the_clients_holding_the_most(cluster_factory):
+    """Several clients that do not read, each under client_output_buffer_limit, together
+    past maxmemory_clients: the biggest are closed until the rest is under it."""
+    node = cluster_factory(racks=1, client_output_buffer_limit="64mb", maxmemory_clients="20mb")[0]
+    other = node.client()
+    value = b"v" * 100_000
+    assert other.set("big", value)
+    hogs = [raw(node) for _ in range(4)]
+    for hog in hogs:
+        hog.setblocking(False)
+    gets = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 500
+    deadline = time.monotonic() + 30
+    open_ = set(range(4))
+    while other.info("stats")["client_output_buffer_limit_disconnections"] == 0:
+        assert time.monotonic() < deadline, "maxmemory_clients never closed anyone"
+        for index in list(open_):
+            try:
+                hogs[index].send(gets)
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                open_.discard(index)
+        assert other.get("big") == value
+    for hog in hogs:
+        hog.close()
+    assert "(maxmemory_clients)" in Path(node.log).read_text()
+    assert other.ping()
+
+
+@integration
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_redis_py_pipeline_that_writes_everything_before_reading_completes(cluster_factory, redis_server,
+                                                                              asynchronous):
+    """redis-py sends a whole pipeline before it reads a reply: dyno reads on (it used
+    to stop at 1 MB of unsent replies, and both sides waited forever)."""
+    import asyncio
+
+    import redis.asyncio
+
+    node = cluster_factory(racks=3)[0]
+    big = b"b" * 200_000
+
+    def fill(pipe):
+        for i in range(300_000):
+            pipe.get(f"k{i % 100}")
+        for i in range(100):
+            pipe.set(f"big{i}", big).get(f"big{i}")
+        return pipe
+
+    def run_sync(host, port):
+        client = redis.Redis(host, port, socket_timeout=60)
+        client.mset({f"k{i}": i for i in range(100)})
+        return fill(client.pipeline(transaction=False)).execute()
+
+    async def run_async(host, port):
+        client = redis.asyncio.Redis(host=host, port=port, socket_timeout=60)
+        try:
+            await client.mset({f"k{i}": i for i in range(100)})
+            return await fill(client.pipeline(transaction=False)).execute()
+        finally:
+            await client.aclose()
+
+    def run(host, port):
+        return asyncio.run(run_async(host, port)) if asynchronous else run_sync(host, port)
+
+    expected = run(*redis_server.addr)
+    assert run(node.host, node.port) == expected
+    assert node.client().info("stats")["client_output_buffer_limit_disconnections"] == 0

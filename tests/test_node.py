@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import signal
 import socket
 import uuid
@@ -133,21 +132,6 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
         if not data:
             return bytes(out)
         out += data
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def cpu_ticks(pid: int) -> int:
-    """User + system CPU time the process has used so far, in clock ticks."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def info_field(client: redis.Redis, section: str, field: str) -> object:
@@ -1104,93 +1088,3 @@ def test_check_config_accepts_the_shipped_example():
     assert result.returncode == 0, result
     assert "single.yml" in result.stdout
 
-
-# --------------------------------------------------------------------------- 9. back-pressure
-
-
-def test_client_that_stops_reading_does_not_make_the_node_buffer(dyno_node):
-    # The kernel's socket buffers on loopback may absorb the whole pipeline (4.4 MB), so
-    # the evidence of back-pressure is what the node did with it: once it has gone idle,
-    # it has executed only a fraction of the requests and its memory has stayed bounded.
-    value_size = 10 * 1024
-    requests = 200_000
-    r = dyno_node.client()
-    r.set("bp", b"v" * value_size)
-    pid = dyno_node.state.pid
-    for _ in range(200):  # warm up allocators and buffers before the baseline
-        r.get("bp")
-    baseline = rss_bytes(pid)
-    processed_before = info_field(r, "stats", "total_commands_processed")
-    bound = 200 * 1024 * 1024
-    peak = baseline
-
-    def sample() -> None:
-        nonlocal peak
-        peak = max(peak, rss_bytes(pid))
-        assert peak - baseline < bound, f"dyno RSS grew by {(peak - baseline) >> 20} MB"
-
-    request = command("GET", "bp")
-    reply = b"$%d\r\n" % value_size + b"v" * value_size + b"\r\n"
-    payload = request * requests
-    sock = socket.create_connection(dyno_node.addr, timeout=30)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
-    try:
-        # Phase 1: send without reading until everything is sent or the node stops taking
-        # requests (the socket stays unwritable for a second), then until the node is idle.
-        sock.setblocking(False)
-        sent = 0
-        while sent < len(payload):
-            try:
-                sent += sock.send(payload[sent : sent + 65536])
-            except BlockingIOError:
-                if not select.select([], [sock], [], 1.0)[1]:
-                    break
-            sample()
-        cpu: list[int] = []
-
-        def idle() -> bool:
-            sample()
-            cpu.append(cpu_ticks(pid))
-            return len(cpu) >= 4 and cpu[-1] == cpu[-4]
-
-        wait_for(idle, 20, "the node to go idle while the client does not read", interval=0.1)
-        processed = info_field(r, "stats", "total_commands_processed") - processed_before
-        assert processed < requests // 2, f"the node executed {processed} requests nobody read"
-        assert dyno_node.client().ping() is True  # other clients are still served
-
-        # Phase 2: read everything while the rest is sent.
-        sock.setblocking(True)
-        sender_error: list[BaseException] = []
-
-        def send_rest() -> None:
-            try:
-                sock.sendall(payload[sent:])
-            except BaseException as e:
-                sender_error.append(e)
-
-        sender = threading.Thread(target=send_rest, daemon=True)
-        sender.start()
-        total = len(reply) * requests
-        period = reply * (((1 << 20) // len(reply)) + 2)
-        received = 0
-        buffer = bytearray(1 << 20)
-        view = memoryview(buffer)
-        next_sample = 0
-        while received < total:
-            n = sock.recv_into(buffer)
-            assert n, f"connection closed after {received // len(reply)} of {requests} replies"
-            offset = received % len(reply)
-            assert view[:n] == period[offset : offset + n], f"wrong bytes after {received} bytes"
-            received += n
-            if received >= next_sample:
-                sample()
-                next_sample += 64 << 20
-        sender.join(30)
-        assert not sender.is_alive() and not sender_error, sender_error
-        assert received == total
-        sock.settimeout(0.0)
-        with pytest.raises(BlockingIOError):  # nothing more than one reply per request
-            sock.recv(1)
-    finally:
-        sock.close()
-    assert localcluster.pid_alive(pid)
