@@ -61,6 +61,7 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     from dyno.datastore import DatastoreAuthError
     from dyno.hints import HintStoreError
     from dyno.node import serve
+    from dyno.tls import TLSConfigError
 
     config = _load(config_path)
     _setup_logging(verbose, log_file, config.name, log_level)
@@ -72,13 +73,27 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
         raise click.ClickException(f"{config_path}: cannot start: hints_dir: {exc}") from None
     except DatastoreAuthError as exc:  # datastore_password wrong, or missing
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+    except TLSConfigError as exc:  # a peer_tls_* file that cannot be used
+        raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+
+
+def _check_files(path: str, config) -> None:
+    """The files a config names must be usable too (a node would not start)."""
+    from dyno.peer_tls import PeerTLS
+    from dyno.tls import TLSConfigError
+
+    try:
+        PeerTLS.from_config(config)
+    except TLSConfigError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
 
 
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False))
 def check_config(path: str) -> None:
-    """Validate a configuration file and print what it sets."""
+    """Validate a configuration file (and the certificate files it names) and print what it sets."""
     config = _load(path)
+    _check_files(path, config)
     click.echo(
         f"{path}: ok (node {config.name}, dc {config.datacenter}, rack {config.rack}, "
         f"listen {config.listen}, datastore {config.servers[0].host}:{config.servers[0].port})"
@@ -101,7 +116,11 @@ def cluster() -> None:
 @click.option("--write-consistency", default="DC_ONE", show_default=True, help="write_consistency of every node.")
 @click.option("--hash-tag", default="{}", show_default=True,
               help="hash_tag of every node ('' for none): {user1}:a and {user1}:b live together.")
-def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency, hash_tag):
+@click.option("--tls", is_flag=True,
+              help="Use TLS where dyno has it (today: every peer link, secure_server_option all), with "
+                   "a test CA and certificates made in DIR/tls.")
+def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency, hash_tag,
+               tls):
     """Start a local cluster and print how to reach it."""
     from dyno import localcluster
 
@@ -109,7 +128,8 @@ def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistenc
     try:
         state = localcluster.up(
             directory, dcs=dcs, racks=racks, nodes_per_rack=nodes_per_rack, base_port=base_port,
-            read_consistency=read_consistency.upper(), write_consistency=write_consistency.upper(), **extra,
+            read_consistency=read_consistency.upper(), write_consistency=write_consistency.upper(), tls=tls,
+            **extra,
         )
     except localcluster.ClusterError as exc:
         raise click.ClickException(str(exc)) from None

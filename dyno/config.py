@@ -160,8 +160,13 @@ class Config:
     gos_interval: int = 1000       # ms; dyno's (Dynomite: 30000)
     enable_gossip: bool = True     # dyno's (Dynomite: false)
     phi_convict_threshold: float = 8.0  # dyno's: failure detector (Cassandra's name)
-    secure_server_option: str = "none"
+    secure_server_option: str = "none"  # which peer links are TLS (dyno.peer_tls)
     pem_key_file: str = "conf/dynomite.pem"   # PEM_KEY_FILE
+    # dyno's peer TLS: this node's certificate and key, and the cluster CA that signed
+    # every node's (required when secure_server_option is not none)
+    peer_tls_cert: str | None = None
+    peer_tls_key: str | None = None
+    peer_tls_ca: str | None = None
     preconnect: bool = True
     auto_eject_hosts: bool = True
     server_retry_timeout: int = 10000  # ms
@@ -536,6 +541,9 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "phi_convict_threshold": _positive_number,
     "secure_server_option": _one_of(SECURE_SERVER_OPTIONS),
     "pem_key_file": _text,
+    "peer_tls_cert": _optional(_text),
+    "peer_tls_key": _optional(_text),
+    "peer_tls_ca": _optional(_text),
     "preconnect": _boolean,
     "auto_eject_hosts": _boolean,
     "server_retry_timeout": _integer(0, unit="milliseconds"),
@@ -620,7 +628,8 @@ _IGNORED: dict[str, Callable[[object], str | None]] = {
 # Dynomite keys dyno parses (so Dynomite's configs load, and bad values are still
 # caught) but that change nothing here: a warning names each one given.
 _NO_EFFECT = {
-    "pem_key_file": "dyno has no peer encryption yet (Dynomite's RSA+AES scheme is not reproduced)",
+    "pem_key_file": "Dynomite's RSA+AES peer encryption is not reproduced; dyno's peer TLS uses "
+                    "peer_tls_cert, peer_tls_key and peer_tls_ca",
     "preconnect": "dyno always connects to its Redis and its peers at start",
     "auto_eject_hosts": "dyno routes around a peer gossip judges down (phi_convict_threshold)",
     "server_retry_timeout": "dyno reconnects with its own back-off (50 ms to 2 s)",
@@ -632,10 +641,9 @@ _NO_EFFECT = {
     "max_msgs": "dyno bounds what it holds per connection instead",
 }
 # Settings dyno refuses at anything but their default: what they ask for is not built.
-_NOT_YET = {
-    "secure_server_option": "dyno does not encrypt peer links yet; only 'none' is accepted "
-                            "(keep peer ports on a private network)",
-}
+# (None today; secure_server_option was one until peer TLS.)
+_NOT_YET: dict[str, str] = {}
+_PEER_TLS_FILES = ("peer_tls_cert", "peer_tls_key", "peer_tls_ca")
 
 # twemproxy keys people bring along; still errors, with a pointer.
 _FOREIGN = {
@@ -705,6 +713,18 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
         errors.append((which, f"tombstone_grace ({grace} s) is shorter than max_hint_window ({window} ms): "
                               "a hint replayed after its key's tombstone was dropped would bring a deleted "
                               f"key back; set tombstone_grace to at least {-(-window // 1000)}"))
+    option = _effective(values, "secure_server_option")
+    given = [key for key in _PEER_TLS_FILES if _effective(values, key) is not None]
+    if option != "none" and len(given) < len(_PEER_TLS_FILES):
+        missing = ", ".join(key for key in _PEER_TLS_FILES if key not in given)
+        errors.append(("secure_server_option", f"{option!r} makes peer links TLS, which needs "
+                                               "peer_tls_cert, peer_tls_key and peer_tls_ca (this node's "
+                                               f"certificate, its key, the cluster CA); missing: {missing}"))
+    elif option == "none":
+        for key in given:
+            warnings.append((key, "accepted but has no effect: secure_server_option is none, so no "
+                                  "peer link uses TLS"))
+
     datastore = values["servers"][0].address
     for key, address in listeners:
         if datastore == address:

@@ -47,6 +47,7 @@ NODE_PORT_STRIDE = 10
 PORT_OFFSETS = {"port": 0, "dyn_port": 1, "stats_port": 2, "redis_port": 3}
 
 STATE_FILE = "cluster.json"
+TLS_DIR = "tls"  # `up(tls=True)`: the test CA and the nodes' certificates, in the cluster dir
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.02
@@ -671,9 +672,13 @@ def up(
     start_timeout: float = DEFAULT_START_TIMEOUT,
     redis_server: str = "redis-server",
     node_command: Callable[[NodeState], list[str]] | None = None,
+    tls: bool = False,
     **kw: object,
 ) -> ClusterState:
     """Plan, configure and start a local cluster in `dir`; return once every node answers PING.
+
+    `tls`: TLS wherever dyno has it (today the peer links: secure_server_option all), with a
+    test CA and one certificate per node made in DIR/tls (dyno.certs; made anew each time).
 
     `kw` goes to `plan()` (host, base_port, read_consistency, write_consistency, any config key,
     including `timeout`, the nodes' request timeout in ms; `start_timeout` is this call's deadline
@@ -695,7 +700,7 @@ def up(
     attempts = 3 if kw.get("base_port") is None else 1
     for attempt in range(1, attempts + 1):
         try:
-            return _start(dir, dcs, racks, nodes_per_rack, start_timeout, redis_server, node_command, kw)
+            return _start(dir, dcs, racks, nodes_per_rack, start_timeout, redis_server, node_command, kw, tls)
         except ClusterError as e:
             if attempt == attempts or not any(s in str(e) for s in _PORT_TAKEN):
                 raise
@@ -706,11 +711,13 @@ _PORT_TAKEN = ("Address already in use", "EADDRINUSE", "Errno 98")
 
 
 def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float, redis_server: str,
-           node_command: Callable[[NodeState], list[str]] | None, kw: dict) -> ClusterState:  # fmt: skip
+           node_command: Callable[[NodeState], list[str]] | None, kw: dict, tls: bool = False) -> ClusterState:  # fmt: skip
     try:
         plans = plan(dcs, racks, nodes_per_rack, **kw)
     except ValueError as e:
         raise ClusterError(str(e)) from None
+    if tls:
+        plans = with_tls(plans, dir / TLS_DIR)
     configs = write_configs(plans, dir)
     state = ClusterState(dir, [])
     for node_plan, config in zip(plans, configs):
@@ -738,6 +745,28 @@ def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float,
         state.stop()
         raise
     return state
+
+
+def with_tls(plans: Sequence[NodePlan], directory: Path) -> list[NodePlan]:
+    """Make a test CA and a certificate per node in `directory` (replacing what is there:
+    the cluster's configs are new too), and configure every node's peer links for TLS with
+    its own. Keys given in the plan's config (secure_server_option rack, ...) still win."""
+    from dyno import certs  # `cryptography` is loaded only when certificates are made
+
+    try:
+        certs.write_bundle(directory, len(plans), force=True)
+    except (OSError, ValueError) as e:
+        raise ClusterError(f"cannot make certificates in {directory}: {e}") from None
+    out = []
+    for index, node in enumerate(plans, 1):
+        files = (
+            ("secure_server_option", "all"),
+            ("peer_tls_cert", str(directory / f"node{index}.pem")),
+            ("peer_tls_key", str(directory / f"node{index}-key.pem")),
+            ("peer_tls_ca", str(directory / "ca.pem")),
+        )
+        out.append(dataclasses.replace(node, config=files + node.config))
+    return out
 
 
 def down(dir: str | os.PathLike, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:

@@ -33,6 +33,7 @@ from dyno.handoff import Handoff
 from dyno.hints import HintStore
 from dyno.metrics import Metrics, Stats
 from dyno.peer import COORDINATE, Congestion, PeerLink, PeerServer, hello_frame
+from dyno.peer_tls import PeerTLS
 from dyno.ring import Ring, RingNode, topology_from_config
 from dyno.states import NORMAL, OPERATOR_STATES
 
@@ -42,12 +43,16 @@ class Node:
     def __init__(self, config: Config, ring: Ring | None = None):
         self.config = config
         self.ring = ring if ring is not None else topology_from_config(config)
-        # cluster_secret: peers prove they know it (dyno.peer); without it, anyone who
-        # knows the cluster name can speak to the peer port.
+        # secure_server_option: which peer links are TLS, with the node's certificate
+        # (TLSConfigError, a file that cannot be used, stops the start).
+        self.peer_tls = PeerTLS.from_config(config)
+        # cluster_secret: peers prove they know it (dyno.peer); without it (or TLS on
+        # every link), anyone who knows the cluster name can speak to the peer port.
         self.secret = None if config.cluster_secret is None else config.cluster_secret.encode()
-        if self.secret is None and len(self.ring.nodes) > 1:
-            log.warning("cluster_secret is not set: the peer port (%s) accepts any peer that knows the "
-                        "cluster name; set cluster_secret on every node", config.dyn_listen)
+        if self.secret is None and config.secure_server_option != "all" and len(self.ring.nodes) > 1:
+            log.warning("cluster_secret is not set: the peer port (%s) accepts any %speer that knows the "
+                        "cluster name; set cluster_secret on every node", config.dyn_listen,
+                        "" if self.peer_tls is None else "plaintext ")
         self.congestion = Congestion()
         self.peer_links = {
             peer.name: self._new_link(peer) for peer in self.ring.nodes if not peer.local
@@ -125,7 +130,7 @@ class Node:
             hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
             coordinate=coordinator.coordinate_for_dc, on_gossip=self.gossip_received,
             on_hello=self.learn_admin_address, flush_enabled=config.flush_enabled,
-            secret=self.secret,
+            secret=self.secret, tls=self.peer_tls,
         )
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
         self.gossiper = Gossiper(
@@ -159,7 +164,7 @@ class Node:
             peer, cluster=config.pool, hello=self._hello, timeout=config.timeout / 1000,
             congestion=self.congestion, after_batch=self.flush_ready,
             on_unreachable=self.peer_unreachable, on_hello=self.learn_admin_address,
-            on_write_failed=self._write_failed, secret=self.secret,
+            on_write_failed=self._write_failed, secret=self.secret, tls=self.peer_tls,
         )
 
     def _hello(self) -> bytes:

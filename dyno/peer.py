@@ -30,6 +30,13 @@ HMAC(secret, "server" Nc Ns)}; the connecting side checks it and sends AUTH {pro
 HMAC(secret, "client" Ns Nc)}, which the accepting side checks before it takes any
 other frame. Fresh nonces each way make a recorded exchange worthless.
 
+With ``secure_server_option`` (dyno.peer_tls says which links), a connection is TLS
+from its first byte: the connecting side starts the handshake (both sides verify the
+other's certificate against the cluster CA), then the frames above travel inside it,
+cluster_secret included if set. The accepting side tells the two apart by the first
+byte (0x16 starts a TLS handshake; a HELLO starts 0x93) and takes a plaintext peer
+only where its HELLO's datacenter and rack allow one; else REFUSED, logged.
+
 A REQUEST is run on the receiving node's own Redis, unless ``flags`` has
 ``COORDINATE``: then the receiver coordinates it for its own datacenter (a write
 that crossed to a remote DC fans out there: 2 hops, as Dynomite does). A
@@ -66,10 +73,13 @@ from dyno.datastore import Sink
 from dyno.commands import peer_refusal
 from dyno.resp import whole_requests
 from dyno.stream import ConnectionLost, Listener, Receiver, connect, write_loop
+from dyno.tlsstream import TLS_HANDSHAKE, TLSHandshakeError, TLSReceiver, TLSSession
+from dyno.tlsstream import write_loop as tls_write_loop
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from dyno.datastore import Datastore
+    from dyno.peer_tls import PeerTLS
     from dyno.ring import RingNode
 
 # What a link reports when writes nobody waited for (``send_background``) failed,
@@ -183,6 +193,17 @@ async def _read_hello(receiver: Receiver, unpacker: msgpack.Unpacker) -> list:
             raise PeerError(f"{received} bytes and no complete HELLO frame")
 
 
+async def _first_byte(sock: socket.socket) -> int | None:
+    """The first byte a connection sent, left unread (None: it closed at once)."""
+    while True:
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            continue
+        return data[0] if data else None
+
+
 def proof(secret: bytes, role: bytes, first: bytes, second: bytes) -> bytes:
     """What a side sends to prove it knows ``cluster_secret`` (module docstring)."""
     return hmac.new(secret, role + first + second, hashlib.sha256).digest()
@@ -239,19 +260,21 @@ class PeerLink:
     send what is ready); ``on_unreachable(name)`` when it cannot connect or lost
     its connection; ``on_hello(name, admin_address)`` with what the peer's HELLO
     said; ``on_write_failed(peer, payload, count, error)`` when writes nobody
-    waited for (``send_background``) failed.
+    waited for (``send_background``) failed; ``tls``, the node's peer TLS (None:
+    plaintext), which says whether the link to this peer is TLS.
     """
 
     def __init__(
         self, peer: "RingNode", *, cluster: str, hello: Callable[[], bytes], timeout: float,
         congestion: Congestion, after_batch: Callable[[], None],
         on_unreachable: Callable[[str], None], on_hello: Callable[[str, object], None],
-        on_write_failed: WriteFailed, secret: bytes | None = None,
+        on_write_failed: WriteFailed, secret: bytes | None = None, tls: "PeerTLS | None" = None,
     ):
         self.peer = peer
         self.cluster = cluster
         self.hello = hello
         self.secret = secret  # cluster_secret: the handshake proves both sides know it
+        self.tls = tls
         self.congestion = congestion
         self.after_batch = after_batch
         self.on_unreachable = on_unreachable
@@ -420,22 +443,35 @@ class PeerLink:
                 await self._back_off()
                 continue
             reason = self.broken
-            receiver = Receiver(sock, RECV_SIZE, self.broken)
+            session = None  # the TLS session, if this link is TLS
+            if self.tls is not None and self.tls.required(self.peer.dc, self.peer.rack):
+                session = TLSSession(sock, self.tls.client, server_side=False)
+                receiver = TLSReceiver(session, RECV_SIZE, self.broken)
+            else:
+                receiver = Receiver(sock, RECV_SIZE, self.broken)
             try:
                 unpacker = _unpacker()
-                await self._handshake(sock, receiver, unpacker)
+                if session is not None:
+                    try:
+                        await session.handshake(HELLO_TIMEOUT)
+                    except TLSHandshakeError as exc:
+                        raise PeerError(f"TLS handshake failed: {exc}") from None
+                await self._handshake(sock if session is None else session, receiver, unpacker)
                 self.backoff = BACKOFF_MIN
                 self._slow_logged = logged_down = False
-                log.info("peer %s connected", self.peer.name)
+                log.info("peer %s connected%s", self.peer.name, "" if session is None else " (TLS)")
                 self.up = True
                 if self._early_gossip:
                     self._out.extend(self._early_gossip)
                     self._early_gossip = []
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader, receiver, unpacker)
-                    nursery.start_soon(
-                        write_loop, sock, self._out, self._wakeup, self.broken, self._seal
-                    )
+                    if session is None:
+                        nursery.start_soon(write_loop, sock, self._out, self._wakeup, self.broken, self._seal)
+                    else:
+                        nursery.start_soon(
+                            tls_write_loop, session, self._out, self._wakeup, self.broken, self._seal
+                        )
                     nursery.start_soon(self._watchdog)
             except* ConnectionLost as group:  # raised alone or wrapped by the nursery
                 lost = group.exceptions[0]
@@ -476,7 +512,8 @@ class PeerLink:
         if self._backing_off is not None:
             self._backing_off.cancel()
 
-    async def _handshake(self, sock: socket.socket, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
+    async def _handshake(self, sock: "socket.socket | TLSSession", receiver: Receiver,
+                         unpacker: msgpack.Unpacker) -> None:
         secret = self.secret
         nonce = os.urandom(NONCE_BYTES)
         sock.send(self.hello() if secret is None else self.hello() + msgpack.packb([AUTH, 0, {"nonce": nonce}]))
@@ -766,11 +803,12 @@ class PeerConnection:
         self, sock: socket.socket, address, *, cluster: str, hello: Callable[[], bytes],
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
-        flush_enabled: bool = True, secret: bytes | None = None,
+        flush_enabled: bool = True, secret: bytes | None = None, tls: "PeerTLS | None" = None,
     ):
         self.cluster = cluster
         self.flush_enabled = flush_enabled
         self.secret = secret
+        self.tls = tls
         self.hello = hello
         self.datastore = datastore
         self.datastore3 = datastore3
@@ -818,13 +856,22 @@ class PeerConnection:
         sock = self.sock
         unpacker = _unpacker()
         broken = b""
-        receiver = Receiver(sock, RECV_SIZE, broken)
+        receiver = None
         try:
             with trio.move_on_after(HELLO_TIMEOUT) as scope:
+                session, refusal = await self._secure(sock)
+                if refusal is not None:
+                    log.error("refusing peer connection from %s: %s", self.address, refusal)
+                    return
+                if session is None:
+                    receiver = Receiver(sock, RECV_SIZE, broken)
+                else:
+                    sock = session  # every frame goes through TLS from now on
+                    receiver = TLSReceiver(session, RECV_SIZE, broken)
                 frames = await _read_hello(receiver, unpacker)
             if scope.cancelled_caught:
                 raise PeerError("no HELLO within %.0f s" % HELLO_TIMEOUT)
-            reason = check_hello(self.cluster, frames[0])
+            reason = check_hello(self.cluster, frames[0]) or self._plaintext_refusal(session, frames[0][2])
             if reason:
                 log.error("refusing peer connection from %s: %s", self.address, reason)
                 try:
@@ -843,7 +890,10 @@ class PeerConnection:
                 sock.send(self.hello())
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
+                if session is None:
+                    nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
+                else:
+                    nursery.start_soon(tls_write_loop, session, self.out, self.wakeup, broken)
                 self._handle(rest)
                 handle = self._handle
                 await receiver.serve(lambda data: handle(_decode(unpacker, data)))
@@ -860,10 +910,37 @@ class PeerConnection:
                       exc_info=group.exceptions[0])
         finally:
             self.closed = True
-            receiver.close()
-            sock.close()
+            if receiver is not None:
+                receiver.close()
+            self.sock.close()
 
-    async def _prove(self, sock: socket.socket, receiver: Receiver, unpacker: msgpack.Unpacker,
+    async def _secure(self, sock: socket.socket) -> tuple[TLSSession | None, str | None]:
+        """A connection that starts with a TLS handshake gets one, before its HELLO:
+        (the session, None); a plaintext one (None, None), its HELLO decides whether
+        it may be (``_plaintext_refusal``); or (None, why it is refused)."""
+        if await _first_byte(sock) != TLS_HANDSHAKE:
+            return None, None
+        if self.tls is None:
+            return None, ("it starts a TLS handshake, and this node's peer links are plaintext "
+                          "(secure_server_option none)")
+        session = TLSSession(sock, self.tls.server, server_side=True)
+        try:
+            await session.handshake(HELLO_TIMEOUT)
+        except TLSHandshakeError as exc:
+            return None, f"TLS handshake failed: {exc}"
+        return session, None
+
+    def _plaintext_refusal(self, session: TLSSession | None, hello: dict) -> str | None:
+        """Why a plaintext peer that sent ``hello`` may not use this node (TLS is
+        required between the two places, dyno.peer_tls), or None."""
+        tls = self.tls
+        if session is not None or tls is None or not tls.required(hello.get("dc"), hello.get("rack")):
+            return None
+        return (f"plaintext from a peer in {hello.get('dc')!s:.40}/{hello.get('rack')!s:.40}; "
+                f"secure_server_option {tls.option} requires TLS between it and this node "
+                f"({tls.dc}/{tls.rack})")
+
+    async def _prove(self, sock: "socket.socket | TLSSession", receiver: Receiver, unpacker: msgpack.Unpacker,
                      frames: list) -> list | None:
         """cluster_secret: the peer's AUTH nonce, our HELLO and challenge, its proof
         (module docstring). The frames after it, or None (refused, logged)."""
@@ -947,20 +1024,21 @@ class PeerServer(Listener):
     ``datastore`` and ``datastore3``, the node's Redis pools (RESP2, and RESP3
     for requests flagged RESP3); ``coordinate(payload, sink, flags, count)`` for
     COORDINATE requests (writes from another datacenter); ``on_gossip(sender,
-    message)``; ``on_hello(name, admin_address)`` with what a peer's HELLO said.
+    message)``; ``on_hello(name, admin_address)`` with what a peer's HELLO said;
+    ``tls``, the node's peer TLS (None: plaintext only).
     """
 
     def __init__(
         self, host: str, port: int, *, cluster: str, hello: Callable[[], bytes],
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
-        flush_enabled: bool = True, secret: bytes | None = None,
+        flush_enabled: bool = True, secret: bytes | None = None, tls: "PeerTLS | None" = None,
     ):
         super().__init__(host, port)
         self.given = dict(
             cluster=cluster, hello=hello, datastore=datastore, datastore3=datastore3,
             coordinate=coordinate, on_gossip=on_gossip, on_hello=on_hello, flush_enabled=flush_enabled,
-            secret=secret,
+            secret=secret, tls=tls,
         )
         self.connections: set[PeerConnection] = set()
 

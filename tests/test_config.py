@@ -86,6 +86,9 @@ DEFAULTS = {
     "phi_convict_threshold": 8.0,
     "secure_server_option": "none",
     "pem_key_file": "conf/dynomite.pem",
+    "peer_tls_cert": None,
+    "peer_tls_key": None,
+    "peer_tls_ca": None,
     "preconnect": True,
     "auto_eject_hosts": True,
     "server_retry_timeout": 10000,
@@ -185,6 +188,9 @@ EVERY_KEY = [
     ("enable_gossip", False, False),
     ("secure_server_option", "datacenter", "datacenter"),
     ("pem_key_file", "/etc/dyno/node.pem", "/etc/dyno/node.pem"),
+    ("peer_tls_cert", "/etc/dyno/node1.pem", "/etc/dyno/node1.pem"),
+    ("peer_tls_key", "/etc/dyno/node1-key.pem", "/etc/dyno/node1-key.pem"),
+    ("peer_tls_ca", "/etc/dyno/ca.pem", "/etc/dyno/ca.pem"),
     ("preconnect", False, False),
     ("auto_eject_hosts", False, False),
     ("server_retry_timeout", 0, 0),
@@ -217,6 +223,12 @@ EVERY_KEY = [
 ]
 
 
+# Keys that work only with others: given alongside, so the key alone is what is tested.
+PEER_TLS = {"secure_server_option": "all", "peer_tls_cert": "/etc/dyno/node1.pem",
+            "peer_tls_key": "/etc/dyno/node1-key.pem", "peer_tls_ca": "/etc/dyno/ca.pem"}
+COMPANIONS = {key: PEER_TLS for key in PEER_TLS}
+
+
 @pytest.mark.parametrize(("key", "value", "expected"), EVERY_KEY, ids=[k for k, _, _ in EVERY_KEY])
 def test_every_key(key: str, value: object, expected: object) -> None:
     if key in config_module._NOT_YET:
@@ -224,7 +236,7 @@ def test_every_key(key: str, value: object, expected: object) -> None:
             parse(**{key: value})
         assert getattr(parse(), key) == config_module._FIELDS[key].default
         return
-    config = parse(**{key: value})
+    config = parse(**{**COMPANIONS.get(key, {}), key: value})
     assert getattr(config, key) == expected
     if key in config_module._NO_EFFECT:
         assert config.warnings == (f"node.yml: dyn_o_mite.{key}: accepted but has no effect: "
@@ -347,12 +359,25 @@ def test_hash_names_are_dynomites() -> None:
     )
 
 
-def test_secure_server_options() -> None:
-    """Peer TLS is not built: only 'none' is accepted (the others are refused, not ignored)."""
-    assert parse(secure_server_option="none").secure_server_option == "none"
-    for option in ("rack", "datacenter", "all"):
-        with pytest.raises(ConfigError, match="does not encrypt peer links yet"):
-            parse(secure_server_option=option)
+@pytest.mark.parametrize("option", ["rack", "datacenter", "all"])
+def test_secure_server_options_other_than_none_need_the_three_peer_tls_files(option: str) -> None:
+    config = parse(**{**PEER_TLS, "secure_server_option": option})
+    assert (config.secure_server_option, config.peer_tls_ca) == (option, "/etc/dyno/ca.pem")
+    assert config.warnings == ()
+    assert key_problem(secure_server_option=option) == (
+        f"node.yml: dyn_o_mite.secure_server_option: {option!r} makes peer links TLS, which needs "
+        "peer_tls_cert, peer_tls_key and peer_tls_ca (this node's certificate, its key, the cluster "
+        "CA); missing: peer_tls_cert, peer_tls_key, peer_tls_ca")
+    without_ca = {**PEER_TLS, "secure_server_option": option, "peer_tls_ca": None}
+    assert key_problem(**without_ca).endswith("missing: peer_tls_ca")
+
+
+def test_peer_tls_files_without_secure_server_option_are_accepted_with_a_warning() -> None:
+    config = parse(peer_tls_cert="/etc/dyno/node1.pem", peer_tls_ca="/etc/dyno/ca.pem")
+    assert config.secure_server_option == "none"
+    assert config.warnings == tuple(
+        f"node.yml: dyn_o_mite.{key}: accepted but has no effect: secure_server_option is none, "
+        "so no peer link uses TLS" for key in ("peer_tls_cert", "peer_tls_ca"))
 
 
 @pytest.mark.parametrize("key", ["hash_tag", "requirepass", "hints_dir"])
@@ -542,6 +567,9 @@ KEY_ERRORS = [
     # strings
     ("pem_key_file", 5, "expected a string, got 5; put it in quotes"),
     ("pem_key_file", "", "is empty; expected a non-empty string"),
+    ("peer_tls_cert", 5, "expected a string, got 5"),
+    ("peer_tls_key", "", "is empty; expected a non-empty string"),
+    ("peer_tls_ca", ["ca.pem"], "expected a string, got a list"),
     ("requirepass", 1234, "expected a string, got 1234; put it in quotes"),
     ("requirepass", "", "is empty; expected a non-empty string"),
     ("hints_dir", [], "expected a string, got a list"),
