@@ -34,6 +34,17 @@ def _load(path: str):
     return config
 
 
+def _check_tls_files(config, path: str, doing: str) -> None:
+    """Open the certificate files the config names (client_tls_*), so a missing or bad
+    one is one line from check-config and from start, before anything runs."""
+    from dyno import tls
+
+    try:
+        tls.client_port_context(config)
+    except tls.TLSConfigError as exc:
+        raise click.ClickException(f"{path}: {doing}{config.pool}.{exc}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dyno")
 def main() -> None:
@@ -63,6 +74,7 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     from dyno.node import serve
 
     config = _load(config_path)
+    _check_tls_files(config, config_path, "cannot start: ")
     _setup_logging(verbose, log_file, config.name, log_level)
     try:
         trio.run(serve, config)
@@ -79,10 +91,17 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
 def check_config(path: str) -> None:
     """Validate a configuration file and print what it sets."""
     config = _load(path)
+    _check_tls_files(config, path, "")
     click.echo(
         f"{path}: ok (node {config.name}, dc {config.datacenter}, rack {config.rack}, "
-        f"listen {config.listen}, datastore {config.servers[0].host}:{config.servers[0].port})"
+        f"listen {config.listen}{_tls_note(config)}, datastore {config.servers[0].host}:{config.servers[0].port})"
     )
+
+
+def _tls_note(config) -> str:
+    if config.client_tls_cert is None:
+        return ""
+    return " (TLS, client certificates required)" if config.client_tls_ca else " (TLS)"
 
 
 @main.group()

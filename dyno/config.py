@@ -178,6 +178,10 @@ class Config:
     admin_token: str | None = None  # bearer token the admin port's POSTs must carry
     cluster_secret: str | None = None  # peers prove they know it in their handshake
     maxclients: int = 10000        # Redis's default: client connections at once
+    # TLS on the client port (PEM files; with a CA, clients must show a certificate it signed)
+    client_tls_cert: str | None = None
+    client_tls_key: str | None = None
+    client_tls_ca: str | None = None
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -523,6 +527,9 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "admin_token": _optional(_text),
     "cluster_secret": _optional(_text),
     "maxclients": _integer(1, unit="connections"),
+    "client_tls_cert": _optional(_text),
+    "client_tls_key": _optional(_text),
+    "client_tls_ca": _optional(_text),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),
@@ -659,6 +666,18 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
                 which = "" if key in values else f"the default {key} "
                 errors.append((key, f"{which}{address} clashes with {other_key} ({other}); "
                                     "each listener needs its own port"))
+    # The files themselves are checked where they are opened (dyno.tls, at check-config
+    # and start): this module does no I/O but reading the config.
+    cert, key = values.get("client_tls_cert"), values.get("client_tls_key")
+    if (cert is None) != (key is None):
+        given, missing = ("client_tls_cert", "client_tls_key") if key is None else (
+            "client_tls_key", "client_tls_cert")
+        errors.append((missing, f"missing; {given} is set, and TLS on the client port needs "
+                                "both the certificate and its key"))
+    if values.get("client_tls_ca") is not None and cert is None and key is None:
+        errors.append(("client_tls_ca", "needs client_tls_cert and client_tls_key (the client "
+                                        "port speaks TLS only when both are set)"))
+
     datastore = values["servers"][0].address
     for key, address in listeners:
         if datastore == address:

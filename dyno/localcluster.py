@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -333,11 +334,39 @@ def stop_pids(procs: Sequence[tuple[int, int | None]], timeout: float = DEFAULT_
     return len(live)
 
 
-def ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if a RESP server on host:port answers PING with +PONG (or, when it
-    wants a password first, with -NOAUTH: it is serving)."""
+def probe_tls(config: dict) -> ssl.SSLContext | None:
+    """How the probes below reach a node whose client port speaks TLS only (its config
+    sets client_tls_cert), or None for plaintext. They ask only whether the process this
+    module started serves, so they trust any certificate; they show the node's own
+    (``dyno certs`` makes node certificates good for client authentication too), for a
+    node whose client_tls_ca asks clients for one."""
+    if not config.get("client_tls_cert"):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if config.get("client_tls_ca") and config.get("client_tls_key"):
+        with contextlib.suppress(ssl.SSLError, OSError):  # the node's own start reports bad files
+            context.load_cert_chain(str(config["client_tls_cert"]), str(config["client_tls_key"]))
+    return context
+
+
+def _connect(host: str, port: int, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if tls is None:
+        return sock
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        return tls.wrap_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def ping(host: str, port: int, timeout: float = 0.5, tls: ssl.SSLContext | None = None) -> bool:
+    """True if a RESP server on host:port answers PING with +PONG (or, when it
+    wants a password first, with -NOAUTH: it is serving). ``tls``: see probe_tls."""
+    try:
+        with _connect(host, port, timeout, tls) as sock:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             reply = b""
             while not reply.endswith(b"\r\n"):
@@ -350,11 +379,11 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def peers_connected(host: str, port: int, timeout: float = 0.5) -> bool:
+def peers_connected(host: str, port: int, timeout: float = 0.5, tls: ssl.SSLContext | None = None) -> bool:
     """True if the dyno node on host:port has a link up to every peer (INFO dyno's
     peers_up == peers). A server without those fields (a stand-in) counts as ready."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with _connect(host, port, timeout, tls) as sock:
             sock.sendall(b"*2\r\n$4\r\nINFO\r\n$4\r\ndyno\r\n")
             reply = b""
             while True:
@@ -449,6 +478,15 @@ class NodeState:
     stats_port = property(lambda self: self.plan.stats_port)
     redis_port = property(lambda self: self.plan.redis_port)
     tokens = property(lambda self: self.plan.tokens)
+
+    def probe_tls(self) -> ssl.SSLContext | None:
+        """How to probe this node's client port, from its config file (see probe_tls)."""
+        try:
+            document = yaml.safe_load(self.config.read_text())
+            settings = next(iter(document.values()))
+        except (OSError, yaml.YAMLError, AttributeError, StopIteration):
+            return None
+        return probe_tls(settings) if isinstance(settings, dict) else None
 
     @property
     def node_alive(self) -> bool:
@@ -619,8 +657,9 @@ class ClusterState:
         while pending:
             for node, kind in list(pending):
                 port = node.redis_port if kind == "redis" else node.port
-                if ping(node.host, port) and (
-                    kind == "redis" or not peers or peers_connected(node.host, port)
+                tls = None if kind == "redis" else node.probe_tls()
+                if ping(node.host, port, tls=tls) and (
+                    kind == "redis" or not peers or peers_connected(node.host, port, tls=tls)
                 ):
                     pending.remove((node, kind))
                     continue
@@ -771,7 +810,7 @@ def status(dir: str | os.PathLike) -> list[dict]:
             "redis": n.plan.redis,
             "dyno_running": n.node_alive,
             "redis_running": n.redis_alive,
-            "answers_ping": ping(n.host, n.port),
+            "answers_ping": ping(n.host, n.port, tls=n.probe_tls()),
         }
         for n in state.nodes
     ]

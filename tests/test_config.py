@@ -101,6 +101,9 @@ DEFAULTS = {
     "admin_token": None,
     "cluster_secret": None,
     "maxclients": 10000,
+    "client_tls_cert": None,
+    "client_tls_key": None,
+    "client_tls_ca": None,
     "hints_dir": None,
     "max_hint_window": 10_800_000,
     "max_hints_size": 1 << 30,
@@ -196,6 +199,9 @@ EVERY_KEY = [
     ("admin_token", "t0ken", "t0ken"),
     ("cluster_secret", "s3cret", "s3cret"),
     ("maxclients", 500, 500),
+    ("client_tls_cert", "/etc/dyno/node.pem", "/etc/dyno/node.pem"),
+    ("client_tls_key", "node-key.pem", "node-key.pem"),
+    ("client_tls_ca", "/etc/dyno/ca.pem", "/etc/dyno/ca.pem"),
     ("max_hint_window", 60000, 60000),
     ("max_hints_size", "1048576", 1048576),
     ("versions_db", 9, 9),
@@ -207,6 +213,14 @@ EVERY_KEY = [
 ]
 
 
+# Keys that only go with others (checked together): what each is given with above.
+COMPANIONS = {
+    "client_tls_cert": {"client_tls_key": "node-key.pem"},
+    "client_tls_key": {"client_tls_cert": "node.pem"},
+    "client_tls_ca": {"client_tls_cert": "node.pem", "client_tls_key": "node-key.pem"},
+}
+
+
 @pytest.mark.parametrize(("key", "value", "expected"), EVERY_KEY, ids=[k for k, _, _ in EVERY_KEY])
 def test_every_key(key: str, value: object, expected: object) -> None:
     if key in config_module._NOT_YET:
@@ -214,7 +228,7 @@ def test_every_key(key: str, value: object, expected: object) -> None:
             parse(**{key: value})
         assert getattr(parse(), key) == config_module._FIELDS[key].default
         return
-    config = parse(**{key: value})
+    config = parse(**{**COMPANIONS.get(key, {}), key: value})
     assert getattr(config, key) == expected
     if key in config_module._NO_EFFECT:
         assert config.warnings == (f"node.yml: dyn_o_mite.{key}: accepted but has no effect: "
@@ -539,6 +553,9 @@ KEY_ERRORS = [
     ("admin_token", ["x"], "expected a string, got a list"),
     ("cluster_secret", 5, "expected a string, got 5"),
     ("maxclients", 0, "expected a whole number of connections"),
+    ("client_tls_cert", 5, "expected a string, got 5"),
+    ("client_tls_key", "", "is empty; expected a non-empty string"),
+    ("client_tls_ca", ["ca.pem"], "expected a string, got a list"),
     ("max_hint_window", -1, "expected a whole number of milliseconds"),
     ("max_hints_size", "lots", "expected a whole number of bytes"),
     ("versions_db", 0, "from 1 to 15"),
@@ -1115,3 +1132,31 @@ def test_mutated_config_only_raises_config_error(data: st.DataObject) -> None:
         parse_config(text, "node.yml")
     except ConfigError as error:
         assert str(error).startswith("node.yml: ")
+
+
+# ---------------------------------------------------------------------------
+# TLS on the client port: the certificate and its key go together, a CA needs both.
+# (The files themselves are opened by dyno.tls: tests/test_tls_client.py.)
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    ({"client_tls_cert": "node.pem"},
+     "node.yml: dyn_o_mite.client_tls_key: missing; client_tls_cert is set, and TLS on the "
+     "client port needs both the certificate and its key"),
+    ({"client_tls_key": "node-key.pem"},
+     "node.yml: dyn_o_mite.client_tls_cert: missing; client_tls_key is set, and TLS on the "
+     "client port needs both the certificate and its key"),
+    ({"client_tls_ca": "ca.pem"},
+     "node.yml: dyn_o_mite.client_tls_ca: needs client_tls_cert and client_tls_key (the "
+     "client port speaks TLS only when both are set)"),
+])
+def test_client_tls_keys_go_together(settings: dict, problem: str) -> None:
+    assert key_problem(**settings) == problem
+
+
+def test_client_tls_keys_together_parse_without_warnings() -> None:
+    config = parse(client_tls_cert="n.pem", client_tls_key="n-key.pem", client_tls_ca="ca.pem")
+    assert (config.client_tls_cert, config.client_tls_key, config.client_tls_ca) == (
+        "n.pem", "n-key.pem", "ca.pem")
+    assert config.warnings == ()
+    assert parse().client_tls_cert is None
