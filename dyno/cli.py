@@ -120,11 +120,25 @@ def cluster() -> None:
 @click.option("--write-consistency", default="DC_ONE", show_default=True, help="write_consistency of every node.")
 @click.option("--hash-tag", default="{}", show_default=True,
               help="hash_tag of every node ('' for none): {user1}:a and {user1}:b live together.")
-def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency, hash_tag):
+@click.option("--client-tls", "client_tls", type=click.Path(file_okay=False),
+              help="Clients speak TLS to every node: node N serves with CERTDIR/nodeN.pem "
+                   "(make them with `dyno certs --out CERTDIR --nodes N`).")
+def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency, hash_tag,
+               client_tls):
     """Start a local cluster and print how to reach it."""
+    from pathlib import Path
+
     from dyno import localcluster
 
     extra = {"hash_tag": hash_tag} if hash_tag else {}
+    if client_tls is not None:
+        count = dcs * racks * nodes_per_rack
+        missing = [name for i in range(1, count + 1) for name in (f"node{i}.pem", f"node{i}-key.pem")
+                   if not (Path(client_tls) / name).is_file()]
+        if missing:
+            raise click.ClickException(f"--client-tls: {client_tls} has no {missing[0]}; make the "
+                                       f"certificates first: dyno certs --out {client_tls} --nodes {count}")
+        extra["client_tls"] = client_tls
     try:
         state = localcluster.up(
             directory, dcs=dcs, racks=racks, nodes_per_rack=nodes_per_rack, base_port=base_port,

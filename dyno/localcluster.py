@@ -119,6 +119,14 @@ class NodePlan:
         return conf
 
 
+def _client_tls_config(directory: str | os.PathLike | None, name: str) -> dict[str, str]:
+    if directory is None:
+        return {}
+    directory = Path(directory).resolve()
+    return {"client_tls_cert": str(directory / f"{name}.pem"),
+            "client_tls_key": str(directory / f"{name}-key.pem")}
+
+
 def format_tokens(tokens: Iterable[int]) -> str:
     return ",".join(str(t) for t in tokens)
 
@@ -144,6 +152,7 @@ def plan(
     read_consistency: str = "DC_ONE",
     write_consistency: str = "DC_ONE",
     seeds: str = "all",
+    client_tls: str | os.PathLike | None = None,
     **extra_config: object,
 ) -> list[NodePlan]:
     """Plan a cluster of `dcs` datacenters x `racks` racks x `nodes_per_rack` nodes.
@@ -156,6 +165,8 @@ def plan(
     node before it (node1 lists the last one), so the ring must be learned by gossip.
     `extra_config` keys go verbatim into every node's config (e.g. hash_tag="{}",
     timeout=2000, enable_gossip=False) and override the generated ones.
+    `client_tls`: a directory made by `dyno certs`; node N's client port then speaks TLS
+    with DIR/nodeN.pem and DIR/nodeN-key.pem (client_tls_cert/key).
     """
     if seeds not in ("all", "one"):
         raise ValueError(f"seeds must be 'all' or 'one', got {seeds!r}")
@@ -196,7 +207,7 @@ def plan(
                         redis_port=redis_port,
                         tokens=(tokens[i],),
                         seeds=(),
-                        config=tuple(config.items()),
+                        config=tuple({**_client_tls_config(client_tls, f"node{n}"), **config}.items()),
                     )
                 )
     if seeds == "one" and count > 1:
@@ -690,9 +701,13 @@ class ClusterState:
         lines = []
         for n in self.nodes:
             state = "up" if n.node_alive else "DOWN"
+            tls = ""
+            if n.probe_tls() is not None:  # dyno certs puts the CA beside the node's certificate
+                cert = dict(n.plan.config).get("client_tls_cert")
+                tls = f" --tls --cacert {Path(str(cert)).parent / 'ca.pem'}" if cert else " --tls"
             lines.append(
                 f"{n.name}  {n.dc}/{n.rack}  tokens {format_tokens(n.tokens)}  {state}  "
-                f"redis-cli -p {n.port}   (redis on {n.redis_port}, stats http://{n.host}:{n.stats_port}/info)"
+                f"redis-cli -p {n.port}{tls}   (redis on {n.redis_port}, stats http://{n.host}:{n.stats_port}/info)"
             )
         lines.append(f"configs and logs in {self.dir}; stop with: dyno cluster down --dir {self.dir}")
         return "\n".join(lines)
