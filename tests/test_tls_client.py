@@ -206,3 +206,49 @@ def test_local_cluster_probes_speak_tls_to_tls_nodes_only(bundle):
     context = localcluster.probe_tls({"client_tls_cert": str(bundle / "node1.pem")})
     assert context is not None and context.verify_mode == ssl.CERT_NONE
     assert localcluster.probe_tls({}) is None
+
+
+@integration
+def test_maxclients_counts_tls_clients_and_handshakes(cluster_factory, bundle):
+    node = cluster_factory(racks=1, client_tls=bundle, maxclients=2)[0]
+    context = ssl.create_default_context(cafile=str(bundle / "ca.pem"))
+
+    def connect() -> ssl.SSLSocket:
+        sock = socket.create_connection(node.addr, timeout=5)
+        return context.wrap_socket(sock, server_hostname=node.host)
+
+    def call(sock: ssl.SSLSocket, payload: bytes) -> bytes:
+        sock.sendall(payload)
+        data = b""
+        while not data.endswith(b"\r\n"):
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    first = connect()
+    open_ = [first]
+    try:
+        # the start-up probe's connection is closed, but the node may not have seen it go yet
+        support.wait_for(lambda: b"connected_clients:1\r\n" in call(first, b"*2\r\n$4\r\nINFO\r\n$7\r\nclients\r\n"),
+                         10, "the first client to be the node's only one")
+        open_.append(connect())
+        assert call(open_[1], b"*1\r\n$4\r\nPING\r\n") == b"+PONG\r\n"
+        with pytest.raises((ssl.SSLError, OSError)):  # closed before its handshake
+            extra = connect()
+            open_.append(extra)
+            if not call(extra, b"*1\r\n$4\r\nPING\r\n"):
+                raise ConnectionResetError("closed")
+        wait_for_log(node, "maxclients (2) reached")
+        open_.pop(1).close()
+
+        def accepted() -> bool:
+            sock = connect()
+            open_.append(sock)
+            return call(sock, b"*1\r\n$4\r\nPING\r\n") == b"+PONG\r\n"
+
+        support.wait_for(accepted, 10, "a slot to free up once a client left", ignore=(ssl.SSLError, OSError))
+    finally:
+        for sock in open_:
+            sock.close()
