@@ -81,5 +81,9 @@ def client_port_context(config) -> ssl.SSLContext | None:
     before anything runs, so a bad file stops both with one line."""
     if config.client_tls_cert is None:
         return None
-    return server_context(config.client_tls_cert, config.client_tls_key, config.client_tls_ca,
-                          names=CLIENT_PORT_KEYS)
+    context = server_context(config.client_tls_cert, config.client_tls_key, config.client_tls_ca,
+                             names=CLIENT_PORT_KEYS)
+    # No TLS 1.2 renegotiation: mid-stream it would make a write wait for a read
+    # (dyno.tls_socket treats a blocked write as "wait until writable"); Redis refuses it too.
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    return context
