@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CLUSTER_DIR ?= .cluster
 
-.PHONY: install test cluster cluster-stop bench clean redis-server
+.PHONY: install test cluster cluster-stop bench bench-tls clean redis-server
 
 install: $(STAMP) redis-server
 
@@ -35,6 +35,10 @@ cluster-stop:
 bench: install
 	@command -v nutcracker >/dev/null 2>&1 || scripts/install-debian-packages nutcracker
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# Plaintext against TLS on the client port, one node and 3 racks, side by side
+bench-tls: install
+	$(BIN)/python scripts/bench.py --targets redis,dyno-1,dyno-3r-one --tls $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -34,6 +34,17 @@ def _load(path: str):
     return config
 
 
+def _check_tls_files(config, path: str, doing: str) -> None:
+    """Open the certificate files the config names (client_tls_*), so a missing or bad
+    one is one line from check-config and from start, before anything runs."""
+    from dyno import tls
+
+    try:
+        tls.client_port_context(config)
+    except tls.TLSConfigError as exc:
+        raise click.ClickException(f"{path}: {doing}{config.pool}.{exc}") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dyno")
 def main() -> None:
@@ -64,6 +75,7 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     from dyno.tls import TLSConfigError
 
     config = _load(config_path)
+    _check_tls_files(config, config_path, "cannot start: ")
     _setup_logging(verbose, log_file, config.name, log_level)
     try:
         trio.run(serve, config)
@@ -94,10 +106,17 @@ def check_config(path: str) -> None:
     """Validate a configuration file (and the certificate files it names) and print what it sets."""
     config = _load(path)
     _check_files(path, config)
+    _check_tls_files(config, path, "")
     click.echo(
         f"{path}: ok (node {config.name}, dc {config.datacenter}, rack {config.rack}, "
-        f"listen {config.listen}, datastore {config.servers[0].host}:{config.servers[0].port})"
+        f"listen {config.listen}{_tls_note(config)}, datastore {config.servers[0].host}:{config.servers[0].port})"
     )
+
+
+def _tls_note(config) -> str:
+    if config.client_tls_cert is None:
+        return ""
+    return " (TLS, client certificates required)" if config.client_tls_ca else " (TLS)"
 
 
 @main.group()
@@ -117,14 +136,27 @@ def cluster() -> None:
 @click.option("--hash-tag", default="{}", show_default=True,
               help="hash_tag of every node ('' for none): {user1}:a and {user1}:b live together.")
 @click.option("--tls", is_flag=True,
-              help="Use TLS where dyno has it (today: every peer link, secure_server_option all), with "
-                   "a test CA and certificates made in DIR/tls.")
+              help="TLS on every peer link (secure_server_option all) and every client port, with "
+                   "a test CA and certificates made in DIR/tls (clients: redis-cli --tls --cacert DIR/tls/ca.pem).")
+@click.option("--client-tls", "client_tls", type=click.Path(file_okay=False),
+              help="Clients speak TLS to every node: node N serves with CERTDIR/nodeN.pem "
+                   "(make them with `dyno certs --out CERTDIR --nodes N`).")
 def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistency, write_consistency, hash_tag,
-               tls):
+               tls, client_tls):
     """Start a local cluster and print how to reach it."""
+    from pathlib import Path
+
     from dyno import localcluster
 
     extra = {"hash_tag": hash_tag} if hash_tag else {}
+    if client_tls is not None:
+        count = dcs * racks * nodes_per_rack
+        missing = [name for i in range(1, count + 1) for name in (f"node{i}.pem", f"node{i}-key.pem")
+                   if not (Path(client_tls) / name).is_file()]
+        if missing:
+            raise click.ClickException(f"--client-tls: {client_tls} has no {missing[0]}; make the "
+                                       f"certificates first: dyno certs --out {client_tls} --nodes {count}")
+        extra["client_tls"] = client_tls
     try:
         state = localcluster.up(
             directory, dcs=dcs, racks=racks, nodes_per_rack=nodes_per_rack, base_port=base_port,

@@ -38,12 +38,14 @@ from typing import TYPE_CHECKING, Callable
 
 import trio
 
-from dyno import poller, resp
+from dyno import poller, resp, tls_socket
 from dyno.datastore import Sink
 from dyno.stream import Listener
 from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
+    import ssl
+
     from dyno.metrics import Stats
     from dyno.peer import Congestion
 
@@ -376,6 +378,7 @@ class ClientConnection:
 
 
 MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
+TLS_HANDSHAKE_TIMEOUT = 10.0  # seconds a connecting client has to finish its TLS handshake
 
 
 class ClientListener(Listener):
@@ -383,7 +386,13 @@ class ClientListener(Listener):
 
     It keeps the open connections in ``clients`` (the node's dict: CLIENT LIST and
     the admin port read it) and hands each the node's ``execute_batch``,
-    ``congestion``, ``ready`` list and ``stats``."""
+    ``congestion``, ``ready`` list and ``stats``.
+
+    With ``tls`` (an ``ssl.SSLContext``, client_tls_*), the port speaks TLS only, as a
+    Redis with ``port 0`` and ``tls-port``: there is no plaintext side door. Each
+    connection first gets a task of its own for the handshake (``dyno.tls_socket``),
+    with a deadline, so a slow or failed handshake costs that connection only; then
+    the same ``ClientConnection`` serves it through a ``TLSSocket``."""
 
     def __init__(
         self, host: str, port: int, *, clients: dict[int, ClientConnection],
@@ -391,12 +400,16 @@ class ClientListener(Listener):
         ready: list[ClientConnection], stats: "Stats", maxclients: int = 10000,
         max_bulk: int = resp.MAX_BULK, max_query: int = resp.MAX_QUERY_BUFFER, max_output: int = 0,
         max_total: int = 0,
+        tls: "ssl.SSLContext | None" = None, handshake_timeout: float = TLS_HANDSHAKE_TIMEOUT,
     ):
         super().__init__(host, port)
         self.clients = clients
         self.maxclients = maxclients  # past it, a new client gets Redis's error and is closed
         self.refused = 0
         self._refusal_logged = 0.0
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        self.handshaking = 0  # TLS handshakes under way: they count against maxclients
         self.given = dict(
             execute_batch=execute_batch, congestion=congestion, ready=ready, stats=stats,
             forget=self.forget, max_bulk=max_bulk, max_query=max_query, max_output=max_output,
@@ -419,26 +432,64 @@ class ClientListener(Listener):
     def forget(self, client: ClientConnection) -> None:
         self.clients.pop(client.id, None)
 
+    def _refuse(self, conn: socket.socket, tls: bool) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= 10.0:
+            self._refusal_logged = now
+            log.warning("maxclients (%d) reached: refusing clients (%d so far)",
+                        self.maxclients, self.refused)
+        if not tls:  # Redis's words, then closed; the node goes on serving the others
+            try:
+                conn.setblocking(False)
+                conn.send(MAX_CLIENTS)
+            except OSError:
+                pass
+        # A TLS client is closed before its handshake: handshaking only to refuse
+        # would let a flood of connections cost a handshake each past the limit.
+        conn.close()
+
     async def serve(self, nursery: trio.Nursery) -> None:
         clients, given = self.clients, self.given
+        if self.tls is not None:
+            await self._serve_tls(nursery)
+            return
 
         def on_connection(conn: socket.socket, address) -> None:
             if len(clients) >= self.maxclients:
-                self.refused += 1
-                now = time.monotonic()
-                if now - self._refusal_logged >= 10.0:
-                    self._refusal_logged = now
-                    log.warning("maxclients (%d) reached: refusing clients (%d so far)",
-                                self.maxclients, self.refused)
-                try:  # Redis's words, then closed; the node goes on serving the others
-                    conn.setblocking(False)
-                    conn.send(MAX_CLIENTS)
-                except OSError:
-                    pass
-                conn.close()
+                self._refuse(conn, False)
                 return
             client = ClientConnection(conn, address, **given)
             clients[client.id] = client
             nursery.start_soon(client.run)
 
         await super().serve(on_connection, log)
+
+    async def _serve_tls(self, nursery: trio.Nursery) -> None:
+        def on_connection(conn: socket.socket, address) -> None:
+            if len(self.clients) + self.handshaking >= self.maxclients:
+                self._refuse(conn, True)
+                return
+            self.handshaking += 1
+            nursery.start_soon(self._handshake, conn, address)
+
+        await super().serve(on_connection, log)
+
+    async def _handshake(self, conn: socket.socket, address) -> None:
+        """One client's TLS handshake; then its connection runs in this same task."""
+        try:
+            tls_sock = await tls_socket.accept(conn, self.tls, self.handshake_timeout)
+        except tls_socket.TLSHandshakeError as exc:
+            # A port scanner, a plaintext client or a wrong certificate: that
+            # connection's business, not the operator's alarm.
+            log.info("client %s: %s; closed", _address(address), exc)
+            return
+        finally:
+            self.handshaking -= 1
+        client = ClientConnection(tls_sock, address, **self.given)
+        self.clients[client.id] = client
+        await client.run()
+
+
+def _address(address) -> str:
+    return f"{address[0]}:{address[1]}" if len(address) >= 2 else str(address)

@@ -187,6 +187,10 @@ class Config:
     client_query_buffer_limit: int = 1024 * 1024 * 1024  # bytes, Redis's default
     client_output_buffer_limit: int = 256 * 1024 * 1024  # bytes (0: none), dyno's
     maxmemory_clients: int = 1024 * 1024 * 1024  # every client's unread replies (0: none), Redis 7's name
+    # TLS on the client port (PEM files; with a CA, clients must show a certificate it signed)
+    client_tls_cert: str | None = None
+    client_tls_key: str | None = None
+    client_tls_ca: str | None = None
     hints_dir: str | None = None
     max_hint_window: int = 3 * 3600 * 1000  # ms (Cassandra's max_hint_window_in_ms)
     max_hints_size: int = 1 << 30  # bytes of hints kept per peer
@@ -566,6 +570,9 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "client_query_buffer_limit": _memory(1024 * 1024),
     "client_output_buffer_limit": _memory(0),
     "maxmemory_clients": _memory(0),
+    "client_tls_cert": _optional(_text),
+    "client_tls_key": _optional(_text),
+    "client_tls_ca": _optional(_text),
     "hints_dir": _optional(_text),
     "max_hint_window": _integer(0, unit="milliseconds"),
     "max_hints_size": _integer(0, unit="bytes"),
@@ -724,6 +731,17 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
         for key in given:
             warnings.append((key, "accepted but has no effect: secure_server_option is none, so no "
                                   "peer link uses TLS"))
+    # The files themselves are checked where they are opened (dyno.tls, at check-config
+    # and start): this module does no I/O but reading the config.
+    cert, key = values.get("client_tls_cert"), values.get("client_tls_key")
+    if (cert is None) != (key is None):
+        given, missing = ("client_tls_cert", "client_tls_key") if key is None else (
+            "client_tls_key", "client_tls_cert")
+        errors.append((missing, f"missing; {given} is set, and TLS on the client port needs "
+                                "both the certificate and its key"))
+    if values.get("client_tls_ca") is not None and cert is None and key is None:
+        errors.append(("client_tls_ca", "needs client_tls_cert and client_tls_key (the client "
+                                        "port speaks TLS only when both are set)"))
 
     datastore = values["servers"][0].address
     for key, address in listeners:

@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -119,6 +120,14 @@ class NodePlan:
         return conf
 
 
+def _client_tls_config(directory: str | os.PathLike | None, name: str) -> dict[str, str]:
+    if directory is None:
+        return {}
+    directory = Path(directory).resolve()
+    return {"client_tls_cert": str(directory / f"{name}.pem"),
+            "client_tls_key": str(directory / f"{name}-key.pem")}
+
+
 def format_tokens(tokens: Iterable[int]) -> str:
     return ",".join(str(t) for t in tokens)
 
@@ -144,6 +153,7 @@ def plan(
     read_consistency: str = "DC_ONE",
     write_consistency: str = "DC_ONE",
     seeds: str = "all",
+    client_tls: str | os.PathLike | None = None,
     **extra_config: object,
 ) -> list[NodePlan]:
     """Plan a cluster of `dcs` datacenters x `racks` racks x `nodes_per_rack` nodes.
@@ -156,6 +166,8 @@ def plan(
     node before it (node1 lists the last one), so the ring must be learned by gossip.
     `extra_config` keys go verbatim into every node's config (e.g. hash_tag="{}",
     timeout=2000, enable_gossip=False) and override the generated ones.
+    `client_tls`: a directory made by `dyno certs`; node N's client port then speaks TLS
+    with DIR/nodeN.pem and DIR/nodeN-key.pem (client_tls_cert/key).
     """
     if seeds not in ("all", "one"):
         raise ValueError(f"seeds must be 'all' or 'one', got {seeds!r}")
@@ -196,7 +208,7 @@ def plan(
                         redis_port=redis_port,
                         tokens=(tokens[i],),
                         seeds=(),
-                        config=tuple(config.items()),
+                        config=tuple({**_client_tls_config(client_tls, f"node{n}"), **config}.items()),
                     )
                 )
     if seeds == "one" and count > 1:
@@ -334,11 +346,39 @@ def stop_pids(procs: Sequence[tuple[int, int | None]], timeout: float = DEFAULT_
     return len(live)
 
 
-def ping(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if a RESP server on host:port answers PING with +PONG (or, when it
-    wants a password first, with -NOAUTH: it is serving)."""
+def probe_tls(config: dict) -> ssl.SSLContext | None:
+    """How the probes below reach a node whose client port speaks TLS only (its config
+    sets client_tls_cert), or None for plaintext. They ask only whether the process this
+    module started serves, so they trust any certificate; they show the node's own
+    (``dyno certs`` makes node certificates good for client authentication too), for a
+    node whose client_tls_ca asks clients for one."""
+    if not config.get("client_tls_cert"):
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if config.get("client_tls_ca") and config.get("client_tls_key"):
+        with contextlib.suppress(ssl.SSLError, OSError):  # the node's own start reports bad files
+            context.load_cert_chain(str(config["client_tls_cert"]), str(config["client_tls_key"]))
+    return context
+
+
+def _connect(host: str, port: int, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=timeout)
+    if tls is None:
+        return sock
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        return tls.wrap_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def ping(host: str, port: int, timeout: float = 0.5, tls: ssl.SSLContext | None = None) -> bool:
+    """True if a RESP server on host:port answers PING with +PONG (or, when it
+    wants a password first, with -NOAUTH: it is serving). ``tls``: see probe_tls."""
+    try:
+        with _connect(host, port, timeout, tls) as sock:
             sock.sendall(b"*1\r\n$4\r\nPING\r\n")
             reply = b""
             while not reply.endswith(b"\r\n"):
@@ -351,11 +391,11 @@ def ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def peers_connected(host: str, port: int, timeout: float = 0.5) -> bool:
+def peers_connected(host: str, port: int, timeout: float = 0.5, tls: ssl.SSLContext | None = None) -> bool:
     """True if the dyno node on host:port has a link up to every peer (INFO dyno's
     peers_up == peers). A server without those fields (a stand-in) counts as ready."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with _connect(host, port, timeout, tls) as sock:
             sock.sendall(b"*2\r\n$4\r\nINFO\r\n$4\r\ndyno\r\n")
             reply = b""
             while True:
@@ -450,6 +490,15 @@ class NodeState:
     stats_port = property(lambda self: self.plan.stats_port)
     redis_port = property(lambda self: self.plan.redis_port)
     tokens = property(lambda self: self.plan.tokens)
+
+    def probe_tls(self) -> ssl.SSLContext | None:
+        """How to probe this node's client port, from its config file (see probe_tls)."""
+        try:
+            document = yaml.safe_load(self.config.read_text())
+            settings = next(iter(document.values()))
+        except (OSError, yaml.YAMLError, AttributeError, StopIteration):
+            return None
+        return probe_tls(settings) if isinstance(settings, dict) else None
 
     @property
     def node_alive(self) -> bool:
@@ -620,8 +669,9 @@ class ClusterState:
         while pending:
             for node, kind in list(pending):
                 port = node.redis_port if kind == "redis" else node.port
-                if ping(node.host, port) and (
-                    kind == "redis" or not peers or peers_connected(node.host, port)
+                tls = None if kind == "redis" else node.probe_tls()
+                if ping(node.host, port, tls=tls) and (
+                    kind == "redis" or not peers or peers_connected(node.host, port, tls=tls)
                 ):
                     pending.remove((node, kind))
                     continue
@@ -652,9 +702,13 @@ class ClusterState:
         lines = []
         for n in self.nodes:
             state = "up" if n.node_alive else "DOWN"
+            tls = ""
+            if n.probe_tls() is not None:  # dyno certs puts the CA beside the node's certificate
+                cert = dict(n.plan.config).get("client_tls_cert")
+                tls = f" --tls --cacert {Path(str(cert)).parent / 'ca.pem'}" if cert else " --tls"
             lines.append(
                 f"{n.name}  {n.dc}/{n.rack}  tokens {format_tokens(n.tokens)}  {state}  "
-                f"redis-cli -p {n.port}   (redis on {n.redis_port}, stats http://{n.host}:{n.stats_port}/info)"
+                f"redis-cli -p {n.port}{tls}   (redis on {n.redis_port}, stats http://{n.host}:{n.stats_port}/info)"
             )
         lines.append(f"configs and logs in {self.dir}; stop with: dyno cluster down --dir {self.dir}")
         return "\n".join(lines)
@@ -677,8 +731,9 @@ def up(
 ) -> ClusterState:
     """Plan, configure and start a local cluster in `dir`; return once every node answers PING.
 
-    `tls`: TLS wherever dyno has it (today the peer links: secure_server_option all), with a
-    test CA and one certificate per node made in DIR/tls (dyno.certs; made anew each time).
+    `tls`: TLS wherever dyno has it (the peer links: secure_server_option all; the client
+    ports), with a test CA and one certificate per node made in DIR/tls (dyno.certs; made
+    anew each time).
 
     `kw` goes to `plan()` (host, base_port, read_consistency, write_consistency, any config key,
     including `timeout`, the nodes' request timeout in ms; `start_timeout` is this call's deadline
@@ -749,8 +804,9 @@ def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float,
 
 def with_tls(plans: Sequence[NodePlan], directory: Path) -> list[NodePlan]:
     """Make a test CA and a certificate per node in `directory` (replacing what is there:
-    the cluster's configs are new too), and configure every node's peer links for TLS with
-    its own. Keys given in the plan's config (secure_server_option rack, ...) still win."""
+    the cluster's configs are new too), and configure every node's peer links and client
+    port for TLS with its own. Keys given in the plan's config (secure_server_option rack,
+    client_tls_* of --client-tls ...) still win."""
     from dyno import certs  # `cryptography` is loaded only when certificates are made
 
     try:
@@ -764,6 +820,8 @@ def with_tls(plans: Sequence[NodePlan], directory: Path) -> list[NodePlan]:
             ("peer_tls_cert", str(directory / f"node{index}.pem")),
             ("peer_tls_key", str(directory / f"node{index}-key.pem")),
             ("peer_tls_ca", str(directory / "ca.pem")),
+            ("client_tls_cert", str(directory / f"node{index}.pem")),
+            ("client_tls_key", str(directory / f"node{index}-key.pem")),
         )
         out.append(dataclasses.replace(node, config=files + node.config))
     return out
@@ -800,7 +858,7 @@ def status(dir: str | os.PathLike) -> list[dict]:
             "redis": n.plan.redis,
             "dyno_running": n.node_alive,
             "redis_running": n.redis_alive,
-            "answers_ping": ping(n.host, n.port),
+            "answers_ping": ping(n.host, n.port, tls=n.probe_tls()),
         }
         for n in state.nodes
     ]

@@ -22,7 +22,7 @@ import time
 
 import trio
 
-from dyno import auth, node_commands, repair, tombstones, versions
+from dyno import auth, node_commands, repair, tls, tombstones, versions
 from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
@@ -124,6 +124,8 @@ class Node:
             max_bulk=config.proto_max_bulk_len, max_query=config.client_query_buffer_limit,
             max_output=config.client_output_buffer_limit, max_total=config.maxmemory_clients,
             ready=self.ready_clients, stats=self.stats,
+            # client_tls_*: the port speaks TLS only (a bad file: TLSConfigError)
+            tls=tls.client_port_context(config),
         )
         self.peer_server = PeerServer(
             config.dyn_listen.host, config.dyn_listen.port, cluster=config.pool,
@@ -315,9 +317,10 @@ class Node:
             nursery.start_soon(self.listener.serve, nursery)
             nursery.start_soon(self.admin.serve)
             log.info(
-                "node %s serving clients on %s:%d, peers on %s:%d, datastore %s "
+                "node %s serving clients on %s:%d%s, peers on %s:%d, datastore %s "
                 "(dc %s, rack %s, %d peers), admin on %s",
-                self.name, self.listener.host, self.listener.port, self.peer_server.host,
+                self.name, self.listener.host, self.listener.port,
+                "" if self.listener.tls is None else " (TLS only)", self.peer_server.host,
                 self.peer_server.port, self.datastore.address, self.config.datacenter,
                 self.config.rack, len(self.peer_links), self.admin.address,
             )

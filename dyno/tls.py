@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 
-__all__ = ["TLSConfigError", "client_context", "server_context"]
+__all__ = ["TLSConfigError", "client_context", "client_port_context", "server_context"]
 
 
 class TLSConfigError(ValueError):
@@ -69,4 +69,21 @@ def client_context(ca: str, cert: str | None = None, key: str | None = None, *,
     _load_ca(context, ca, names[2])
     if cert is not None and key is not None:
         _load_chain(context, cert, key, names[:2])
+    return context
+
+
+CLIENT_PORT_KEYS = ("client_tls_cert", "client_tls_key", "client_tls_ca")
+
+
+def client_port_context(config) -> ssl.SSLContext | None:
+    """The client port's context from a ``dyno.config.Config`` (client_tls_*), or None
+    when the port speaks plaintext. ``dyno start`` and ``dyno check-config`` call it
+    before anything runs, so a bad file stops both with one line."""
+    if config.client_tls_cert is None:
+        return None
+    context = server_context(config.client_tls_cert, config.client_tls_key, config.client_tls_ca,
+                             names=CLIENT_PORT_KEYS)
+    # No TLS 1.2 renegotiation: mid-stream it would make a write wait for a read
+    # (dyno.tls_socket treats a blocked write as "wait until writable"); Redis refuses it too.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     return context

@@ -25,6 +25,11 @@ What it starts, on free loopback ports, in a temporary directory:
   nodes it spawns. Each started dyno process is then asked which dyno/ it imports (the
   probe: its own interpreter, environment and working directory, `import dyno`): a twin
   that would run the checkout's code, or a target the baseline's, is not measured.
+- only with --tls (or when named, e.g. "dyno-1+tls"): beside every dyno target, its TLS
+  variant "TARGET+tls", the same shape with TLS on the client port (client_tls_cert/key
+  from `dyno certs` in the temporary directory; `dyno cluster up --client-tls`), driven
+  by `redis-benchmark --tls --cacert`. It runs back to back with its plaintext target at
+  each depth, and a table compares each pair (ops/s, p99, CPU per request).
 Everything it started is stopped at the end, also on error, Ctrl-C or SIGTERM: each child
 runs in its own process group and is stopped by that group; clusters by `dyno cluster down`
 (a twin's by the baseline's own), then by the pids cluster.json lists.
@@ -49,6 +54,7 @@ run the same code: the ratios' distance from 1.00 is the noise of an A/B on this
     .venv/bin/python scripts/bench.py --quick         # ~30 s sanity check
     .venv/bin/python scripts/bench.py --targets redis,twemproxy,dyno-1 --json out.json
     .venv/bin/python scripts/bench.py --targets redis,dyno-1,dyno-3r-one --baseline main
+    .venv/bin/python scripts/bench.py --targets redis,dyno-1,dyno-3r-one --tls   # make bench-tls
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -85,9 +92,14 @@ CLUSTER_SHAPES = {  # name: (dcs, racks, nodes per rack, consistency)
     "dyno-3x2-quorum": (1, 3, 2, "DC_QUORUM"),
     "dyno-2dc-one": (2, 3, 1, "DC_ONE"),
 }
-ALL_TARGETS = (*DEFAULT_TARGETS, *(name for name in CLUSTER_SHAPES if name not in DEFAULT_TARGETS))
 DYNO_TARGETS = ("dyno-1", *CLUSTER_SHAPES)  # the targets --baseline gives a twin
 TWIN_SUFFIX = "@base"  # "dyno-1@base": dyno-1's shape, running the --baseline revision
+# "dyno-1+tls": dyno-1's shape with TLS on the client port (client_tls_cert/key from
+# `dyno certs`, redis-benchmark --tls --cacert); --tls adds one beside each dyno target.
+TLS_SUFFIX = "+tls"
+TLS_TARGETS = tuple(name + TLS_SUFFIX for name in DYNO_TARGETS)
+ALL_TARGETS = (*DEFAULT_TARGETS, *(name for name in CLUSTER_SHAPES if name not in DEFAULT_TARGETS),
+               *TLS_TARGETS)
 HOST = "127.0.0.1"
 PROBE_KEY = "dyno-bench:probe"  # written to check a target serves, flushed before runs
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -361,6 +373,27 @@ def twin_of(name: str) -> str | None:
     return name.removesuffix(TWIN_SUFFIX) if name.endswith(TWIN_SUFFIX) else None
 
 
+def tls_name(target: str) -> str:
+    return target + TLS_SUFFIX
+
+
+def tls_of(name: str) -> str | None:
+    """The plaintext target a TLS variant mirrors ("dyno-1+tls" -> "dyno-1"); else None."""
+    return name.removesuffix(TLS_SUFFIX) if name.endswith(TLS_SUFFIX) else None
+
+
+def with_tls(targets: Sequence[str]) -> list[str]:
+    """--tls: each dyno target followed by its TLS variant (unless named already)."""
+    out: list[str] = []
+    for target in targets:
+        if tls_of(target) in targets:
+            continue  # goes right after its target
+        out.append(target)
+        if target in DYNO_TARGETS:
+            out.append(tls_name(target))
+    return out
+
+
 def with_twins(targets: Sequence[str]) -> list[str]:
     """The targets to start, each dyno target's twin right after it."""
     return [name for target in targets
@@ -373,13 +406,14 @@ def round_order(names: Sequence[str], pipelines: Sequence[int], round_no: int
 
     A target and its twin run back to back at each depth, so a slow moment of the machine
     hits both; the twin goes second in odd rounds and first in even ones, so that neither
-    always follows the other (a warm shared Redis, the CPU's frequency).
+    always follows the other (a warm shared Redis, the CPU's frequency). A TLS variant
+    ("dyno-1+tls") runs beside its plaintext target the same way.
     """
     order = []
     for name in names:
-        if twin_of(name) in names:
+        if twin_of(name) in names or tls_of(name) in names:
             continue  # runs beside its target
-        pair = [name, twin_name(name)] if twin_name(name) in names else [name]
+        pair = [name] + [other for other in (twin_name(name), tls_name(name)) if other in names]
         if round_no % 2 == 0:
             pair.reverse()
         order.extend((member, pipeline) for pipeline in pipelines for member in pair)
@@ -414,9 +448,21 @@ class BaselineCpuComparison:
     ratio: float
 
 
+def baseline_partner(target: str) -> str | None:
+    """What --baseline compares a target with: its twin (a twin itself: nothing)."""
+    return None if twin_of(target) is not None else twin_name(target)
+
+
+def tls_partner(target: str) -> str | None:
+    """What the TLS table compares a TLS variant with: its plaintext target."""
+    return tls_of(target)
+
+
 def compare_with_baseline(runs: Iterable[Run], targets: Sequence[str],
-                          pipelines: Sequence[int]) -> list[BaselineComparison]:
-    """Every target whose twin also has results, in `targets` then test then P order."""
+                          pipelines: Sequence[int], partner=baseline_partner
+                          ) -> list[BaselineComparison]:
+    """Every target whose partner (its twin; or `partner(target)`, e.g. tls_partner) also
+    has results, in `targets` then test then P order; "base" is the partner."""
     found: dict[tuple[str, str, int], dict[int, Measurement]] = {}
     for run in runs:
         for test, result in run.results.items():
@@ -425,9 +471,10 @@ def compare_with_baseline(runs: Iterable[Run], targets: Sequence[str],
     for target in targets:
         for test in TESTS:
             for pipeline in pipelines:
+                other = partner(target)
                 ours = found.get((target, test, pipeline))
-                theirs = found.get((twin_name(target), test, pipeline))
-                if twin_of(target) is not None or not ours or not theirs:
+                theirs = found.get((other, test, pipeline)) if other else None
+                if not ours or not theirs:
                     continue
                 rps = statistics.median(r.rps for r in ours.values())
                 base_rps = statistics.median(r.rps for r in theirs.values())
@@ -443,7 +490,8 @@ def compare_with_baseline(runs: Iterable[Run], targets: Sequence[str],
 
 
 def compare_cpu_with_baseline(runs: Iterable[Run], targets: Sequence[str],
-                              pipelines: Sequence[int]) -> list[BaselineCpuComparison]:
+                              pipelines: Sequence[int], partner=baseline_partner
+                              ) -> list[BaselineCpuComparison]:
     samples: dict[tuple[str, int], dict[str, list[float]]] = {}
     for run in runs:
         if run.error is None:
@@ -459,8 +507,9 @@ def compare_cpu_with_baseline(runs: Iterable[Run], targets: Sequence[str],
     rows = []
     for target in targets:
         for pipeline in pipelines:
-            ours, theirs = total(target, pipeline), total(twin_name(target), pipeline)
-            if twin_of(target) is None and ours is not None and theirs:
+            other = partner(target)
+            ours, theirs = total(target, pipeline), (total(other, pipeline) if other else None)
+            if ours is not None and theirs:
                 rows.append(BaselineCpuComparison(target, pipeline, ours, theirs, ours / theirs))
     return rows
 
@@ -482,6 +531,25 @@ def render_baseline_cpu(rows: Sequence[BaselineCpuComparison]) -> str:
     cells = [[row.target, str(row.pipeline), f"{row.cpu_us:.1f}", f"{row.base_cpu_us:.1f}",
               f"{row.ratio:.3f}"] for row in rows]
     return render_table(headers, cells, "lrrrr")
+
+
+def render_tls_comparison(rows: Sequence[BaselineComparison],
+                          cpu_rows: Sequence[BaselineCpuComparison]) -> str:
+    """TLS variants against their plaintext targets (rows from tls_partner)."""
+    cpu = {(row.target, row.pipeline): row for row in cpu_rows}
+    headers = ["target", "test", "P", "plain ops/s", "TLS ops/s", "TLS x plain",
+               "rounds x plain", "plain p99", "TLS p99", "plain us/req", "TLS us/req"]
+    cells = []
+    for row in rows:
+        cost = cpu.get((row.target, row.pipeline))
+        cells.append([
+            tls_of(row.target) or row.target, row.test, str(row.pipeline), f"{row.base_rps:,.0f}",
+            f"{row.rps:,.0f}", f"{row.rps_ratio:.2f}",
+            "..".join(f"{r:.2f}" for r in (min(row.round_ratios), max(row.round_ratios)))
+            if row.round_ratios else "-",
+            f"{row.base_p99_ms:.3f}", f"{row.p99_ms:.3f}",
+            f"{cost.base_cpu_us:.1f}" if cost else "-", f"{cost.cpu_us:.1f}" if cost else "-"])
+    return render_table(headers, cells, "llrrrrrrrrr")
 
 
 def code_mismatch(package: Path, expected_root: Path | None, baseline_root: Path) -> str | None:
@@ -627,11 +695,21 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text) or "    (empty log)"
 
 
-def command(host: str, port: int, *args: str, timeout: float = 2.0) -> bytes:
-    """Send one command and return the first reply line (enough for +OK/+PONG/:N)."""
+def command(host: str, port: int, *args: str, timeout: float = 2.0,
+            tls_ca: Path | None = None) -> bytes:
+    """Send one command and return the first reply line (enough for +OK/+PONG/:N);
+    over TLS, trusting `tls_ca`, when given."""
     payload = f"*{len(args)}\r\n".encode() + b"".join(
         f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
-    with socket.create_connection((host, port), timeout=timeout) as conn:
+    conn = socket.create_connection((host, port), timeout=timeout)
+    if tls_ca is not None:
+        try:
+            conn = ssl.create_default_context(cafile=str(tls_ca)).wrap_socket(
+                conn, server_hostname=host)
+        except BaseException:
+            conn.close()
+            raise
+    with conn:
         conn.sendall(payload)
         reply = b""
         while not reply.endswith(b"\r\n"):
@@ -643,7 +721,8 @@ def command(host: str, port: int, *args: str, timeout: float = 2.0) -> bytes:
 
 
 def wait_until_serving(host: str, port: int, what: str, log: Path,
-                       proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+                       proc: subprocess.Popen | None = None, timeout: float = 30.0,
+                       tls_ca: Path | None = None) -> None:
     """Wait until SET through (host, port) answers +OK: the whole request path works."""
     deadline = time.monotonic() + timeout
     last = "no answer"
@@ -652,7 +731,7 @@ def wait_until_serving(host: str, port: int, what: str, log: Path,
             raise BenchError(f"{what} exited with status {proc.returncode}; its log:\n"
                              + log_tail(log))
         try:
-            reply = command(host, port, "SET", PROBE_KEY, "1")
+            reply = command(host, port, "SET", PROBE_KEY, "1", tls_ca=tls_ca)
             if reply == b"+OK":
                 return
             last = reply.decode(errors="replace")
@@ -825,6 +904,7 @@ class Target:
     description = ""
     client_port = 0
     code: DynoCode | None = None  # a dyno target's: which dyno package its processes run
+    tls_ca: Path | None = None  # a TLS variant's: clients speak TLS, trusting this CA
 
     def start(self) -> None:
         raise NotImplementedError
@@ -913,12 +993,14 @@ class DynoNode(Target):
     """One dyno node (`dyno start --config`) in front of the shared Redis."""
 
     def __init__(self, backend: RedisServer, workdir: Path, name: str = "dyno-1",
-                 code: DynoCode = CHECKOUT):
+                 code: DynoCode = CHECKOUT, certs: Path | None = None):
         self.name = name
         self.code = code
         self.backend = backend
         self.dir = workdir / name
         self.proc: subprocess.Popen | None = None
+        self.certs = certs  # a TLS variant's `dyno certs` directory
+        self.tls_ca = None if certs is None else certs / "ca.pem"
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -934,11 +1016,16 @@ class DynoNode(Target):
             "  tokens: '0'\n"
             "  data_store: 0\n"
             "  servers:\n"
-            f"  - {HOST}:{self.backend.port}:1\n")
+            f"  - {HOST}:{self.backend.port}:1\n"
+            + ("" if self.certs is None else
+               f"  client_tls_cert: {self.certs / 'node1.pem'}\n"
+               f"  client_tls_key: {self.certs / 'node1-key.pem'}\n"))
         log = self.dir / "dyno.log"
         self.proc = spawn(self.code.argv("start", "--config", str(conf)), log, self.code.env())
-        wait_until_serving(HOST, self.client_port, "dyno start", log, self.proc)
-        self.description = (f"dyno start --config {conf.name}, port {self.client_port} -> "
+        wait_until_serving(HOST, self.client_port, "dyno start", log, self.proc,
+                           tls_ca=self.tls_ca)
+        self.description = (f"dyno start --config {conf.name}, port {self.client_port} "
+                            f"{'(TLS) ' if self.certs else ''}-> "
                             f"shared redis port {self.backend.port}")
 
     def stop(self) -> None:
@@ -959,11 +1046,14 @@ class DynoCluster(Target):
     run side by side: `dyno cluster up` must pick free ports for nodes and Redis servers.
     """
 
-    def __init__(self, name: str, workdir: Path, code: DynoCode = CHECKOUT):
+    def __init__(self, name: str, workdir: Path, code: DynoCode = CHECKOUT,
+                 certs: Path | None = None):
         self.name = name
         self.code = code
         self.dcs, self.racks, self.nodes_per_rack, self.consistency = CLUSTER_SHAPES[
-            twin_of(name) or name]
+            twin_of(name) or tls_of(name) or name]
+        self.certs = certs  # a TLS variant's `dyno certs` directory
+        self.tls_ca = None if certs is None else certs / "ca.pem"
         self.dir = workdir / name
         self.nodes: list[ClusterNode] = []
         self.started = False
@@ -974,7 +1064,8 @@ class DynoCluster(Target):
         argv = self.code.argv("cluster", "up", "--dir", str(self.dir), "--dcs", str(self.dcs),
                          "--racks", str(self.racks), "--nodes-per-rack", str(self.nodes_per_rack),
                          "--read-consistency", self.consistency,
-                         "--write-consistency", self.consistency)
+                         "--write-consistency", self.consistency,
+                         *(() if self.certs is None else ("--client-tls", str(self.certs))))
         self.started = True  # from here on, stop() must run even if `up` fails half-way
         with open(log, "ab") as out:
             done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT,
@@ -985,11 +1076,13 @@ class DynoCluster(Target):
         self.nodes = self._read_nodes()
         first = self.nodes[0]
         host, self.client_port = first.listen
-        wait_until_serving(host, self.client_port, f"dyno node {first.name}", log)
+        wait_until_serving(host, self.client_port, f"dyno node {first.name}", log,
+                           tls_ca=self.tls_ca)
         lagging = self._racks_missing_probe()
         self.description = (
             f"dyno cluster up --dcs {self.dcs} --racks {self.racks} "
-            f"--nodes-per-rack {self.nodes_per_rack}, {self.consistency}, "
+            f"--nodes-per-rack {self.nodes_per_rack}{' --client-tls' if self.certs else ''}, "
+            f"{self.consistency}, "
             f"own redis-server per node, client on {first.name} port {self.client_port}")
         if lagging:
             # Measured anyway: the rack check after each run then reports the lost writes.
@@ -1043,14 +1136,32 @@ class DynoCluster(Target):
         return racks
 
 
+def make_certificates(workdir: Path) -> Path:
+    """`dyno certs` in the work directory: a CA and node certificates for the TLS variants."""
+    directory = workdir / "certs"
+    done = subprocess.run(CHECKOUT.argv("certs", "--out", str(directory), "--nodes", "6"),
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise BenchError(f"dyno certs failed: {(done.stderr or done.stdout).strip()[:300]}")
+    return directory
+
+
 def make_target(name: str, shared: RedisServer, workdir: Path,
-                baseline: DynoCode | None = None, checkout: DynoCode = CHECKOUT) -> Target:
-    """The target `name`; a twin ("dyno-1@base") is its target's shape running `baseline`."""
+                baseline: DynoCode | None = None, checkout: DynoCode = CHECKOUT,
+                certs: Path | None = None) -> Target:
+    """The target `name`; a twin ("dyno-1@base") is its target's shape running `baseline`;
+    a TLS variant ("dyno-1+tls") its target's shape with TLS on the client port, with the
+    certificates in `certs` (made by `dyno certs`)."""
     shape = twin_of(name)
+    tls = None
     if shape is not None:
         if baseline is None or shape not in DYNO_TARGETS:
             raise BenchError(f"{name!r}: only a dyno target has a twin, and only with --baseline")
         code = baseline
+    elif tls_of(name) is not None:
+        shape, code, tls = tls_of(name), checkout, certs
+        if shape not in DYNO_TARGETS or certs is None:
+            raise BenchError(f"{name!r}: only a dyno target has a TLS variant")
     else:
         shape, code = name, checkout
     match shape:
@@ -1059,9 +1170,9 @@ def make_target(name: str, shared: RedisServer, workdir: Path,
         case "twemproxy":
             return Twemproxy(shared, workdir)
         case "dyno-1":
-            return DynoNode(shared, workdir, name, code)
+            return DynoNode(shared, workdir, name, code, tls)
         case _ if shape in CLUSTER_SHAPES:
-            return DynoCluster(name, workdir, code)
+            return DynoCluster(name, workdir, code, tls)
     raise BenchError(f"unknown target {name!r}; known: {', '.join(ALL_TARGETS)}")
 
 
@@ -1160,7 +1271,8 @@ def run_while_alive(argv: Sequence[str], processes: dict[str, int], timeout: flo
 def _measure(target: Target, run: Run, args: argparse.Namespace) -> None:
     argv = ["redis-benchmark", "-h", HOST, "-p", str(target.client_port),
             "-t", ",".join(t.lower() for t in TESTS), "-n", str(run.requests),
-            "-c", str(args.clients), "-r", str(KEYSPACE), "-P", str(run.pipeline), "--csv"]
+            "-c", str(args.clients), "-r", str(KEYSPACE), "-P", str(run.pipeline), "--csv",
+            *(() if target.tls_ca is None else ("--tls", "--cacert", str(target.tls_ca)))]
     flush_backends(target)
     processes = target.measured_processes()
     before = cpu_seconds_of(processes)
@@ -1217,6 +1329,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              f"(default: {','.join(DEFAULT_TARGETS)})")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write every run's raw results to FILE")
+    parser.add_argument("--tls", action="store_true",
+                        help="beside each dyno target, its TLS variant TARGET+tls (TLS on the "
+                             "client port, redis-benchmark --tls), in the same rounds; a table "
+                             "compares each pair")
     parser.add_argument("--baseline", metavar="REV",
                         help="A/B: beside each dyno target, a twin TARGET@base of the same "
                              "shape running git revision REV (e.g. main) of this repository, "
@@ -1230,6 +1346,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--pipelines: expected numbers like 1,16, got {args.pipelines!r}")
     args.targets = [t for t in args.targets.split(",") if t]
+    if args.tls:
+        args.targets = with_tls(args.targets)
     unknown = [t for t in args.targets if t not in ALL_TARGETS]
     if unknown:
         parser.error(f"--targets: unknown {', '.join(unknown)}; known: {', '.join(ALL_TARGETS)}")
@@ -1294,8 +1412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         shared = RedisServer("redis-shared", workdir)
         cleanup.callback(shared.stop)
         shared.start()
+        certs = make_certificates(workdir) if any(map(tls_of, args.targets)) else None
         for name in args.targets if baseline is None else with_twins(args.targets):
-            target = make_target(name, shared, workdir, baseline, checkout)
+            target = make_target(name, shared, workdir, baseline, checkout, certs)
             cleanup.callback(target.stop)
             progress(f"starting {name} ...")
             try:
@@ -1364,6 +1483,14 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(the sum of their medians), against its twin's:")
         print(render_baseline_cpu(cpu_comparison) if cpu_comparison else "  (no pair ran)")
 
+    tls_rows = compare_with_baseline(runs, names, args.pipelines, partner=tls_partner)
+    tls_cpu = compare_cpu_with_baseline(runs, names, args.pipelines, partner=tls_partner)
+    if tls_rows:
+        print("\nTLS on the client port: TARGET+tls against TARGET, in the same rounds; TLS x "
+              "plain from the medians, rounds x plain the lowest..highest of the rounds' pairs; "
+              "us/req: CPU of all the target's processes per request:")
+        print(render_tls_comparison(tls_rows, tls_cpu))
+
     checks = [run for run in runs if run.rack_check is not None]
     if checks:
         print("\nEvery acknowledged write on every rack (after each run, racks' key sets):")
@@ -1385,6 +1512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "runs": [dataclasses.asdict(run) for run in runs],
             "summary": [dataclasses.asdict(row)
                         for row in summarize(runs, names, args.pipelines)],
+            **({} if not tls_rows else {
+                "tls_comparison": [dataclasses.asdict(row) for row in tls_rows],
+                "tls_cpu_comparison": [dataclasses.asdict(row) for row in tls_cpu],
+            }),
             **({} if baseline is None else {
                 "baseline": {"revision": args.baseline, "commit": baseline.commit,
                              "tree": str(baseline.root), "label": baseline.label},

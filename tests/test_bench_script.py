@@ -204,6 +204,34 @@ def test_round_order_runs_everything_once_and_pairs_side_by_side(targets, pipeli
             assert order[index - 1 if second else index + 1] == partner
 
 
+def test_tls_variants_are_named_after_their_target_and_run_beside_it():
+    assert bench.tls_of("dyno-3r-one+tls") == "dyno-3r-one" and bench.tls_of("dyno-1") is None
+    assert bench.with_tls(["redis", "dyno-1", "dyno-3r-one", "dyno-1+tls"]) == [
+        "redis", "dyno-1", "dyno-1+tls", "dyno-3r-one", "dyno-3r-one+tls"]
+    assert bench.round_order(["redis", "dyno-1", "dyno-1+tls"], [1, 16], 1) == [
+        ("redis", 1), ("redis", 16),
+        ("dyno-1", 1), ("dyno-1+tls", 1), ("dyno-1", 16), ("dyno-1+tls", 16)]
+    assert bench.round_order(["dyno-1", "dyno-1+tls"], [1], 2) == [("dyno-1+tls", 1), ("dyno-1", 1)]
+    args = bench.parse_args(["--targets", "redis,dyno-1", "--tls"])
+    assert args.targets == ["redis", "dyno-1", "dyno-1+tls"]
+
+
+def test_tls_variants_are_compared_with_their_plaintext_target():
+    runs = (paired_runs("dyno-1", 16, {1: 200, 2: 100}, p99=1.0, cpu={"dyno": 2.0})
+            + paired_runs("dyno-1+tls", 16, {1: 100, 2: 75}, p99=2.0, cpu={"dyno": 3.0}))
+    names = ["dyno-1", "dyno-1+tls"]
+    rows = bench.compare_with_baseline(runs, names, [16], partner=bench.tls_partner)
+    assert [(r.target, r.test) for r in rows] == [("dyno-1+tls", "SET"), ("dyno-1+tls", "GET")]
+    assert rows[0].rps_ratio == pytest.approx(87.5 / 150)
+    assert rows[0].round_ratios == pytest.approx((0.5, 0.75))
+    cpu = bench.compare_cpu_with_baseline(runs, names, [16], partner=bench.tls_partner)
+    assert [(c.target, c.ratio) for c in cpu] == [("dyno-1+tls", pytest.approx(1.5))]
+    table = bench.render_tls_comparison(rows, cpu).splitlines()
+    assert table[0].split()[:6] == ["target", "test", "P", "plain", "ops/s", "TLS"]
+    assert table[2].split() == ["dyno-1", "SET", "16", "150", "88", "0.58", "0.50..0.75",
+                                "1.000", "2.000", "2.0", "3.0"]
+
+
 def paired_runs(target, pipeline, rps_by_round, p99=0.5, cpu=None):
     return [bench.Run(target, round_no, pipeline, 1000,
                       results={test: result(test, rps, p99=p99) for test in bench.TESTS},

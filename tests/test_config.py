@@ -108,6 +108,9 @@ DEFAULTS = {
     "client_query_buffer_limit": 1024 * 1024 * 1024,
     "client_output_buffer_limit": 256 * 1024 * 1024,
     "maxmemory_clients": 1024 * 1024 * 1024,
+    "client_tls_cert": None,
+    "client_tls_key": None,
+    "client_tls_ca": None,
     "hints_dir": None,
     "max_hint_window": 10_800_000,
     "max_hints_size": 1 << 30,
@@ -211,6 +214,9 @@ EVERY_KEY = [
     ("client_query_buffer_limit", "3GB", 3 * 1024**3),
     ("client_output_buffer_limit", 0, 0),
     ("maxmemory_clients", "2gb", 2 * 1024**3),
+    ("client_tls_cert", "/etc/dyno/node.pem", "/etc/dyno/node.pem"),
+    ("client_tls_key", "node-key.pem", "node-key.pem"),
+    ("client_tls_ca", "/etc/dyno/ca.pem", "/etc/dyno/ca.pem"),
     ("max_hint_window", 60000, 60000),
     ("max_hints_size", "1048576", 1048576),
     ("versions_db", 9, 9),
@@ -227,6 +233,11 @@ EVERY_KEY = [
 PEER_TLS = {"secure_server_option": "all", "peer_tls_cert": "/etc/dyno/node1.pem",
             "peer_tls_key": "/etc/dyno/node1-key.pem", "peer_tls_ca": "/etc/dyno/ca.pem"}
 COMPANIONS = {key: PEER_TLS for key in PEER_TLS}
+COMPANIONS.update({
+    "client_tls_cert": {"client_tls_key": "node-key.pem"},
+    "client_tls_key": {"client_tls_cert": "node.pem"},
+    "client_tls_ca": {"client_tls_cert": "node.pem", "client_tls_key": "node-key.pem"},
+})
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), EVERY_KEY, ids=[k for k, _, _ in EVERY_KEY])
@@ -581,6 +592,9 @@ KEY_ERRORS = [
     ("client_query_buffer_limit", "1 tb", "expected a number of bytes like 1048576 or '512mb', got"),
     ("client_output_buffer_limit", -1, "out of range"),
     ("maxmemory_clients", "lots", "expected a number of bytes"),
+    ("client_tls_cert", 5, "expected a string, got 5"),
+    ("client_tls_key", "", "is empty; expected a non-empty string"),
+    ("client_tls_ca", ["ca.pem"], "expected a string, got a list"),
     ("max_hint_window", -1, "expected a whole number of milliseconds"),
     ("max_hints_size", "lots", "expected a whole number of bytes"),
     ("versions_db", 0, "from 1 to 15"),
@@ -1167,3 +1181,31 @@ def test_mutated_config_only_raises_config_error(data: st.DataObject) -> None:
         parse_config(text, "node.yml")
     except ConfigError as error:
         assert str(error).startswith("node.yml: ")
+
+
+# ---------------------------------------------------------------------------
+# TLS on the client port: the certificate and its key go together, a CA needs both.
+# (The files themselves are opened by dyno.tls: tests/test_tls_client.py.)
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    ({"client_tls_cert": "node.pem"},
+     "node.yml: dyn_o_mite.client_tls_key: missing; client_tls_cert is set, and TLS on the "
+     "client port needs both the certificate and its key"),
+    ({"client_tls_key": "node-key.pem"},
+     "node.yml: dyn_o_mite.client_tls_cert: missing; client_tls_key is set, and TLS on the "
+     "client port needs both the certificate and its key"),
+    ({"client_tls_ca": "ca.pem"},
+     "node.yml: dyn_o_mite.client_tls_ca: needs client_tls_cert and client_tls_key (the "
+     "client port speaks TLS only when both are set)"),
+])
+def test_client_tls_keys_go_together(settings: dict, problem: str) -> None:
+    assert key_problem(**settings) == problem
+
+
+def test_client_tls_keys_together_parse_without_warnings() -> None:
+    config = parse(client_tls_cert="n.pem", client_tls_key="n-key.pem", client_tls_ca="ca.pem")
+    assert (config.client_tls_cert, config.client_tls_key, config.client_tls_ca) == (
+        "n.pem", "n-key.pem", "ca.pem")
+    assert config.warnings == ()
+    assert parse().client_tls_cert is None
