@@ -77,6 +77,7 @@ class ReplySlot(Sink):
     def deliver(self, reply: bytes) -> None:
         self.data = reply
         client = self.client
+        client.hold(len(reply))
         if not client.queued:
             client.queued = True
             client.ready.append(client)
@@ -107,6 +108,7 @@ class BatchSlot(ReplySlot):
     def deliver_run(self, replies: bytes, n: int) -> None:
         self.parts.append(replies)
         self.received += n
+        self.client.hold(len(replies))
         if self.received == self.count:
             parts = self.parts
             self.data = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -149,6 +151,7 @@ class ClientConnection:
         self.dead = False
         self._unsent: list[bytes] = []
         self._unsent_bytes = 0
+        self.holding = 0  # reply bytes delivered for it and not yet sent (limits: module docstring)
         self._writer_running = False
         self._nursery: trio.Nursery | None = None
         self._caught_up = Wakeup()
@@ -275,6 +278,7 @@ class ClientConnection:
         replies = self.replies
         if self.dead:  # the client is gone: nothing will ever read these replies
             replies.clear()
+            self._drop_unsent()
             if self._waiting:
                 self._caught_up.set()
             return
@@ -303,30 +307,44 @@ class ClientConnection:
             self.dead = True
             self.replies.clear()
             return
+        self._sent(sent)
         if sent < len(data):
             self._queue_unsent(memoryview(data)[sent:])
             if not self._writer_running and self._nursery is not None:
                 self._writer_running = True
                 self._nursery.start_soon(self._write_unsent)
 
-    def _queue_unsent(self, data) -> None:
-        """Replies the client has not read yet wait here (module docstring: limits)."""
-        self._unsent.append(data)
-        self._unsent_bytes += len(data)
+    def hold(self, size: int) -> None:
+        """``size`` bytes of replies arrived for the client: they are held until sent
+        (in its reply slots, then in ``_unsent`` while it does not read). Past
+        ``client_output_buffer_limit`` it is closed; past ``maxmemory_clients`` for all
+        clients, the biggest holders are. What was held before these bytes is what
+        counts, so one reply larger than the limit still goes to a client that reads."""
+        if self.dead:  # gone: what arrives for it now is dropped, never sent
+            return
+        held = self.holding
+        self.holding = held + size
         stats = self.stats
-        stats.client_unsent += len(data)
-        # One reply larger than the limit still goes out to a client that reads it:
-        # the limit counts what waits behind the first.
-        if self._unsent_bytes - len(self._unsent[0]) > self.max_output:
+        stats.client_unsent += size
+        if held > self.max_output:
             self.overflow("client_output_buffer_limit")
         elif stats.client_unsent > self.max_total and self.shed is not None:
             self.shed()
+
+    def _sent(self, size: int) -> None:
+        self.holding -= size
+        self.stats.client_unsent -= size
+
+    def _queue_unsent(self, data) -> None:
+        """Replies the client has not read yet wait here."""
+        self._unsent.append(data)
+        self._unsent_bytes += len(data)
 
     def overflow(self, limit: str) -> None:
         """Close the client for holding too many unread replies (``limit`` names the
         setting it passed), dropping them."""
         log.warning("client %s closed: %d bytes of replies it has not read (%s)", self.address,
-                    self._unsent_bytes, limit)
+                    self.holding, limit)
         self.stats.output_limit_closes += 1
         self._drop_unsent()
         self.dead = True
@@ -335,7 +353,9 @@ class ClientConnection:
             self._nursery.cancel_scope.cancel()
 
     def _drop_unsent(self) -> None:
-        self.stats.client_unsent -= self._unsent_bytes
+        """Forget every reply held for it (it is gone, or closed for holding too many)."""
+        self.stats.client_unsent -= self.holding
+        self.holding = 0
         self._unsent.clear()
         self._unsent_bytes = 0
 
@@ -366,7 +386,7 @@ class ClientConnection:
                     self._drop_unsent()
                     break
                 self._unsent_bytes -= sent
-                self.stats.client_unsent -= sent
+                self._sent(sent)
                 if sent == len(data):
                     del unsent[0]
                 else:
@@ -422,8 +442,8 @@ class ClientListener(Listener):
         """``maxmemory_clients`` passed: close the clients holding the most unread
         replies until what all hold is under it (Redis 7's client eviction)."""
         stats = self.stats
-        holding = sorted((c for c in self.clients.values() if c._unsent_bytes),
-                         key=lambda c: c._unsent_bytes, reverse=True)
+        holding = sorted((c for c in self.clients.values() if c.holding),
+                         key=lambda c: c.holding, reverse=True)
         for client in holding:
             if stats.client_unsent <= self.max_total:
                 break

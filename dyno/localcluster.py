@@ -726,14 +726,14 @@ def up(
     start_timeout: float = DEFAULT_START_TIMEOUT,
     redis_server: str = "redis-server",
     node_command: Callable[[NodeState], list[str]] | None = None,
-    tls: bool = False,
+    tls: bool | str = False,
     **kw: object,
 ) -> ClusterState:
     """Plan, configure and start a local cluster in `dir`; return once every node answers PING.
 
     `tls`: TLS wherever dyno has it (the peer links: secure_server_option all; the client
     ports), with a test CA and one certificate per node made in DIR/tls (dyno.certs; made
-    anew each time).
+    anew each time); ``tls="peers"``: the peer links only.
 
     `kw` goes to `plan()` (host, base_port, read_consistency, write_consistency, any config key,
     including `timeout`, the nodes' request timeout in ms; `start_timeout` is this call's deadline
@@ -766,13 +766,13 @@ _PORT_TAKEN = ("Address already in use", "EADDRINUSE", "Errno 98")
 
 
 def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float, redis_server: str,
-           node_command: Callable[[NodeState], list[str]] | None, kw: dict, tls: bool = False) -> ClusterState:  # fmt: skip
+           node_command: Callable[[NodeState], list[str]] | None, kw: dict, tls: bool | str = False) -> ClusterState:  # fmt: skip
     try:
         plans = plan(dcs, racks, nodes_per_rack, **kw)
     except ValueError as e:
         raise ClusterError(str(e)) from None
     if tls:
-        plans = with_tls(plans, dir / TLS_DIR)
+        plans = with_tls(plans, dir / TLS_DIR, clients=tls != "peers")
     configs = write_configs(plans, dir)
     state = ClusterState(dir, [])
     for node_plan, config in zip(plans, configs):
@@ -802,11 +802,11 @@ def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float,
     return state
 
 
-def with_tls(plans: Sequence[NodePlan], directory: Path) -> list[NodePlan]:
+def with_tls(plans: Sequence[NodePlan], directory: Path, clients: bool = True) -> list[NodePlan]:
     """Make a test CA and a certificate per node in `directory` (replacing what is there:
     the cluster's configs are new too), and configure every node's peer links and client
-    port for TLS with its own. Keys given in the plan's config (secure_server_option rack,
-    client_tls_* of --client-tls ...) still win."""
+    port (unless not ``clients``) for TLS with its own. Keys given in the plan's config
+    (secure_server_option rack, client_tls_* of --client-tls ...) still win."""
     from dyno import certs  # `cryptography` is loaded only when certificates are made
 
     try:
@@ -820,9 +820,10 @@ def with_tls(plans: Sequence[NodePlan], directory: Path) -> list[NodePlan]:
             ("peer_tls_cert", str(directory / f"node{index}.pem")),
             ("peer_tls_key", str(directory / f"node{index}-key.pem")),
             ("peer_tls_ca", str(directory / "ca.pem")),
-            ("client_tls_cert", str(directory / f"node{index}.pem")),
-            ("client_tls_key", str(directory / f"node{index}-key.pem")),
         )
+        if clients:
+            files += (("client_tls_cert", str(directory / f"node{index}.pem")),
+                      ("client_tls_key", str(directory / f"node{index}-key.pem")))
         out.append(dataclasses.replace(node, config=files + node.config))
     return out
 

@@ -258,7 +258,7 @@ def tls_cluster(tmp_path_factory):
     """3 racks x 1 node, every peer link TLS (localcluster's tls=True: a test CA in DIR/tls)."""
     if support.dyno_missing():
         pytest.skip(support.dyno_missing())
-    with support.running_cluster(tmp_path_factory.mktemp("tls"), racks=3, tls=True) as cluster:
+    with support.running_cluster(tmp_path_factory.mktemp("tls"), racks=3, tls="peers") as cluster:
         yield cluster
 
 
@@ -335,7 +335,7 @@ def test_a_tls_peer_needs_a_certificate_the_cluster_ca_signed(tls_cluster, bundl
 
 @pytest.mark.integration
 def test_a_node_whose_certificate_another_ca_signed_is_cut_off_both_ways(cluster_factory, bundles):
-    cluster = cluster_factory(racks=3, tls=True)
+    cluster = cluster_factory(racks=3, tls="peers")
     bad = cluster[2]
     bad.stop()
     cluster_certs = Path(bad.config).parent / "tls"
@@ -369,7 +369,7 @@ def test_a_node_whose_certificate_another_ca_signed_is_cut_off_both_ways(cluster
 @pytest.mark.integration
 def test_datacenter_option_makes_links_between_dcs_tls_and_refuses_a_plaintext_peer_from_another_dc(
         cluster_factory):
-    cluster = cluster_factory(dcs=2, racks=2, tls=True, secure_server_option="datacenter")
+    cluster = cluster_factory(dcs=2, racks=2, tls="peers", secure_server_option="datacenter")
     node1 = cluster[0]  # dc1/rack1; node2 dc1/rack2; node3, node4 in dc2
     assert [(n.dc, n.rack) for n in cluster.nodes] == [("dc1", "rack1"), ("dc1", "rack2"),
                                                        ("dc2", "rack1"), ("dc2", "rack2")]
@@ -452,7 +452,11 @@ def test_dyno_cluster_up_tls_gives_a_working_cluster(tmp_path):
             host, port = node["redis"].rsplit(":", 1)
             clients.append(redis.Redis(host, int(port)))
         host, port = nodes[0]["listen"].rsplit(":", 1)
-        assert redis.Redis(host, int(port)).set("up:tls", "1")
+        # the client ports speak TLS too: a plaintext client is closed, one with the CA served
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(host, int(port), socket_timeout=5).set("up:tls", "0")
+        tls_client = redis.Redis(host, int(port), ssl=True, ssl_ca_certs=str(directory / "tls" / "ca.pem"))
+        assert tls_client.set("up:tls", "1")
         support.wait_for(lambda: all(c.get("up:tls") == b"1" for c in clients), 10, "both racks")
         assert "connected (TLS)" in Path(nodes[1]["log"]).read_text()
     finally:
