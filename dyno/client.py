@@ -144,6 +144,8 @@ class ClientConnection:
         self.consistency_override: dict[str, str] = {}  # set by DYNO_CONFIG:CONN_CONSISTENCY
         self.authenticated = False  # AUTH (dyno.auth); only read when requirepass is set
         self.transaction = None  # between MULTI and EXEC: its dyno.transactions.Transaction
+        self.session = None  # after WATCH: its dyno.watch.Session
+        self.held: list | None = None  # batches read while its WATCH is not answered yet
         self.replies: deque[ReplySlot] = deque()
         self.ready = ready  # the node's: clients with replies to send (ReplySlot.deliver)
         self.queued = False
@@ -451,6 +453,9 @@ class ClientListener(Listener):
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.pop(client.id, None)
+        if client.session is not None:  # it WATCHed: its own Redis connection goes too
+            client.session.close()
+            client.session = None
 
     def _refuse(self, conn: socket.socket, tls: bool) -> None:
         self.refused += 1

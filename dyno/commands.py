@@ -422,8 +422,6 @@ def _only_db0(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
 
 # --- why a command is refused (shown to the client, one line each) --------------------------
 
-TRANSACTIONS = ("a transaction cannot span the nodes that own its keys; "
-                "use EVAL on keys that share a hash tag")
 PUBSUB = "messages are not relayed between dyno nodes"
 BLOCKING = ("it would hold a Redis connection that dyno shares between clients; "
             "poll with the non-blocking form instead")
@@ -802,8 +800,8 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("discard",                       1, (0,  0, 0), READ,  LOCAL),
     _cmd("exec",                          1, (0,  0, 0), READ,  LOCAL),
     _cmd("multi",                         1, (0,  0, 0), READ,  LOCAL),
-    _cmd("unwatch",                       1, (0,  0, 0), READ,  UNSUPPORTED, reason=TRANSACTIONS),
-    _cmd("watch",                        -2, (1, -1, 1), READ,  UNSUPPORTED, reason=TRANSACTIONS),
+    _cmd("unwatch",                       1, (0,  0, 0), READ,  LOCAL),
+    _cmd("watch",                        -2, (1, -1, 1), READ,  LOCAL),  # on this node's replica (dyno.watch)
     # --- pub/sub ---------------------------------------------------------------
     _cmd("psubscribe",                   -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
     _cmd("publish",                       3, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),

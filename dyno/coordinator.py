@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dyno import commands, resp, transactions, versions
+from dyno import commands, resp, transactions, versions, watch
 from dyno.client import BatchSlot, ReplySlot
 from dyno.consistency import Quorum
 from dyno.datastore import Sink
@@ -710,6 +710,10 @@ class Coordinator:
         #: and where its tasks run; None until the node is running.
         self.repair_keys: Callable | None = None
         self.spawn: Callable | None = None
+        #: Sends the replies clients have ready (the node's): after a delivery made
+        #: outside the readers that do it themselves (a WATCH session's).
+        self.flush_clients: Callable[[], None] = lambda: None
+        self.sessions = 0  # WATCH sessions open (dyno.watch)
         self.read_repair_chance = 0.0
         self._random = random.random
         # One batch in SAMPLE_EVERY is timed: the countdown costs one decrement.
@@ -789,8 +793,14 @@ class Coordinator:
         """Run ``requests`` for ``client``; each gets its reply in the client's FIFO,
         in order. ``raw``, if not None, is their canonical encoding as read."""
         self.stats.commands += len(requests)
+        if client.held is not None:  # behind a session request (WATCH ...): in order, after it
+            client.held.append(requests)
+            return
         if client.transaction is not None:  # between MULTI and EXEC: queued
             self._queue(client, requests)
+            return
+        if client.session is not None:  # after WATCH: its keys are read and written where watched
+            self._through_session(client, requests)
             return
         self.countdown -= 1
         if not self.countdown:
@@ -864,6 +874,9 @@ class Coordinator:
                  plan: Plan | Part | None = None) -> None:
         """``execute_batch``, for any plan (several parts, requests the node answers,
         a command that ends a plan, a sampled batch)."""
+        if client.held is not None:  # behind a session request (dyno.watch): after it
+            client.held.append(requests)
+            return
         while True:
             if plan is None:
                 override = client.consistency_override
@@ -878,6 +891,10 @@ class Coordinator:
                 self._run_part_for_client(plan, client)
                 return
             self._run_for_client(plan, client, requests)
+            if client.held is not None:  # WATCH ended the plan: what follows waits for its reply
+                if plan.size < len(requests):
+                    client.held.append(requests[plan.size:])
+                return
             if client.transaction is not None:  # MULTI ended the plan: what follows is queued
                 if plan.size < len(requests):
                     self._queue(client, requests[plan.size:])
@@ -915,6 +932,7 @@ class Coordinator:
                 self._exec(client, transaction, argv)
             elif name == b"discard" and len(argv) == 1:
                 client.transaction = None
+                self.unwatch(client)  # as Redis: DISCARD unwatches
                 self._reply(client, resp.OK)
             elif name in (b"reset", b"quit"):
                 client.transaction = None
@@ -943,6 +961,11 @@ class Coordinator:
     def _exec(self, client: "ClientConnection", transaction: Transaction, argv: list[bytes]) -> None:
         """EXEC: the queued commands as one block on every replica of their keys
         (Planner.transaction); the client gets EXEC's reply as the level decides."""
+        session = client.session
+        if session is not None:  # after WATCH: run first where the keys are watched
+            client.session = None
+            self._exec_watched(client, transaction, session)
+            return
         if transaction.aborted:
             self._reply(client, transactions.EXECABORT)
             return
@@ -962,6 +985,208 @@ class Coordinator:
         plan = Plan([part], 1, [Merge(_exec_reply, part.positions)], count + 1, None,
                     [commands.resolve(argv) for argv in queued])
         self._run_for_client(plan, client, [argv])
+
+    # -- WATCH (dyno.watch) -------------------------------------------------------------
+
+    def watch(self, client: "ClientConnection", argv: list[bytes], slot: Sink) -> bytes | None:
+        """WATCH keys...: on the client's session, a connection of its own to this
+        node's Redis (made at its first WATCH), which must hold a replica of them.
+        Returns the error line, or None: the reply comes from that Redis, and until it
+        does what the client sends next is held (a write of its own after WATCH must
+        find the watch in place)."""
+        group = None
+        for key in argv[1:]:
+            owners = self._replicas_of(key)
+            if group is None:
+                group = owners
+            elif owners is not group:
+                return self.planner.crossslot
+        session = client.session
+        if session is not None and session.group is not group:
+            return self.planner.crossslot
+        if session is None:
+            if self.sessions >= watch.MAX_SESSIONS or self.spawn is None:
+                return resp.error(f"ERR dyno: {watch.MAX_SESSIONS} clients WATCH on this node already; "
+                                  "try again when one has run its EXEC")
+            replica = watch.watch_replica(group, self.available)
+            if replica.local:
+                datastore = self.datastore
+                session = watch.Session(datastore.host, datastore.port, auth=datastore.auth,
+                                        protocol=client.protocol, group=group, replica=replica)
+                self.sessions += 1
+                self.spawn(self._run_session, session)
+            else:
+                link = self.link_of(replica.name)
+                if link is None:
+                    return resp.error(f"ERR dyno: no link to {replica.name}, where these keys are watched")
+                session = watch.RemoteSession(link, group=group, replica=replica,
+                                              flags=RESP3 if client.protocol == 3 else 0)
+            client.session = session
+        client.held = []
+        session.request(resp.encode_command(argv), 1,
+                        lambda replies: self._watched(client, session, slot, replies))
+        return None
+
+    async def _run_session(self, session: watch.Session) -> None:
+        try:
+            await session.run()
+        finally:
+            self.sessions -= 1
+
+    def _watched(self, client: "ClientConnection", session: watch.Session, slot: Sink, replies) -> None:
+        """WATCH's reply came: deliver it and run what the client sent after it."""
+        if replies.__class__ is bytes:  # the session failed: no watch in place
+            if client.session is session:
+                client.session = None
+            slot.deliver(replies)
+        else:
+            slot.deliver(replies[0])
+        self._release(client)
+
+    def _release(self, client: "ClientConnection") -> None:
+        """A session request the client's next requests waited for is done: run them
+        (until one more such request holds the rest again)."""
+        held, client.held = client.held, None
+        while held and not client.dead:
+            requests = held.pop(0)
+            if client.transaction is not None:
+                self._queue(client, requests)
+            elif client.session is not None:
+                self._through_session(client, requests)
+            else:
+                self._execute(client, requests, None)
+            if client.held is not None:  # held again: the rest waits behind it
+                client.held.extend(held)
+                break
+        self.flush_clients()
+
+    def _through_session(self, client: "ClientConnection", requests: list[list[bytes]]) -> None:
+        """Requests of a client that WATCHes, outside MULTI: those on keys of the
+        watched replica set run on the session, in order (a read sees what the watch
+        replica has, which is what EXEC will be checked against; a write is applied
+        there first, so it touches the watch as in Redis, then sent to the other
+        replicas); anything else as usual, one by one, until MULTI, WATCH or the end
+        of the session changes how what follows is served."""
+        for index, argv in enumerate(requests):
+            session = client.session
+            if session is None:
+                self._execute(client, requests[index:], None)
+                return
+            if client.transaction is not None:
+                self._queue(client, requests[index:])
+                return
+            if client.held is not None:
+                client.held.append(requests[index:])
+                return
+            spec = commands.resolve(argv)
+            if (spec.__class__ is bytes or spec.route not in (commands.Route.KEY, commands.Route.MULTI_KEY)
+                    or spec.name in transactions.NOT_DETERMINISTIC
+                    or not all(self._replicas_of(key) is session.group for key in commands.keys(spec, argv))
+                    or not commands.keys(spec, argv)):
+                self._execute(client, [argv], None)
+                continue
+            self._session_command(client, session, spec, argv)
+
+    def _session_command(self, client: "ClientConnection", session, spec, argv: list[bytes]) -> None:
+        """One request on the session; what the client sends next waits for it (so
+        that a request of its own that goes elsewhere never overtakes it)."""
+        slot = ReplySlot(client)
+        client.replies.append(slot)
+        self.calls[spec] += 1
+        client.held = []
+        if not commands.is_write(spec, argv):
+            def read(replies) -> None:
+                slot.deliver(replies if replies.__class__ is bytes else replies[0])
+                self._release(client)
+            session.request(resp.encode_command(argv), 1, read)
+            return
+        planner = self.planner
+        (command,), _, keys, _ = planner.transaction_block([argv])
+        version = planner.batch_version(False, None)
+        payload = command + (versions.stamp(keys, version, self.versions_db) if version is not None else b"")
+        count = 1 + (versions.STAMP_REPLIES if version is not None else 0)
+        replica = session.replica
+
+        def written(replies) -> None:
+            if replies.__class__ is bytes:
+                slot.deliver(replies)
+            else:
+                others = tuple(node for node in session.group if node is not replica)
+                if replies[0][:1] not in (b"-", b"!") and others:
+                    self._replicate_then(slot, replies[0], others, payload, count, client)
+                    return
+                slot.deliver(replies[0])
+            self._release(client)
+
+        session.request(payload, count, written)
+
+    def _replicate_then(self, slot: Sink, reply: bytes, others: tuple, payload: bytes, count: int,
+                        client: "ClientConnection") -> None:
+        """What ran on the watch replica goes to the other replicas; the client gets
+        ``reply``, and its next requests run, once this node's own replica (if one of
+        them) has it too: what it reads through this node next sees its write."""
+        affinity, resp3 = client.id, client.protocol == 3
+        local = next((node for node in others if node.local), None)
+        if local is None:
+            slot.deliver(reply)
+            self.write(others, payload, count, affinity, resp3)
+            self._release(client)
+            return
+        nodes = (local, *(node for node in others if node is not local))
+        then = _ThenDeliver(self, local, payload, count, slot, reply, lambda: self._release(client))
+        self.write(nodes, payload, count, affinity, resp3, sink=then)
+
+    def unwatch(self, client: "ClientConnection") -> None:
+        """UNWATCH (and DISCARD, RESET, a client that leaves): the session ends."""
+        session = client.session
+        if session is not None:
+            client.session = None
+            session.close()
+
+    def _exec_watched(self, client: "ClientConnection", transaction: Transaction, session: watch.Session) -> None:
+        """EXEC after WATCH: MULTI, the commands, their versions' stamp and EXEC on the
+        session, where the keys are watched. Nil (a watched key changed) or an error:
+        that is the reply, and nothing ran anywhere. Committed: the client gets this
+        replica's EXEC reply, and the other replicas the same block (what ran here)."""
+        if transaction.aborted:
+            session.close()
+            self._reply(client, transactions.EXECABORT)
+            return
+        if transaction.group is not None and transaction.group is not session.group:
+            session.close()
+            self._reply(client, resp.error("ERR dyno: the transaction's keys and the WATCHed keys have "
+                                           "different replicas; nothing of it ran"))
+            return
+        planner = self.planner
+        block, _, write_keys, _ = planner.transaction_block(transaction.queued)
+        version = planner.batch_version(False, None) if write_keys else None
+        stamp = versions.stamp(write_keys, version, self.versions_db) if version is not None else b""
+        extra = versions.STAMP_REPLIES if stamp else 0
+        commands_ = b"".join(block)
+        slot = ReplySlot(client)
+        client.replies.append(slot)
+        self.metrics.transactions += 1
+        replica = session.replica
+
+        def done(replies) -> None:
+            session.close()
+            if replies.__class__ is bytes:
+                slot.deliver(replies)
+            else:
+                reply = replies[-1]
+                items = watch.split_array(reply)
+                if items is not None and extra:
+                    reply = resp.array(items[: len(items) - extra])
+                others = tuple(node for node in session.group if node is not replica)
+                if items is not None and others:
+                    self._replicate_then(slot, reply, others, _MULTI + commands_ + _EXEC + stamp,
+                                         len(block) + 2 + extra, client)
+                    return
+                slot.deliver(reply)
+            self._release(client)
+
+        client.held = []  # what follows EXEC runs once it ran (and reached this node's replica)
+        session.request(_MULTI + commands_ + stamp + _EXEC, len(block) + 2 + extra, done)
 
     def _run_part_for_client(self, part: Part, client: "ClientConnection") -> None:
         self._count_part(part)
@@ -1310,6 +1535,50 @@ class Coordinator:
                         run.quorum.done = True
                         error = resp.error("ERR dyno: internal error widening a quorum read")
                         run.dest.deliver_run(error * run.part.count, run.part.count)
+
+
+class _ThenDeliver(Sink):
+    """Delivers a reply decided elsewhere once ``count`` replies of a write to ``node``
+    came in (or it failed: then the write is reported, and will be hinted)."""
+
+    __slots__ = ("after", "coordinator", "count", "node", "payload", "reply", "slot", "total")
+    runs = True
+
+    def __init__(self, coordinator, node, payload: bytes, count: int, slot: Sink, reply: bytes,
+                 after: Callable[[], None]):
+        self.after = after
+        self.coordinator = coordinator
+        self.node = node
+        self.payload = payload
+        self.count = self.total = count
+        self.slot = slot
+        self.reply = reply
+
+    def deliver(self, reply: bytes) -> None:
+        self.deliver_run(reply, 1)
+
+    def deliver_run(self, replies: bytes, n: int) -> None:
+        self.count -= n
+        if self.count <= 0 and self.slot is not None:
+            self.slot.deliver(self.reply)
+            self.slot = None
+            self.after()
+
+    def deliver_parts(self, replies: list[bytes]) -> None:
+        self.deliver_run(b"", len(replies))
+
+    deliver_each = deliver_parts
+
+    def fail(self, error: bytes) -> None:
+        if self.slot is not None:
+            self.coordinator.write_failed(self.node, self.payload, self.total, error, 0)
+            self.slot.deliver(self.reply)
+            self.slot = None
+            self.after()
+
+
+_MULTI = resp.encode_command([b"MULTI"])
+_EXEC = resp.encode_command([b"EXEC"])
 
 
 def _exec_reply(replies: list[bytes]) -> bytes:

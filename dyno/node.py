@@ -304,6 +304,7 @@ class Node:
             nursery.start_soon(self.peer_server.serve, nursery)
             nursery.start_soon(self.coordinator.hedge_reads)
             self.coordinator.spawn = nursery.start_soon
+            self.coordinator.flush_clients = self.flush_ready
             nursery.start_soon(self.handoff.run)
             nursery.start_soon(self.hints.flusher)
             nursery.start_soon(self.repairs.serve)

@@ -186,6 +186,7 @@ def _reset(node, client, argv, slot):
     client.name = b""
     client.consistency_override.clear()
     client.authenticated = node.password.secret is None  # Redis: RESET de-authenticates
+    node.coordinator.unwatch(client)
     return b"+RESET\r\n"
 
 
@@ -420,6 +421,15 @@ _CLUSTER_HELP = [
 ]
 
 
+def _watch(node, client, argv, slot):
+    return node.coordinator.watch(client, argv, slot)
+
+
+def _unwatch(node, client, argv, slot):
+    node.coordinator.unwatch(client)
+    return resp.OK
+
+
 def _multi(node, client, argv, slot):
     # What the client sends next is queued (Coordinator._queue) until EXEC or DISCARD.
     client.transaction = node.coordinator.transaction()
@@ -462,6 +472,8 @@ HANDLERS: dict[bytes, Handler] = {
     b"config": _config,
     b"cluster": _cluster,
     b"multi": _multi,
+    b"watch": _watch,
+    b"unwatch": _unwatch,
     b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,
     b"discard": lambda node, client, argv, slot: _DISCARD_WITHOUT,
     b"readonly": _ok,

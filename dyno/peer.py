@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Callable
 import msgpack
 import trio
 
-from dyno import resp
+from dyno import resp, watch
 from dyno.datastore import Sink
 from dyno.commands import peer_refusal
 from dyno.resp import whole_requests
@@ -93,14 +93,16 @@ Coordinate = Callable[[bytes, Sink, int, int], None]
 log = logging.getLogger("dyno.peer")
 
 # 2: a REPLY to n > 1 requests is a list; 3: COORDINATE batches; 4: a QUIET REPLY
-# is b"" only when every reply was +OK, else the replies joined (echoes); 5: AUTH.
-PROTOCOL_VERSION = 5
+# is b"" only when every reply was +OK, else the replies joined (echoes); 5: AUTH;
+# 6: SESSION requests (WATCH).
+PROTOCOL_VERSION = 6
 HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED, AUTH = 0, 1, 2, 3, 4, 5, 6
 NONCE_BYTES = 16
 CHALLENGE_WAIT = 1.0  # for the AUTH challenge a HELLO comes with (same write)
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
 QUIET = 4       # REQUEST flag: no one waits for the replies; answer REPLY b"" once all ran
+SESSION = 8     # REQUEST flag: run it on the client's own connection (dyno.watch); frame + session id
 
 RECV_SIZE = 256 * 1024
 # Back-pressure: past HIGH_WATER unanswered requests a link makes the node stop
@@ -388,6 +390,23 @@ class PeerLink:
         elif self.queued > HIGH_WATER and not self.congested:
             self._congested()
         return turn, offset
+
+    def send_session(self, session_id: int, payload: bytes, count: int, sink: Sink | None,
+                     flags: int = 0) -> None:
+        """A WATCH session's requests (dyno.watch): run on the peer on a Redis
+        connection of that session's own, in order. ``count`` 0 (no sink) ends the
+        session there. A frame of its own, after what is held."""
+        if not self.up or self.judged_down:
+            if sink is not None:
+                sink.fail(self.down_error)
+            return
+        self._seal()
+        request_id = next(self._ids)
+        if sink is not None:
+            self._pending[request_id] = (sink, trio.current_time() + self.timeout, count, count > 1)
+            self.queued += count
+        self._out.append(msgpack.packb([REQUEST, request_id, flags | SESSION, payload, count, session_id]))
+        self._wakeup.set()
 
     def _seal(self) -> None:
         """Frame the requests held so far (the writer's turn, or a frame that must
@@ -827,6 +846,8 @@ class PeerConnection:
         # Every request of this connection goes to one Redis connection of the pool,
         # so a peer's writes run in the order it sent them.
         self.affinity = next(_affinities)
+        self.sessions: dict[int, watch.Session] = {}  # the peer's clients' WATCH sessions
+        self._nursery: trio.Nursery | None = None
 
     def answer(self, request_id: int, reply, error: bytes | None = None) -> None:
         """Queue the answer to request ``request_id``: REPLY ``reply`` (bytes, or a
@@ -890,6 +911,7 @@ class PeerConnection:
                 sock.send(self.hello())
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
+                self._nursery = nursery
                 if session is None:
                     nursery.start_soon(write_loop, sock, self.out, self.wakeup, broken)
                 else:
@@ -910,6 +932,9 @@ class PeerConnection:
                       exc_info=group.exceptions[0])
         finally:
             self.closed = True
+            for watched in self.sessions.values():
+                watched.close()
+            self.sessions.clear()
             if receiver is not None:
                 receiver.close()
             self.sock.close()
@@ -976,6 +1001,9 @@ class PeerConnection:
             if frame.__class__ is list and len(frame) == 3 and frame[0] == GOSSIP:
                 self.on_gossip(self.peer_name, frame[2])
                 continue
+            if frame.__class__ is list and len(frame) == 6:
+                self._session_request(frame)
+                continue
             try:
                 kind, request_id, flags, payload, count = frame
             except (TypeError, ValueError):
@@ -1014,6 +1042,53 @@ class PeerConnection:
             else:
                 collector = _PeerBatchReply(self, request_id, count)
                 datastore.send_run(payload, collector, count, self.affinity)
+
+
+    def _session_request(self, frame: list) -> None:
+        """[REQUEST, id, flags | SESSION, payload, count, session id]: a WATCH session's
+        requests, on that session's own Redis connection (made at its first request);
+        count 0 ends it. What a session may run: what any peer request may, and WATCH."""
+        kind, request_id, flags, payload, count, session_id = frame
+        if (
+            kind != REQUEST or not flags & SESSION or payload.__class__ is not bytes
+            or request_id.__class__ is not int or session_id.__class__ is not int
+            or count.__class__ is not int or count < 0 or flags.__class__ is not int
+        ):
+            raise PeerError(f"unexpected frame {frame!r:.80}")
+        sessions = self.sessions
+        if count == 0:
+            session = sessions.pop(session_id, None)
+            if session is not None:
+                session.close()
+            return
+        requests = whole_requests(payload, count) if count <= MAX_REQUESTS else None
+        if requests is None:
+            raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
+        refused = peer_refusal([argv for argv in requests if argv[0].lower() != b"watch"], self.flush_enabled)
+        if refused is not None:
+            name = refused.decode(errors="replace")[:40]
+            log.warning("peer %s (%s): refused a session request to run %s", self.peer_name, self.address, name)
+            self.answer(request_id, None, resp.error(f"ERR dyno: peers may not run '{name}'"))
+            return
+        session = sessions.get(session_id)
+        if session is None:
+            if len(sessions) >= watch.MAX_SESSIONS or self._nursery is None:
+                self.answer(request_id, None, resp.error(
+                    f"ERR dyno: {watch.MAX_SESSIONS} WATCH sessions on this node already"))
+                return
+            datastore = self.datastore
+            session = sessions[session_id] = watch.Session(
+                datastore.host, datastore.port, auth=datastore.auth, protocol=3 if flags & RESP3 else 2,
+                group=())
+            self._nursery.start_soon(session.run)
+
+        def done(replies) -> None:
+            if replies.__class__ is bytes:
+                self.answer(request_id, None, replies)
+            else:
+                self.answer(request_id, replies[0] if count == 1 else replies)
+
+        session.request(payload, count, done)
 
 
 class PeerServer(Listener):

@@ -90,7 +90,7 @@ CURSOR_READS = frozenset({b"sscan", b"hscan", b"zscan"})
 REPLICATE_EFFECT = {b"spop": rewrite.spop_effect, b"xadd": rewrite.xadd_effect}
 # Commands after which the rest of a batch is served differently (protocol, levels,
 # or not at all): a plan ends with them.
-_ENDS_PLAN = frozenset({b"hello", b"reset", b"quit", b"multi"})
+_ENDS_PLAN = frozenset({b"hello", b"reset", b"quit", b"multi", b"watch"})
 _BRACKETS = frozenset({b"multi", b"exec"})
 _MULTI = resp.encode_command([b"MULTI"])
 _EXEC = resp.encode_command([b"EXEC"])
@@ -376,26 +376,9 @@ class Planner:
         or when a reply replicas order each their own way would have a quorum
         compare it."""
         ring = self.ring
-        keys: list[bytes] = []
-        write_keys: list[bytes] = []
-        block = [_MULTI]
-        write = False
-        now = None
-        unordered = None
-        for argv in queued:
-            spec = commands.resolve(argv)
-            its_keys = commands.keys(spec, argv)
-            keys += its_keys
-            if commands.is_write(spec, argv):
-                write = True
-                write_keys += its_keys
-                if not self.solo and spec.name in rewrite.EXPIRY_COMMANDS:
-                    now = now if now is not None else (now_ms or self.now_ms)()
-                    argv = rewrite.absolute_expiry(argv, now) or argv
-            elif spec.name in UNORDERED_REPLIES:
-                unordered = spec.name
-            block.append(resp.encode_command(argv))
-        block.append(_EXEC)
+        block, keys, write_keys, unordered = self.transaction_block(queued, now_ms)
+        write = bool(write_keys)
+        block = [_MULTI, *block, _EXEC]
         group = self.uniform_group
         if group is None:
             groups = list(map(ring.replicas, ring.tokens_of(keys)))
@@ -414,6 +397,30 @@ class Planner:
             if version is not None:
                 self.stamped(part, write_keys, version)
         return part
+
+    def transaction_block(self, queued: list[list[bytes]], now_ms: Callable[[], int] | None = None
+                          ) -> tuple[list[bytes], list[bytes], list[bytes], bytes | None]:
+        """A transaction's commands as every replica runs them (relative expiries made
+        absolute): ``(encoded commands, every key, the keys written, the name of a
+        read whose reply replicas order their own way, or None)``."""
+        keys: list[bytes] = []
+        write_keys: list[bytes] = []
+        block = []
+        now = None
+        unordered = None
+        for argv in queued:
+            spec = commands.resolve(argv)
+            its_keys = commands.keys(spec, argv)
+            keys += its_keys
+            if commands.is_write(spec, argv):
+                write_keys += its_keys
+                if not self.solo and spec.name in rewrite.EXPIRY_COMMANDS:
+                    now = now if now is not None else (now_ms or self.now_ms)()
+                    argv = rewrite.absolute_expiry(argv, now) or argv
+            elif spec.name in UNORDERED_REPLIES:
+                unordered = spec.name
+            block.append(resp.encode_command(argv))
+        return block, keys, write_keys, unordered
 
     def batch_version(self, here_only: bool, version: bytes | None) -> bytes | None:
         """The version a batch's writes are stamped with: a new one, or for writes

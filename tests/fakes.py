@@ -217,10 +217,17 @@ class Client:
         self.protocol = 2
         self.consistency_override: dict[str, str] = {}
         self.transaction = None
+        self.session = None
+        self.held = None
         self.closing = False
+        self.dead = False
         self.replies: deque = deque()
         self.queued = False
         self.ready: list = []
+        self.holding = 0
+
+    def hold(self, size: int) -> None:  # ClientConnection counts what it holds for the limits
+        self.holding += size
 
     def take(self) -> bytes:
         """The replies in order, as far as they have landed."""
