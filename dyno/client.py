@@ -61,6 +61,7 @@ CLOSE_GRACE = 5.0  # seconds to deliver the last replies before closing
 ExecuteBatch = Callable[["ClientConnection", list, "bytes | None"], None]
 
 _client_ids = itertools.count(1)
+NO_SUBSCRIPTIONS: frozenset = frozenset()  # dyno.pubsub.NONE: no subscription yet
 # What one read of a client's socket came to (ClientConnection._read).
 _FULL, _DRAINED, _NOTHING, _CLOSED = "full", "drained", "nothing", "closed"
 
@@ -146,6 +147,9 @@ class ClientConnection:
         self.transaction = None  # between MULTI and EXEC: its dyno.transactions.Transaction
         self.session = None  # after WATCH: its dyno.watch.Session
         self.held: list | None = None  # batches read while its WATCH is not answered yet
+        # pub/sub (dyno.pubsub): what it subscribed to; subscriber: RESP2 rules apply
+        self.channels = self.patterns = self.shard_channels = NO_SUBSCRIPTIONS
+        self.subscriber = False
         self.replies: deque[ReplySlot] = deque()
         self.ready = ready  # the node's: clients with replies to send (ReplySlot.deliver)
         self.queued = False
@@ -274,6 +278,12 @@ class ClientConnection:
         self._waiting = False
 
     # -- writing ----------------------------------------------------------------------
+
+    def push(self, data: bytes) -> None:
+        """An out-of-band reply (a pub/sub message): after every reply owed so far."""
+        slot = ReplySlot(self)
+        self.replies.append(slot)
+        slot.deliver(data)
 
     def flush(self) -> None:
         """Send every reply that is ready, in order, in one write."""
@@ -439,6 +449,7 @@ class ClientListener(Listener):
         )
         self.stats = stats
         self.max_total = max_total
+        self.on_unsubscribed: Callable[[ClientConnection], None] = lambda client: None  # pub/sub forget
 
     def shed(self) -> None:
         """``maxmemory_clients`` passed: close the clients holding the most unread
@@ -453,6 +464,8 @@ class ClientListener(Listener):
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.pop(client.id, None)
+        if client.subscriber or client.channels or client.patterns or client.shard_channels:
+            self.on_unsubscribed(client)
         if client.session is not None:  # it WATCHed: its own Redis connection goes too
             client.session.close()
             client.session = None

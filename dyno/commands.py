@@ -422,7 +422,6 @@ def _only_db0(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
 
 # --- why a command is refused (shown to the client, one line each) --------------------------
 
-PUBSUB = "messages are not relayed between dyno nodes"
 BLOCKING = ("it would hold a Redis connection that dyno shares between clients; "
             "poll with the non-blocking form instead")
 WAIT = "dyno replicates by itself; choose a write consistency (DYNO_CONFIG:CONN_CONSISTENCY)"
@@ -803,22 +802,23 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("unwatch",                       1, (0,  0, 0), READ,  LOCAL),
     _cmd("watch",                        -2, (1, -1, 1), READ,  LOCAL),  # on this node's replica (dyno.watch)
     # --- pub/sub ---------------------------------------------------------------
-    _cmd("psubscribe",                   -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-    _cmd("publish",                       3, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-    _cmd("pubsub",                       -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB, subcommands=(
-        _cmd("pubsub|channels",          -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-        _cmd("pubsub|help",               2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-        _cmd("pubsub|numpat",             2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-        _cmd("pubsub|numsub",            -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-        _cmd("pubsub|shardchannels",     -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-        _cmd("pubsub|shardnumsub",       -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
+    _cmd("psubscribe",                   -2, (0,  0, 0), READ,  LOCAL),
+    _cmd("publish",                       3, (0,  0, 0), READ,  LOCAL),
+    # Pub/sub is the nodes' own (dyno.pubsub): subscriptions kept here, messages relayed by peers.
+    _cmd("pubsub",                       -2, (0,  0, 0), READ,  LOCAL, subcommands=(
+        _cmd("pubsub|channels",          -2, (0,  0, 0), READ,  LOCAL),
+        _cmd("pubsub|help",               2, (0,  0, 0), READ,  LOCAL),
+        _cmd("pubsub|numpat",             2, (0,  0, 0), READ,  LOCAL),
+        _cmd("pubsub|numsub",            -2, (0,  0, 0), READ,  LOCAL),
+        _cmd("pubsub|shardchannels",     -2, (0,  0, 0), READ,  LOCAL),
+        _cmd("pubsub|shardnumsub",       -2, (0,  0, 0), READ,  LOCAL),
     )),
-    _cmd("punsubscribe",                 -1, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-    _cmd("spublish",                      3, (1,  1, 1), READ,  UNSUPPORTED, reason=PUBSUB),
-    _cmd("ssubscribe",                   -2, (1, -1, 1), READ,  UNSUPPORTED, reason=PUBSUB),
-    _cmd("subscribe",                    -2, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
-    _cmd("sunsubscribe",                 -1, (1, -1, 1), READ,  UNSUPPORTED, reason=PUBSUB),
-    _cmd("unsubscribe",                  -1, (0,  0, 0), READ,  UNSUPPORTED, reason=PUBSUB),
+    _cmd("punsubscribe",                 -1, (0,  0, 0), READ,  LOCAL),
+    _cmd("spublish",                      3, (1,  1, 1), READ,  LOCAL),
+    _cmd("ssubscribe",                   -2, (1, -1, 1), READ,  LOCAL),
+    _cmd("subscribe",                    -2, (0,  0, 0), READ,  LOCAL),
+    _cmd("sunsubscribe",                 -1, (1, -1, 1), READ,  LOCAL),
+    _cmd("unsubscribe",                  -1, (0,  0, 0), READ,  LOCAL),
     # --- Redis Cluster ---------------------------------------------------------
     _cmd("asking",                        1, (0,  0, 0), READ,  LOCAL),
     # Cluster-mode clients see every dyno node as serving every slot (node_commands).

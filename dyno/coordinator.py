@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from dyno import commands, resp, transactions, versions, watch
+from dyno import commands, pubsub, resp, transactions, versions, watch
 from dyno.client import BatchSlot, ReplySlot
 from dyno.consistency import Quorum
 from dyno.datastore import Sink
@@ -793,6 +793,9 @@ class Coordinator:
         """Run ``requests`` for ``client``; each gets its reply in the client's FIFO,
         in order. ``raw``, if not None, is their canonical encoding as read."""
         self.stats.commands += len(requests)
+        if client.subscriber and client.protocol == 2:  # RESP2 after SUBSCRIBE: Redis's rules
+            self._subscribed(client, requests)
+            return
         if client.held is not None:  # behind a session request (WATCH ...): in order, after it
             client.held.append(requests)
             return
@@ -899,11 +902,29 @@ class Coordinator:
                 if plan.size < len(requests):
                     self._queue(client, requests[plan.size:])
                 return
+            if client.subscriber and client.protocol == 2:  # SUBSCRIBE ended it: Redis's rules now
+                if plan.size < len(requests):
+                    self._subscribed(client, requests[plan.size:])
+                return
             if plan.size == len(requests) or client.closing:
                 return
             requests = requests[plan.size:]
             raw = None
             plan = None
+
+    def _subscribed(self, client: "ClientConnection", requests: list[list[bytes]]) -> None:
+        """A RESP2 client with a subscription: (P|S)(UN)SUBSCRIBE, PING, QUIT and RESET
+        run; anything else gets Redis's error. Once it has none left, as usual."""
+        for index, argv in enumerate(requests):
+            if not client.subscriber or client.protocol != 2:
+                self._execute(client, requests[index:], None)
+                return
+            name = argv[0].lower() if argv else b""
+            if name in pubsub.ALLOWED_SUBSCRIBED:
+                self._execute(client, [argv], None)
+            else:
+                self.stats.errors += 1
+                self._reply(client, pubsub.not_allowed(name))
 
     # -- transactions (dyno.transactions) ---------------------------------------------
 

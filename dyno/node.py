@@ -20,14 +20,15 @@ import logging
 import signal
 import time
 
+import msgpack
 import trio
 
-from dyno import auth, node_commands, repair, tls, tombstones, versions
+from dyno import auth, node_commands, pubsub, repair, resp, tls, tombstones, versions
 from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
 from dyno.coordinator import Coordinator
-from dyno.datastore import Datastore, check_auth
+from dyno.datastore import Datastore, Sink, check_auth
 from dyno.gossip import Gossiper
 from dyno.handoff import Handoff
 from dyno.hints import HintStore
@@ -132,8 +133,12 @@ class Node:
             hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
             coordinate=coordinator.coordinate_for_dc, on_gossip=self.gossip_received,
             on_hello=self.learn_admin_address, flush_enabled=config.flush_enabled,
-            secret=self.secret, tls=self.peer_tls,
+            secret=self.secret, tls=self.peer_tls, on_publish=self.publish_received,
+            on_query=self.answer_query,
         )
+        # pub/sub: this node's subscribers; a PUBLISH is relayed to every peer
+        self.pubsub = pubsub.PubSub(self.relay_publish)
+        self.listener.on_unsubscribed = self.pubsub.forget
         # enable_gossip: false keeps the static ring of the config, as in Dynomite.
         self.gossiper = Gossiper(
             config, self.ring, send=self.send_gossip, set_ring=self.set_ring,
@@ -194,6 +199,52 @@ class Node:
             set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
             auth_failures=lambda: self.password.failures, tombstones=self.sweeper.describe,
         )
+
+    # -- pub/sub (dyno.pubsub) -------------------------------------------------------------
+
+    def relay_publish(self, kind: bytes, channel: bytes, message: bytes) -> None:
+        for link in self.peer_links.values():
+            link.send_publish(kind, channel, message)
+
+    def publish_received(self, kind: bytes, channel: bytes, message: bytes) -> None:
+        """A PUBLISH a peer relayed: to this node's subscribers."""
+        if kind in pubsub.KINDS:
+            self.pubsub.deliver(kind, channel, message)
+            self.flush_ready()
+
+    def answer_query(self, argv: list[bytes]) -> bytes:
+        """A peer's QUERY: this node's share of a PUBSUB count, msgpack."""
+        if len(argv) < 2 or argv[0].lower() != b"pubsub":
+            return msgpack.packb(None)
+        return msgpack.packb(self.pubsub.local_counts(argv[1].lower(), argv[2:]))
+
+    def pubsub_query(self, sub: bytes, args: list[bytes], slot) -> None:
+        """PUBSUB CHANNELS/NUMSUB/NUMPAT/...: every node's share, added up (the peers'
+        that answer within QUERY_TIMEOUT); ``slot`` gets the reply."""
+        self.coordinator.spawn(self._pubsub_query, sub, args, slot)
+
+    async def _pubsub_query(self, sub: bytes, args: list[bytes], slot) -> None:
+        payload = resp.encode_command([b"PUBSUB", sub, *args])
+        waiters = []
+        for link in self.peer_links.values():
+            if link.usable:
+                waiter = _Answer()
+                link.query(payload, waiter)
+                waiters.append(waiter)
+        with trio.move_on_after(QUERY_TIMEOUT):
+            for waiter in waiters:
+                await waiter.event.wait()
+        shares = [self.pubsub.local_counts(sub, args)]
+        for waiter in waiters:
+            if waiter.reply is not None:
+                try:
+                    share = msgpack.unpackb(waiter.reply, strict_map_key=False)
+                except (ValueError, msgpack.UnpackException):
+                    continue
+                if share is not None and type(share) is type(shares[0]):
+                    shares.append(share)
+        slot.deliver(pubsub.merge_counts(sub, args, shares))
+        self.flush_ready()
 
     def flush_ready(self) -> None:
         ready = self.ready_clients
@@ -396,6 +447,26 @@ class Node:
             },
         }
         return {name.decode(): fields for name, fields in blocks.items() if everything or name in sections}
+
+
+QUERY_TIMEOUT = 1.0  # seconds PUBSUB waits for the peers' counts
+
+
+class _Answer(Sink):
+    """A peer's answer to a QUERY, awaited."""
+
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: bytes | None = None
+
+    def deliver(self, reply) -> None:
+        self.reply = reply if reply.__class__ is bytes else None
+        self.event.set()
+
+    def fail(self, error: bytes) -> None:
+        self.event.set()
 
 
 async def serve(config: Config) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import hiredis
 
-from dyno import __version__, auth, resp
+from dyno import __version__, auth, pubsub, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
@@ -187,6 +187,7 @@ def _reset(node, client, argv, slot):
     client.consistency_override.clear()
     client.authenticated = node.password.secret is None  # Redis: RESET de-authenticates
     node.coordinator.unwatch(client)
+    node.pubsub.forget(client)  # and unsubscribes
     return b"+RESET\r\n"
 
 
@@ -421,6 +422,49 @@ _CLUSTER_HELP = [
 ]
 
 
+def _subscribe(node, client, argv, slot):
+    return node.pubsub.subscribe(client, argv[0].lower(), argv[1:])
+
+
+def _unsubscribe(node, client, argv, slot):
+    return node.pubsub.unsubscribe(client, argv[0].lower(), argv[1:])
+
+
+def _publish(node, client, argv, slot):
+    kind = pubsub.SHARD if argv[0].lower() == b"spublish" else pubsub.MESSAGE
+    receivers = node.pubsub.publish(kind, argv[1], argv[2])
+    node.flush_ready()  # the subscribers here have a message to send
+    return resp.integer(receivers)
+
+
+_PUBSUB_HELP = [
+    "PUBSUB <subcommand> [<arg> [value] [opt] ...]. Subcommands are (dyno: every node of the cluster counted):",
+    "CHANNELS [<pattern>]", "    Return the currently active channels matching a <pattern> (default: '*').",
+    "NUMPAT", "    Return number of subscriptions to patterns.",
+    "NUMSUB [<channel> ...]", "    Return the number of subscribers for the specified channels, excluding",
+    "    pattern subscriptions(default: no channels).",
+    "SHARDCHANNELS [<pattern>]", "    Return the currently active shard level channels matching a <pattern> (default: '*').",
+    "SHARDNUMSUB [<shardchannel> ...]", "    Return the number of subscribers for the specified shard level channel(s)",
+    "HELP", "    Print this help.",
+]
+
+
+def _pubsub(node, client, argv, slot):
+    sub = argv[1].lower()
+    if sub == b"help":
+        return resp.array([resp.status(line) for line in _PUBSUB_HELP])
+    if sub in (b"channels", b"shardchannels") and len(argv) > 3:
+        return arity_error(b"pubsub|" + sub)
+    node.pubsub_query(sub, argv[2:], slot)
+    return None
+
+
+def _ping_subscribed(node, client, argv, slot):
+    if client.subscriber and client.protocol == 2:  # Redis: PING in subscriber mode
+        return b"*2\r\n$4\r\npong\r\n" + resp.bulk(argv[1] if len(argv) > 1 else b"")
+    return _ping(node, client, argv, slot)
+
+
 def _watch(node, client, argv, slot):
     return node.coordinator.watch(client, argv, slot)
 
@@ -461,7 +505,16 @@ def dyno_config(client, argv) -> bytes:
 Handler = Callable[["Node", "ClientConnection", list, "ReplySlot"], "bytes | None"]
 
 HANDLERS: dict[bytes, Handler] = {
-    b"ping": _ping,
+    b"ping": _ping_subscribed,
+    b"subscribe": _subscribe,
+    b"psubscribe": _subscribe,
+    b"ssubscribe": _subscribe,
+    b"unsubscribe": _unsubscribe,
+    b"punsubscribe": _unsubscribe,
+    b"sunsubscribe": _unsubscribe,
+    b"publish": _publish,
+    b"spublish": _publish,
+    b"pubsub": _pubsub,
     b"echo": _echo,
     b"quit": _quit,
     b"select": _select,

@@ -94,15 +94,16 @@ log = logging.getLogger("dyno.peer")
 
 # 2: a REPLY to n > 1 requests is a list; 3: COORDINATE batches; 4: a QUIET REPLY
 # is b"" only when every reply was +OK, else the replies joined (echoes); 5: AUTH;
-# 6: SESSION requests (WATCH).
+# 6: SESSION requests (WATCH), PUBLISH frames and QUERY requests (pub/sub).
 PROTOCOL_VERSION = 6
-HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED, AUTH = 0, 1, 2, 3, 4, 5, 6
+HELLO, REQUEST, REPLY, REFUSED, GOSSIP, FAILED, AUTH, PUBLISH = 0, 1, 2, 3, 4, 5, 6, 7
 NONCE_BYTES = 16
 CHALLENGE_WAIT = 1.0  # for the AUTH challenge a HELLO comes with (same write)
 COORDINATE = 1  # REQUEST flag: coordinate for the receiver's datacenter
 RESP3 = 2       # REQUEST flag: run it on a RESP3 connection (the client said HELLO 3)
 QUIET = 4       # REQUEST flag: no one waits for the replies; answer REPLY b"" once all ran
 SESSION = 8     # REQUEST flag: run it on the client's own connection (dyno.watch); frame + session id
+QUERY = 16      # REQUEST flag: the node answers it itself (PUBSUB's counts, dyno.pubsub), msgpack
 
 RECV_SIZE = 256 * 1024
 # Back-pressure: past HIGH_WATER unanswered requests a link makes the node stop
@@ -333,6 +334,22 @@ class PeerLink:
         else:
             self._early_gossip = self._early_gossip[-3:] + [frame]
         return len(frame)
+
+    def send_publish(self, kind: bytes, channel: bytes, message: bytes) -> None:
+        """Relay a PUBLISH (dyno.pubsub) to this peer; lost if the link is down, as a
+        message is for a subscriber that is not connected."""
+        if self.up:
+            self._out.append(msgpack.packb([PUBLISH, 0, [kind, channel, message]]))
+            self._wakeup.set()
+
+    def query(self, payload: bytes, sink: Sink) -> None:
+        """Ask the peer something it answers itself (PUBSUB ...); ``sink`` gets its
+        msgpack reply, or fails."""
+        if not self.up or self.judged_down:
+            sink.fail(self.down_error)
+            return
+        self._seal()
+        self._frame(payload, sink, 1, QUERY, False)
 
     @property
     def in_flight(self) -> int:
@@ -823,7 +840,11 @@ class PeerConnection:
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
         flush_enabled: bool = True, secret: bytes | None = None, tls: "PeerTLS | None" = None,
+        on_publish: Callable[[bytes, bytes, bytes], None] = lambda *message: None,
+        on_query: Callable[[list], bytes] = lambda argv: b"",
     ):
+        self.on_publish = on_publish
+        self.on_query = on_query
         self.cluster = cluster
         self.flush_enabled = flush_enabled
         self.secret = secret
@@ -1001,6 +1022,12 @@ class PeerConnection:
             if frame.__class__ is list and len(frame) == 3 and frame[0] == GOSSIP:
                 self.on_gossip(self.peer_name, frame[2])
                 continue
+            if frame.__class__ is list and len(frame) == 3 and frame[0] == PUBLISH:
+                body = frame[2]
+                if body.__class__ is not list or len(body) != 3 or set(map(type, body)) != _BYTES:
+                    raise PeerError(f"malformed frame {frame!r:.80}")
+                self.on_publish(*body)
+                continue
             if frame.__class__ is list and len(frame) == 6:
                 self._session_request(frame)
                 continue
@@ -1018,6 +1045,9 @@ class PeerConnection:
             requests = whole_requests(payload, count) if count <= MAX_REQUESTS else None
             if requests is None:
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
+            if flags & QUERY:  # answered by this node (dyno.pubsub), never by its Redis
+                self.answer(request_id, self.on_query(requests[0]))
+                continue
             refused = peer_refusal(requests, self.flush_enabled)
             if refused is not None:  # never on a shared Redis connection: refused, logged
                 name = refused.decode(errors="replace")[:40]
@@ -1108,12 +1138,14 @@ class PeerServer(Listener):
         datastore: "Datastore", datastore3: "Datastore", coordinate: Coordinate,
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
         flush_enabled: bool = True, secret: bytes | None = None, tls: "PeerTLS | None" = None,
+        on_publish: Callable[[bytes, bytes, bytes], None] = lambda *message: None,
+        on_query: Callable[[list], bytes] = lambda argv: b"",
     ):
         super().__init__(host, port)
         self.given = dict(
             cluster=cluster, hello=hello, datastore=datastore, datastore3=datastore3,
             coordinate=coordinate, on_gossip=on_gossip, on_hello=on_hello, flush_enabled=flush_enabled,
-            secret=secret, tls=tls,
+            secret=secret, tls=tls, on_publish=on_publish, on_query=on_query,
         )
         self.connections: set[PeerConnection] = set()
 
