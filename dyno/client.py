@@ -146,6 +146,7 @@ class ClientConnection:
         self.authenticated = False  # AUTH (dyno.auth); only read when requirepass is set
         self.transaction = None  # between MULTI and EXEC: its dyno.transactions.Transaction
         self.session = None  # after WATCH: its dyno.watch.Session
+        self.blocked = None  # in a blocking pop: the session it waits on (dyno.blocking)
         self.held: list | None = None  # batches read while its WATCH is not answered yet
         # pub/sub (dyno.pubsub): what it subscribed to; subscriber: RESP2 rules apply
         self.channels = self.patterns = self.shard_channels = NO_SUBSCRIPTIONS
@@ -466,9 +467,10 @@ class ClientListener(Listener):
         self.clients.pop(client.id, None)
         if client.subscriber or client.channels or client.patterns or client.shard_channels:
             self.on_unsubscribed(client)
-        if client.session is not None:  # it WATCHed: its own Redis connection goes too
-            client.session.close()
-            client.session = None
+        for session in (client.session, client.blocked):  # its own Redis connections go too
+            if session is not None:
+                session.abort()
+        client.session = client.blocked = None
 
     def _refuse(self, conn: socket.socket, tls: bool) -> None:
         self.refused += 1

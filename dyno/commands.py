@@ -422,7 +422,7 @@ def _only_db0(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
 
 # --- why a command is refused (shown to the client, one line each) --------------------------
 
-BLOCKING = ("it would hold a Redis connection that dyno shares between clients; "
+BLOCKING = ("a stream read that blocks is not served yet (blocking list and sorted-set pops are); "
             "poll with the non-blocking form instead")
 WAIT = "dyno replicates by itself; choose a write consistency (DYNO_CONFIG:CONN_CONSISTENCY)"
 REPLICATION = "dyno replicates between its nodes by itself; their Redis servers are not replicas"
@@ -502,11 +502,12 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("hstrlen",                       3, (1,  1, 1), READ,  KEY),
     _cmd("hvals",                         2, (1,  1, 1), READ,  KEY),
     # --- lists -----------------------------------------------------------------
-    _cmd("blmove",                        6, (1,  2, 1), WRITE, UNSUPPORTED, reason=BLOCKING),
-    _cmd("blmpop",                       -5, (0,  0, 0), WRITE, UNSUPPORTED, find_keys=_numkeys(at=2), reason=BLOCKING),
-    _cmd("blpop",                        -3, (1, -2, 1), WRITE, UNSUPPORTED, reason=BLOCKING),
-    _cmd("brpop",                        -3, (1, -2, 1), WRITE, UNSUPPORTED, reason=BLOCKING),
-    _cmd("brpoplpush",                    4, (1,  2, 1), WRITE, UNSUPPORTED, reason=BLOCKING),
+    # Blocking pops run on the keys' watch replica, on a connection of the client's own (dyno.blocking).
+    _cmd("blmove",                        6, (1,  2, 1), WRITE, LOCAL),
+    _cmd("blmpop",                       -5, (0,  0, 0), WRITE, LOCAL, find_keys=_numkeys(at=2)),
+    _cmd("blpop",                        -3, (1, -2, 1), WRITE, LOCAL),
+    _cmd("brpop",                        -3, (1, -2, 1), WRITE, LOCAL),
+    _cmd("brpoplpush",                    4, (1,  2, 1), WRITE, LOCAL),
     _cmd("lindex",                        3, (1,  1, 1), READ,  KEY),
     _cmd("linsert",                       5, (1,  1, 1), WRITE, KEY),
     _cmd("llen",                          2, (1,  1, 1), READ,  KEY),
@@ -543,9 +544,9 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("sunion",                       -2, (1, -1, 1), READ,  KEY),
     _cmd("sunionstore",                  -3, (1, -1, 1), WRITE, KEY),
     # --- sorted sets -----------------------------------------------------------
-    _cmd("bzmpop",                       -5, (0,  0, 0), WRITE, UNSUPPORTED, find_keys=_numkeys(at=2), reason=BLOCKING),
-    _cmd("bzpopmax",                     -3, (1, -2, 1), WRITE, UNSUPPORTED, reason=BLOCKING),
-    _cmd("bzpopmin",                     -3, (1, -2, 1), WRITE, UNSUPPORTED, reason=BLOCKING),
+    _cmd("bzmpop",                       -5, (0,  0, 0), WRITE, LOCAL, find_keys=_numkeys(at=2)),
+    _cmd("bzpopmax",                     -3, (1, -2, 1), WRITE, LOCAL),
+    _cmd("bzpopmin",                     -3, (1, -2, 1), WRITE, LOCAL),
     _cmd("zadd",                         -4, (1,  1, 1), WRITE, KEY),
     _cmd("zcard",                         2, (1,  1, 1), READ,  KEY),
     _cmd("zcount",                        4, (1,  1, 1), READ,  KEY),

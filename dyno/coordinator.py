@@ -33,9 +33,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import hiredis
 import trio
 
-from dyno import commands, pubsub, resp, transactions, versions, watch
+from dyno import blocking, commands, pubsub, resp, transactions, versions, watch
 from dyno.client import BatchSlot, ReplySlot
 from dyno.consistency import Quorum
 from dyno.datastore import Sink
@@ -1026,26 +1027,99 @@ class Coordinator:
         if session is not None and session.group is not group:
             return self.planner.crossslot
         if session is None:
-            if self.sessions >= watch.MAX_SESSIONS or self.spawn is None:
-                return resp.error(f"ERR dyno: {watch.MAX_SESSIONS} clients WATCH on this node already; "
-                                  "try again when one has run its EXEC")
-            replica = watch.watch_replica(group, self.available)
-            if replica.local:
-                datastore = self.datastore
-                session = watch.Session(datastore.host, datastore.port, auth=datastore.auth,
-                                        protocol=client.protocol, group=group, replica=replica)
-                self.sessions += 1
-                self.spawn(self._run_session, session)
-            else:
-                link = self.link_of(replica.name)
-                if link is None:
-                    return resp.error(f"ERR dyno: no link to {replica.name}, where these keys are watched")
-                session = watch.RemoteSession(link, group=group, replica=replica,
-                                              flags=RESP3 if client.protocol == 3 else 0)
+            session = self._open_session(client, group)
+            if session.__class__ is bytes:
+                return session
             client.session = session
         client.held = []
         session.request(resp.encode_command(argv), 1,
                         lambda replies: self._watched(client, session, slot, replies))
+        return None
+
+    def _open_session(self, client: "ClientConnection", group: tuple):
+        """A connection of the client's own on ``group``'s watch replica (here, or a
+        peer's), or the error line why not."""
+        if self.sessions >= watch.MAX_SESSIONS or self.spawn is None:
+            return resp.error(f"ERR dyno: {watch.MAX_SESSIONS} clients WATCH or wait in a blocking pop on "
+                              "this node already; try again later")
+        replica = watch.watch_replica(group, self.available)
+        if replica.local:
+            datastore = self.datastore
+            session = watch.Session(datastore.host, datastore.port, auth=datastore.auth,
+                                    protocol=client.protocol, group=group, replica=replica)
+            self.sessions += 1
+            self.spawn(self._run_session, session)
+            return session
+        link = self.link_of(replica.name)
+        if link is None or not link.usable:
+            return resp.error(f"ERR dyno: {replica.name}, which serves these keys' WATCH and blocking "
+                              "pops, cannot be reached")
+        return watch.RemoteSession(link, group=group, replica=replica, flags=RESP3 if client.protocol == 3 else 0)
+
+    def block(self, client: "ClientConnection", spec, argv: list[bytes], slot: Sink) -> bytes | None:
+        """A blocking pop (dyno.blocking): on a session on its keys' watch replica;
+        what it took is then done to the other replicas. Returns the error line, or
+        None: the reply comes when Redis answers (data, or nil at the timeout), and
+        what the client sends meanwhile waits, as a blocked Redis client's would."""
+        keys = commands.keys(spec, argv)
+        if not keys:
+            return resp.error(f"ERR dyno: '{argv[0].decode(errors='replace')}' has no keys")
+        group = self._replicas_of(keys[0])
+        if any(self._replicas_of(key) is not group for key in keys[1:]):
+            return self.planner.crossslot
+        session = client.session
+        own = session is None
+        if own:
+            session = self._open_session(client, group)
+            if session.__class__ is bytes:
+                return session
+            client.blocked = session
+        elif session.group is not group:
+            return self.planner.crossslot
+        client.held = []
+        replica = session.replica
+
+        def done(replies) -> None:
+            if own:
+                client.blocked = None
+            if replies.__class__ is bytes:
+                if own:
+                    session.close()
+                slot.deliver(replies)
+                self._release(client)
+                return
+            reply = replies[0]
+            reader = hiredis.Reader()
+            reader.feed(reply)
+            try:
+                parsed = reader.gets()
+            except hiredis.ProtocolError:
+                parsed = None
+            command = blocking.effect(argv, parsed) if reply[:1] not in (b"-", b"!") else None
+            if command is None:
+                if own:
+                    session.close()
+                slot.deliver(reply)
+                self._release(client)
+                return
+            payload = resp.encode_command(command)
+            count = 1
+            version = self.planner.batch_version(False, None)
+            if version is not None:
+                stamp = versions.stamp(blocking.written_keys(command), version, self.versions_db)
+                session.request(stamp, versions.STAMP_REPLIES, lambda replies: None)  # where it ran
+                payload += stamp
+                count += versions.STAMP_REPLIES
+            if own:
+                session.close()
+            others = tuple(node for node in group if node is not replica)
+            if others:
+                self._replicate_then(slot, reply, others, payload, count, client)
+            else:
+                slot.deliver(reply)
+                self._release(client)
+
+        session.request(resp.encode_command(argv), 1, done, timeout=None)
         return None
 
     async def _run_session(self, session: watch.Session) -> None:

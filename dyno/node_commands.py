@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import hiredis
 
-from dyno import __version__, auth, pubsub, resp
+from dyno import __version__, auth, blocking, commands, pubsub, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
@@ -465,6 +465,10 @@ def _ping_subscribed(node, client, argv, slot):
     return _ping(node, client, argv, slot)
 
 
+def _block(node, client, argv, slot):
+    return node.coordinator.block(client, commands.resolve(argv), argv, slot)
+
+
 def _watch(node, client, argv, slot):
     return node.coordinator.watch(client, argv, slot)
 
@@ -526,6 +530,7 @@ HANDLERS: dict[bytes, Handler] = {
     b"cluster": _cluster,
     b"multi": _multi,
     b"watch": _watch,
+    **dict.fromkeys(blocking.BLOCKING, _block),
     b"unwatch": _unwatch,
     b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,
     b"discard": lambda node, client, argv, slot: _DISCARD_WITHOUT,

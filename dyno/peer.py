@@ -61,6 +61,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import math
 import os
 import socket
 from typing import TYPE_CHECKING, Callable
@@ -286,6 +287,7 @@ class PeerLink:
         self.up = False
         self._out: list[bytes] = []
         self._pending: dict[int, tuple[Sink, float]] = {}
+        self._waiting: dict[int, tuple] = {}  # blocking pops' requests: no deadline here
         self._ids = itertools.count(1)
         self._wakeup = Wakeup()
         self.timeout = timeout
@@ -409,7 +411,7 @@ class PeerLink:
         return turn, offset
 
     def send_session(self, session_id: int, payload: bytes, count: int, sink: Sink | None,
-                     flags: int = 0) -> None:
+                     flags: int = 0, wait: float | None = None) -> None:
         """A WATCH session's requests (dyno.watch): run on the peer on a Redis
         connection of that session's own, in order. ``count`` 0 (no sink) ends the
         session there. A frame of its own, after what is held."""
@@ -419,8 +421,14 @@ class PeerLink:
             return
         self._seal()
         request_id = next(self._ids)
-        if sink is not None:
-            self._pending[request_id] = (sink, trio.current_time() + self.timeout, count, count > 1)
+        if sink is not None and wait is not None and wait > self.timeout:
+            # A blocking pop waits as long as its client asked: kept apart from the
+            # requests the watchdog times out (in deadline order), and not counted
+            # as load on the link.
+            self._waiting[request_id] = (sink, math.inf, count, count > 1)
+        elif sink is not None:
+            deadline = trio.current_time() + (self.timeout if wait is None else wait)
+            self._pending[request_id] = (sink, deadline, count, count > 1)
             self.queued += count
         self._out.append(msgpack.packb([REQUEST, request_id, flags | SESSION, payload, count, session_id]))
         self._wakeup.set()
@@ -575,6 +583,7 @@ class PeerLink:
 
     async def _reader(self, receiver: Receiver, unpacker: msgpack.Unpacker) -> None:
         pending = self._pending
+        waiting = self._waiting
         after_batch = self.after_batch
 
         def on_data(data: bytes) -> None:
@@ -586,8 +595,12 @@ class PeerLink:
                 if (kind != REPLY and kind != FAILED) or request_id.__class__ is not int:
                     raise PeerError(f"unexpected frame {frame!r:.80}")
                 entry = pending.get(request_id)
-                if entry is None:  # it timed out already
-                    continue
+                if entry is None:
+                    entry = waiting.pop(request_id, None)  # a blocking pop's
+                    if entry is None:  # it timed out already
+                        continue
+                    pending[request_id] = entry  # (taken out again below, with the others)
+                    self.queued += entry[2]
                 sink, _, count, listed = entry
                 if (
                     (kind == FAILED or not listed) and reply.__class__ is not bytes
@@ -641,8 +654,10 @@ class PeerLink:
             self.failed += turn.count
             turn.fail(reply)
         pending, self._pending = self._pending, {}
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
         self.queued = 0
-        for sink, _, count, _ in pending.values():
+        for sink, _, count, _ in [*pending.values(), *waiting]:
             self.failed += count
             sink.fail(reply)
         self._check_drained()
@@ -954,7 +969,7 @@ class PeerConnection:
         finally:
             self.closed = True
             for watched in self.sessions.values():
-                watched.close()
+                watched.abort()
             self.sessions.clear()
             if receiver is not None:
                 receiver.close()
@@ -1089,12 +1104,13 @@ class PeerConnection:
         if count == 0:
             session = sessions.pop(session_id, None)
             if session is not None:
-                session.close()
+                session.abort()
             return
         requests = whole_requests(payload, count) if count <= MAX_REQUESTS else None
         if requests is None:
             raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
-        refused = peer_refusal([argv for argv in requests if argv[0].lower() != b"watch"], self.flush_enabled)
+        refused = peer_refusal([argv for argv in requests if argv[0].lower() not in watch.SESSION_ONLY],
+                               self.flush_enabled)
         if refused is not None:
             name = refused.decode(errors="replace")[:40]
             log.warning("peer %s (%s): refused a session request to run %s", self.peer_name, self.address, name)
@@ -1118,7 +1134,7 @@ class PeerConnection:
             else:
                 self.answer(request_id, replies[0] if count == 1 else replies)
 
-        session.request(payload, count, done)
+        session.request(payload, count, done, timeout=None)  # the requesting node keeps the time
 
 
 class PeerServer(Listener):

@@ -91,7 +91,8 @@ REPLICATE_EFFECT = {b"spop": rewrite.spop_effect, b"xadd": rewrite.xadd_effect}
 # Commands after which the rest of a batch is served differently (protocol, levels,
 # or not at all): a plan ends with them.
 _ENDS_PLAN = frozenset({b"hello", b"reset", b"quit", b"multi", b"watch", b"subscribe", b"psubscribe",
-                        b"ssubscribe"})
+                        b"ssubscribe", b"blpop", b"brpop", b"blmove", b"brpoplpush", b"bzpopmin",
+                        b"bzpopmax", b"blmpop", b"bzmpop"})
 _BRACKETS = frozenset({b"multi", b"exec"})
 _MULTI = resp.encode_command([b"MULTI"])
 _EXEC = resp.encode_command([b"EXEC"])

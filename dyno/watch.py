@@ -38,6 +38,9 @@ __all__ = ["MAX_SESSIONS", "RemoteSession", "Session", "split_array", "watch_rep
 log = logging.getLogger("dyno.watch")
 
 MAX_SESSIONS = 1000
+#: What a peer may send on a session besides what any peer request may (dyno.peer).
+SESSION_ONLY = frozenset({b"watch", b"blpop", b"brpop", b"blmove", b"brpoplpush", b"bzpopmin", b"bzpopmax",
+                          b"blmpop", b"bzmpop"})
 CONNECT_TIMEOUT = 5.0
 REPLY_TIMEOUT = 30.0
 
@@ -48,7 +51,7 @@ Done = Callable[["list[bytes] | bytes"], None]
 class Session:
     """A client's own connection to this node's Redis while it WATCHes."""
 
-    __slots__ = ("auth", "closed", "group", "hello", "host", "port", "replica", "_receive", "_send")
+    __slots__ = ("auth", "closed", "group", "hello", "host", "port", "replica", "_receive", "_scope", "_send")
 
     def __init__(self, host: str, port: int, *, auth: bytes | None, protocol: int, group: tuple,
                  replica=None):
@@ -59,24 +62,36 @@ class Session:
         self.group = group  # the replica set of the keys watched
         self.replica = replica  # the ring node this is (the node's own), for the coordinator
         self._send, self._receive = trio.open_memory_channel(math.inf)
+        self._scope = trio.CancelScope()
         self.closed = False
 
-    def request(self, payload: bytes, count: int, done: Done) -> None:
+    def request(self, payload: bytes, count: int, done: Done, timeout: float | None = REPLY_TIMEOUT) -> None:
         """Send ``payload`` (``count`` commands) on the session; ``done`` gets the
-        replies, in the order requests were made."""
+        replies, in the order requests were made. ``timeout``: seconds to wait for
+        them (None: as long as it takes, for a blocking pop)."""
         if self.closed:
-            done(resp.error("ERR dyno: the WATCH session is closed"))
+            done(resp.error("ERR dyno: the session is closed"))
             return
-        self._send.send_nowait((payload, count, done))
+        self._send.send_nowait((payload, count, done, timeout))
 
     def close(self) -> None:
-        """End the session: what is still queued fails, the connection closes."""
+        """End the session once what is queued ran; then the connection closes."""
         if not self.closed:
             self.closed = True
             self._send.close()
 
+    def abort(self) -> None:
+        """End it now (its client left): a blocked command is given up, since
+        closing the connection is what makes Redis forget it."""
+        self.close()
+        self._scope.cancel()
+
     async def run(self) -> None:
         """The session's task: connect, then send each request and read its replies."""
+        with self._scope:
+            await self._run()
+
+    async def _run(self) -> None:
         stream = None
         pending: list = []
         try:
@@ -91,9 +106,9 @@ class Session:
                             raise OSError(reply[1:-2].decode(errors="replace"))
             async for request in self._receive:
                 pending = [request]
-                payload, count, done = request
+                payload, count, done, timeout = request
                 await stream.send_all(payload)
-                with trio.fail_after(REPLY_TIMEOUT):
+                with trio.fail_after(math.inf if timeout is None else timeout):
                     replies = await _read(stream, buffer, count)
                 pending = []
                 done(replies)
@@ -102,11 +117,11 @@ class Session:
                                f"{exc or type(exc).__name__}")
             log.info("WATCH session to %s:%d ended: %s", self.host, self.port, exc or type(exc).__name__)
             self.closed = True
-            for _, _, done in pending:
+            for _, _, done, _ in pending:
                 done(error)
             while True:
                 try:
-                    _, _, done = self._receive.receive_nowait()
+                    _, _, done, _ = self._receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 done(error)
@@ -153,16 +168,19 @@ class RemoteSession:
         self.id = next(RemoteSession._ids)
         self.closed = False
 
-    def request(self, payload: bytes, count: int, done: Done) -> None:
+    def request(self, payload: bytes, count: int, done: Done, timeout: float | None = REPLY_TIMEOUT) -> None:
         if self.closed:
-            done(resp.error("ERR dyno: the WATCH session is closed"))
+            done(resp.error("ERR dyno: the session is closed"))
             return
-        self.link.send_session(self.id, payload, count, _Replies(done, count), self.flags)
+        self.link.send_session(self.id, payload, count, _Replies(done, count), self.flags,
+                               wait=math.inf if timeout is None else timeout)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.link.send_session(self.id, b"", 0, None)
+
+    abort = close  # the peer closes its connection, which ends a blocked command
 
 
 class _Replies:

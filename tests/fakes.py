@@ -218,6 +218,7 @@ class Client:
         self.consistency_override: dict[str, str] = {}
         self.transaction = None
         self.session = None
+        self.blocked = None
         self.held = None
         self.closing = False
         self.dead = False

@@ -253,8 +253,8 @@ def test_table_invariants():
     (b"flushdb", Route.ALL_REPLICAS, None), (b"flushall", Route.ALL_REPLICAS, None),
     (b"multi", Route.LOCAL, None), (b"exec", Route.LOCAL, None),
     (b"watch", Route.LOCAL, None), (b"subscribe", Route.LOCAL, None),
-    (b"publish", Route.LOCAL, None), (b"blpop", Route.UNSUPPORTED, None),
-    (b"bzpopmin", Route.UNSUPPORTED, None), (b"blmove", Route.UNSUPPORTED, None),
+    (b"publish", Route.LOCAL, None), (b"blpop", Route.LOCAL, None),
+    (b"bzpopmin", Route.LOCAL, None), (b"blmove", Route.LOCAL, None),
     (b"wait", Route.UNSUPPORTED, None), (b"config", Route.LOCAL, None),
     (b"slaveof", Route.UNSUPPORTED, None), (b"debug", Route.UNSUPPORTED, None),
     (b"shutdown", Route.UNSUPPORTED, None), (b"migrate", Route.UNSUPPORTED, None),
@@ -503,7 +503,8 @@ def test_errors_of_per_command_checks(redis, argv):
 
 
 def test_dyno_refusals():
-    assert commands.resolve([b"blpop", b"l", b"0"]).startswith(b"-ERR 'BLPOP' is not supported in a dyno cluster: ")
+    assert commands.resolve([b"xread", b"block", b"0", b"streams", b"s", b"$"]).startswith(
+        b"-ERR 'XREAD BLOCK' is not supported in a dyno cluster: ")
     assert commands.resolve([b"config", b"set", b"maxmemory", b"1"]).startswith(
         b"-ERR 'CONFIG SET' is not supported in a dyno cluster: ")
     assert commands.resolve([b"select", b"3"]).startswith(
