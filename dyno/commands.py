@@ -424,7 +424,6 @@ def _only_db0(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
 
 BLOCKING = ("a stream read that blocks is not served yet (blocking list and sorted-set pops are); "
             "poll with the non-blocking form instead")
-WAIT = "dyno replicates by itself; choose a write consistency (DYNO_CONFIG:CONN_CONSISTENCY)"
 REPLICATION = "dyno replicates between its nodes by itself; their Redis servers are not replicas"
 ADMIN = "administer each node's Redis directly, not through dyno"
 CLUSTER = "dyno is not a Redis Cluster; its ring is described on the admin port (/cluster_describe)"
@@ -658,7 +657,7 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("ttl",                           2, (1,  1, 1), READ,  KEY),
     _cmd("type",                          2, (1,  1, 1), READ,  KEY),
     _cmd("unlink",                       -2, (1, -1, 1), WRITE, MULTI_KEY, merge=Merge.SUM),
-    _cmd("wait",                          3, (0,  0, 0), READ,  UNSUPPORTED, reason=WAIT),
+    _cmd("wait",                          3, (0,  0, 0), READ,  LOCAL),  # the peers' acknowledgements (node)
     # --- connection ------------------------------------------------------------
     _cmd("auth",                         -2, (0,  0, 0), READ,  LOCAL),
     _cmd("client",                       -2, (0,  0, 0), READ,  LOCAL, subcommands=(

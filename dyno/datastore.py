@@ -33,6 +33,12 @@ from dyno.wakeup import Wakeup
 log = logging.getLogger("dyno.datastore")
 
 RECV_SIZE = 256 * 1024
+# Batches (a client's read, a peer's frame) sent to a connection and not answered yet,
+# past which clients are not read from until it is down to LOW_WATER: when Redis
+# takes requests slower than clients send them, what waits for it stays bounded
+# (each batch is at most one read of a client, 64 KB, or one peer frame).
+HIGH_WATER = 4096
+LOW_WATER = HIGH_WATER // 2
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
 
@@ -75,6 +81,7 @@ class Connection:
         self._sinks: deque[Sink | _Run] = deque()
         self._writer_wakeup = Wakeup()
         self._last_progress = 0.0
+        self.congested = False  # more than HIGH_WATER batches unanswered: clients wait (Congestion)
 
     def send(self, payload: bytes, sink: Sink) -> None:
         if not self._sinks:
@@ -82,6 +89,8 @@ class Connection:
         self._out.append(payload)
         self._sinks.append(sink)
         self._writer_wakeup.set()
+        if len(self._sinks) > HIGH_WATER and not self.congested:
+            self._congested()
 
     def send_many(self, payload: bytes, sinks: list[Sink]) -> None:
         if not self._sinks:
@@ -89,6 +98,8 @@ class Connection:
         self._out.append(payload)
         self._sinks.extend(sinks)
         self._writer_wakeup.set()
+        if len(self._sinks) > HIGH_WATER and not self.congested:
+            self._congested()
 
     def send_run(self, payload: bytes, sink: Sink, count: int) -> None:
         if not self._sinks:
@@ -96,6 +107,23 @@ class Connection:
         self._out.append(payload)
         self._sinks.append(_Run(sink, count) if count > 1 else sink)
         self._writer_wakeup.set()
+        if len(self._sinks) > HIGH_WATER and not self.congested:
+            self._congested()
+
+    def _congested(self) -> None:
+        """Redis takes requests slower than clients send them: no client is read from
+        until it has caught up (LOW_WATER), so what waits for it stays bounded."""
+        self.congested = True
+        congestion = self.store.congestion
+        if congestion is not None:
+            congestion.add(self)
+
+    def _check_drained(self) -> None:
+        if self.congested and len(self._sinks) <= LOW_WATER:
+            self.congested = False
+            congestion = self.store.congestion
+            if congestion is not None:
+                congestion.remove(self)
 
     async def run(self) -> None:
         """Connect, serve until the connection breaks, fail what was waiting,
@@ -156,6 +184,7 @@ class Connection:
     def _fail_all(self, reply: bytes) -> None:
         self._out.clear()
         sinks, self._sinks = self._sinks, deque()
+        self._check_drained()
         for sink in sinks:
             if sink.__class__ is _Run:
                 for _ in range(sink.left):
@@ -245,6 +274,8 @@ class Connection:
                 sink.deliver(buffer[pos:end] if pos or end != size else buffer)
                 pos = end
             pending = bytearray(buffer[pos:]) if pos < size else None
+            if self.congested:
+                self._check_drained()
             after_batch()
 
         receiver = Receiver(self.sock, RECV_SIZE, broken, "closed by Redis")
@@ -346,6 +377,7 @@ class Datastore:
         port: int,
         *,
         connections: int = 1,
+        congestion=None,
         timeout: float = 5.0,
         after_batch: Callable[[], None] = lambda: None,
         protocol: int = 2,
@@ -359,6 +391,7 @@ class Datastore:
         self.auth = None if password is None else resp.encode_command([b"AUTH", password.encode()])
         self.timeout = timeout
         self.after_batch = after_batch
+        self.congestion = congestion  # the node's (dyno.peer.Congestion): a connection far behind joins it
         self.unavailable = resp.error(f"ERR dyno: datastore {self.address} is unavailable")
         self.broken = resp.error(
             f"ERR dyno: datastore {self.address} connection lost; the request may or may not have been applied"

@@ -17,6 +17,7 @@ connections close, datastore connections close.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import time
 
@@ -35,7 +36,7 @@ from dyno.hints import HintStore
 from dyno.metrics import Metrics, Stats
 from dyno.peer import COORDINATE, Congestion, PeerLink, PeerServer, hello_frame
 from dyno.peer_tls import PeerTLS
-from dyno.ring import Ring, RingNode, topology_from_config
+from dyno.ring import Ring, RingError, RingNode, topology_from_config
 from dyno.states import NORMAL, OPERATOR_STATES
 
 log = logging.getLogger("dyno.node")
@@ -78,6 +79,7 @@ class Node:
             timeout=config.timeout / 1000,
             after_batch=self.flush_ready,
             password=config.datastore_password,
+            congestion=self.congestion,
         )
         # Clients that said HELLO 3 are served by connections that did too, so that
         # Redis's RESP3 replies are relayed as they are, like RESP2 ones.
@@ -89,6 +91,7 @@ class Node:
             after_batch=self.flush_ready,
             protocol=3,
             password=config.datastore_password,
+            congestion=self.congestion,
         )
         # Every write this node coordinates gets a version from this clock.
         self.hlc = versions.HLC(versions.node_id(self.name))
@@ -245,6 +248,35 @@ class Node:
                     shares.append(share)
         slot.deliver(pubsub.merge_counts(sub, args, shares))
         self.flush_ready()
+
+    # -- WAIT -----------------------------------------------------------------------------
+
+    def wait_replicas(self, wanted: int, timeout_ms: int, slot) -> None:
+        self.coordinator.spawn(self._wait_replicas, wanted, timeout_ms, slot)
+
+    async def _wait_replicas(self, wanted: int, timeout_ms: int, slot) -> None:
+        """WAIT: every peer link's mark now; then, until ``wanted`` other racks
+        acknowledged everything sent before it, or the time-out, the count (a rack
+        counts once, as the replica of a key there)."""
+        me = (self.config.datacenter, self.config.rack)
+        marks = [(name, link, link.mark()) for name, link in self.peer_links.items() if link.usable]
+        deadline = trio.current_time() + (timeout_ms / 1000 if timeout_ms else math.inf)
+        while True:
+            racks = set()
+            ring = self.ring
+            for name, link, mark in marks:
+                try:
+                    node = ring.node(name)
+                except RingError:  # left the ring meanwhile
+                    continue
+                where = (node.dc, node.rack)
+                if where != me and link.acked(mark):
+                    racks.add(where)
+            if len(racks) >= wanted or trio.current_time() >= deadline:
+                slot.deliver(resp.integer(len(racks)))
+                self.flush_ready()
+                return
+            await trio.sleep(WAIT_POLL)
 
     def flush_ready(self) -> None:
         ready = self.ready_clients
@@ -450,6 +482,7 @@ class Node:
 
 
 QUERY_TIMEOUT = 1.0  # seconds PUBSUB waits for the peers' counts
+WAIT_POLL = 0.001  # seconds between WAIT's looks at the links (Redis's WAIT polls its replicas too)
 
 
 class _Answer(Sink):

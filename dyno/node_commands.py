@@ -469,6 +469,20 @@ def _block(node, client, argv, slot):
     return node.coordinator.block(client, commands.resolve(argv), argv, slot)
 
 
+def _wait(node, client, argv, slot):
+    """WAIT numreplicas timeout: how many other replicas (racks) acknowledged what
+    this node sent them before the WAIT (the client's writes among it), waiting up to
+    ``timeout`` ms (0: until numreplicas did)."""
+    try:
+        wanted, timeout = int(argv[1]), int(argv[2])
+    except ValueError:
+        return _NOT_INTEGER
+    if timeout < 0:
+        return resp.error("ERR timeout is negative")
+    node.wait_replicas(wanted, timeout, slot)
+    return None
+
+
 def _watch(node, client, argv, slot):
     return node.coordinator.watch(client, argv, slot)
 
@@ -530,6 +544,7 @@ HANDLERS: dict[bytes, Handler] = {
     b"cluster": _cluster,
     b"multi": _multi,
     b"watch": _watch,
+    b"wait": _wait,
     **dict.fromkeys(blocking.BLOCKING, _block),
     b"unwatch": _unwatch,
     b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,

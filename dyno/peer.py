@@ -289,6 +289,7 @@ class PeerLink:
         self._pending: dict[int, tuple[Sink, float]] = {}
         self._waiting: dict[int, tuple] = {}  # blocking pops' requests: no deadline here
         self._ids = itertools.count(1)
+        self.last_id = 0  # the last request framed (mark)
         self._wakeup = Wakeup()
         self.timeout = timeout
         address = f"{peer.host}:{peer.port}"
@@ -453,9 +454,24 @@ class PeerLink:
         else:  # the reply is a list: the frame hands each caller its part
             self._frame(payload, turn, count, flags, True)
 
+    def mark(self) -> tuple[int, int]:
+        """Where the link is now (WAIT): what was sent so far, framed; ``acked`` says
+        when the peer has answered all of it."""
+        self._seal()
+        return self.last_id, self.failed
+
+    def acked(self, mark: tuple[int, int]) -> bool:
+        """Whether every request sent before ``mark`` was answered, none failed since
+        (a failure may be one of them), and the link is usable."""
+        last, failed = mark
+        if not self.usable or self.failed != failed:
+            return False
+        first = next(iter(self._pending), None)
+        return first is None or first > last
+
     def _frame(self, payload: bytes, sink: Sink, count: int, flags: int, listed: bool) -> None:
         """``listed``: the peer answers with a list of ``count`` replies."""
-        request_id = next(self._ids)
+        request_id = self.last_id = next(self._ids)
         self._pending[request_id] = (sink, trio.current_time() + self.timeout, count, listed)
         self._out.append(msgpack.packb([REQUEST, request_id, flags, payload, count]))
         self.sent += count
