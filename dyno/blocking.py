@@ -13,8 +13,9 @@ stay identical; a timeout (nil) changes nothing anywhere.
 Limits: a blocked client holds its session's Redis connection while it waits; at most
 ``dyno.watch.MAX_SESSIONS`` clients of a node hold one (WATCH and blocking pops
 together); one more gets an error and should retry. Inside MULTI a blocking pop is
-refused (Redis runs it as its non-blocking form there). XREAD/XREADGROUP BLOCK are not
-served this way yet (refused).
+refused (Redis runs it as its non-blocking form there). XREAD BLOCK is served the same
+way (a read: nothing to do to the other replicas); XREADGROUP BLOCK is refused (the
+consumer group's pending entries would have to be replicated).
 
 Pure: which commands block, and what their reply says they did. No I/O.
 """

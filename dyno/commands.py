@@ -389,8 +389,25 @@ def _even_argc(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
     return spec.arity_error_line if len(argv) % 2 == 0 else None
 
 
+def blocks(argv: Sequence[bytes]) -> bool:
+    """Whether an XREAD/XREADGROUP has the BLOCK option (before STREAMS)."""
+    i = 1
+    while i < len(argv):
+        word = _word(argv[i])
+        if word == b"block" and i + 1 < len(argv):
+            return True
+        skip = _XREAD_OPTION_ARGS.get(word)
+        if skip is None:
+            return False
+        i += skip + 1
+    return False
+
+
 def _refuse_block(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
-    """XREAD/XREADGROUP run, but not with BLOCK (see BLOCKING)."""
+    """XREADGROUP runs, but not with BLOCK (see BLOCKING); XREAD BLOCK is served as a
+    blocking pop is (dyno.blocking)."""
+    if spec.name == b"xread":
+        return None
     i = 1
     while i < len(argv):
         word = _word(argv[i])
@@ -422,7 +439,7 @@ def _only_db0(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
 
 # --- why a command is refused (shown to the client, one line each) --------------------------
 
-BLOCKING = ("a stream read that blocks is not served yet (blocking list and sorted-set pops are); "
+BLOCKING = ("a consumer group's blocking read is not served yet (blocking pops and XREAD BLOCK are); "
             "poll with the non-blocking form instead")
 REPLICATION = "dyno replicates between its nodes by itself; their Redis servers are not replicas"
 ADMIN = "administer each node's Redis directly, not through dyno"

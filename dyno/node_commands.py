@@ -545,7 +545,7 @@ HANDLERS: dict[bytes, Handler] = {
     b"multi": _multi,
     b"watch": _watch,
     b"wait": _wait,
-    **dict.fromkeys(blocking.BLOCKING, _block),
+    **dict.fromkeys(blocking.BLOCKING | {b"xread"}, _block),  # (XREAD only with BLOCK comes here)
     b"unwatch": _unwatch,
     b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,
     b"discard": lambda node, client, argv, slot: _DISCARD_WITHOUT,

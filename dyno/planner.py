@@ -653,6 +653,12 @@ class _General:
                     size = position + 1
                     break
                 continue
+            if spec.name == b"xread" and not self.here_only and commands.blocks(argv):
+                # XREAD BLOCK waits in Redis, as a blocking pop does (dyno.blocking)
+                self.sources.append(LOCAL)
+                self.calls.append(spec)
+                size = position + 1
+                break
             write = commands.is_write(spec, argv)
             if self.here_only and spec.name in _BRACKETS:  # a transaction run unbracketed here
                 self.sources.append(resp.OK)

@@ -110,3 +110,18 @@ def test_a_client_that_leaves_while_blocked_frees_its_connection(cluster_factory
     assert cluster[0].client().rpush("{z}q1", "x") == 1  # nobody took it
     support.wait_for(lambda: all(n.redis_client().lrange("{z}q1", 0, -1) == [b"x"] for n in cluster.nodes), 10,
                      "the push to stay on every replica")
+
+
+@integration
+def test_xread_block_is_woken_by_an_xadd_through_another_node(cluster_factory):
+    cluster = cluster_factory(racks=3, hash_tag="{}")
+    reader = cluster[2].client(socket_timeout=10)
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(reader.xread({"{s}events": "$"}, block=5000)))
+    thread.start()
+    support.wait_for(lambda: any(c["cmd"] == "xread" for n in cluster.nodes
+                                 for c in n.redis_client().client_list()), 5, "the XREAD to wait in a Redis")
+    entry = cluster[0].client().xadd("{s}events", {"k": "v"})
+    thread.join(10)
+    assert got == [[[b"{s}events", [(entry, {b"k": b"v"})]]]]
+    assert reader.xread({"{s}events": "$"}, block=100) == []  # the time-out: nothing new

@@ -255,7 +255,7 @@ def test_table_invariants():
     (b"watch", Route.LOCAL, None), (b"subscribe", Route.LOCAL, None),
     (b"publish", Route.LOCAL, None), (b"blpop", Route.LOCAL, None),
     (b"bzpopmin", Route.LOCAL, None), (b"blmove", Route.LOCAL, None),
-    (b"wait", Route.UNSUPPORTED, None), (b"config", Route.LOCAL, None),
+    (b"wait", Route.LOCAL, None), (b"config", Route.LOCAL, None),
     (b"slaveof", Route.UNSUPPORTED, None), (b"debug", Route.UNSUPPORTED, None),
     (b"shutdown", Route.UNSUPPORTED, None), (b"migrate", Route.UNSUPPORTED, None),
     (b"move", Route.UNSUPPORTED, None), (b"swapdb", Route.UNSUPPORTED, None),
@@ -503,15 +503,16 @@ def test_errors_of_per_command_checks(redis, argv):
 
 
 def test_dyno_refusals():
-    assert commands.resolve([b"xread", b"block", b"0", b"streams", b"s", b"$"]).startswith(
-        b"-ERR 'XREAD BLOCK' is not supported in a dyno cluster: ")
+    assert commands.resolve([b"xreadgroup", b"group", b"g", b"c", b"block", b"0", b"streams", b"s", b">"]
+                            ).startswith(b"-ERR 'XREADGROUP BLOCK' is not supported in a dyno cluster: ")
     assert commands.resolve([b"config", b"set", b"maxmemory", b"1"]).startswith(
         b"-ERR 'CONFIG SET' is not supported in a dyno cluster: ")
     assert commands.resolve([b"select", b"3"]).startswith(
         b"-ERR 'SELECT 3' is not supported in a dyno cluster: ")
     assert commands.resolve([b"select", b"0"]) is commands.lookup(b"select")
     block = [b"XREAD", b"COUNT", b"1", b"BLOCK", b"0", b"STREAMS", b"s", b"$"]
-    assert commands.resolve(block).startswith(b"-ERR 'XREAD BLOCK' is not supported in a dyno")
+    assert commands.resolve(block) is commands.lookup(b"xread") and commands.blocks(block)  # dyno.blocking
+    assert not commands.blocks([b"XREAD", b"COUNT", b"1", b"STREAMS", b"block", b"$"])
     group = [b"xreadgroup", b"group", b"g", b"c", b"block", b"10", b"streams", b"s", b">"]
     assert commands.resolve(group).startswith(b"-ERR 'XREADGROUP BLOCK' is not supported")
     assert isinstance(commands.resolve([b"xread", b"count", b"1", b"streams", b"s", b"0"]),
