@@ -219,6 +219,7 @@ class Client:
         self.transaction = None
         self.session = None
         self.blocked = None
+        self.subscriber = False
         self.held = None
         self.closing = False
         self.dead = False
