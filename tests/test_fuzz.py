@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import random
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -138,3 +141,16 @@ def test_random_bytes_at_every_port_of_a_live_cluster_cost_only_their_own_connec
         reader = node.client()
         support.wait_for(lambda: reader.mget(list(written)) == list(written.values()), 10,
                          f"{node.name} to hold every write")
+
+
+@pytest.mark.parametrize("target", ["resp", "peer", "config", "pattern"])
+def test_coverage_guided_fuzzing_finds_no_crash(tmp_path, target):
+    """atheris (libFuzzer) on the same readers, coverage-guided: DYNO_FUZZ_RUNS inputs
+    each (longer by hand: scripts/fuzz_atheris.py TARGET -max_total_time=600)."""
+    runs = int(os.environ.get("DYNO_FUZZ_RUNS", "10000"))
+    script = Path(__file__).resolve().parent.parent / "scripts" / "fuzz_atheris.py"
+    done = subprocess.run([sys.executable, str(script), target, f"-runs={runs}", "-seed=1"],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Done {runs} runs" in done.stderr
+    assert not list(tmp_path.glob("crash-*"))
