@@ -10,9 +10,11 @@ deterministic form of what it did (``effect``: LPOP/RPOP of as many, LMOVE, ZREM
 the members) goes to the other replicas with its version, as SPOP's does, so replicas
 stay identical; a timeout (nil) changes nothing anywhere.
 
-Limits: a blocked client holds its session's Redis connection while it waits; at most
-``dyno.watch.MAX_SESSIONS`` clients of a node hold one (WATCH and blocking pops
-together); one more gets an error and should retry. Inside MULTI a blocking pop is
+Limits: a blocked client holds its session's Redis connection while it waits, and keeps
+it for its next pop (a worker pops in a loop; a new connection per pop would cost more
+than the pop); at most ``dyno.watch.MAX_SESSIONS`` sessions of a node (WATCH and
+blocking pops together): at the limit the pop session idle longest is closed to make
+room, and when none is idle one more client gets an error and should retry. Inside MULTI a blocking pop is
 refused (Redis runs it as its non-blocking form there). XREAD BLOCK is served the same
 way (a read: nothing to do to the other replicas); XREADGROUP BLOCK is refused (the
 consumer group's pending entries would have to be replicated).

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -714,7 +715,9 @@ class Coordinator:
         #: Sends the replies clients have ready (the node's): after a delivery made
         #: outside the readers that do it themselves (a WATCH session's).
         self.flush_clients: Callable[[], None] = lambda: None
-        self.sessions = 0  # WATCH sessions open (dyno.watch)
+        self.sessions = 0  # WATCH and blocking-pop sessions open here (dyno.watch)
+        # Pop sessions kept between a client's pops, oldest idle first (dyno.blocking)
+        self._idle_pops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.read_repair_chance = 0.0
         self._random = random.random
         # One batch in SAMPLE_EVERY is timed: the countdown costs one decrement.
@@ -1039,7 +1042,14 @@ class Coordinator:
     def _open_session(self, client: "ClientConnection", group: tuple):
         """A connection of the client's own on ``group``'s watch replica (here, or a
         peer's), or the error line why not."""
-        if self.sessions >= watch.MAX_SESSIONS or self.spawn is None:
+        if self.sessions >= watch.MAX_SESSIONS and self._idle_pops:
+            # at the limit: the pop session a client kept longest without using it goes
+            idle_client, idle = next(iter(self._idle_pops.items()))
+            del self._idle_pops[idle_client]
+            idle.close()
+            if idle_client.blocked is idle:
+                idle_client.blocked = None
+        elif self.sessions >= watch.MAX_SESSIONS or self.spawn is None:
             return resp.error(f"ERR dyno: {watch.MAX_SESSIONS} clients WATCH or wait in a blocking pop on "
                               "this node already; try again later")
         replica = watch.watch_replica(group, self.available)
@@ -1069,25 +1079,32 @@ class Coordinator:
             return self.planner.crossslot
         session = client.session
         own = session is None
-        if own:
-            session = self._open_session(client, group)
-            if session.__class__ is bytes:
-                return session
-            client.blocked = session
+        if own:  # the client's pop session, kept from its last pop if it fits (a worker's loop)
+            session = client.blocked
+            if session is None or session.closed or session.group is not group:
+                if session is not None:
+                    session.close()
+                session = self._open_session(client, group)
+                if session.__class__ is bytes:
+                    return session
+                client.blocked = session
+            self._idle_pops.pop(client, None)
         elif session.group is not group:
             return self.planner.crossslot
         client.held = []
         replica = session.replica
 
         def done(replies) -> None:
-            if own:
-                client.blocked = None
             if replies.__class__ is bytes:
                 if own:
                     session.close()
+                    if client.blocked is session:
+                        client.blocked = None
                 slot.deliver(replies)
                 self._release(client)
                 return
+            if own and not session.closed and not client.dead:
+                self._idle_pops[client] = session  # kept for its next pop; the first to go at the limit
             reply = replies[0]
             reader = hiredis.Reader()
             reader.feed(reply)
@@ -1097,8 +1114,6 @@ class Coordinator:
                 parsed = None
             command = blocking.effect(argv, parsed) if reply[:1] not in (b"-", b"!") else None
             if command is None:
-                if own:
-                    session.close()
                 slot.deliver(reply)
                 self._release(client)
                 return
@@ -1110,8 +1125,6 @@ class Coordinator:
                 session.request(stamp, versions.STAMP_REPLIES, lambda replies: None)  # where it ran
                 payload += stamp
                 count += versions.STAMP_REPLIES
-            if own:
-                session.close()
             others = tuple(node for node in group if node is not replica)
             if others:
                 self._replicate_then(slot, reply, others, payload, count, client)

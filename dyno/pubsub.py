@@ -234,21 +234,16 @@ class PubSub:
         return self.deliver(kind, channel, message)
 
     def deliver(self, kind: bytes, channel: bytes, message: bytes) -> int:
-        """A message published here or relayed by a peer: to this node's subscribers."""
+        """A message published here or relayed by a peer: to this node's subscribers
+        (encoded once per form, RESP2 array and RESP3 push, for all of them)."""
         receivers = 0
         if kind == SHARD:
-            for client in self.shard_channels.get(channel, ()):
-                _push(client, [SHARD, channel, message])
-                receivers += 1
+            receivers += _push_all(self.shard_channels.get(channel, ()), [SHARD, channel, message])
         else:
-            for client in self.channels.get(channel, ()):
-                _push(client, [MESSAGE, channel, message])
-                receivers += 1
+            receivers += _push_all(self.channels.get(channel, ()), [MESSAGE, channel, message])
             for pattern, (regex, clients) in self.patterns.items():
                 if regex.match(channel):
-                    for client in clients:
-                        _push(client, [b"pmessage", pattern, channel, message])
-                        receivers += 1
+                    receivers += _push_all(clients, [b"pmessage", pattern, channel, message])
         self.delivered += receivers
         return receivers
 
@@ -304,9 +299,16 @@ def _confirm(client, kind: bytes, name: bytes | None, count: int) -> bytes:
     return b"*3\r\n" + resp.bulk(kind) + resp.bulk(name) + resp.integer(count)
 
 
-def _push(client, items: list[bytes]) -> None:
-    """A message to a client, as an out-of-band reply after what it is owed already."""
-    if client.dead:
-        return
-    head = b">%d\r\n" if client.protocol == 3 else b"*%d\r\n"
-    client.push(head % len(items) + b"".join(resp.bulk(item) for item in items))
+def _push_all(clients, items: list[bytes]) -> int:
+    """A message to each of ``clients``, as an out-of-band reply after what each is
+    owed already. Returns how many."""
+    if not clients:
+        return 0
+    body = b"".join([resp.bulk(item) for item in items])
+    forms = {2: b"*%d\r\n" % len(items) + body, 3: b">%d\r\n" % len(items) + body}
+    count = 0
+    for client in clients:
+        if not client.dead:
+            client.push(forms[3 if client.protocol == 3 else 2])
+            count += 1
+    return count
