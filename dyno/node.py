@@ -249,6 +249,46 @@ class Node:
         slot.deliver(pubsub.merge_counts(sub, args, shares))
         self.flush_ready()
 
+    # -- INFO keyspace over the rack ------------------------------------------------------
+
+    def rack_size(self) -> int:
+        ring = self.ring
+        return len(ring.rack_nodes(ring.local.dc, ring.local.rack))
+
+    async def rack_keyspace(self, mine: dict[str, str]) -> dict[str, str]:
+        """INFO keyspace for the cluster's data: this node's Redis's (``mine``: db ->
+        "keys=..,expires=..,avg_ttl=..") added to every other node's of this rack,
+        which together hold one copy of every key. A node that does not answer within
+        QUERY_TIMEOUT is left out (its share missing)."""
+        ring = self.ring
+        totals = {db: _keyspace_fields(value) for db, value in mine.items()}
+        others = [n for n in ring.rack_nodes(ring.local.dc, ring.local.rack) if not n.local]
+        replies: list[str] = []
+
+        async def ask(other) -> None:
+            try:
+                (reply,) = await self.call_redis(other, [[b"EVAL", _KEYSPACE_SCRIPT, b"0"]])
+            except Exception:  # noqa: BLE001 - down, unreachable: its share is missing
+                return
+            if isinstance(reply, bytes):
+                replies.append(reply.decode(errors="replace"))
+
+        with trio.move_on_after(QUERY_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                for other in others:
+                    nursery.start_soon(ask, other)
+        for text in replies:
+            for line in text.split("\r\n"):
+                db, sep, value = line.partition(":")
+                if sep and db.startswith("db"):
+                    fields = _keyspace_fields(value)
+                    total = totals.setdefault(db, {"keys": 0, "expires": 0, "ttl_sum": 0})
+                    for name in ("keys", "expires", "ttl_sum"):
+                        total[name] += fields[name]
+        return {db: "keys=%d,expires=%d,avg_ttl=%d" % (t["keys"], t["expires"],
+                                                         t["ttl_sum"] // t["expires"] if t["expires"] else 0)
+                for db, t in sorted(totals.items(), key=lambda item: int(item[0][2:] or 0))}
+
     # -- WAIT -----------------------------------------------------------------------------
 
     def wait_replicas(self, wanted: int, timeout_ms: int, slot) -> None:
@@ -483,6 +523,24 @@ class Node:
 
 QUERY_TIMEOUT = 1.0  # seconds PUBSUB waits for the peers' counts
 WAIT_POLL = 0.001  # seconds between WAIT's looks at the links (Redis's WAIT polls its replicas too)
+
+
+# What a peer's Redis says of its keyspace (INFO is not a command peers may send; a
+# script running it is).
+_KEYSPACE_SCRIPT = b"return redis.call('INFO', 'keyspace')"
+
+
+def _keyspace_fields(value: str) -> dict[str, int]:
+    """"keys=3,expires=1,avg_ttl=500" -> keys, expires and the TTLs' sum (to average again)."""
+    fields = {}
+    for item in value.split(","):
+        name, _, number = item.partition("=")
+        try:
+            fields[name] = int(number)
+        except ValueError:
+            fields[name] = 0
+    keys, expires = fields.get("keys", 0), fields.get("expires", 0)
+    return {"keys": keys, "expires": expires, "ttl_sum": fields.get("avg_ttl", 0) * expires}
 
 
 class _Answer(Sink):

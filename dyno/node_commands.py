@@ -209,26 +209,43 @@ def _info(node, client, argv, slot):
     blocks = node.info_blocks(sections, everything)
     if not everything and all(s in _DYNO_ONLY for s in sections):  # no need to wait for the Redis
         return resp.bulk(info_text("", blocks, node.config.versions_db))
-    node.datastore.send(resp.encode_command([b"INFO", *sections]), _InfoSink(slot, blocks, node.config.versions_db),
-                        client.id)
+    node.datastore.send(resp.encode_command([b"INFO", *sections]), _InfoSink(node, slot, blocks), client.id)
     return None
 
 
 class _InfoSink(Sink):
-    """Merges the Redis's INFO with the node's own sections (``info_text``)."""
+    """Merges the Redis's INFO with the node's own sections (``info_text``); with
+    several nodes in this rack, the keyspace becomes the rack's (the cluster's data:
+    a rack holds one full copy), gathered first (``Node.rack_keyspace``)."""
 
-    __slots__ = ("slot", "blocks", "versions_db")
+    __slots__ = ("blocks", "node", "slot")
 
-    def __init__(self, slot: "ReplySlot", blocks: dict[str, dict], versions_db: int):
+    def __init__(self, node, slot: "ReplySlot", blocks: dict[str, dict]):
+        self.node = node
         self.slot = slot
         self.blocks = blocks
-        self.versions_db = versions_db
 
     def deliver(self, reply: bytes) -> None:
         text = ""
         if reply[:1] == b"$":
             text = reply[reply.index(b"\r\n") + 2 : -2].decode(errors="replace")
-        self.slot.deliver(resp.bulk(info_text(text, self.blocks, self.versions_db)))
+        node = self.node
+        if "# Keyspace" in text and node.rack_size() > 1 and node.coordinator.spawn is not None:
+            node.coordinator.spawn(self._with_rack_keyspace, text)
+            return
+        self.slot.deliver(resp.bulk(info_text(text, self.blocks, node.config.versions_db)))
+
+    async def _with_rack_keyspace(self, text: str) -> None:
+        node = self.node
+        mine = next((fields for title, fields in parse_info(text) if title == "Keyspace"), [])
+        totals = await node.rack_keyspace(dict(mine))
+        start = text.index("# Keyspace")
+        end = text.find("\r\n\r\n", start)
+        rest = "" if end < 0 else text[end:]
+        lines = "".join(f"\r\n{db}:{value}" for db, value in totals.items())
+        text = text[:start] + "# Keyspace" + lines + rest
+        self.slot.deliver(resp.bulk(info_text(text, self.blocks, node.config.versions_db)))
+        node.flush_ready()
 
 
 def parse_info(text: str) -> list[tuple[str, list[tuple[str, str]]]]:

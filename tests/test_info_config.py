@@ -83,3 +83,17 @@ def test_config_get_reads_the_redis_settings_and_set_stays_refused(cluster_facto
     with pytest.raises(redis.ResponseError, match="not supported in a dyno cluster"):
         client.config_set("maxmemory", "1")
     assert plain.config_get("maxmemory") == {"maxmemory": "0"}
+
+
+@integration
+def test_info_keyspace_counts_the_rack_when_a_rack_has_several_nodes(cluster_factory):
+    cluster = cluster_factory(racks=1, nodes_per_rack=3)
+    client = cluster[0].client()
+    client.mset({f"k{i}": i for i in range(300)})
+    for i in range(30):
+        client.expire(f"k{i}", 1000)
+    keyspace = client.info("keyspace")["db0"]
+    assert keyspace["keys"] == 300 and keyspace["expires"] == 30
+    assert sum(n.redis_client().dbsize() for n in cluster.nodes) == 300
+    assert cluster[0].redis_client().dbsize() < 300  # this node's Redis holds a share only
+    assert client.info()["db0"]["keys"] == 300  # the default sections too
