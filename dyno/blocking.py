@@ -15,7 +15,7 @@ it for its next pop (a worker pops in a loop; a new connection per pop would cos
 than the pop); at most ``dyno.watch.MAX_SESSIONS`` sessions of a node (WATCH and
 blocking pops together): at the limit the pop session idle longest is closed to make
 room, and when none is idle one more client gets an error and should retry. Inside MULTI a blocking pop is
-refused (Redis runs it as its non-blocking form there). XREAD BLOCK is served the same
+queued like any command (dyno.transactions): Redis runs it without blocking there. XREAD BLOCK is served the same
 way (a read: nothing to do to the other replicas); XREADGROUP BLOCK is refused (the
 consumer group's pending entries would have to be replicated).
 

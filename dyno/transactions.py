@@ -16,7 +16,8 @@ does: nothing of an aborted or discarded transaction runs anywhere.
 
 Not queued (each replica would do something else, or the node answers it itself):
 commands without keys, commands over every key (KEYS, SCAN, FLUSHALL ...), and
-SPOP, XADD, SRANDMEMBER, HRANDFIELD, ZRANDMEMBER, SSCAN, HSCAN, ZSCAN.
+SPOP, XADD, SRANDMEMBER, HRANDFIELD, ZRANDMEMBER, SSCAN, HSCAN, ZSCAN. Blocking pops
+are queued: inside MULTI Redis runs them without blocking, the same on every replica.
 
 This module is pure: ``Transaction.add`` decides, given a function that names a
 key's replica set; no I/O.
@@ -27,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dyno import commands, resp
+from dyno.blocking import BLOCKING
 from dyno.commands import Route
 
 __all__ = ["EXECABORT", "NOT_DETERMINISTIC", "Transaction"]
@@ -71,7 +73,8 @@ class Transaction:
 
     def _refusal(self, spec, argv: list[bytes]) -> bytes | None:
         name = spec.name
-        if spec.route not in (Route.KEY, Route.MULTI_KEY):
+        # (a blocking pop inside MULTI runs as its non-blocking form on every replica, as in Redis)
+        if spec.route not in (Route.KEY, Route.MULTI_KEY) and name not in BLOCKING:
             return resp.error(f"ERR dyno: '{_shown(argv)}' cannot be queued in a transaction: only commands "
                               "on keys run inside one")
         if name in NOT_DETERMINISTIC:

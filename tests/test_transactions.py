@@ -57,6 +57,8 @@ def test_queue_exec_discard_and_errors_as_redis_answers_them(cluster_factory, re
             cmd("MULTI"), cmd("SET", "{t}b", "1"), cmd("NOSUCH"), cmd("EXEC"), cmd("EXISTS", "{t}b"),
             cmd("MULTI"), cmd("SET", "{t}c", "1"), cmd("GET"), cmd("EXEC"),
             cmd("MULTI"), cmd("SET", "{t}d", "1"), cmd("DISCARD"), cmd("EXISTS", "{t}d"),
+            cmd("MULTI"), cmd("RPUSH", "{t}l", "a"), cmd("BLPOP", "{t}l", "{t}m", "0"), cmd("BLPOP", "{t}l", "0"),
+            cmd("EXEC"),
             cmd("EXEC"), cmd("DISCARD"), cmd("MULTI"), cmd("EXEC"),
             cmd("MULTI"), cmd("WATCH", "x"), cmd("EXEC")]
     got = {}
