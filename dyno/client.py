@@ -78,7 +78,6 @@ class ReplySlot(Sink):
     def deliver(self, reply: bytes) -> None:
         self.data = reply
         client = self.client
-        client.hold(len(reply))
         if not client.queued:
             client.queued = True
             client.ready.append(client)
@@ -109,14 +108,19 @@ class BatchSlot(ReplySlot):
     def deliver_run(self, replies: bytes, n: int) -> None:
         self.parts.append(replies)
         self.received += n
-        self.client.hold(len(replies))
         if self.received == self.count:
             parts = self.parts
-            self.data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if len(parts) > 1:  # what it held while it filled is the slot's data now
+                self.client.release(sum(map(len, parts)) - len(replies))
+                self.data = b"".join(parts)
+            else:
+                self.data = parts[0]
             client = self.client
             if not client.queued:
                 client.queued = True
                 client.ready.append(client)
+        else:  # a batch of many replies filling up: counted (a client that pipelines a lot)
+            self.client.hold(len(replies))
 
     def deliver_parts(self, replies: list[bytes]) -> None:
         self.deliver_run(b"".join(replies), len(replies))
@@ -158,7 +162,7 @@ class ClientConnection:
         self.dead = False
         self._unsent: list[bytes] = []
         self._unsent_bytes = 0
-        self.holding = 0  # reply bytes delivered for it and not yet sent (limits: module docstring)
+        self.holding = 0  # reply bytes held for it: batches filling up, unsent (``hold``)
         self._writer_running = False
         self._nursery: trio.Nursery | None = None
         self._caught_up = Wakeup()
@@ -320,7 +324,6 @@ class ClientConnection:
             self.dead = True
             self.replies.clear()
             return
-        self._sent(sent)
         if sent < len(data):
             self._queue_unsent(memoryview(data)[sent:])
             if not self._writer_running and self._nursery is not None:
@@ -328,8 +331,9 @@ class ClientConnection:
                 self._nursery.start_soon(self._write_unsent)
 
     def hold(self, size: int) -> None:
-        """``size`` bytes of replies arrived for the client: they are held until sent
-        (in its reply slots, then in ``_unsent`` while it does not read). Past
+        """``size`` bytes of replies are held for the client: the parts of a batch
+        slot filling up, or what waits in ``_unsent`` while it does not read (a reply
+        sent at once, the common case, is never counted). Past
         ``client_output_buffer_limit`` it is closed; past ``maxmemory_clients`` for all
         clients, the biggest holders are. What was held before these bytes is what
         counts, so one reply larger than the limit still goes to a client that reads."""
@@ -344,14 +348,18 @@ class ClientConnection:
         elif stats.client_unsent > self.max_total and self.shed is not None:
             self.shed()
 
-    def _sent(self, size: int) -> None:
+    def release(self, size: int) -> None:
+        """``size`` held bytes left (sent, or became a slot's data)."""
+        if self.dead:  # (dropping what it held set it to 0)
+            return
         self.holding -= size
         self.stats.client_unsent -= size
 
     def _queue_unsent(self, data) -> None:
-        """Replies the client has not read yet wait here."""
+        """Replies the client has not read yet wait here (counted: ``hold``)."""
         self._unsent.append(data)
         self._unsent_bytes += len(data)
+        self.hold(len(data))
 
     def overflow(self, limit: str) -> None:
         """Close the client for holding too many unread replies (``limit`` names the
@@ -399,7 +407,7 @@ class ClientConnection:
                     self._drop_unsent()
                     break
                 self._unsent_bytes -= sent
-                self._sent(sent)
+                self.release(sent)
                 if sent == len(data):
                     del unsent[0]
                 else:
