@@ -231,6 +231,9 @@ class Client:
     def hold(self, size: int) -> None:  # ClientConnection counts what it holds for the limits
         self.holding += size
 
+    def release(self, size: int) -> None:
+        self.holding -= size
+
     def take(self) -> bytes:
         """The replies in order, as far as they have landed."""
         out = []
