@@ -82,6 +82,10 @@ UNORDERED_REPLIES = frozenset({
 })
 # Reads whose answer is random by design: replicas can never agree, any one is right.
 RANDOM_READS = frozenset({b"srandmember", b"hrandfield", b"zrandmember"})
+# Reads whose bytes depend on each Redis's own hash order while the value is the same: a
+# DUMP of a set or hash kept in a hashtable. No two replicas' can be compared byte for
+# byte, so any one answers (a quorum would only ever report that they disagree).
+ANY_REPLICA_READS = RANDOM_READS | {b"dump"}
 # Cursor reads of one collection: each replica's hashtable iterates in its own order,
 # so a cursor is only meaningful on the replica that made it (rewrite.cursor_*).
 CURSOR_READS = frozenset({b"sscan", b"hscan", b"zscan"})
@@ -105,14 +109,14 @@ BATCHABLE = frozenset(
     for top in commands.COMMANDS.values()
     for spec in (top, *(top.subcommands or {}).values())
     if spec.route is _KEY and spec.fixed_keys == (1,) and spec.name not in UNORDERED_REPLIES
-    and spec.name not in RANDOM_READS and spec.name not in REPLICATE_EFFECT
+    and spec.name not in ANY_REPLICA_READS and spec.name not in REPLICATE_EFFECT
     and spec.name not in CURSOR_READS and spec.name != b"pfcount"
     and (spec.name not in rewrite.EXPIRY_COMMANDS or spec.name in (b"set", b"getex"))
 )
 
 # Reads of one key whose replies may differ in bytes from replica to replica (and
 # so cannot be compared by a quorum as they are): plain at DC_ONE only.
-_AT_ONE = UNORDERED_REPLIES | RANDOM_READS
+_AT_ONE = UNORDERED_REPLIES | ANY_REPLICA_READS
 # Multi-key commands that travel whole when all their keys have one replica set
 # (always, in a ring of one node per rack): Redis's reply is then the merged one.
 _WHOLE_IF_TOGETHER = frozenset(spec.name for spec in commands.COMMANDS.values() if spec.route is _MULTI_KEY)
@@ -734,8 +738,8 @@ class _General:
                 self.refused.append(name)
                 return
         level = self._level(write)
-        if name in RANDOM_READS:
-            level = DC_ONE  # any replica's random pick is a right answer
+        if name in ANY_REPLICA_READS:
+            level = DC_ONE  # any replica's answer is a right one (a random pick, a DUMP)
         effect = REPLICATE_EFFECT.get(name)
         if effect is not None:
             self._run_once(position, group, argv, effect)
