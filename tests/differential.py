@@ -113,6 +113,42 @@ def split_array(raw: bytes) -> list[bytes] | None:
     return items
 
 
+def request(*argv: bytes | str | int) -> bytes:
+    """One request, encoded: ``request("SET", "k", 1)``."""
+    return encode_command(argv)
+
+
+def read_replies(sock: socket.socket, count: int) -> list[bytes]:
+    """The next ``count`` whole replies from a blocking socket, raw (AssertionError
+    if it closes first)."""
+    buf = bytearray()
+    out: list[bytes] = []
+    while len(out) < count:
+        end = reply_end(buf)
+        if end is None:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {len(out)} of {count} replies"
+            buf += chunk
+            continue
+        out.append(bytes(buf[:end]))
+        del buf[:end]
+    return out
+
+
+def peer_requests_in_flight(addr: Address) -> int:
+    """A dyno node's replica requests still unanswered (INFO dyno): 0 on every node
+    means every acknowledged write has reached every replica."""
+    conn = RespConnection(addr)
+    try:
+        info = conn.call(b"INFO", b"dyno")
+    finally:
+        conn.close()
+    for line in info.split(b"\r\n"):
+        if line.startswith(b"peer_requests_in_flight:"):
+            return int(line.split(b":")[1])
+    raise AssertionError(f"{_fmt_addr(addr)}: INFO dyno has no peer_requests_in_flight")
+
+
 class NoReply(Exception):
     """The server closed the connection or did not answer in time."""
 

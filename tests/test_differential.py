@@ -313,7 +313,7 @@ def test_dyno_answers_like_redis(reference, system_under_test, seq, picks, pipel
         # before the next command goes through another node, wait until no node
         # has a replica request in flight.
         settle=lambda: support.wait_for(
-            lambda: all(_in_flight(addr) == 0 for addr in cluster.addrs),
+            lambda: all(d.peer_requests_in_flight(addr) == 0 for addr in cluster.addrs),
             timeout=10, what="replica requests still in flight",
         ),
     )
@@ -335,17 +335,6 @@ def _colocated(cluster, command) -> bool:
     owners = {ring.replicas(ring.token_of(key)) for key in commands.keys(spec, argv)}
     return len(owners) <= 1
 
-
-def _in_flight(addr) -> int:
-    conn = d.RespConnection(addr)
-    try:
-        info = conn.call(b"INFO", b"dyno")
-    finally:
-        conn.close()
-    for line in info.split(b"\r\n"):
-        if line.startswith(b"peer_requests_in_flight:"):
-            return int(line.split(b":")[1])
-    raise AssertionError(f"{addr}: INFO dyno has no peer_requests_in_flight")
 
 
 @pytest.mark.integration

@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,25 +15,11 @@ import support
 from dyno.pubsub import glob_regex
 
 integration = pytest.mark.integration
+cmd, replies = d.request, d.read_replies
 
 
-def cmd(*argv: str) -> bytes:
-    return d.encode_command(argv)
 
 
-def replies(sock: socket.socket, count: int) -> list[bytes]:
-    buf = bytearray()
-    out: list[bytes] = []
-    while len(out) < count:
-        end = d.reply_end(buf)
-        if end is None:
-            chunk = sock.recv(65536)
-            assert chunk, "closed"
-            buf += chunk
-            continue
-        out.append(bytes(buf[:end]))
-        del buf[:end]
-    return out
 
 
 # -- Redis's glob, against Redis itself (KEYS uses the same stringmatchlen) --------------

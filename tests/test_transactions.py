@@ -18,27 +18,13 @@ import support
 from dyno import commands, transactions
 
 integration = pytest.mark.integration
+cmd, replies = d.request, d.read_replies
 
 EXAMPLES = int(os.environ.get("DYNO_DIFF_EXAMPLES", "25"))
 
 
-def cmd(*argv: str) -> bytes:
-    return d.encode_command(argv)
 
 
-def replies(sock: socket.socket, count: int) -> list[bytes]:
-    conn_buf = bytearray()
-    out: list[bytes] = []
-    while len(out) < count:
-        end = d.reply_end(conn_buf)
-        if end is None:
-            chunk = sock.recv(65536)
-            assert chunk, "closed"
-            conn_buf += chunk
-            continue
-        out.append(bytes(conn_buf[:end]))
-        del conn_buf[:end]
-    return out
 
 
 def same_everywhere(cluster, key: str) -> list:
@@ -236,7 +222,7 @@ def test_transactions_answer_like_redis(reference, three_racks, blocks):
                         assert d.replies_equal(sub, w, g), (d.format_command(sub), w, g)
                 else:
                     assert want == got, (d.format_command(command), want, got)
-            support.wait_for(lambda: all(_in_flight(addr) == 0 for addr in cluster.addrs), 10,
+            support.wait_for(lambda: all(d.peer_requests_in_flight(addr) == 0 for addr in cluster.addrs), 10,
                              "replica requests in flight")
     finally:
         for conn in (ref, *nodes):
@@ -246,15 +232,3 @@ def test_transactions_answer_like_redis(reference, three_racks, blocks):
     for node in cluster.nodes:
         direct = node.redis_client()
         assert [direct.type(key) for key in d.KEYS] == [plain.type(key) for key in d.KEYS], node
-
-
-def _in_flight(addr) -> int:
-    conn = d.RespConnection(addr)
-    try:
-        info = conn.call(b"INFO", b"dyno")
-    finally:
-        conn.close()
-    for line in info.split(b"\r\n"):
-        if line.startswith(b"peer_requests_in_flight:"):
-            return int(line.split(b":")[1])
-    raise AssertionError("no peer_requests_in_flight")

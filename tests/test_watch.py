@@ -14,25 +14,11 @@ import differential as d
 import support
 
 integration = pytest.mark.integration
+cmd, replies = d.request, d.read_replies
 
 
-def cmd(*argv: str) -> bytes:
-    return d.encode_command(argv)
 
 
-def replies(sock: socket.socket, count: int) -> list[bytes]:
-    buf = bytearray()
-    out: list[bytes] = []
-    while len(out) < count:
-        end = d.reply_end(buf)
-        if end is None:
-            chunk = sock.recv(65536)
-            assert chunk, "closed"
-            buf += chunk
-            continue
-        out.append(bytes(buf[:end]))
-        del buf[:end]
-    return out
 
 
 SEQUENCE = [
