@@ -1187,10 +1187,10 @@ class Coordinator:
                 client.held.append(requests[index:])
                 return
             spec = commands.resolve(argv)
-            if (spec.__class__ is bytes or spec.route not in (commands.Route.KEY, commands.Route.MULTI_KEY)
+            keys = () if spec.__class__ is bytes else commands.keys(spec, argv)
+            if (not keys or spec.route not in (commands.Route.KEY, commands.Route.MULTI_KEY)
                     or spec.name in transactions.NOT_DETERMINISTIC
-                    or not all(self._replicas_of(key) is session.group for key in commands.keys(spec, argv))
-                    or not commands.keys(spec, argv)):
+                    or not all(self._replicas_of(key) is session.group for key in keys)):
                 self._execute(client, [argv], None)
                 continue
             self._session_command(client, session, spec, argv)

@@ -183,6 +183,13 @@ async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: byt
         out[:] = [memoryview(data)[sent:]]
         return False
 
+    await drive_writer(sock, wakeup, flush)
+
+
+async def drive_writer(sock: socket.socket, wakeup: Wakeup, flush) -> None:
+    """A writer's task around its ``flush`` (one turn: True if everything went): the
+    poller makes turns while it is parked (``wakeup.flush``); it wakes to wait for
+    room when ``sock`` is full."""
     wakeup.flush = flush
     try:
         while True:

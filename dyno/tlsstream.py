@@ -28,7 +28,7 @@ import ssl
 
 import trio
 
-from dyno.stream import ConnectionLost, Receiver
+from dyno.stream import ConnectionLost, Receiver, drive_writer
 from dyno.wakeup import Wakeup
 
 __all__ = ["TLS_HANDSHAKE", "TLSHandshakeError", "TLSReceiver", "TLSSession", "write_loop"]
@@ -228,12 +228,4 @@ async def write_loop(session: TLSSession, out: list, wakeup: Wakeup, broken: byt
         except OSError as exc:  # ssl.SSLError is one too
             raise ConnectionLost(broken, f"send failed: {exc}") from None
 
-    wakeup.flush = flush
-    try:
-        while True:
-            if flush():
-                await wakeup.wait()
-            else:
-                await trio.lowlevel.wait_writable(sock)
-    finally:
-        wakeup.flush = None
+    await drive_writer(sock, wakeup, flush)

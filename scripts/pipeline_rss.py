@@ -32,13 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dyno import localcluster  # noqa: E402
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+from idle_memory import rss_bytes  # noqa: E402  (scripts/, beside this one)
 
 
 def command(*args: bytes) -> bytes:
