@@ -168,14 +168,91 @@ def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistenc
     click.echo(localcluster.describe(state))
 
 
+_DIR_OPTION = click.option("--dir", "directory", default=".cluster", show_default=True,
+                           type=click.Path(file_okay=False), help="The cluster's directory (dyno cluster up --dir).")
+_NODE_NAME = click.option("--node", "name", required=True, metavar="NAME",
+                          help="The node's name in the cluster (node1, node2, ...).")
+_KEEP_REDIS = click.option("--keep-redis", is_flag=True,
+                           help="Leave the node's Redis running: stop only its dyno process.")
+
+
 @cluster.command("down")
-@click.option("--dir", "directory", default=".cluster", show_default=True, type=click.Path(file_okay=False))
+@_DIR_OPTION
 def cluster_down(directory):
-    """Stop every process of the local cluster in DIR."""
+    """Stop every process of the local cluster in DIR, whoever started it (a node
+    restarted by hand with `dyno start --config nodeN.yml` too). Its data is discarded."""
     from dyno import localcluster
 
-    stopped = localcluster.down(directory)
-    click.echo(f"stopped {stopped} process(es)")
+    try:
+        stopped = localcluster.stop_all(directory)
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    others = [str(p) for p in stopped if not p.recorded]
+    click.echo(f"stopped {len(stopped)} process(es)" + (f", among them {', '.join(others)}" if others else ""))
+
+
+def _stopped_line(name: str, stopped, state) -> str:
+    if not stopped:
+        return f"{name}: was not running"
+    line = f"{name}: stopped {', '.join(str(p).removeprefix(name + ' ') for p in stopped)}"
+    if any(p.kind != "dyno" for p in stopped):
+        line += f"; its Redis saved its data to {state.node(name).redis_dir / 'dump.rdb'}"
+    return line
+
+
+def _started_line(name: str, started: list[str], state) -> str:
+    node = state.node(name)
+    what = f"started {', '.join(started)}" if started else "already running"
+    return f"{name}: {what}; redis-cli -p {node.port}, stats http://{node.host}:{node.stats_port}/info"
+
+
+@cluster.command("stop")
+@_DIR_OPTION
+@_NODE_NAME
+@_KEEP_REDIS
+def cluster_stop(directory, name, keep_redis):
+    """Stop one node: its dyno process (whoever started it) and its Redis, which saves
+    its data first so that `dyno cluster start` brings the node back with it."""
+    from dyno import localcluster
+
+    try:
+        stopped = localcluster.stop_one(directory, name, keep_redis)
+        click.echo(_stopped_line(name, stopped, localcluster.load(directory)))
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cluster.command("start")
+@_DIR_OPTION
+@_NODE_NAME
+def cluster_start(directory, name):
+    """Start one node of the cluster again (what of it is not running: its Redis, with the
+    data it saved when stopped, then its dyno process, with its config)."""
+    from dyno import localcluster
+
+    try:
+        started = localcluster.start_one(directory, name)
+        click.echo(_started_line(name, started, localcluster.load(directory)))
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cluster.command("restart")
+@_DIR_OPTION
+@_NODE_NAME
+@_KEEP_REDIS
+def cluster_restart(directory, name, keep_redis):
+    """Stop one node and start it again (dyno cluster stop, then start): it keeps its data,
+    and picks up changes made to its config file."""
+    from dyno import localcluster
+
+    try:
+        stopped, started = localcluster.restart_one(directory, name, keep_redis)
+        state = localcluster.load(directory)
+        click.echo(_stopped_line(name, stopped, state))
+        click.echo(_started_line(name, started, state))
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
