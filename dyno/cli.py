@@ -78,8 +78,11 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     _check_tls_files(config, config_path, "cannot start: ")
     _setup_logging(verbose, log_file, config.name, log_level)
     try:
-        trio.run(serve, config)
-    except OSError as exc:  # e.g. the listen port is taken
+        try:
+            trio.run(serve, config)
+        except BaseExceptionGroup as group:  # what a nursery's task raised, wrapped
+            raise _sole_error(group) from None
+    except OSError as exc:  # e.g. a port taken: ListenError names its key and address
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except HintStoreError as exc:  # hints_dir cannot be used
         raise click.ClickException(f"{config_path}: cannot start: hints_dir: {exc}") from None
@@ -87,6 +90,14 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except TLSConfigError as exc:  # a peer_tls_* file that cannot be used
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+
+
+def _sole_error(error: BaseException) -> BaseException:
+    """The one error inside nested exception groups of one error each (trio's nurseries
+    wrap what their tasks raise), or the group itself when it holds several."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _check_files(path: str, config) -> None:
@@ -284,6 +295,18 @@ def certs(directory: str, nodes: int, hosts: tuple[str, ...], days: int, force: 
 _NODE_HELP = "A node's admin address (its stats_listen, HOST:PORT)."
 
 
+def _admin_addresses(ctx, param, value):
+    """--node values must be HOST:PORT (a usage error otherwise, before anything is asked)."""
+    from dyno import status as view
+
+    try:
+        if value is None or isinstance(value, str):
+            return value if value is None else view.admin_address(value)
+        return tuple(view.admin_address(v) for v in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _print_json(value) -> None:
     import json
 
@@ -291,7 +314,7 @@ def _print_json(value) -> None:
 
 
 @main.command()
-@click.option("--node", "nodes", multiple=True, metavar="HOST:PORT",
+@click.option("--node", "nodes", multiple=True, metavar="HOST:PORT", callback=_admin_addresses,
               help=_NODE_HELP + " Default 127.0.0.1:22222. Repeat it to reach nodes whose "
               "admin port the first one does not know.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -311,7 +334,8 @@ def status(nodes: tuple[str, ...], as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--node", default=None, metavar="HOST:PORT", help=_NODE_HELP + " Default 127.0.0.1:22222.")
+@click.option("--node", default=None, metavar="HOST:PORT", callback=_admin_addresses,
+              help=_NODE_HELP + " Default 127.0.0.1:22222.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def ring(node: str | None, as_json: bool) -> None:
     """Token ownership: each node's share of its rack's ring, and a warning when a
@@ -344,7 +368,7 @@ def tokens(nodes_per_rack: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--node", default=None, metavar="HOST:PORT",
+@click.option("--node", default=None, metavar="HOST:PORT", callback=_admin_addresses,
               help=_NODE_HELP + " The node whose token ranges are repaired. Default 127.0.0.1:22222.")
 @click.option("--rack", default=None, metavar="RACK",
               help="Copy only to the replicas in this rack of the node's datacenter; the other "

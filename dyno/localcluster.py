@@ -934,7 +934,7 @@ def up(
     raise AssertionError("unreachable")
 
 
-_PORT_TAKEN = ("Address already in use", "EADDRINUSE", "Errno 98")
+_PORT_TAKEN = ("already in use", "EADDRINUSE", "Errno 98")  # redis-server's words, and dyno's (ListenError)
 
 
 def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float, redis_server: str,
