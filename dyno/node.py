@@ -202,6 +202,7 @@ class Node:
             set_state=self.set_state, set_consistency=self.set_consistency,
             set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
             auth_failures=lambda: self.password.failures, tombstones=self.sweeper.describe,
+            sample_next=self.coordinator.sample_next,
         )
 
     # -- pub/sub (dyno.pubsub) -------------------------------------------------------------
