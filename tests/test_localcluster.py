@@ -330,6 +330,14 @@ def test_cluster_restart_and_stop_start_keep_a_nodes_data(tmp_path):
         cluster.state = lc.ClusterState.load(tmp_path)
         assert node.redis_client().mget([f"k{i}" for i in range(50)]) == [str(i).encode() for i in range(50)]
 
+        redis_pid = node.state.redis_pid
+        kept = _dyno_cli("cluster", "restart", "--dir", str(tmp_path), "--node", "node1", "--keep-redis")
+        assert kept.returncode == 0, kept.stderr
+        assert "node1: started dyno;" in kept.stdout and "saved its data" not in kept.stdout
+        cluster.state = lc.ClusterState.load(tmp_path)
+        assert node.state.redis_pid == redis_pid and node.redis_alive, "--keep-redis: the same Redis"
+        assert node.client().get("k7") == b"7"
+
         unknown = _dyno_cli("cluster", "restart", "--dir", str(tmp_path), "--node", "node7")
         assert unknown.returncode != 0 and unknown.stderr.strip() == (
             f"Error: no node 'node7' in {tmp_path} (nodes: node1, node2)")
