@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CLUSTER_DIR ?= .cluster
 
-.PHONY: install test cluster cluster-stop bench bench-tls clean redis-server
+.PHONY: install test cluster cluster-stop cluster-start cluster-restart bench bench-tls clean redis-server
 
 install: $(STAMP) redis-server
 
@@ -28,9 +28,21 @@ test: install
 cluster: install
 	$(BIN)/dyno cluster up --dir $(CLUSTER_DIR)
 
+# make cluster-stop: the whole cluster (whoever started its processes);
+# make cluster-stop NODE=node2: one node (its Redis keeps its data for cluster-start)
 cluster-stop:
-	@if [ -x $(BIN)/dyno ]; then $(BIN)/dyno cluster down --dir $(CLUSTER_DIR); \
-	else echo "nothing to stop (no $(VENV))"; fi
+	@if [ ! -x $(BIN)/dyno ]; then echo "nothing to stop (no $(VENV))"; \
+	elif [ -n "$(NODE)" ]; then $(BIN)/dyno cluster stop --dir $(CLUSTER_DIR) --node $(NODE); \
+	else $(BIN)/dyno cluster down --dir $(CLUSTER_DIR); fi
+
+# make cluster-start NODE=node2 / make cluster-restart NODE=node2: one node of `make cluster`
+cluster-start: install
+	@if [ -z "$(NODE)" ]; then echo "say which node: make cluster-start NODE=node1 (make cluster starts a cluster)"; exit 2; fi
+	$(BIN)/dyno cluster start --dir $(CLUSTER_DIR) --node $(NODE)
+
+cluster-restart: install
+	@if [ -z "$(NODE)" ]; then echo "say which node: make cluster-restart NODE=node1"; exit 2; fi
+	$(BIN)/dyno cluster restart --dir $(CLUSTER_DIR) --node $(NODE)
 
 bench: install
 	@command -v nutcracker >/dev/null 2>&1 || scripts/install-debian-packages nutcracker

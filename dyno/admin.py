@@ -117,6 +117,9 @@ class NodeView:
     auth_failures: Callable[[], int] = int
     #: Tombstone GC counters (dyno.tombstones.TombstoneSweeper.describe).
     tombstones: Callable[[], dict] = dict
+    #: Time the next client batch (Coordinator.sample_next): asked once a second
+    #: when no batch was timed in the last one (dyno.metrics, "Latency is sampled").
+    sample_next: Callable[[], None] = lambda: None
 
 
 # -- the cluster view ------------------------------------------------------------------
@@ -226,9 +229,19 @@ def _latency_summary(histogram: metrics.Histogram, counts: list[int], prefix: st
     }
 
 
+def _sampling(m: metrics.Metrics, window: metrics.Window) -> dict:
+    """How the latency figures are made, beside them in /info."""
+    return {
+        "latency_sampling": metrics.SAMPLING,
+        "latency_sampled_batches": m.sampled_batches,
+        "latency_window_seconds": window.seconds,
+    }
+
+
 async def info(server: "AdminServer") -> dict:
     """Dynomite's ``/info`` fields (latencies in microseconds, percentiles over the
-    last minute, sampled), plus dyno's: node, state, consistency, keys, ops/s."""
+    last minute, sampled: ``latency_samples`` observations in that minute, how in
+    ``latency_sampling``), plus dyno's: node, state, consistency, keys, ops/s."""
     node = server.node
     config = node.config
     m = node.metrics
@@ -262,6 +275,7 @@ async def info(server: "AdminServer") -> dict:
         "write_consistency": write_consistency,
         "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         **_latency_summary(m.client_latency, recent),
+        **_sampling(m, server.window),
         "99_server_latency": _microseconds(metrics.percentile(datastore_counts, 0.99)),
         "average_server_latency": _microseconds(
             m.datastore_latency.sum / m.datastore_latency.count if m.datastore_latency.count else 0.0),
@@ -439,7 +453,8 @@ WITH_PARAMETERS: dict[str, tuple[Handler, int, str]] = {
     "peer": (_peer, 2, "/peer/<down|up|reset>/<name>"),
 }
 PATHS = [
-    ("/info", "JSON: version, uptime, state, latency percentiles (us), request, peer and datastore counters"),
+    ("/info", "JSON: version, uptime, state, latency percentiles (us, sampled: latency_sampling says how), "
+              "request, peer and datastore counters"),
     ("/ping", "OK when the admin port answers"),
     ("/cluster_describe", "JSON: the ring by datacenter and rack, with tokens and up/down"),
     ("/get_consistency", "the node's read and write consistency levels"),
@@ -531,8 +546,12 @@ class AdminServer:
 
     async def _sample_forever(self) -> None:
         node = self.node
+        timed = node.metrics.sampled_batches
         while True:
             self.window.sample(time.monotonic(), node.stats.commands, node.metrics.client_latency)
+            if node.metrics.sampled_batches == timed:  # none timed this second: the next one is
+                node.sample_next()
+            timed = node.metrics.sampled_batches
             await trio.sleep(SAMPLE_INTERVAL)
 
     async def respond(self, method: str, target: str, authorization: bytes | None = None) -> Reply:

@@ -78,8 +78,11 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     _check_tls_files(config, config_path, "cannot start: ")
     _setup_logging(verbose, log_file, config.name, log_level)
     try:
-        trio.run(serve, config)
-    except OSError as exc:  # e.g. the listen port is taken
+        try:
+            trio.run(serve, config)
+        except BaseExceptionGroup as group:  # what a nursery's task raised, wrapped
+            raise _sole_error(group) from None
+    except OSError as exc:  # e.g. a port taken: ListenError names its key and address
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except HintStoreError as exc:  # hints_dir cannot be used
         raise click.ClickException(f"{config_path}: cannot start: hints_dir: {exc}") from None
@@ -87,6 +90,14 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except TLSConfigError as exc:  # a peer_tls_* file that cannot be used
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+
+
+def _sole_error(error: BaseException) -> BaseException:
+    """The one error inside nested exception groups of one error each (trio's nurseries
+    wrap what their tasks raise), or the group itself when it holds several."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _check_files(path: str, config) -> None:
@@ -168,14 +179,91 @@ def cluster_up(directory, dcs, racks, nodes_per_rack, base_port, read_consistenc
     click.echo(localcluster.describe(state))
 
 
+_DIR_OPTION = click.option("--dir", "directory", default=".cluster", show_default=True,
+                           type=click.Path(file_okay=False), help="The cluster's directory (dyno cluster up --dir).")
+_NODE_NAME = click.option("--node", "name", required=True, metavar="NAME",
+                          help="The node's name in the cluster (node1, node2, ...).")
+_KEEP_REDIS = click.option("--keep-redis", is_flag=True,
+                           help="Leave the node's Redis running: stop only its dyno process.")
+
+
 @cluster.command("down")
-@click.option("--dir", "directory", default=".cluster", show_default=True, type=click.Path(file_okay=False))
+@_DIR_OPTION
 def cluster_down(directory):
-    """Stop every process of the local cluster in DIR."""
+    """Stop every process of the local cluster in DIR, whoever started it (a node
+    restarted by hand with `dyno start --config nodeN.yml` too). Its data is discarded."""
     from dyno import localcluster
 
-    stopped = localcluster.down(directory)
-    click.echo(f"stopped {stopped} process(es)")
+    try:
+        stopped = localcluster.stop_all(directory)
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    others = [str(p) for p in stopped if not p.recorded]
+    click.echo(f"stopped {len(stopped)} process(es)" + (f", among them {', '.join(others)}" if others else ""))
+
+
+def _stopped_line(name: str, stopped, state) -> str:
+    if not stopped:
+        return f"{name}: was not running"
+    line = f"{name}: stopped {', '.join(str(p).removeprefix(name + ' ') for p in stopped)}"
+    if any(p.kind != "dyno" for p in stopped):
+        line += f"; its Redis saved its data to {state.node(name).redis_dir / 'dump.rdb'}"
+    return line
+
+
+def _started_line(name: str, started: list[str], state) -> str:
+    node = state.node(name)
+    what = f"started {', '.join(started)}" if started else "already running"
+    return f"{name}: {what}; redis-cli -p {node.port}, stats http://{node.host}:{node.stats_port}/info"
+
+
+@cluster.command("stop")
+@_DIR_OPTION
+@_NODE_NAME
+@_KEEP_REDIS
+def cluster_stop(directory, name, keep_redis):
+    """Stop one node: its dyno process (whoever started it) and its Redis, which saves
+    its data first so that `dyno cluster start` brings the node back with it."""
+    from dyno import localcluster
+
+    try:
+        stopped = localcluster.stop_one(directory, name, keep_redis)
+        click.echo(_stopped_line(name, stopped, localcluster.load(directory)))
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cluster.command("start")
+@_DIR_OPTION
+@_NODE_NAME
+def cluster_start(directory, name):
+    """Start one node of the cluster again (what of it is not running: its Redis, with the
+    data it saved when stopped, then its dyno process, with its config)."""
+    from dyno import localcluster
+
+    try:
+        started = localcluster.start_one(directory, name)
+        click.echo(_started_line(name, started, localcluster.load(directory)))
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cluster.command("restart")
+@_DIR_OPTION
+@_NODE_NAME
+@_KEEP_REDIS
+def cluster_restart(directory, name, keep_redis):
+    """Stop one node and start it again (dyno cluster stop, then start): it keeps its data,
+    and picks up changes made to its config file."""
+    from dyno import localcluster
+
+    try:
+        stopped, started = localcluster.restart_one(directory, name, keep_redis)
+        state = localcluster.load(directory)
+        click.echo(_stopped_line(name, stopped, state))
+        click.echo(_started_line(name, started, state))
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -207,6 +295,18 @@ def certs(directory: str, nodes: int, hosts: tuple[str, ...], days: int, force: 
 _NODE_HELP = "A node's admin address (its stats_listen, HOST:PORT)."
 
 
+def _admin_addresses(ctx, param, value):
+    """--node values must be HOST:PORT (a usage error otherwise, before anything is asked)."""
+    from dyno import status as view
+
+    try:
+        if value is None or isinstance(value, str):
+            return value if value is None else view.admin_address(value)
+        return tuple(view.admin_address(v) for v in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _print_json(value) -> None:
     import json
 
@@ -214,7 +314,7 @@ def _print_json(value) -> None:
 
 
 @main.command()
-@click.option("--node", "nodes", multiple=True, metavar="HOST:PORT",
+@click.option("--node", "nodes", multiple=True, metavar="HOST:PORT", callback=_admin_addresses,
               help=_NODE_HELP + " Default 127.0.0.1:22222. Repeat it to reach nodes whose "
               "admin port the first one does not know.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -234,7 +334,8 @@ def status(nodes: tuple[str, ...], as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--node", default=None, metavar="HOST:PORT", help=_NODE_HELP + " Default 127.0.0.1:22222.")
+@click.option("--node", default=None, metavar="HOST:PORT", callback=_admin_addresses,
+              help=_NODE_HELP + " Default 127.0.0.1:22222.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def ring(node: str | None, as_json: bool) -> None:
     """Token ownership: each node's share of its rack's ring, and a warning when a
@@ -267,7 +368,7 @@ def tokens(nodes_per_rack: int, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--node", default=None, metavar="HOST:PORT",
+@click.option("--node", default=None, metavar="HOST:PORT", callback=_admin_addresses,
               help=_NODE_HELP + " The node whose token ranges are repaired. Default 127.0.0.1:22222.")
 @click.option("--rack", default=None, metavar="RACK",
               help="Copy only to the replicas in this rack of the node's datacenter; the other "

@@ -720,8 +720,9 @@ class Coordinator:
         self._idle_pops: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.read_repair_chance = 0.0
         self._random = random.random
-        # One batch in SAMPLE_EVERY is timed: the countdown costs one decrement.
-        self.countdown = SAMPLE_EVERY
+        # One batch in SAMPLE_EVERY is timed: the countdown costs one decrement. It
+        # starts at 1 (the first batch is timed) and sample_next() sets it to 1 again.
+        self.countdown = 1
         self.sampling = False
         self.refuse: Callable | None = None  # the node's state refuses some requests
         # Quorum reads asked of Q replicas and not decided yet, oldest first:
@@ -744,6 +745,11 @@ class Coordinator:
                                hash_tag=self.hash_tag, now_ms=self.now_ms, refuse=self.refuse,
                                version=self.version,
                                versions_db=self.versions_db)
+
+    def sample_next(self) -> None:
+        """Time the next batch (the admin port asks once a second when none was:
+        a node with little traffic still has latency figures)."""
+        self.countdown = 1
 
     def set_levels(self, read: str, write: str) -> None:
         """The node's consistency levels (the admin port changes them)."""
@@ -813,6 +819,7 @@ class Coordinator:
         if not self.countdown:
             self.countdown = SAMPLE_EVERY
             self.sampling = True
+            self.metrics.sampled_batches += 1
             try:
                 self._execute(client, requests, raw)
             finally:

@@ -8,17 +8,22 @@ start their clusters with.  It owns three things:
   a full copy of the data);
 * **the configs** (`write_configs()`): one Dynomite-format YAML per node, readable and
   reusable with `dyno start --config FILE`;
-* **the processes** (`up()`, `down()`, `status()`): one redis-server and one dyno node per
-  node, each in its own session (so they outlive the shell command that started them), with
-  their logs in the cluster directory and their pids in `DIR/cluster.json`.
+* **the processes** (`up()`, `down()`, `status()`, and one node at a time `stop_one()`,
+  `start_one()`, `restart_one()`): one redis-server and one dyno node per node, each in its
+  own session (so they outlive the shell command that started them), with their logs in the
+  cluster directory and their pids in `DIR/cluster.json`.
 
-`DIR/cluster.json` is the single source of truth about what runs: `down()` works from it
+`DIR/cluster.json` records what this module started: `down()` works from it and from DIR
 alone, from any process.  It is rewritten after every process start, so even an `up()`
-interrupted half-way leaves a record that `down()` can clean up.
+interrupted half-way leaves a record that `down()` can clean up.  A process of the cluster
+that someone else started (a node restarted by hand with `dyno start --config nodeN.yml`,
+as its config's header suggests) is not in the record; `down()` finds it all the same, by
+what identifies it (`ClusterState.processes`): a `dyno start` whose config is one of DIR's,
+a redis-server whose working directory (its `--dir`) is a node's Redis directory.
 
 Rules this module keeps: it never waits by sleeping for a fixed time (it polls a condition
-with a deadline); it only ever signals pids it recorded itself, and checks that a recorded
-pid is still the process it started (by its start time) before signalling it.
+with a deadline); it only signals processes of the cluster, recorded or found as above, and
+checks that each is still the process it saw (by its start time) before signalling it.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ STATE_FILE = "cluster.json"
 TLS_DIR = "tls"  # `up(tls=True)`: the test CA and the nodes' certificates, in the cluster dir
 DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
+SAVE_TIMEOUT = 120.0  # seconds a node's Redis may take to save its data when the node is stopped
 _POLL_INTERVAL = 0.02
 
 
@@ -278,6 +284,85 @@ def _proc_state(pid: int) -> str | None:
         return None
 
 
+def dyno_start_config(argv: Sequence[str], cwd: str | os.PathLike) -> Path | None:
+    """The config file a ``dyno start`` command line names (``--config F``, ``-c F``,
+    ``--config=F``, ``-cF``), relative paths taken from ``cwd``, the process's working
+    directory; None for any other command line.  Pure: it reads no file.
+
+    The program is ``dyno`` (a script of that name, or ``python -m dyno``) followed by
+    ``start``; ``python -c`` and other programs that merely mention a config are not it."""
+    for index, arg in enumerate(argv):
+        # the dyno script (run by the kernel, or by python), or python -m dyno
+        if os.path.basename(arg) == "dyno" and (
+                index == 0 or argv[index - 1] == "-m"
+                or index == 1 and os.path.basename(argv[0]).startswith("python")):
+            rest = list(argv[index + 1:])
+            break
+    else:
+        return None
+    if "start" not in rest:
+        return None
+    rest = rest[rest.index("start") + 1:]
+    for index, arg in enumerate(rest):
+        if arg in ("--config", "-c"):
+            if index + 1 >= len(rest):
+                return None
+            value = rest[index + 1]
+        elif arg.startswith("--config="):
+            value = arg[len("--config="):]
+        elif arg.startswith("-c") and len(arg) > 2:
+            value = arg[2:]
+        else:
+            continue
+        return Path(os.path.normpath(os.path.join(cwd, value)))
+    return None
+
+
+def _processes_of_this_user() -> Iterable[tuple[int, list[str], str, str]]:
+    """(pid, argv, working directory, command name) of every process this one may look
+    at (another user's /proc/PID/cwd cannot be read: those are left out), itself excepted."""
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:  # no /proc: only recorded pids are known
+        return
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                raw = f.read()
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().decode(errors="replace").strip()
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+        except OSError:  # gone meanwhile, a kernel thread, or not ours
+            continue
+        argv = [arg.decode(errors="surrogateescape") for arg in raw.split(b"\0")]
+        if argv and argv[-1] == "":
+            argv.pop()
+        if argv:
+            yield int(entry), argv, cwd, comm
+
+
+def _real(path: str | os.PathLike) -> str:
+    return os.path.realpath(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterProcess:
+    """A running process of a local cluster: recorded in cluster.json, or found."""
+
+    node: str
+    kind: str  # "dyno" or "redis-server"
+    pid: int
+    start: int | None  # process_start_time when it was seen
+    recorded: bool  # started by this module (its pid is in cluster.json)
+
+    def __str__(self) -> str:
+        by = "" if self.recorded else ", not started by dyno cluster"
+        return f"{self.node} {self.kind} (pid {self.pid}{by})"
+
+
 # Popen objects of the processes this Python process started, so that they are reaped
 # (no zombies, no ResourceWarning) when stopped from the same process.
 _children: dict[int, subprocess.Popen] = {}
@@ -389,6 +474,21 @@ def ping(host: str, port: int, timeout: float = 0.5, tls: ssl.SSLContext | None 
             return reply == b"+PONG\r\n" or reply.startswith(b"-NOAUTH")
     except OSError:
         return False
+
+
+def redis_call(host: str, port: int, argv: Sequence[bytes], timeout: float = 5.0) -> bytes:
+    """Send one command to the RESP server on host:port; its reply's first line (b"+OK",
+    b"-ERR ...", b":3", ...). OSError when it cannot be reached or does not answer."""
+    request = b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in argv)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(request)
+        reply = b""
+        while b"\r\n" not in reply:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"{host}:{port} closed the connection without a reply")
+            reply += chunk
+    return reply.split(b"\r\n", 1)[0]
 
 
 def peers_connected(host: str, port: int, timeout: float = 0.5, tls: ssl.SSLContext | None = None) -> bool:
@@ -601,13 +701,40 @@ class ClusterState:
         return cls(Path(dir), [NodeState.from_json(n) for n in data.get("nodes", [])])
 
     def live_processes(self) -> list[tuple[str, int]]:
-        out = []
-        for n in self.nodes:
-            if n.node_alive:
-                out.append((f"{n.name} dyno", n.pid))
-            if n.redis_alive:
-                out.append((f"{n.name} redis-server", n.redis_pid))
-        return out
+        """("nodeN dyno" or "nodeN redis-server", pid) of every running process of the cluster."""
+        return [(f"{p.node} {p.kind}", p.pid) for p in self.processes()]
+
+    def processes(self, names: Iterable[str] | None = None) -> list[ClusterProcess]:
+        """Every running process of the nodes ``names`` (default: all), whoever started it:
+        the pids recorded in cluster.json that are still the processes started, then any
+        ``dyno start`` whose config is one of these nodes' (found in /proc/*/cmdline, its
+        relative path taken from the process's working directory) and any redis-server
+        whose working directory is one of these nodes' Redis directories (redis-server
+        changes to its ``--dir``, which is the node's own). In plan order, dyno first."""
+        names = None if names is None else set(names)
+        wanted = [n for n in self.nodes if names is None or n.name in names]
+        found: dict[int, ClusterProcess] = {}
+        for n in wanted:
+            for kind, pid, start in (("dyno", n.pid, n.pid_start), ("redis-server", n.redis_pid, n.redis_pid_start)):
+                if pid and pid_alive(pid, start):
+                    found[pid] = ClusterProcess(n.name, kind, pid, start, recorded=True)
+        configs = {_real(n.config): n.name for n in wanted}
+        redis_dirs = {_real(n.redis_dir): n.name for n in wanted if str(n.redis_dir) not in ("", ".")}
+        for pid, argv, cwd, comm in _processes_of_this_user():
+            if pid in found:
+                continue
+            config = dyno_start_config(argv, cwd)
+            if config is not None and _real(config) in configs:
+                kind, name = "dyno", configs[_real(config)]
+            elif comm == "redis-server" and _real(cwd) in redis_dirs:
+                kind, name = "redis-server", redis_dirs[_real(cwd)]
+            else:
+                continue
+            start = process_start_time(pid)
+            if pid_alive(pid, start):
+                found[pid] = ClusterProcess(name, kind, pid, start, recorded=False)
+        order = {n.name: index for index, n in enumerate(self.nodes)}
+        return sorted(found.values(), key=lambda p: (p.kind != "dyno", order[p.node], p.pid))
 
     # --- one node at a time (fault tests, restarts) ---
 
@@ -654,10 +781,55 @@ class ClusterState:
             raise ClusterError(f"pid {pid} survived SIGKILL")
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
-        """Stop every process: the dyno nodes first (they close clients), then the Redis servers."""
-        count = stop_pids([(n.pid, n.pid_start) for n in self.nodes], timeout)
-        count += stop_pids([(n.redis_pid, n.redis_pid_start) for n in self.nodes], timeout)
-        return count
+        """Stop every process of the cluster, whoever started it; how many ran."""
+        return len(self.stop_processes(self.processes(), timeout))
+
+    @staticmethod
+    def stop_processes(procs: Sequence[ClusterProcess], timeout: float = DEFAULT_STOP_TIMEOUT,
+                       ) -> list[ClusterProcess]:
+        """SIGTERM (SIGKILL after ``timeout``) ``procs``: the dyno nodes first (they close
+        their clients and tell their peers), then the Redis servers. Returns ``procs``."""
+        stop_pids([(p.pid, p.start) for p in procs if p.kind == "dyno"], timeout)
+        stop_pids([(p.pid, p.start) for p in procs if p.kind != "dyno"], timeout)
+        return list(procs)
+
+    # --- one whole node (its dyno process and its Redis), as `dyno cluster stop|start|restart` ---
+
+    def stop_one(self, name: str, keep_redis: bool = False, timeout: float = DEFAULT_STOP_TIMEOUT,
+                 ) -> list[ClusterProcess]:
+        """Stop node ``name``'s dyno process (whoever started it) and, unless ``keep_redis``,
+        its Redis, which first saves its data to its directory (DIR/<name>/dump.rdb) so that
+        ``start_one`` brings the node back with its data. Returns what was stopped."""
+        node = self.node(name)
+        running = self.processes([name])
+        stopped = self.stop_processes([p for p in running if p.kind == "dyno"], timeout)
+        redis = [p for p in running if p.kind != "dyno"]
+        if keep_redis or not redis:
+            return stopped
+        try:
+            reply = redis_call(node.host, node.redis_port, [b"SAVE"], timeout=SAVE_TIMEOUT)
+        except OSError as e:
+            reply = str(e).encode()
+        if reply != b"+OK":
+            raise ClusterError(
+                f"{name}: its Redis on {node.host}:{node.redis_port} did not save its data (SAVE: "
+                f"{reply.decode(errors='replace')}); it is left running so nothing is lost "
+                f"(dyno cluster down stops it and discards the data)")
+        return stopped + self.stop_processes(redis, timeout)
+
+    def start_one(self, name: str, timeout: float = DEFAULT_START_TIMEOUT) -> list[str]:
+        """Start what is not running of node ``name``: its Redis (which loads what it
+        saved when stopped), then its dyno process; return once each answers PING.
+        Returns the kinds started ("redis-server", "dyno")."""
+        running = {p.kind for p in self.processes([name])}
+        started = []
+        if "redis-server" not in running:
+            self.start_redis(name, timeout=timeout)
+            started.append("redis-server")
+        if "dyno" not in running:
+            self.start_node(name, timeout=timeout)
+            started.append("dyno")
+        return started
 
     def _wait_ready(
         self, pending: list[tuple[NodeState, str]], timeout: float, peers: bool = False
@@ -762,7 +934,7 @@ def up(
     raise AssertionError("unreachable")
 
 
-_PORT_TAKEN = ("Address already in use", "EADDRINUSE", "Errno 98")
+_PORT_TAKEN = ("already in use", "EADDRINUSE", "Errno 98")  # redis-server's words, and dyno's (ListenError)
 
 
 def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float, redis_server: str,
@@ -788,6 +960,8 @@ def _start(dir: Path, dcs: int, racks: int, nodes_per_rack: int, timeout: float,
         state.nodes.append(node)
         for log in (node.log, node.redis_log):  # a new cluster starts new logs (restarts append)
             log.write_bytes(b"")
+        # ... and empty Redis servers: not the data an earlier cluster's node saved when stopped
+        (node.redis_dir / "dump.rdb").unlink(missing_ok=True)
     state.save()
     try:
         for node in state.nodes:
@@ -829,14 +1003,61 @@ def with_tls(plans: Sequence[NodePlan], directory: Path, clients: bool = True) -
 
 
 def down(dir: str | os.PathLike, timeout: float = DEFAULT_STOP_TIMEOUT) -> int:
-    """Stop everything recorded in DIR/cluster.json; return how many processes were running.
+    """Stop every process of the cluster in DIR, whoever started it (see
+    ClusterState.processes); return how many were running.
 
     Idempotent: a cluster already down (or never started) gives 0.
     """
+    return len(stop_all(dir, timeout))
+
+
+def stop_all(dir: str | os.PathLike, timeout: float = DEFAULT_STOP_TIMEOUT) -> list[ClusterProcess]:
+    """``down()``, returning the processes it stopped."""
     state = ClusterState.load(dir)
     if state is None:
-        return 0
-    return state.stop(timeout)
+        return []
+    return state.stop_processes(state.processes(), timeout)
+
+
+def load(dir: str | os.PathLike) -> ClusterState:
+    """The cluster recorded in DIR; ClusterError when there is none."""
+    state = ClusterState.load(dir)
+    if state is None:
+        raise ClusterError(f"no local cluster in {dir} (no {Path(dir) / STATE_FILE}); "
+                           f"dyno cluster up --dir {dir} starts one")
+    return state
+
+
+def _node_of(state: ClusterState, name: str) -> None:
+    try:
+        state.node(name)
+    except KeyError as e:
+        raise ClusterError(e.args[0]) from None
+
+
+def stop_one(dir: str | os.PathLike, name: str, keep_redis: bool = False,
+             timeout: float = DEFAULT_STOP_TIMEOUT) -> list[ClusterProcess]:
+    """Stop node ``name`` of the cluster in DIR (ClusterState.stop_one)."""
+    state = load(dir)
+    _node_of(state, name)
+    return state.stop_one(name, keep_redis, timeout)
+
+
+def start_one(dir: str | os.PathLike, name: str, timeout: float = DEFAULT_START_TIMEOUT) -> list[str]:
+    """Start node ``name`` of the cluster in DIR (ClusterState.start_one)."""
+    state = load(dir)
+    _node_of(state, name)
+    return state.start_one(name, timeout)
+
+
+def restart_one(dir: str | os.PathLike, name: str, keep_redis: bool = False,
+                stop_timeout: float = DEFAULT_STOP_TIMEOUT, start_timeout: float = DEFAULT_START_TIMEOUT,
+                ) -> tuple[list[ClusterProcess], list[str]]:
+    """Stop, then start node ``name`` of the cluster in DIR: (what was stopped, what started)."""
+    state = load(dir)
+    _node_of(state, name)
+    stopped = state.stop_one(name, keep_redis, stop_timeout)
+    return stopped, state.start_one(name, start_timeout)
 
 
 def describe(state: ClusterState) -> str:

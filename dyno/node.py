@@ -38,6 +38,7 @@ from dyno.peer import COORDINATE, Congestion, PeerLink, PeerServer, hello_frame
 from dyno.peer_tls import PeerTLS
 from dyno.ring import Ring, RingError, RingNode, topology_from_config
 from dyno.states import NORMAL, OPERATOR_STATES
+from dyno.stream import ListenError
 
 log = logging.getLogger("dyno.node")
 
@@ -201,6 +202,7 @@ class Node:
             set_state=self.set_state, set_consistency=self.set_consistency,
             set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
             auth_failures=lambda: self.password.failures, tombstones=self.sweeper.describe,
+            sample_next=self.coordinator.sample_next,
         )
 
     # -- pub/sub (dyno.pubsub) -------------------------------------------------------------
@@ -414,12 +416,27 @@ class Node:
         if self.gossiper is not None:
             self.gossiper.receive(sender, message)
 
+    def _bind(self) -> None:
+        """Open the three ports of the config; one that cannot be opened is a
+        ListenError naming its key (the ones opened before it are closed again)."""
+        opened = []
+        try:
+            for key, server in (("listen", self.listener), ("dyn_listen", self.peer_server),
+                                ("stats_listen", self.admin)):
+                try:
+                    server.bind()
+                except OSError as error:
+                    raise ListenError(key, server.host, server.port, error) from None
+                opened.append(server)
+        except BaseException:
+            for server in opened:
+                server.sock.close()
+            raise
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Binding happens before ``task_status.started()``
         so a caller knows the ports are open."""
-        self.listener.bind()
-        self.peer_server.bind()
-        self.admin.bind()
+        self._bind()
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self.datastore.run)

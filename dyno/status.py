@@ -60,16 +60,50 @@ def fetch(address: str, path: str, timeout: float = TIMEOUT, method: str = "GET"
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
+    except http.client.InvalidURL:  # not HOST:PORT (the CLI checks before asking)
+        raise
     except http.client.RemoteDisconnected:  # Redis closes on what looks like HTTP
-        raise NotHTTP("it closed the connection without an HTTP answer; is it a node's "
-                      "admin port (its stats_listen)?") from None
+        raise NotHTTP(_not_http(address, "it closed the connection")) from None
     except http.client.HTTPException as error:  # BadStatusLine: a RESP port's -ERR, say
-        raise NotHTTP(f"it answered something that is not HTTP ({str(error)[:40].strip()!r}); "
-                      "is it a node's admin port (its stats_listen)?") from None
+        raise NotHTTP(_not_http(address, f"it answered {_printable(str(error))!r}")) from None
+    except ConnectionResetError:  # a port that resets what it cannot parse
+        raise NotHTTP(_not_http(address, "it reset the connection")) from None
+
+
+def _not_http(address: str, what: str) -> str:
+    return (f"{address} does not answer HTTP ({what}): is it a node's client or peer port? "
+            "dyno wants a node's admin port (its stats_listen)")
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    """What a port answered, as a person can read it in one line: printable ASCII
+    (a peer port's binary frame keeps its words), at most ``limit`` characters."""
+    kept = "".join(c if " " <= c <= "~" else " " for c in text)
+    return " ".join(kept.split())[:limit]
+
+
+def admin_address(text: str) -> str:
+    """``text`` if it is HOST:PORT (an IPv6 host in brackets) with a port in 1..65535;
+    ValueError saying what is expected otherwise."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT (a node's admin address, its stats_listen, "
+                         f"e.g. {DEFAULT_ADMIN})")
+    return text
 
 
 def fetch_json(address: str, path: str, timeout: float = TIMEOUT) -> dict:
     return json.loads(fetch(address, path, timeout))
+
+
+def _problem(address: str, error: Exception) -> str:
+    """One line naming ``address`` and what went wrong asking it."""
+    if isinstance(error, NotHTTP):
+        return str(error)  # names the address and the port it wants
+    if isinstance(error, ValueError) and not isinstance(error, http.client.InvalidURL):
+        return (f"{address} answered something that is not JSON: is it a dyno node's admin "
+                "port (its stats_listen)?")
+    return f"{address}: {_reason(error)}"
 
 
 def _reason(error: Exception) -> str:
@@ -103,10 +137,13 @@ def describe_from(addresses: Sequence[str]) -> tuple[str, dict, list[str]]:
         try:
             return address, fetch_json(address, "/cluster_describe"), warnings
         except (OSError, ValueError) as error:
-            warnings.append(f"{address}: {_reason(error)}")
+            warnings.append(_problem(address, error))
+    if len(warnings) == 1 and warnings[0].endswith("(its stats_listen)"):
+        raise StatusError(warnings[0])  # it says what to give already
     tried = "; ".join(warnings)
     raise StatusError(
-        f"no admin port answered ({tried}); give a node's stats_listen address with --node HOST:PORT"
+        f"no admin port answered ({tried}); give a node's admin address (its stats_listen) "
+        "with --node HOST:PORT"
     )
 
 
@@ -131,7 +168,7 @@ def gather_status(addresses: Sequence[str]) -> dict:
             info = fetch_json(address, "/info")
         except (OSError, ValueError) as error:
             if address != source:
-                warnings.append(f"{address}: {_reason(error)}")
+                warnings.append(_problem(address, error))
             continue
         infos.setdefault(info.get("node", address), {**info, "admin": address})
     viewpoint = next((name for name, info in infos.items() if info["admin"] == source), None)
@@ -231,9 +268,9 @@ def _admin_call(address: str, path: str, method: str = "GET"):
         return json.loads(fetch(address, path, method=method))
     except (OSError, ValueError) as error:
         if isinstance(error, (urllib.error.HTTPError, NotHTTP)):
-            raise StatusError(f"{address}: {_reason(error)}") from None
-        if isinstance(error, ValueError):
-            raise StatusError(f"{address}{path} answered something that is not JSON; is "
+            raise StatusError(_problem(address, error)) from None
+        if isinstance(error, ValueError) and not isinstance(error, http.client.InvalidURL):
+            raise StatusError(f"{address}{path} answered something that is not JSON: is "
                               "it a dyno node's admin port (its stats_listen)?") from None
         raise StatusError(f"cannot reach the admin port at {address}: {_reason(error)}") from None
 

@@ -44,6 +44,27 @@ async def connect(host: str, port: int) -> socket.socket:
         raise
 
 
+class ListenError(OSError):
+    """A port the node's config names could not be opened: the message names the
+    config key and the address, and says why in words (``str()`` is just that line)."""
+
+    WHY = {
+        errno.EADDRINUSE: "is already in use (another process holds it)",
+        errno.EADDRNOTAVAIL: "is not an address of this host",
+        errno.EACCES: "is not allowed to this user (ports below 1024 need root)",
+    }
+
+    def __init__(self, key: str, host: str, port: int, error: OSError):
+        why = self.WHY.get(error.errno) or f"cannot be opened ({error.strerror or error})"
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(error.errno, f"{key} {address} {why}")
+        self.key = key
+        self.address = address
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -243,6 +243,7 @@ def test_metrics_count_the_traffic_sent(cluster):
     settle(cluster, clients)  # connected (redis-py's handshake counts) before counting
     client = clients[0]
     before = scrape(node)
+    started = time.monotonic()
     sets, gets, unknown = 300, 200, 7
     for i in range(sets):
         client.set(f"m:{i}", i)
@@ -253,6 +254,7 @@ def test_metrics_count_the_traffic_sent(cluster):
             client.execute_command("NOSUCHCOMMAND", "x")
     settle(cluster, clients)
     after = scrape(node)
+    seconds = time.monotonic() - started
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -278,9 +280,12 @@ def test_metrics_count_the_traffic_sent(cluster):
                for i in range(sets))
     assert delta("dyno_client_bytes_received_total") >= sent
     assert delta("dyno_client_bytes_sent_total") >= sets * len(b"+OK\r\n") + gets * len(b"$1\r\n0\r\n")
-    # latency is sampled: one batch in SAMPLE_EVERY, and these were 500 batches
+    # latency is sampled: one batch in SAMPLE_EVERY, and at least one a second (the admin
+    # port's tick asks for one when none was timed); these were ~510 batches of one request
     samples = delta("dyno_request_latency_seconds_count")
-    assert (sets + gets) // metrics.SAMPLE_EVERY - 1 <= samples <= (sets + gets + unknown) // metrics.SAMPLE_EVERY + 1
+    batches = sets + gets + unknown + delta("dyno_requests_total", command="info")
+    assert samples == delta("dyno_latency_sampled_batches_total"), "a timed batch is one observation"
+    assert (sets + gets) // metrics.SAMPLE_EVERY - 1 <= samples <= batches // metrics.SAMPLE_EVERY + seconds + 2
     assert value(after, "dyno_request_latency_seconds_bucket", le="+Inf") == value(
         after, "dyno_request_latency_seconds_count")
     datastore = f"{node.host}:{node.redis_port}"
@@ -292,6 +297,38 @@ def test_metrics_count_the_traffic_sent(cluster):
     info = get_json(node, "/info")
     assert info["dyn_o_mite"]["requests_by_command"]["set"] == value(after, "dyno_requests_total", command="set")
     assert info["latency_99th"] > 0
+
+
+@integration
+def test_latency_figures_reflect_a_few_deep_pipelines_and_say_how_they_are_sampled(dyno_node):
+    """Issue 18: /info showed every latency figure as 0 after 11,700 requests sent in
+    deep pipelines (fewer batches than SAMPLE_EVERY). A batch of 100 requests every
+    0.2 s: within a few such batches the figures are non-zero, far fewer than
+    SAMPLE_EVERY batches, and /info and /metrics say how they are sampled."""
+    client = dyno_node.client()
+    client.set("lat", "x")
+    sent = []
+
+    def pipeline_then_figures():
+        pipe = client.pipeline(transaction=False)
+        for _ in range(100):
+            pipe.get("lat")
+        assert pipe.execute() == [b"x"] * 100
+        sent.append(100)
+        info = get_json(dyno_node, "/info")
+        return info if info["latency_samples"] and info["99_server_latency"] else None
+
+    info = support.wait_for(pipeline_then_figures, timeout=15, interval=0.2,
+                            what="latency figures after pipelined traffic")
+    assert len(sent) < metrics.SAMPLE_EVERY // 4, "sampled by time, not by the 1-in-N countdown"
+    for figure in ("latency_max", "latency_999th", "latency_99th", "latency_95th", "latency_mean",
+                   "99_server_latency", "average_server_latency"):
+        assert info[figure] > 0, (figure, info)
+    assert info["latency_sampling"] == metrics.SAMPLING and f"1 client batch in {metrics.SAMPLE_EVERY}" in info["latency_sampling"]
+    assert info["latency_sampled_batches"] >= 1 and info["latency_window_seconds"] == 60
+    scraped = get(dyno_node, "/metrics")
+    assert f"# HELP dyno_request_latency_seconds Client-facing latency, from request to reply ready (sampled: {metrics.SAMPLING})." in scraped
+    assert value(scrape(dyno_node), "dyno_latency_sampled_batches_total") >= info["latency_sampled_batches"]
 
 
 # --------------------------------------------------------------------------- node states

@@ -258,3 +258,128 @@ def test_dyno_cluster_up_gives_its_nodes_a_hash_tag_so_tagged_keys_live_together
     finally:
         subprocess.run([sys.executable, "-m", "dyno", "cluster", "down", "--dir", str(directory)],
                        capture_output=True, timeout=120)
+
+
+# --------------------------------------------------------------------------- one node at a time, and down
+
+
+@pytest.mark.parametrize("argv, cwd, expected", [
+    (["/v/bin/python3", "/v/bin/dyno", "start", "--config", "node1.yml"], "/c", "/c/node1.yml"),
+    (["/v/bin/dyno", "start", "-c", "/abs/node2.yml", "-v"], "/c", "/abs/node2.yml"),
+    (["python", "-m", "dyno", "start", "--config=../d/node3.yml"], "/c/sub", "/c/d/node3.yml"),
+    (["dyno", "start", "-cnode4.yml"], "/c", "/c/node4.yml"),
+    (["dyno", "--version"], "/c", None),
+    (["dyno", "check-config", "node1.yml"], "/c", None),
+    (["python", "-c", "dyno start --config node1.yml"], "/c", None),
+    (["vim", "dyno", "start", "--config", "node1.yml"], "/c", None),
+    (["dyno", "start", "--config"], "/c", None),
+])
+def test_dyno_start_config_reads_what_a_command_line_starts(argv, cwd, expected):
+    assert lc.dyno_start_config(argv, cwd) == (None if expected is None else lc.Path(expected))
+
+
+@given(name=st.from_regex(r"[a-z][a-z0-9_-]{0,10}\.yml", fullmatch=True),
+       cwd=st.lists(st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True), max_size=4),
+       spelling=st.sampled_from([("--config", " "), ("-c", " "), ("--config=", ""), ("-c", "")]))
+def test_dyno_start_config_resolves_every_spelling_alike(name, cwd, spelling):
+    cwd = "/" + "/".join(cwd)
+    option, space = spelling
+    argv = ["dyno", "start", option, name] if space else ["dyno", "start", option + name]
+    assert lc.dyno_start_config(argv, cwd) == lc.Path(cwd, name)
+    assert lc.dyno_start_config(["dyno", "check-config", *argv[2:]], cwd) is None
+
+
+def _dyno_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dyno", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.integration
+def test_cluster_restart_and_stop_start_keep_a_nodes_data(tmp_path):
+    """`dyno cluster restart|stop|start --node N` restart both processes of the node (new
+    pids), and the node still serves what it held: its Redis saved it when stopped."""
+    if reason := support.dyno_missing():
+        pytest.skip(reason)
+    with support.start_cluster(tmp_path, racks=2) as cluster:
+        node = cluster.node("node1")
+        node.client().mset({f"k{i}": i for i in range(50)})
+        pids = (node.state.pid, node.state.redis_pid)
+
+        restarted = _dyno_cli("cluster", "restart", "--dir", str(tmp_path), "--node", "node1")
+        assert restarted.returncode == 0, restarted.stderr
+        assert restarted.stdout.startswith("node1: stopped dyno (pid")
+        assert "node1: started redis-server, dyno" in restarted.stdout
+        cluster.state = lc.ClusterState.load(tmp_path)
+        assert node.alive and node.redis_alive
+        assert (node.state.pid, node.state.redis_pid) != pids and pids[0] not in pids[1:]
+        assert not any(lc.pid_alive(pid) for pid in pids), "the old processes are gone"
+        assert node.redis_client().dbsize() == 50, "its Redis loaded what it saved"
+        values = support.wait_for(lambda: node.client().mget([f"k{i}" for i in range(50)]),
+                                  what="node1 serving again", ignore=(redis.ConnectionError, redis.ResponseError))
+        assert values == [str(i).encode() for i in range(50)]
+
+        stopped = _dyno_cli("cluster", "stop", "--dir", str(tmp_path), "--node", "node1")
+        assert stopped.returncode == 0, stopped.stderr
+        assert "saved its data to" in stopped.stdout
+        assert not support.ping(*node.addr) and not support.ping(*node.redis_addr)
+        assert [p.node for p in lc.ClusterState.load(tmp_path).processes()] == ["node2", "node2"]
+        again = _dyno_cli("cluster", "stop", "--dir", str(tmp_path), "--node", "node1")
+        assert again.returncode == 0 and again.stdout.strip() == "node1: was not running"
+
+        started = _dyno_cli("cluster", "start", "--dir", str(tmp_path), "--node", "node1")
+        assert started.returncode == 0, started.stderr
+        cluster.state = lc.ClusterState.load(tmp_path)
+        assert node.redis_client().mget([f"k{i}" for i in range(50)]) == [str(i).encode() for i in range(50)]
+
+        redis_pid = node.state.redis_pid
+        kept = _dyno_cli("cluster", "restart", "--dir", str(tmp_path), "--node", "node1", "--keep-redis")
+        assert kept.returncode == 0, kept.stderr
+        assert "node1: started dyno;" in kept.stdout and "saved its data" not in kept.stdout
+        cluster.state = lc.ClusterState.load(tmp_path)
+        assert node.state.redis_pid == redis_pid and node.redis_alive, "--keep-redis: the same Redis"
+        assert node.client().get("k7") == b"7"
+
+        unknown = _dyno_cli("cluster", "restart", "--dir", str(tmp_path), "--node", "node7")
+        assert unknown.returncode != 0 and unknown.stderr.strip() == (
+            f"Error: no node 'node7' in {tmp_path} (nodes: node1, node2)")
+    _assert_all_gone(tmp_path)
+
+
+@pytest.mark.integration
+def test_cluster_down_stops_a_node_restarted_by_hand(tmp_path):
+    """A node restarted as its config's header says (`dyno start --config node1.yml` in the
+    cluster's directory), and a Redis started by hand in a node's directory, are stopped by
+    `dyno cluster down` with the rest: nothing of the cluster is left running."""
+    if reason := support.dyno_missing():
+        pytest.skip(reason)
+    with support.start_cluster(tmp_path, racks=2) as cluster:
+        node1, node2 = cluster.nodes
+        assert "dyno start --config node1.yml" in node1.config.read_text()
+        node1.stop()
+        by_hand = subprocess.Popen([sys.executable, "-m", "dyno", "start", "--config", "node1.yml"],
+                                   cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, env=lc._dyno_env(), start_new_session=True)
+        support.TRACKER.track(by_hand.pid, "node1 dyno, started by hand")
+        node2.stop_redis()
+        redis_by_hand = subprocess.Popen(
+            ["redis-server", "--port", str(node2.redis_port), "--bind", node2.host, "--save", "",
+             "--dir", str(node2.state.redis_dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        support.TRACKER.track(redis_by_hand.pid, "node2 redis-server, started by hand")
+        support.wait_for(lambda: support.ping(*node1.addr) and support.ping(*node2.redis_addr),
+                         what="the processes started by hand to answer")
+
+        found = {(p.node, p.kind, p.pid, p.recorded) for p in lc.ClusterState.load(tmp_path).processes()}
+        assert ("node1", "dyno", by_hand.pid, False) in found
+        assert ("node2", "redis-server", redis_by_hand.pid, False) in found
+
+        down = _dyno_cli("cluster", "down", "--dir", str(tmp_path))
+        assert down.returncode == 0, down.stderr
+        assert down.stdout.startswith("stopped 4 process(es), among them ")
+        assert f"node1 dyno (pid {by_hand.pid}, not started by dyno cluster)" in down.stdout
+        assert f"node2 redis-server (pid {redis_by_hand.pid}, not started by dyno cluster)" in down.stdout
+        assert by_hand.wait(timeout=10) is not None and redis_by_hand.wait(timeout=10) is not None
+        assert lc.ClusterState.load(tmp_path).processes() == []
+        assert not any(support.ping(*a) for a in cluster.addrs + cluster.redis_addrs)
+    _assert_all_gone(tmp_path)
+    assert lc.down(tmp_path) == 0

@@ -707,10 +707,14 @@ async def test_repair_through_the_datastore_and_a_peer_link(redises):
 
 
 class NodeStub:
-    """What the admin server's sampler reads of a node."""
+    """What the admin server's sampler reads of a node (and asks of it: time a batch)."""
 
     stats = Stats()
     metrics = Metrics()
+
+    @staticmethod
+    def sample_next() -> None:
+        pass
 
 
 async def test_the_admin_repair_routes():

@@ -216,12 +216,13 @@ def test_a_port_that_is_not_http_is_one_line():
     with resp_port() as address:
         result = run("--node", address)
         assert result.exit_code == 1
-        assert result.output.startswith(f"Error: {address}: it answered something that is not HTTP ")
-        assert "is it a node's admin port (its stats_listen)?" in result.output
+        assert result.output.startswith(f"Error: {address} does not answer HTTP (it answered \"-ERR ")
+        assert result.output.endswith("is it a node's client or peer port? dyno wants a node's admin "
+                                      "port (its stats_listen)\n")
         assert result.output.count("\n") == 1
         shown = CliRunner().invoke(cli.main, ["status", "--node", address])
         assert shown.exit_code == 1 and "Traceback" not in shown.output
-        assert "not HTTP" in shown.output
+        assert "does not answer HTTP" in shown.output
 
 
 def test_a_node_lost_while_watched_is_one_line(admin):
