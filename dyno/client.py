@@ -83,7 +83,11 @@ class ReplySlot(Sink):
             client.ready.append(client)
 
     def deliver_run(self, reply: bytes, n: int) -> None:  # a part of one request's reply
-        self.deliver(reply)
+        self.data = reply  # (deliver's, without the call)
+        client = self.client
+        if not client.queued:
+            client.queued = True
+            client.ready.append(client)
 
 
 class BatchSlot(ReplySlot):

@@ -464,7 +464,17 @@ class _Write(_Read):
     __slots__ = ("echoes", "quorum", "pending")
 
     def __init__(self, coordinator, part, dest, affinity, resp3):
-        _Read.__init__(self, coordinator, part, dest, affinity, resp3, ())
+        # (_Read.__init__'s, written out: one per write)
+        self.coordinator = coordinator
+        self.part = part
+        self.dest = dest
+        self.affinity = affinity
+        self.resp3 = resp3
+        self.split = dest.split
+        self.received = 0
+        self.count = part.count
+        self.reserve = ()
+        self.over = False
         self.echoes: list = []  # the other replicas' (Coordinator.write)
         self.quorum: Quorum | None = None
         # A failure that came while the write was being sent (the answering target

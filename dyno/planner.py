@@ -370,7 +370,8 @@ class Planner:
             # Part only if that Redis fails it (the failover is the Part's).
             return (raw, len(requests), calls, group)
         if write:
-            version = self.batch_version(here_only, version)
+            if not here_only:  # (batch_version, without the call)
+                version = self.version() if self.version is not None else None
             if version is not None:
                 # (the common case, one command of one key at argv[1], without a second look)
                 keys = ([argv[1] for argv in requests] if not mixed and first.fixed_keys == (1,)
@@ -409,7 +410,8 @@ class Planner:
                               "(DYNO_CONFIG:CONN_CONSISTENCY DC_ONE allows it)")
         part = self.part(group, write, level, b"".join(block), len(queued) + 2, positions, here_only)
         if write:
-            version = self.batch_version(here_only, version)
+            if not here_only:  # (batch_version, without the call)
+                version = self.version() if self.version is not None else None
             if version is not None:
                 self.stamped(part, write_keys, version)
         return part

@@ -259,3 +259,19 @@ def test_reads_whose_replicas_may_differ_in_bytes_go_whole_at_dc_one_and_in_thei
         assert len(calls) == 2 * runs
     drain(jobs, random.Random(seed))
     assert client.take() == b"".join(run(model, argv) for argv in requests)
+
+
+@pytest.mark.parametrize("racks", [1, 3])
+@pytest.mark.parametrize("argv", [[b"SET", b"k1", b"v"], [b"GET", b"k1"]])
+def test_a_sampled_request_records_its_client_latency_however_its_reply_lands(racks, argv):
+    """One batch in SAMPLE_EVERY gets a timed slot: its reply is recorded whether it
+    lands with deliver (a read) or deliver_run (a stamped write's run of replies)."""
+    fake = Cluster(make_ring(1, racks, 1), "DC_ONE", 0)
+    coordinator = fake.coordinator
+    histogram = coordinator.metrics.client_latency
+    client = Client()
+    coordinator.countdown = 1  # this batch is the sampled one
+    coordinator.execute_batch(client, [argv], resp.encode_command(argv))
+    fake.drain()
+    assert client.take() == run({}, argv)
+    assert histogram.count == 1
