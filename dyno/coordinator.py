@@ -931,13 +931,13 @@ class Coordinator:
         else:
             self.calls[calls] += count
         replies = client.replies
-        if self.sampling:
+        sampling = self.sampling
+        if sampling:
             if count == 1 or not replies and count <= WHOLE_BATCH:
                 dest = self.metrics.timed_slot(client) if count == 1 else self.metrics.timed_batch_slot(client, count)
                 replies.append(dest)
             else:
                 dest = self._slots(client, count)
-            dest = TimedSink(dest, self.metrics.datastore_latency, count)
         elif count == 1:
             dest = ReplySlot(client)
             replies.append(dest)
@@ -952,6 +952,8 @@ class Coordinator:
             dest = _LocalRead(self, dest, payload, count, reserve, client.id, resp3)
             if self.read_repair_chance and self._random() < self.read_repair_chance:
                 self.repair_in_background(dest.part(), reserve)
+        if sampling:  # outermost, as ``send`` puts it: around what the datastore hands replies to
+            dest = TimedSink(dest, self.metrics.datastore_latency, count)
         (self.datastore3 if resp3 else self.datastore).send_run(payload, dest, count, client.id)
 
     def _execute(self, client: "ClientConnection", requests: list[list[bytes]], raw: bytes | None,

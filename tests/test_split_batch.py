@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno import resp
-from fakes import Client, Cluster, drain, run
+from fakes import FAULTS, Client, Cluster, drain, run
 from fakes import ring as make_ring
 
 
@@ -275,3 +275,23 @@ def test_a_sampled_request_records_its_client_latency_however_its_reply_lands(ra
     fake.drain()
     assert client.take() == run({}, argv)
     assert histogram.count == 1
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_sampled_dc_one_read_whose_redis_fails_is_answered_by_another_replica(fault, count):
+    """A read sent as read to this node's Redis (Planner.plain's reserve) and timed:
+    when that Redis fails it, the next replica answers it, and it is timed once."""
+    fake = Cluster(make_ring(1, 3, 1), "DC_ONE", 0)
+    for target in fake.targets:
+        target.store = {b"k1": b"v"}
+    fake.datastore.faults = [fault]
+    coordinator = fake.coordinator
+    client = Client()
+    coordinator.countdown = 1  # this batch is the sampled one
+    requests = [[b"GET", b"k1"]] * count
+    coordinator.execute_batch(client, requests, b"".join(map(resp.encode_command, requests)))
+    fake.drain()
+    assert client.take() == resp.bulk(b"v") * count
+    assert coordinator.metrics.client_latency.count == 1
+    assert coordinator.metrics.failovers == 1
