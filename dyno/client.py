@@ -83,7 +83,11 @@ class ReplySlot(Sink):
             client.ready.append(client)
 
     def deliver_run(self, reply: bytes, n: int) -> None:  # a part of one request's reply
-        self.deliver(reply)
+        self.data = reply  # (deliver's, without the call)
+        client = self.client
+        if not client.queued:
+            client.queued = True
+            client.ready.append(client)
 
 
 class BatchSlot(ReplySlot):
@@ -138,6 +142,7 @@ class ClientConnection:
     ):
         self.execute_batch = execute_batch
         self.congestion = congestion
+        self.congested = congestion.links  # the links congested now: a set, truthy while any
         self.stats = stats
         self.forget = forget
         self.sock = sock
@@ -256,12 +261,17 @@ class ClientConnection:
         became readable: handle the read here, in the poller's task, and return
         True; or return False to have the task woken (more to read, back-pressure,
         closing), which then carries on as if it had done the read itself."""
-        outcome = self._read_or_drop()
+        try:  # (_read_or_drop's, without the call: one per request at -P 1)
+            outcome = self._read()
+        except Exception:
+            log.exception("client %s: unexpected error; closing the connection", self.address)
+            self.dead = True
+            outcome = _CLOSED
         if outcome is _CLOSED:
             self._eof = True
             return False
         return outcome is not _FULL and not (
-            self.closing or self.dead or self.congestion
+            self.closing or self.dead or self.congested
             or len(self.replies) > MAX_IN_FLIGHT
         )
 

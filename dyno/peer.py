@@ -234,6 +234,8 @@ class Congestion:
     down instead of making the node queue without bound."""
 
     def __init__(self) -> None:
+        # Changed in place, never replaced: each client reads it directly (truthy
+        # while any link is congested), with no call to __bool__ per read.
         self.links: set = set()
         self._lot = trio.lowlevel.ParkingLot()
 

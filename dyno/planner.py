@@ -301,7 +301,8 @@ class Planner:
         """The plan for ``requests`` (or for the prefix of them up to a command that
         ends a plan): a Plan, or, when one part answers the whole batch in order
         (the common case), that Part, or for a ring of one node ``(raw, count,
-        calls)`` (``plain``). ``raw``: their canonical encoding as received, or None.
+        calls)``, or for a DC_ONE read this node's Redis answers ``(raw, count,
+        calls, reserve)`` (``plain``). ``raw``: their canonical encoding as received, or None.
         ``now_ms()``: the time (the planner's clock if not given).
         ``here_only``: writes another datacenter hands over, for this one's replicas
         only (nothing is coordinated further; only writes are accepted), stamped
@@ -324,7 +325,10 @@ class Planner:
         (``plan`` then plans it request by request). One replica set: the Part
         alone is the plan. A ring of one node: the plan is ``(raw, count, calls)``,
         all of it to that node, as read (no Part to make: the old one-node path
-        cost that little, and the bench holds dyno to it). The executor asks this
+        cost that little, and the bench holds dyno to it). A DC_ONE read whose
+        first replica is this node, available: ``(raw, count, calls, reserve)``,
+        the same, with the replicas to fail over to (the ONE Part it stands for:
+        asked ``reserve[0]``, this node). The executor asks this
         first for a canonical read, the same answer ``plan`` would give."""
         if self.solo:
             read_level = write_level = DC_ONE
@@ -359,8 +363,15 @@ class Planner:
                     return self._plain_parts(requests, raw, groups, write, level, here_only, calls, version)
         if self.solo:  # it all goes, as read, to the one node
             return (raw, len(requests), calls)
+        if not write and level == DC_ONE and group[0].local and self.available(group[0]):
+            # A DC_ONE read this node's own Redis answers: the Part would be ONE,
+            # asked (group[0],), reserve group. Said as (raw, count, calls, group), the
+            # executor sends it as read, as for a ring of one node, and makes the
+            # Part only if that Redis fails it (the failover is the Part's).
+            return (raw, len(requests), calls, group)
         if write:
-            version = self.batch_version(here_only, version)
+            if not here_only:  # (batch_version, without the call)
+                version = self.version() if self.version is not None else None
             if version is not None:
                 # (the common case, one command of one key at argv[1], without a second look)
                 keys = ([argv[1] for argv in requests] if not mixed and first.fixed_keys == (1,)
@@ -399,7 +410,8 @@ class Planner:
                               "(DYNO_CONFIG:CONN_CONSISTENCY DC_ONE allows it)")
         part = self.part(group, write, level, b"".join(block), len(queued) + 2, positions, here_only)
         if write:
-            version = self.batch_version(here_only, version)
+            if not here_only:  # (batch_version, without the call)
+                version = self.version() if self.version is not None else None
             if version is not None:
                 self.stamped(part, write_keys, version)
         return part

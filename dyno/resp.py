@@ -123,6 +123,7 @@ def _only_bulk_strings(data: bytes, requests: list[list[bytes]]) -> bool:
 
 
 _LIST_ONLY = {list}
+_pack_command = hiredis.pack_command
 
 
 def whole_commands(payload: bytes, count: int) -> bool:
@@ -233,13 +234,26 @@ class RequestParser:
         try:
             reader.feed(data)
             gets = reader.gets
-            while (argv := gets()) is not False:
+            argv = gets()
+            if argv.__class__ is list and argv:
+                following = gets()
+                if following is False and _pack_command(tuple(argv)) == data:
+                    # One request, the common case at -P 1: its canonical encoding,
+                    # made in C, equal to the chunk is the whole proof (every element
+                    # a bulk string, nothing else read) and saves the checks below.
+                    self.clean = True
+                    return [argv]
+                requests.append(argv)
+                argv = following
+            while argv is not False:
                 if argv.__class__ is not list or not argv:
                     if argv is None or argv == []:
                         skipped = True
+                        argv = gets()
                         continue  # '*-1' and '*0' are skipped, as Redis does
                     raise ValueError
                 requests.append(argv)
+                argv = gets()
             # Every argument bytes: join refuses the ints, lists and None hiredis
             # makes of other element types (one C call, not a loop per argument).
             b"".join(chain.from_iterable(requests))

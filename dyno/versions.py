@@ -35,6 +35,8 @@ import hiredis
 
 from dyno.resp import encoded_length
 
+_pack_command = hiredis.pack_command
+
 __all__ = [
     "APPLY_SEGMENT_IF_NEWER", "DEFAULT_DB", "DIGEST", "FETCH", "HLC", "RESTORE_IF_NEWER", "STAMP_REPLIES",
     "VERSION_LENGTH", "make_version", "node_id", "parse_version", "segments", "stamp", "stamp_version",
@@ -107,9 +109,11 @@ def _wall_ms() -> int:
 def stamp(keys: Sequence[bytes], version: bytes, db: int = DEFAULT_DB) -> bytes:
     """The commands that record ``version`` for ``keys`` (the keys a part writes),
     sent after the part's commands on the same connection: three ``+OK`` replies."""
+    if len(keys) == 1:  # the common case, a write of one key: no list of pairs to make
+        return b"".join((_select(db), _pack_command((b"MSET", keys[0], version)), _SELECT0))
     pairs = [version] * (2 * len(keys))
     pairs[0::2] = keys
-    return b"".join((_select(db), hiredis.pack_command((b"MSET", *pairs)), _SELECT0))
+    return b"".join((_select(db), _pack_command((b"MSET", *pairs)), _SELECT0))
 
 
 def stamp_version(argvs: Sequence[Sequence[bytes]]) -> tuple[bytes, list[bytes]] | None:

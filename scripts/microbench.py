@@ -21,8 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dyno import commands, merge, resp  # noqa: E402
+from collections import deque  # noqa: E402
+
+from dyno import commands, merge, resp, versions  # noqa: E402
 from dyno.consistency import Quorum, QuorumTracker  # noqa: E402
+from dyno.coordinator import Coordinator  # noqa: E402
+from dyno.metrics import Metrics, Stats  # noqa: E402
 from dyno.planner import Planner  # noqa: E402
 from dyno.ring import Ring, RingNode, murmur, murmur_many  # noqa: E402
 
@@ -42,6 +46,84 @@ def _ring(nodes_per_rack: int = 2) -> Ring:
 
 def _planner(nodes_per_rack: int) -> Planner:
     return Planner(_ring(nodes_per_rack), lambda node: True)
+
+
+# -- a client's request through the coordinator, without I/O ----------------------------
+#
+# What a request costs between the parsed read and the bytes its reply is sent as, on
+# top of parsing and the sockets: planning, the reply slot, the sinks the replies pass
+# through, the replica writes handed to peer links. The targets answer at once, as a
+# datastore reader or a peer link would hand the replies over.
+
+
+class _Client:
+    """The attributes of a ClientConnection the coordinator reads (tests/fakes.py's)."""
+
+    def __init__(self) -> None:
+        self.id = 1
+        self.protocol = 2
+        self.consistency_override: dict[str, str] = {}
+        self.transaction = self.session = self.blocked = self.held = None
+        self.subscriber = self.closing = self.dead = False
+        self.replies: deque = deque()
+        self.queued = False
+        self.ready: list = []
+
+
+_GET = b"*2\r\n$3\r\nGET\r\n"
+_VALUE = resp.bulk(b"xxx")
+
+
+class _Redis:
+    """This node's datastore, answering every request at once (+OK or a value)."""
+
+    up = True
+
+    def send_run(self, payload, sink, count, affinity=0):
+        reply = _VALUE if payload.startswith(_GET) else resp.OK
+        if count == 1:  # as the datastore's reader hands one reply over
+            sink.deliver(reply)
+        else:  # (a stamped write's replies: one run)
+            sink.deliver_run(reply * count, count)
+
+
+class _Link:
+    """A peer link that takes background writes (their echo is never asked for)."""
+
+    usable = True
+
+    def send_background(self, payload, count, flags=0):
+        return None, 0
+
+
+def _coordinator(racks: int) -> tuple[Coordinator, _Client]:
+    nodes = [RingNode(f"127.0.0.1:{8101 + r}", "127.0.0.1", 8101 + r, "dc1", f"rack{r}", (0,))
+             for r in range(racks)]
+    ring = Ring(nodes, nodes[0], "murmur", b"{}")
+    redis = _Redis()
+    links = {node.name: _Link() for node in nodes[1:]}
+    hlc = versions.HLC(1)
+    coordinator = Coordinator(ring, datastore=redis, datastore3=redis, link_of=links.get, admin_down=set(),
+                              stats=Stats(), metrics=Metrics(), run_local=None, read_consistency="DC_ONE",
+                              write_consistency="DC_ONE", version=hlc.now)
+    return coordinator, _Client()
+
+
+def _executes(racks: int, argv: list[bytes]):
+    """One request through execute_batch, its reply slot filled and taken."""
+    coordinator, client = _coordinator(racks)
+    requests = [argv]
+    raw = resp.encode_command(argv)
+    execute = coordinator.execute_batch
+    replies, ready = client.replies, client.ready
+
+    def run():
+        execute(client, requests, raw)
+        replies.popleft()
+        ready.clear()
+        client.queued = False
+
+    return run
 
 
 def cases() -> dict[str, tuple[callable, int]]:
@@ -100,6 +182,9 @@ def cases() -> dict[str, tuple[callable, int]]:
         "plan 16 SETs, 3 racks x 2 nodes": (
             lambda: three_by_two.plan(sets, sets_raw, "DC_QUORUM", "DC_QUORUM", now), 16),
         "scan 16 replies": (scan16, 16),
+        "execute a GET, one node (no I/O)": (_executes(1, [b"GET", b"key:000000012345"]), 1),
+        "execute a GET, 3 racks DC_ONE (no I/O)": (_executes(3, [b"GET", b"key:000000012345"]), 1),
+        "execute a SET, 3 racks DC_ONE (no I/O)": (_executes(3, [b"SET", b"key:000000012345", b"xxx"]), 1),
         "encode SET": (lambda: resp.encode_command([b"SET", b"key:000000012345", b"xxx"]), 1),
         "merge MGET of 2 parts x 4 keys": (
             lambda: merge.merge_mget(mget_parts, [[0, 2, 4, 6], [1, 3, 5, 7]], 8), 8),

@@ -10,11 +10,7 @@ import trio
 from dyno import client as client_module
 from dyno.client import ClientConnection
 from dyno.metrics import Stats
-
-
-class Congestion:
-    def __bool__(self) -> bool:
-        return False
+from dyno.peer import Congestion
 
 
 def given(execute_batch, forgotten: list) -> dict:

@@ -591,6 +591,26 @@ def test_what_a_peer_may_run():
     assert commands.peer_refusal([[b"FLUSHALL"]], flush_enabled=True) is None
 
 
+_PEER_ARGVS = [[b"SET", b"a", b"1"], [b"set", b"a", b"1"], [b"SELECT", b"15"], [b"MSET", b"a", b"v"],
+               [b"SCRIPT", b"LOAD", b"x"], [b"SCRIPT", b"KILL"], [b"CONFIG", b"SET", b"x", b"y"],
+               [b"FLUSHALL"], [b"PING"], [b"NOPE"], [b"MULTI"], [b"EXEC"], [b"GET", b"a"]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(frames=st.lists(st.tuples(st.lists(st.sampled_from(_PEER_ARGVS), min_size=1, max_size=6),
+                                 st.booleans()), min_size=1, max_size=12))
+def test_a_peers_frame_is_refused_or_allowed_alike_whatever_frames_came_before(frames):
+    """peer_refusal remembers the sets of names it allowed whole: a later frame gets the
+    verdict it would get first thing (the same names with a subcommand refused, or
+    with MULTI left open, or FLUSHALL where flush is off, are never let through)."""
+    for frame, flush_enabled in frames:
+        commands._ALLOWED_NAME_SETS.clear()
+        first = commands.peer_refusal(frame, flush_enabled)
+        for earlier, earlier_flush in frames:  # whatever was seen since
+            commands.peer_refusal(earlier, earlier_flush)
+        assert commands.peer_refusal(frame, flush_enabled) == first, frame
+
+
 def test_a_peer_may_send_a_transaction_only_with_its_brackets_whole():
     """MULTI left open on the node's shared Redis connection would queue every other
     client's commands: a frame's MULTI must be closed by its EXEC, none nested."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -306,29 +307,37 @@ def check_targets(ring: Ring, up, part: Part, key: bytes, write: bool, level: st
         assert all(up(n) or n.local for n in part.asked)
 
 
+@pytest.mark.parametrize("level", ["DC_ONE", "DC_QUORUM"])
 @settings(max_examples=100, deadline=None)
-@given(ring=rings(), batch=st.lists(st.tuples(st.just(b"GET"), st.sampled_from(KEYS)), min_size=1, max_size=16))
-def test_a_plain_batch_is_planned_as_the_general_planner_would(ring, batch):
+@given(ring=rings(), batch=st.lists(st.tuples(st.just(b"GET"), st.sampled_from(KEYS)), min_size=1, max_size=16),
+       down=st.booleans())
+def test_a_plain_batch_is_planned_as_the_general_planner_would(level, ring, batch, down):
     """The common case's shortcut (Planner.plain) makes the plan the general
-    planner makes: the same parts, carrying the same requests."""
-    planner = Planner(ring, lambda node: True)
+    planner makes: the same parts, carrying the same requests (at DC_ONE, also
+    when this node's own Redis is down and the read goes elsewhere)."""
+    planner = Planner(ring, lambda node: not (down and node.local))
     requests = [list(command) for command in batch]
     raw = b"".join(map(resp.encode_command, requests))
-    fast = as_plan(planner.plan(requests, raw, "DC_QUORUM", "DC_QUORUM", lambda: NOW), ring)
-    general = as_plan(planner.plan(requests, None, "DC_QUORUM", "DC_QUORUM", lambda: NOW), ring)
+    fast = as_plan(planner.plan(requests, raw, level, level, lambda: NOW), ring)
+    general = as_plan(planner.plan(requests, None, level, level, lambda: NOW), ring)
     assert [p.describe() for p in _normal(fast)] == [p.describe() for p in _normal(general)]
     assert [p.payload for p in _normal(fast)] == [p.payload for p in _normal(general)]
 
 
 def as_plan(plan: Plan | Part | tuple, ring: Ring | None = None) -> Plan:
     """A Plan, also for a Part that is a whole plan (it answers every request, in
-    order), and for a ring of one node's ``(raw, count, calls)``: all of it to the
-    one node, as read."""
+    order), for a ring of one node's ``(raw, count, calls)``: all of it to the
+    one node, as read, and for a DC_ONE read's ``(raw, count, calls, reserve)``:
+    the same, failing over to ``reserve``."""
     if isinstance(plan, tuple):
-        raw, count, calls = plan
+        raw, count, calls, *reserve = plan
         write = (calls[0] if isinstance(calls, list) else calls).write
         local = (ring.local,)
-        part = Part(ONE, "DC_ONE", write, local, () if write else local, (), raw, count, None)
+        if reserve:
+            assert not write and reserve[0][0] is ring.local
+            part = Part(ONE, "DC_ONE", False, local, reserve[0], (), raw, count, None)
+        else:
+            part = Part(ONE, "DC_ONE", write, local, () if write else local, (), raw, count, None)
         part.calls = calls
         plan = part
     if isinstance(plan, Part):

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno import resp
-from fakes import Client, Cluster, drain, run
+from fakes import FAULTS, Client, Cluster, drain, run
 from fakes import ring as make_ring
 
 
@@ -259,3 +259,39 @@ def test_reads_whose_replicas_may_differ_in_bytes_go_whole_at_dc_one_and_in_thei
         assert len(calls) == 2 * runs
     drain(jobs, random.Random(seed))
     assert client.take() == b"".join(run(model, argv) for argv in requests)
+
+
+@pytest.mark.parametrize("racks", [1, 3])
+@pytest.mark.parametrize("argv", [[b"SET", b"k1", b"v"], [b"GET", b"k1"]])
+def test_a_sampled_request_records_its_client_latency_however_its_reply_lands(racks, argv):
+    """One batch in SAMPLE_EVERY gets a timed slot: its reply is recorded whether it
+    lands with deliver (a read) or deliver_run (a stamped write's run of replies)."""
+    fake = Cluster(make_ring(1, racks, 1), "DC_ONE", 0)
+    coordinator = fake.coordinator
+    histogram = coordinator.metrics.client_latency
+    client = Client()
+    coordinator.countdown = 1  # this batch is the sampled one
+    coordinator.execute_batch(client, [argv], resp.encode_command(argv))
+    fake.drain()
+    assert client.take() == run({}, argv)
+    assert histogram.count == 1
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_sampled_dc_one_read_whose_redis_fails_is_answered_by_another_replica(fault, count):
+    """A read sent as read to this node's Redis (Planner.plain's reserve) and timed:
+    when that Redis fails it, the next replica answers it, and it is timed once."""
+    fake = Cluster(make_ring(1, 3, 1), "DC_ONE", 0)
+    for target in fake.targets:
+        target.store = {b"k1": b"v"}
+    fake.datastore.faults = [fault]
+    coordinator = fake.coordinator
+    client = Client()
+    coordinator.countdown = 1  # this batch is the sampled one
+    requests = [[b"GET", b"k1"]] * count
+    coordinator.execute_batch(client, requests, b"".join(map(resp.encode_command, requests)))
+    fake.drain()
+    assert client.take() == resp.bulk(b"v") * count
+    assert coordinator.metrics.client_latency.count == 1
+    assert coordinator.metrics.failovers == 1
