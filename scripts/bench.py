@@ -1157,7 +1157,7 @@ class DynoCluster(Target):
         host, self.client_port = first.listen
         wait_until_serving(host, self.client_port, f"dyno node {first.name}", log,
                            tls_ca=self.tls_ca)
-        lagging = racks_missing_probe(self.backends_by_rack())
+        lagging = self._racks_missing_probe()
         self.description = (
             f"dyno cluster up --dcs {self.dcs} --racks {self.racks} "
             f"--nodes-per-rack {self.nodes_per_rack}{' --client-tls' if self.certs else ''}, "
@@ -1168,6 +1168,18 @@ class DynoCluster(Target):
             warning = f"a SET through {first.name} never reached {', '.join(lagging)}"
             progress(f"bench: {self.name}: WARNING: {warning}")
             self.description += f"; WARNING: {warning}"
+
+    def _racks_missing_probe(self, timeout: float = 10.0) -> list[str]:
+        """Wait until the probe SET has reached every rack (peer links up); the racks it
+        still has not reached when `timeout` runs out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lagging = [rack for rack, servers in self.backends_by_rack().items()
+                       if not any(redis_cli(h, p, "EXISTS", PROBE_KEY).strip() == "1"
+                                  for h, p in servers)]
+            if not lagging or time.monotonic() > deadline:
+                return lagging
+            time.sleep(0.1)
 
     def _read_nodes(self) -> list[ClusterNode]:
         path = self.dir / "cluster.json"
@@ -1203,26 +1215,12 @@ class DynoCluster(Target):
         return racks
 
 
-def racks_missing_probe(racks: dict[str, list[tuple[str, int]]], timeout: float = 10.0
-                        ) -> list[str]:
-    """Wait until the probe SET has reached every rack (peer links up); the racks it
-    still has not reached when `timeout` runs out."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lagging = [rack for rack, servers in racks.items()
-                   if not any(redis_cli(h, p, "EXISTS", PROBE_KEY).strip() == "1"
-                              for h, p in servers)]
-        if not lagging or time.monotonic() > deadline:
-            return lagging
-        time.sleep(0.1)
-
-
 def racks_missing_fresh_probe(client_port: int, racks: dict[str, list[tuple[str, int]]],
                               timeout: float = 30.0, settle: float = 1.0) -> list[str]:
     """Write a new probe value through the client port until every rack has it; the racks
     the last one did not reach when `timeout` runs out.
 
-    Not racks_missing_probe: each Redis here was started by this script, which left the
+    Not DynoCluster's one probe: each Redis here was started by this script, which left the
     probe key in it; and a Dynomite node that starts before its peers listen answers +OK
     while it drops what it owes them (at DC_ONE) until its retry connects, so one write
     proves nothing, a write that arrives everywhere proves the links are up.
