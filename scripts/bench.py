@@ -30,6 +30,13 @@ What it starts, on free loopback ports, in a temporary directory:
   from `dyno certs` in the temporary directory; `dyno cluster up --client-tls`), driven
   by `redis-benchmark --tls --cacert`. It runs back to back with its plaintext target at
   each depth, and a table compares each pair (ops/s, p99, CPU per request).
+- only when named in --targets, and with DYNOMITE_BIN=/path/to/dynomite (a Netflix/dynomite
+  binary built outside this repository; docs/performance.md, "Dynomite side by side", says
+  how): "dynomite-1" (one Dynomite node in front of the shared Redis, as dyno-1) and
+  "dynomite-3r-one" / "dynomite-3r-quorum" (3 racks of 1 node, each beside its own
+  redis-server, DC_ONE / DC_QUORUM; the client talks to node1), from configs generated in
+  dyno's shapes (token 0 on every rack, dyn_seeds with simple_provider, data_store 0,
+  Dynomite's default mbuf size). Each Dynomite process's CPU is measured like a dyno node's.
 Everything it started is stopped at the end, also on error, Ctrl-C or SIGTERM: each child
 runs in its own process group and is stopped by that group; clusters by `dyno cluster down`
 (a twin's by the baseline's own), then by the pids cluster.json lists.
@@ -55,6 +62,8 @@ run the same code: the ratios' distance from 1.00 is the noise of an A/B on this
     .venv/bin/python scripts/bench.py --targets redis,twemproxy,dyno-1 --json out.json
     .venv/bin/python scripts/bench.py --targets redis,dyno-1,dyno-3r-one --baseline main
     .venv/bin/python scripts/bench.py --targets redis,dyno-1,dyno-3r-one --tls   # make bench-tls
+    DYNOMITE_BIN=/path/to/dynomite/src/dynomite .venv/bin/python scripts/bench.py \
+        --targets redis,dyno-1,dynomite-1,dyno-3r-one,dynomite-3r-one
 """
 
 from __future__ import annotations
@@ -98,8 +107,18 @@ TWIN_SUFFIX = "@base"  # "dyno-1@base": dyno-1's shape, running the --baseline r
 # `dyno certs`, redis-benchmark --tls --cacert); --tls adds one beside each dyno target.
 TLS_SUFFIX = "+tls"
 TLS_TARGETS = tuple(name + TLS_SUFFIX for name in DYNO_TARGETS)
+# Netflix's Dynomite in dyno's shapes, only when named in --targets and the environment
+# variable DYNOMITE_BIN names a dynomite binary, built outside this repository (see
+# docs/performance.md, "Dynomite side by side"): nothing of Dynomite is part of dyno.
+DYNOMITE_BIN = "DYNOMITE_BIN"
+DYNOMITE_SHAPES = {  # name: (racks of one node each, in one datacenter; consistency)
+    "dynomite-1": (1, "DC_ONE"),  # like dyno-1: in front of the shared Redis
+    "dynomite-3r-one": (3, "DC_ONE"),  # like dyno-3r-*: own redis-server per node
+    "dynomite-3r-quorum": (3, "DC_QUORUM"),
+}
+DYNOMITE_TARGETS = tuple(DYNOMITE_SHAPES)
 ALL_TARGETS = (*DEFAULT_TARGETS, *(name for name in CLUSTER_SHAPES if name not in DEFAULT_TARGETS),
-               *TLS_TARGETS)
+               *TLS_TARGETS, *DYNOMITE_TARGETS)
 HOST = "127.0.0.1"
 PROBE_KEY = "dyno-bench:probe"  # written to check a target serves, flushed before runs
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -597,6 +616,66 @@ def parse_cluster_json(data: dict) -> list[ClusterNode]:
             rack=f"{dc}/{rack}" if dc else rack,
         ))
     return nodes
+
+
+# Dynomite's targets: the configs are written here (pure), the binary comes from outside.
+
+@dataclasses.dataclass(frozen=True)
+class DynomitePorts:
+    """The ports of one node of a Dynomite target, and of the Redis it fronts."""
+
+    listen: int  # clients
+    dyn_listen: int  # peers
+    stats_listen: int  # Dynomite's default, 0.0.0.0:22222, is nutcracker's and dyno's too
+    redis: int
+
+
+DYNOMITE_TOKEN = "0"  # one node per rack: `dyno cluster up --nodes-per-rack 1`'s token
+
+
+def dynomite_configs(nodes: Sequence[DynomitePorts], consistency: str) -> list[str]:
+    """One Dynomite YAML per node, the shape of dyno's targets: node i is rack{i} of dc1
+    with token 0 (every rack holds one full copy, as in `dyno cluster up`), every other
+    node in its dyn_seeds (simple_provider), its Redis as the one server (data_store 0),
+    `consistency` for reads and writes. mbuf size, connections, timeouts, gossip: Dynomite's
+    defaults (its -m is deprecated; mbuf_size unset means 16384 bytes)."""
+    def seed(index: int, node: DynomitePorts) -> str:
+        return f"{HOST}:{node.dyn_listen}:rack{index}:dc1:{DYNOMITE_TOKEN}"
+
+    configs = []
+    for index, node in enumerate(nodes, 1):
+        seeds = [seed(other_index, other) for other_index, other in enumerate(nodes, 1)
+                 if other_index != index]
+        configs.append(
+            "dyn_o_mite:\n"
+            "  datacenter: dc1\n"
+            f"  rack: rack{index}\n"
+            f"  listen: {HOST}:{node.listen}\n"
+            f"  dyn_listen: {HOST}:{node.dyn_listen}\n"
+            f"  stats_listen: {HOST}:{node.stats_listen}\n"
+            f"  tokens: '{DYNOMITE_TOKEN}'\n"
+            "  data_store: 0\n"
+            "  dyn_seed_provider: simple_provider\n"
+            + ("  dyn_seeds:\n" + "".join(f"  - {s}\n" for s in seeds) if seeds else "")
+            + f"  read_consistency: {consistency}\n"
+            f"  write_consistency: {consistency}\n"
+            "  servers:\n"
+            f"  - {HOST}:{node.redis}:1\n")
+    return configs
+
+
+def dynomite_binary(environ: dict[str, str]) -> Path:
+    """The dynomite binary DYNOMITE_BIN names; a BenchError (one line) when there is none."""
+    value = environ.get(DYNOMITE_BIN, "").strip()
+    if not value:
+        raise BenchError(f"the dynomite-* targets need {DYNOMITE_BIN}=/path/to/dynomite, a "
+                         "Netflix/dynomite binary built outside this repository: see "
+                         "docs/performance.md, \"Dynomite side by side\"")
+    binary = Path(value).expanduser()
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        raise BenchError(f"{DYNOMITE_BIN}={value} is not an executable file (build it as "
+                         "docs/performance.md, \"Dynomite side by side\", says)")
+    return binary.resolve()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1136,6 +1215,110 @@ class DynoCluster(Target):
         return racks
 
 
+def racks_missing_fresh_probe(client_port: int, racks: dict[str, list[tuple[str, int]]],
+                              timeout: float = 30.0, settle: float = 1.0) -> list[str]:
+    """Write a new probe value through the client port until every rack has it; the racks
+    the last one did not reach when `timeout` runs out.
+
+    Not DynoCluster's one probe: each Redis here was started by this script, which left the
+    probe key in it; and a Dynomite node that starts before its peers listen answers +OK
+    while it drops what it owes them (at DC_ONE) until its retry connects, so one write
+    proves nothing, a write that arrives everywhere proves the links are up.
+    """
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        value = f"fresh-{attempt}"
+        with contextlib.suppress(OSError):
+            command(HOST, client_port, "SET", PROBE_KEY, value)
+        arrived_by = min(deadline, time.monotonic() + settle)
+        while True:
+            lagging = [rack for rack, servers in racks.items()
+                       if not any(redis_cli(h, p, "GET", PROBE_KEY).strip() == value
+                                  for h, p in servers)]
+            if not lagging:
+                return []
+            if time.monotonic() > arrived_by:
+                break
+            time.sleep(0.05)
+        if time.monotonic() > deadline:
+            return lagging
+
+
+class Dynomite(Target):
+    """Netflix's Dynomite (the binary DYNOMITE_BIN names) in one of dyno's shapes.
+
+    "dynomite-1" is one node in front of the shared Redis, as dyno-1; the 3-rack shapes
+    start a redis-server per node, as `dyno cluster up` does, and the client talks to
+    node1. Each node is measured on its own (node1 coordinates, the others replicate).
+    """
+
+    def __init__(self, name: str, shared: RedisServer, workdir: Path, binary: Path):
+        self.name = name
+        self.racks, self.consistency = DYNOMITE_SHAPES[name]
+        self.shared = shared
+        self.binary = binary
+        self.dir = workdir / name
+        self.redis_servers: list[RedisServer] = []
+        self.procs: list[subprocess.Popen] = []
+        self.ports: list[DynomitePorts] = []
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.racks == 1:
+            redis_ports = [self.shared.port]
+        else:
+            for index in range(1, self.racks + 1):
+                server = RedisServer(f"{self.name}/redis-node{index}", self.dir.parent)
+                self.redis_servers.append(server)  # stop() stops it, even if start fails
+                server.start()
+            redis_ports = [server.port for server in self.redis_servers]
+        self.ports = [DynomitePorts(free_port(), free_port(), free_port(), redis)
+                      for redis in redis_ports]
+        for index, conf in enumerate(dynomite_configs(self.ports, self.consistency), 1):
+            path = self.dir / f"node{index}.yml"
+            path.write_text(conf)
+            self.procs.append(spawn([str(self.binary), "-c", str(path)],
+                                    self.dir / f"node{index}.log"))
+        self.client_port = self.ports[0].listen
+        wait_until_serving(HOST, self.client_port, f"dynomite {self.label(1)}",
+                           self.dir / "node1.log", self.procs[0])
+        for index, proc in enumerate(self.procs, 1):
+            if proc.poll() is not None:
+                raise BenchError(f"dynomite {self.label(index)} exited with status "
+                                 f"{proc.returncode}; its log:\n"
+                                 + log_tail(self.dir / f"node{index}.log"))
+        shape = ("one node -> shared redis port " + str(self.shared.port) if self.racks == 1
+                 else f"{self.racks} racks x 1 node, own redis-server per node")
+        self.description = (f"{tool_version(str(self.binary))}, {shape}, {self.consistency}, "
+                            f"client on {self.label(1)} port {self.client_port}")
+        lagging = (racks_missing_fresh_probe(self.client_port, self.backends_by_rack())
+                   if self.racks > 1 else [])
+        if lagging:
+            warning = f"a SET through node1 never reached {', '.join(lagging)}"
+            progress(f"bench: {self.name}: WARNING: {warning}")
+            self.description += f"; WARNING: {warning}"
+
+    def label(self, index: int) -> str:
+        return "dynomite" if self.racks == 1 else f"node{index}"
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_process(proc)
+        for server in self.redis_servers:
+            server.stop()
+
+    def measured_processes(self) -> dict[str, int]:
+        return {self.label(index): proc.pid for index, proc in enumerate(self.procs, 1)}
+
+    def backends_by_rack(self) -> dict[str, list[tuple[str, int]]]:
+        if self.racks == 1:
+            return {"-": [(HOST, self.shared.port)]}
+        return {f"dc1/rack{index}": [(HOST, ports.redis)]
+                for index, ports in enumerate(self.ports, 1)}
+
+
 def make_certificates(workdir: Path) -> Path:
     """`dyno certs` in the work directory: a CA and node certificates for the TLS variants."""
     directory = workdir / "certs"
@@ -1148,10 +1331,15 @@ def make_certificates(workdir: Path) -> Path:
 
 def make_target(name: str, shared: RedisServer, workdir: Path,
                 baseline: DynoCode | None = None, checkout: DynoCode = CHECKOUT,
-                certs: Path | None = None) -> Target:
+                certs: Path | None = None, dynomite: Path | None = None) -> Target:
     """The target `name`; a twin ("dyno-1@base") is its target's shape running `baseline`;
     a TLS variant ("dyno-1+tls") its target's shape with TLS on the client port, with the
-    certificates in `certs` (made by `dyno certs`)."""
+    certificates in `certs` (made by `dyno certs`); a Dynomite target runs the binary
+    `dynomite` (from DYNOMITE_BIN)."""
+    if name in DYNOMITE_TARGETS:
+        if dynomite is None:
+            raise BenchError(f"{name!r} needs {DYNOMITE_BIN}")
+        return Dynomite(name, shared, workdir, dynomite)
     shape = twin_of(name)
     tls = None
     if shape is not None:
@@ -1326,7 +1514,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="comma list of redis-benchmark -P values (1,16)")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help=f"comma list among {','.join(ALL_TARGETS)} "
-                             f"(default: {','.join(DEFAULT_TARGETS)})")
+                             f"(default: {','.join(DEFAULT_TARGETS)}); the dynomite-* "
+                             f"targets (Netflix's Dynomite in dyno-1's and dyno-3r-*'s "
+                             f"shapes) need {DYNOMITE_BIN}=/path/to/dynomite, built outside "
+                             "this repository as docs/performance.md says")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="also write every run's raw results to FILE")
     parser.add_argument("--tls", action="store_true",
@@ -1383,6 +1574,13 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    dynomite = None
+    if any(t in DYNOMITE_TARGETS for t in args.targets):
+        try:
+            dynomite = dynomite_binary(os.environ)
+        except BenchError as exc:
+            progress(f"bench: {exc}")
+            return 1
     for tool in ("redis-server", "redis-benchmark", "redis-cli"):
         if shutil.which(tool) is None:
             progress(f"bench: {tool} not found; `make install` installs redis-server "
@@ -1414,7 +1612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shared.start()
         certs = make_certificates(workdir) if any(map(tls_of, args.targets)) else None
         for name in args.targets if baseline is None else with_twins(args.targets):
-            target = make_target(name, shared, workdir, baseline, checkout, certs)
+            target = make_target(name, shared, workdir, baseline, checkout, certs, dynomite)
             cleanup.callback(target.stop)
             progress(f"starting {name} ...")
             try:

@@ -12,8 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+
+from dyno import config, localcluster
 
 integration = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -343,6 +346,101 @@ def test_code_mismatch():
     assert "not from the baseline tree" in bench.code_mismatch(REPO / "dyno", base, base)
     assert bench.code_mismatch(REPO / "dyno", None, base) is None
     assert "not from the checkout" in bench.code_mismatch(base / "dyno", None, base)
+
+
+# Dynomite's targets: what can be checked without a Dynomite binary (CI has none).
+
+def dynomite_ports(count):
+    return [bench.DynomitePorts(listen=7000 + 10 * n, dyn_listen=7001 + 10 * n,
+                                stats_listen=7002 + 10 * n, redis=7003 + 10 * n)
+            for n in range(count)]
+
+
+@pytest.mark.parametrize("consistency", ["DC_ONE", "DC_QUORUM"])
+def test_dynomite_configs_have_the_shape_of_dynos_three_racks(consistency):
+    ports = dynomite_ports(3)
+    configs = [yaml.safe_load(text)["dyn_o_mite"]
+               for text in bench.dynomite_configs(ports, consistency)]
+    # The shape `dyno cluster up --racks 3 --nodes-per-rack 1` gives dyno's targets.
+    dyno_plan = localcluster.plan(racks=3, nodes_per_rack=1, base_port=9000,
+                                  read_consistency=consistency, write_consistency=consistency)
+    for index, (conf, own, dyno_node) in enumerate(zip(configs, ports, dyno_plan)):
+        assert (conf["datacenter"], conf["rack"]) == (dyno_node.dc, dyno_node.rack)
+        assert conf["tokens"] == localcluster.format_tokens(dyno_node.tokens) == "0"
+        assert conf["listen"] == f"127.0.0.1:{own.listen}"
+        assert conf["dyn_listen"] == f"127.0.0.1:{own.dyn_listen}"
+        assert conf["stats_listen"] == f"127.0.0.1:{own.stats_listen}"
+        assert conf["servers"] == [f"127.0.0.1:{own.redis}:1"]
+        assert conf["data_store"] == 0
+        assert conf["dyn_seed_provider"] == "simple_provider"
+        assert conf["read_consistency"] == conf["write_consistency"] == consistency
+        assert "mbuf_size" not in conf  # Dynomite's default
+        others = [n for n in range(3) if n != index]
+        assert conf["dyn_seeds"] == [
+            f"127.0.0.1:{ports[n].dyn_listen}:rack{n + 1}:dc1:0" for n in others]
+        # A seed names a peer as dyno's plan does (host:dyn_port:rack:dc:tokens).
+        assert [seed.split(":")[2:] for seed in conf["dyn_seeds"]] == [
+            seed.split(":")[2:] for seed in dyno_node.seeds]
+
+
+def test_dynomite_configs_are_dynomite_format_that_dyno_reads_too():
+    """dyno reads Dynomite's format: its parser sees the same node, peers and tokens."""
+    ports = dynomite_ports(3)
+    text = bench.dynomite_configs(ports, "DC_QUORUM")[1]
+    conf = config.parse_config(text, "node2.yml")
+    assert (conf.datacenter, conf.rack, conf.tokens) == ("dc1", "rack2", (0,))
+    assert conf.servers[0].port == ports[1].redis
+    assert conf.read_consistency == conf.write_consistency == "DC_QUORUM"
+    assert [(seed.port, seed.rack, seed.tokens) for seed in conf.dyn_seeds] == [
+        (ports[0].dyn_listen, "rack1", (0,)), (ports[2].dyn_listen, "rack3", (0,))]
+
+
+@given(count=st.integers(min_value=1, max_value=6))
+def test_every_dynomite_node_seeds_every_other_node_once(count):
+    ports = dynomite_ports(count)
+    configs = [yaml.safe_load(text)["dyn_o_mite"]
+               for text in bench.dynomite_configs(ports, "DC_ONE")]
+    assert [conf["rack"] for conf in configs] == [f"rack{n}" for n in range(1, count + 1)]
+    for index, conf in enumerate(configs):
+        seeded = sorted(int(seed.split(":")[1]) for seed in conf.get("dyn_seeds", []))
+        assert seeded == sorted(p.dyn_listen for n, p in enumerate(ports) if n != index)
+    if count == 1:
+        assert "dyn_seeds" not in configs[0]  # dynomite-1: a ring of one
+
+
+def test_dynomite_binary_comes_from_the_environment(tmp_path):
+    for environ in ({}, {"DYNOMITE_BIN": " "}):
+        with pytest.raises(bench.BenchError, match="need DYNOMITE_BIN=.*docs/performance.md"):
+            bench.dynomite_binary(environ)
+    text_file = tmp_path / "dynomite"
+    text_file.write_text("not a program")
+    for missing in (tmp_path / "nowhere", text_file, tmp_path):
+        with pytest.raises(bench.BenchError, match="is not an executable file"):
+            bench.dynomite_binary({"DYNOMITE_BIN": str(missing)})
+    text_file.chmod(0o755)
+    assert bench.dynomite_binary({"DYNOMITE_BIN": str(text_file)}) == text_file.resolve()
+
+
+def test_a_dynomite_target_needs_the_binary(tmp_path):
+    with pytest.raises(bench.BenchError, match="needs DYNOMITE_BIN"):
+        bench.make_target("dynomite-1", None, tmp_path)
+    target = bench.make_target("dynomite-3r-quorum", None, tmp_path, dynomite=Path("/bin/true"))
+    assert (target.racks, target.consistency, target.binary) == (3, "DC_QUORUM", Path("/bin/true"))
+    assert "dynomite-3r-one" in bench.parse_args(["--targets", "dynomite-3r-one"]).targets
+
+
+@pytest.mark.parametrize("environ", [{}, {"DYNOMITE_BIN": "/nowhere/dynomite"}])
+def test_asking_for_dynomite_without_it_is_one_line_and_starts_nothing(environ, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DYNOMITE_BIN"}
+    env.update(environ, TMPDIR=str(tmp_path))  # the work directory would be made here
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"),
+                           "--targets", "redis,dynomite-1"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bench: ") and "DYNOMITE_BIN" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no work directory: nothing was started
 
 
 # --------------------------------------------------------------------------- integration
