@@ -365,3 +365,47 @@ def test_nodes_on_their_own_hosts_survive_a_rack_partition(hosts: HostCluster):
     print(f"\nreal hosts: partition detected after {detected_after:.1f} s, links back {rejoined_after:.1f} s "
           f"after the heal, {sum(hinted.values())} hinted batches replayed; whole test {time.monotonic() - started:.1f} s")
 
+
+@pytest.mark.parametrize("hosts", [{"listen": f"0.0.0.0:{PORT}", "stats_listen": f"0.0.0.0:{STATS_PORT}"}],
+                         indirect=True, ids=["wildcard-listeners"])
+def test_status_on_hosts_whose_admin_port_listens_on_every_address(hosts: HostCluster):
+    """A common real-host config: the client and admin ports on 0.0.0.0, dyn_listen by
+    name. A node then advertises its admin port as 0.0.0.0:22222; `dyno status` must
+    reach each node's own admin port (on that node's host), not the one it asked first."""
+    cluster = hosts
+    cluster.start()
+    names = cluster.names()
+    support.wait_for(lambda: all(cluster.peers_up(n) == len(names) - 1 for n in names), 20,
+                     "every node to reach its 5 peers", ignore=(redis.RedisError, OSError), interval=0.1)
+    write(cluster, "node1", "k", KEYS)
+    status = status_json(cluster, "node1")
+    assert not status["warnings"], status["warnings"]
+    rows = {row["node"]: row for row in status["nodes"]}
+    for name in names:
+        host = cluster.state.node(name).host
+        row = rows[f"{host}:{DYN_PORT}"]
+        assert row["admin"] == f"{host}:{STATS_PORT}", row
+        assert row["up"] and row["state"] == "NORMAL", row
+
+
+@pytest.mark.parametrize("hosts", [{"stats_listen": f"127.0.0.1:{STATS_PORT}"}], indirect=True,
+                         ids=["loopback-admin"])
+def test_status_says_which_admin_ports_other_hosts_cannot_reach(hosts: HostCluster):
+    """Admin ports on 127.0.0.1 (dyno's default): each node advertises 127.0.0.1:22222,
+    which on another host is that host's own admin port. `dyno status` must not show the
+    figures of the node it asked as another node's; it names the ones it could not reach."""
+    cluster = hosts
+    cluster.start()
+    names = cluster.names()
+    support.wait_for(lambda: all(cluster.peers_up(n) == len(names) - 1 for n in names), 20,
+                     "every node to reach its 5 peers", ignore=(redis.RedisError, OSError), interval=0.1)
+    result = cluster.dyno("node1", "status", "--node", f"127.0.0.1:{STATS_PORT}", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = json.loads(result.stdout)
+    rows = {row["node"]: row for row in status["nodes"]}
+    me = f"{cluster.state.node('node1').host}:{DYN_PORT}"
+    assert rows[me]["keys"] is not None and rows[me]["admin"] == f"127.0.0.1:{STATS_PORT}"
+    others = [name for name in rows if name != me]
+    assert all(rows[name]["keys"] is None and rows[name]["up"] for name in others), rows
+    assert sorted(w.split(" ")[0] for w in status["warnings"]) == sorted(others), status["warnings"]
+    assert all("not an address other hosts can reach" in w for w in status["warnings"])
