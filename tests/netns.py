@@ -160,13 +160,18 @@ class Lab:
         self.hosts[name] = host
         return host
 
-    def write_hosts_files(self) -> None:
-        """/etc/netns/<ns>/hosts for every host: localhost and every host's name."""
+    def write_hosts_files(self, resolver: str | None = None) -> None:
+        """/etc/netns/<ns>/hosts for every host: localhost and every host's name. With
+        `resolver`, also a resolv.conf naming that DNS server (2 s time-out, one attempt):
+        an address where nothing answers makes every other name a slow failure, as a
+        DNS server that is down does. Takes effect for programs started afterwards."""
         lines = ["127.0.0.1 localhost"] + [f"{h.address} {h.name}" for h in self.hosts.values()]
         for host in self.hosts.values():
             folder = NETNS_ETC / host.namespace
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "hosts").write_text("\n".join(lines) + "\n")
+            if resolver is not None:
+                (folder / "resolv.conf").write_text(f"nameserver {resolver}\noptions timeout:2 attempts:1\n")
 
     def wrap(self, host: str, argv: Sequence[str]) -> list[str]:
         """`argv` run on `host` (its namespace, its /etc/hosts). `ip netns exec` execs the

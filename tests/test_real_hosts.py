@@ -27,6 +27,7 @@ import urllib.request
 
 import pytest
 import redis
+import yaml
 
 import netns
 import support
@@ -409,3 +410,38 @@ def test_status_says_which_admin_ports_other_hosts_cannot_reach(hosts: HostClust
     assert all(rows[name]["keys"] is None and rows[name]["up"] for name in others), rows
     assert sorted(w.split(" ")[0] for w in status["warnings"]) == sorted(others), status["warnings"]
     assert all("not an address other hosts can reach" in w for w in status["warnings"])
+
+
+def test_a_seed_whose_name_never_resolves_does_not_stall_the_node(hosts: HostCluster):
+    """node1's dyn_seeds also name ghost.dyno.test, which the DNS server never answers for
+    (a host gone from DNS, a DNS server down: here an address where nothing listens). The
+    node looks names up off its event loop, so while its link to the ghost retries, it
+    still answers every client at once."""
+    cluster = hosts
+    cluster.lab.write_hosts_files(resolver=f"{cluster.lab.subnet}.250")
+    config = cluster.state.node("node1").config
+    document = yaml.safe_load(config.read_text())
+    document["dyn_o_mite"]["dyn_seeds"].append(f"ghost.{DOMAIN}:{DYN_PORT}:rack3:dc1:1")
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    cluster.start()
+    names = cluster.names()
+    support.wait_for(lambda: cluster.info_dyno("node1")["peers_up"] == str(len(names) - 1), 20,
+                     "node1 to reach its 5 live peers", ignore=(redis.RedisError, OSError), interval=0.1)
+    assert cluster.info_dyno("node1")["peers"] == str(len(names))  # the ghost is one of them
+
+    def slowest_ping(seconds: float) -> float:
+        slowest = 0.0
+        with cluster.client("node1", socket_timeout=30) as client:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                sent = time.monotonic()
+                client.ping()
+                slowest = max(slowest, time.monotonic() - sent)
+                time.sleep(0.005)  # pacing, so that the loop also runs between PINGs
+        return slowest
+
+    # Each lookup of the ghost takes the resolver's 2 s; the link retries every 2 s at most.
+    slowest = cluster.lab.call(slowest_ping, 6.0)
+    log = cluster.state.node("node1").log.read_text()
+    assert f"peer ghost.{DOMAIN}:{DYN_PORT} unreachable" in log
+    assert slowest < 0.5, f"node1 took {slowest:.2f} s to answer a PING while looking up the ghost"
