@@ -118,14 +118,15 @@ def _reason(error: Exception) -> str:
     return str(error)
 
 
-def _reachable_address(admin: str | None, via: str) -> str | None:
+def _reachable_address(admin: str | None, peer_host: str) -> str | None:
     """A node's advertised admin address, with a wildcard host (0.0.0.0, ::)
-    replaced by the host we reached its neighbour on."""
+    replaced by the host its peers reach it on (its dyn_listen host): a node whose
+    admin port listens on every address is reachable where its peer port is."""
     if not admin:
         return None
     host, _, port = admin.rpartition(":")
     if host in ("0.0.0.0", "[::]", "::", ""):
-        host = via.rpartition(":")[0]
+        host = f"[{peer_host}]" if ":" in peer_host else peer_host
     return f"{host}:{port}"
 
 
@@ -176,12 +177,20 @@ def gather_status(addresses: Sequence[str]) -> dict:
     for dc, rack, server in _servers(describe):
         name = server["name"]
         info = infos.get(name)
-        admin = _reachable_address(server.get("admin"), source)
+        admin = _reachable_address(server.get("admin"), server.get("host", ""))
         if info is None and admin and server.get("up", True):
             try:
-                info = infos[name] = {**fetch_json(admin, "/info", timeout=1.0), "admin": admin}
+                answer = fetch_json(admin, "/info", timeout=1.0)
             except (OSError, ValueError) as error:
                 warnings.append(f"{name} (admin {admin}): {_reason(error)}")
+            else:
+                # A loopback admin address advertised to other hosts reaches whatever
+                # node listens there locally: take figures only from the node itself.
+                if answer.get("node", name) == name:
+                    info = infos[name] = {**answer, "admin": admin}
+                else:
+                    warnings.append(f"{name} (admin {admin}): answered as {answer.get('node')}; its "
+                                    "stats_listen is not an address other hosts can reach")
         up = bool(server.get("up", True)) or name == viewpoint
         rows.append({
             "dc": dc, "rack": rack, "node": name,

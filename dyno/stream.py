@@ -26,13 +26,17 @@ class ConnectionLost(Exception):
 
 
 async def connect(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket with TCP_NODELAY."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """A connected non-blocking TCP socket with TCP_NODELAY.
+
+    A host name is looked up first in a worker thread: ``connect_ex`` would resolve it
+    inside the event loop, and a resolver that does not answer (a name gone from DNS, a
+    DNS server down) would stall the whole node for its time-out on every attempt."""
+    family, address = await _resolve(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = sock.connect_ex((host, port))
+        code = sock.connect_ex(address)
         if code == errno.EINPROGRESS:
             await trio.lowlevel.wait_writable(sock)
             code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -42,6 +46,19 @@ async def connect(host: str, port: int) -> socket.socket:
     except BaseException:
         sock.close()
         raise
+
+
+async def _resolve(host: str, port: int) -> tuple[int, tuple]:
+    """(family, socket address) to connect to: an IP address as it is, a name by
+    getaddrinfo in a thread (its first answer; gaierror, an OSError, if none)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        answers = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, _, _, _, address = answers[0]
+        return family, address
+    return family, (host, port)
 
 
 class ListenError(OSError):

@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Does the work per request stay flat as a cluster grows? 3, 6 and 12 nodes under one load.
+
+A measurement, never a test: it prints a table and exits 1 only when something could not
+run. (tests/test_scale_script.py runs it at a tiny size and checks the output is sane.)
+
+What it starts, on free loopback ports, in a temporary directory: one local cluster per size
+(dyno.localcluster.up, what `dyno cluster up` runs), 1 datacenter x 3 racks x K nodes for
+K in --sizes (default 1, 2, 4: 3, 6 and 12 nodes), DC_ONE, hash tags off, every rack with
+the tokens `dyno tokens --nodes-per-rack K` gives (checked against the plan). All sizes are
+up for the whole run and measured in turn, interleaved by round (the order rotates), so a
+slow minute of the machine hits every size alike. Everything is stopped at the end, also on
+error, Ctrl-C or SIGTERM.
+
+The load, the same at every size: for each pipeline depth P in --pipelines (1, 16) and each
+test (SET, then GET), `redis-benchmark -t TEST -r 100000 -P P` against every node's client
+port at once, one process per node, the 50 clients (-c) and the requests (-n) split evenly
+between them, so every node coordinates the same share whatever the size. (With
+--clients-per-node N instead: N clients on every node and the requests grown with the
+nodes, so each node sees the same load at every size.) Before each round's SETs the nodes'
+Redis servers are flushed.
+
+What it measures per (size, P, test), the median over rounds:
+- ops/s: all requests over the wall time of the phase (the slowest redis-benchmark);
+- CPU per request: every dyno process's CPU time over the phase (the sum over its threads of
+  /proc/PID/task/TID/schedstat, nanoseconds) divided by the requests the nodes counted as
+  coordinated (admin /info client_requests, deltas); "node" is the lowest..highest of each
+  node's CPU over the requests it coordinated itself (work it did for others included);
+  Redis's CPU per request beside it;
+- peer commands per request: the commands the nodes sent over peer links (admin /info, every
+  peer link's `sent`) over the requests they coordinated: a GET owned by a rack-mate costs
+  one, a write one per remote replica plus what carries its version;
+- wakeups per request: the dyno processes' voluntary context switches (each is one time the
+  event loop found nothing to do and slept) over the requests: how little each turn of the
+  loop carried;
+- coordinated: lowest..highest of the requests each node coordinated;
+- keys per node (after a round's SETs; the round with the median spread): each node's
+  DBSIZE, and the largest distance from its rack's mean, in percent;
+- idle CPU: what all the dyno processes of a size use with no client, ms per second,
+  measured once before the first round (it is in every phase's CPU too).
+
+    .venv/bin/python scripts/scale.py                       # 3, 6, 12 nodes, 3 rounds (4 min here)
+    .venv/bin/python scripts/scale.py --sizes 1 --rounds 1 --requests 3000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dyno import localcluster  # noqa: E402
+from dyno.status import tokens_plan  # noqa: E402
+
+RACKS = 3
+CLIENTS = 50
+KEYSPACE = 100_000
+TESTS = ("SET", "GET")
+
+
+class ScaleError(Exception):
+    """Something could not run; the message says what."""
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` whole shares differing by at most one, larger first."""
+    if parts < 1:
+        raise ValueError("parts must be at least 1")
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def spread(values: Sequence[float]) -> float:
+    """Largest distance of a value from the mean, as a fraction of the mean (0 if empty)."""
+    if not values:
+        return 0.0
+    mean = sum(values) / len(values)
+    return max(abs(v - mean) for v in values) / mean if mean else 0.0
+
+
+def keys_spread(keys: dict[str, int], racks: dict[str, str]) -> float:
+    """The largest `spread` of keys per node within a rack (every rack holds a full copy)."""
+    by_rack: dict[str, list[int]] = {}
+    for name, count in keys.items():
+        by_rack.setdefault(racks[name], []).append(count)
+    return max(spread(counts) for counts in by_rack.values())
+
+
+def phase_figures(requests: dict[str, int], sent: dict[str, int], cpu_ns: dict[str, int],
+                  redis_cpu_ns: int, seconds: float, wakeups: int = 0) -> dict:
+    """One phase's figures from the per-node deltas (requests coordinated, requests sent to
+    peers, CPU nanoseconds), the Redis servers' CPU and the dyno processes' wakeups."""
+    total = sum(requests.values())
+    if total <= 0:
+        raise ScaleError("the nodes counted no requests in a phase")
+    per_node = [cpu_ns[n] / requests[n] / 1000 for n in requests if requests[n]]
+    return {
+        "requests": total,
+        "ops_per_sec": total / seconds if seconds > 0 else 0.0,
+        "cpu_us_per_request": sum(cpu_ns.values()) / total / 1000,
+        "node_cpu_us_min": min(per_node),
+        "node_cpu_us_max": max(per_node),
+        "redis_cpu_us_per_request": redis_cpu_ns / total / 1000,
+        "peer_commands_per_request": sum(sent.values()) / total,
+        "wakeups_per_request": wakeups / total,
+        "coordinated_min": min(requests.values()),
+        "coordinated_max": max(requests.values()),
+    }
+
+
+def summarise(phases: list[dict]) -> list[dict]:
+    """Medians over rounds per (nodes, pipeline, test), in the order first seen."""
+    groups: dict[tuple, list[dict]] = {}
+    for phase in phases:
+        groups.setdefault((phase["nodes"], phase["pipeline"], phase["test"]), []).append(phase)
+    rows = []
+    for (nodes, pipeline, test), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], TESTS.index(kv[0][2]), kv[0][0])):
+        row = {"nodes": nodes, "pipeline": pipeline, "test": test, "rounds": len(runs)}
+        for field in runs[0]["figures"]:
+            row[field] = statistics.median(r["figures"][field] for r in runs)
+        rows.append(row)
+    return rows
+
+
+def flatness(rows: list[dict]) -> list[dict]:
+    """CPU per request of each size over the smallest size's, per (pipeline, test)."""
+    out = []
+    smallest = {}
+    for row in rows:
+        key = (row["pipeline"], row["test"])
+        smallest.setdefault(key, row)
+        base = smallest[key]
+        out.append({"pipeline": row["pipeline"], "test": row["test"], "nodes": row["nodes"],
+                    "ratio": row["cpu_us_per_request"] / base["cpu_us_per_request"]})
+    return out
+
+
+def render(rows: list[dict], keys: dict[int, dict], command: str) -> str:
+    """The markdown table docs/performance.md shows, and the keys per node."""
+    ratios = {(r["pipeline"], r["test"], r["nodes"]): r["ratio"] for r in flatness(rows)}
+    lines = [
+        f"`{command}`",
+        "",
+        "| nodes | P | test | ops/s | all dyno µs/req | vs smallest | node µs/req (min..max) "
+        "| Redis µs/req | peer cmds/req | wakeups/req | coordinated per node (min..max) |",
+        "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['nodes']} | {r['pipeline']} | {r['test']} | {r['ops_per_sec']:,.0f} "
+            f"| {r['cpu_us_per_request']:.2f} | {ratios[(r['pipeline'], r['test'], r['nodes'])]:.2f} "
+            f"| {r['node_cpu_us_min']:.2f}..{r['node_cpu_us_max']:.2f} | {r['redis_cpu_us_per_request']:.2f} "
+            f"| {r['peer_commands_per_request']:.2f} | {r['wakeups_per_request']:.2f} | {r['coordinated_min']:,.0f}..{r['coordinated_max']:,.0f} |"
+        )
+    lines += ["", "| nodes | keys per node (rack1 / rack2 / rack3) | largest distance from the rack's mean "
+              "| idle dyno CPU, ms/s |", "|---:|---|---:|---:|"]
+    for nodes, entry in sorted(keys.items()):
+        by_rack: dict[str, list[str]] = {}
+        for name, count in entry["keys"].items():
+            by_rack.setdefault(entry["racks"][name], []).append(f"{count:,}")
+        racks = " / ".join(", ".join(counts) for _, counts in sorted(by_rack.items()))
+        idle = entry.get("idle_cpu_ms_per_s")
+        lines.append(f"| {nodes} | {racks} | {entry['spread'] * 100:.1f}% | {'?' if idle is None else f'{idle:.0f}'} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the shell
+
+
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds `pid` has run, all its live threads together."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        raise ScaleError(f"pid {pid} is not running any more") from None
+    for tid in tasks:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+    return total
+
+
+def wakeups(pid: int) -> int:
+    """Times `pid` went to sleep waiting (voluntary context switches), all its live threads."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def admin_info(node: localcluster.NodeState) -> dict:
+    with urllib.request.urlopen(f"http://{node.host}:{node.stats_port}/info", timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def counters(node: localcluster.NodeState) -> tuple[int, int]:
+    """(client requests coordinated, requests sent to peers) so far."""
+    info = admin_info(node)
+    pool = next(v for v in info.values() if isinstance(v, dict) and "client_requests" in v)
+    return pool["client_requests"], sum(peer["sent"] for peer in pool["peers"].values())
+
+
+def redis_call(host: str, port: int, *args: str) -> str:
+    result = subprocess.run(["redis-cli", "-h", host, "-p", str(port), *args],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise ScaleError(f"redis-cli -p {port} {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+class Size:
+    """One running cluster of 3 racks x `per_rack` nodes."""
+
+    def __init__(self, root: Path, per_rack: int):
+        self.per_rack = per_rack
+        self.dir = root / f"cluster-{RACKS * per_rack}"
+        self.state = localcluster.up(self.dir, 1, RACKS, per_rack, start_timeout=120)
+        planned = sorted({n.tokens[0] for n in self.state.nodes})
+        wanted = tokens_plan(per_rack)["tokens"]  # what `dyno tokens --nodes-per-rack K` prints
+        if planned != sorted(wanted):
+            raise ScaleError(f"the cluster's tokens {planned} are not `dyno tokens`' {wanted}")
+
+    @property
+    def nodes(self) -> list[localcluster.NodeState]:
+        return self.state.nodes
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            redis_call(node.host, node.redis_port, "FLUSHALL")
+
+    def keys(self) -> dict[str, int]:
+        return {n.name: int(redis_call(n.host, n.redis_port, "DBSIZE")) for n in self.nodes}
+
+    def phase(self, test: str, pipeline: int, requests: int, clients: int = CLIENTS) -> dict:
+        """Run one load phase on every node at once, `clients` connections in all; return its figures."""
+        nodes = self.nodes
+        clients = split(clients, len(nodes))
+        shares = split(requests, len(nodes))
+        before = {n.name: counters(n) for n in nodes}
+        cpu_before = {n.name: cpu_ns(n.pid) for n in nodes}
+        sleeps_before = sum(wakeups(n.pid) for n in nodes)
+        redis_before = sum(cpu_ns(n.redis_pid) for n in nodes)
+        started = time.monotonic()
+        procs = [
+            subprocess.Popen(
+                ["redis-benchmark", "-h", n.host, "-p", str(n.port), "-t", test.lower(), "-n", str(share),
+                 "-c", str(max(1, c)), "-r", str(KEYSPACE), "-P", str(pipeline), "-q"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            for n, c, share in zip(nodes, clients, shares)
+        ]
+        try:
+            outputs = [p.communicate(timeout=600)[0] for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        seconds = time.monotonic() - started
+        cpu = {n.name: cpu_ns(n.pid) - cpu_before[n.name] for n in nodes}
+        redis_cpu = sum(cpu_ns(n.redis_pid) for n in nodes) - redis_before
+        sleeps = sum(wakeups(n.pid) for n in nodes) - sleeps_before
+        for p, out in zip(procs, outputs):
+            if p.returncode != 0 or "requests per second" not in out:
+                raise ScaleError(f"redis-benchmark failed ({p.returncode}): {out.strip()[-300:]}")
+        after = {n.name: counters(n) for n in nodes}
+        requests_by_node = {name: after[name][0] - before[name][0] for name in after}
+        sent = {name: after[name][1] - before[name][1] for name in after}
+        return phase_figures(requests_by_node, sent, cpu, redis_cpu, seconds, sleeps)
+
+    def idle_cpu(self, seconds: float = 2.0) -> float:
+        """CPU milliseconds per second all the dyno processes use with no client (gossip,
+        timers): it counts in every phase's CPU too."""
+        before = sum(cpu_ns(n.pid) for n in self.nodes)
+        started = time.monotonic()
+        time.sleep(seconds)  # a duration to measure over, not a synchronisation
+        return (sum(cpu_ns(n.pid) for n in self.nodes) - before) / (time.monotonic() - started) / 1e6
+
+    def down(self) -> None:
+        localcluster.down(self.dir)
+
+
+def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], requests: dict[int, int],
+            root: Path, clients_per_node: int | None = None, log=print) -> tuple[list[dict], dict[int, dict]]:
+    """Every phase of every round (interleaved sizes), and the keys per node of each size.
+    ``clients_per_node``: instead of CLIENTS split between the nodes, that many per node
+    (and the requests grown with the nodes likewise), so each node sees the same load."""
+    clusters: list[Size] = []
+    phases: list[dict] = []
+    keys: dict[int, list[dict]] = {}
+    idle: dict[int, float] = {}
+    try:
+        for per_rack in sizes:
+            log(f"starting {RACKS * per_rack} nodes ...")
+            clusters.append(Size(root, per_rack))
+        for cluster in clusters:
+            idle[len(cluster.nodes)] = cluster.idle_cpu()
+        for round_no in range(rounds):
+            order = clusters[round_no % len(clusters):] + clusters[:round_no % len(clusters)]
+            for cluster in order:
+                nodes = len(cluster.nodes)
+                cluster.flush()
+                for pipeline in pipelines:
+                    for test in TESTS:
+                        if clients_per_node is None:
+                            figures = cluster.phase(test, pipeline, requests[pipeline])
+                        else:
+                            scaled = requests[pipeline] * nodes // RACKS
+                            figures = cluster.phase(test, pipeline, scaled, clients_per_node * nodes)
+                        phases.append({"nodes": nodes, "pipeline": pipeline, "test": test, "round": round_no + 1,
+                                       "figures": figures})
+                        log(f"round {round_no + 1}: {nodes} nodes -P {pipeline} {test}: "
+                            f"{figures['ops_per_sec']:,.0f} ops/s, {figures['cpu_us_per_request']:.2f} µs/req")
+                    if pipeline == max(pipelines):
+                        counts = cluster.keys()
+                        racks = {n.name: n.rack for n in cluster.nodes}
+                        keys.setdefault(nodes, []).append(
+                            {"keys": counts, "racks": racks, "spread": keys_spread(counts, racks)})
+    finally:
+        for cluster in clusters:
+            cluster.down()
+    # keys per node: the round with the median spread
+    chosen = {nodes: {**sorted(entries, key=lambda e: e["spread"])[len(entries) // 2],
+                      "idle_cpu_ms_per_s": idle[nodes]}
+              for nodes, entries in keys.items()}
+    return phases, chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1,2,4", help="nodes per rack of each cluster (3 racks each)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pipelines", default="1,16")
+    parser.add_argument("--requests", type=int, default=60_000,
+                        help="requests per phase at -P 1 (at deeper pipelines, that many times P / 3)")
+    parser.add_argument("--clients-per-node", type=int, default=None, metavar="N",
+                        help=f"N clients on every node (requests grown with the nodes) instead of "
+                        f"{CLIENTS} clients split between them")
+    parser.add_argument("--json", type=Path, help="also write the phases, the summary and the keys here")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+        pipelines = [int(p) for p in args.pipelines.split(",")]
+    except ValueError:
+        parser.error("--sizes and --pipelines are comma-separated whole numbers")
+    if any(s < 1 for s in sizes) or any(p < 1 for p in pipelines) or args.rounds < 1 or args.requests < 1 \
+            or (args.clients_per_node is not None and args.clients_per_node < 1):
+        parser.error("sizes, pipelines, rounds and requests must be at least 1")
+    requests = {p: args.requests if p == 1 else args.requests * p // 3 for p in pipelines}
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
+    root = Path(tempfile.mkdtemp(prefix="dyno-scale-"))
+    try:
+        phases, keys = measure(sizes, args.rounds, pipelines, requests, root, args.clients_per_node,
+                               log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (ScaleError, localcluster.ClusterError, OSError) as e:
+        print(f"scale.py: {e} (logs in {root})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("scale.py: interrupted; everything it started is stopped", file=sys.stderr)
+        return 1
+    rows = summarise(phases)
+    command = "scripts/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(render(rows, keys, command.strip()))
+    if args.json:
+        args.json.write_text(json.dumps({"phases": phases, "summary": rows, "flatness": flatness(rows),
+                                         "keys": {str(k): v for k, v in keys.items()}}, indent=2) + "\n")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

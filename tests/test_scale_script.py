@@ -1,0 +1,105 @@
+"""scripts/scale.py: its pure parts (shares, spreads, a phase's figures, medians, the
+table), and, marked integration, one tiny run of the script (3 nodes, a few thousand
+requests) whose output must have the promised shape and sane values."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+REPO = Path(__file__).resolve().parent.parent
+
+_spec = importlib.util.spec_from_file_location("scale", REPO / "scripts" / "scale.py")
+scale = importlib.util.module_from_spec(_spec)
+sys.modules["scale"] = scale
+_spec.loader.exec_module(scale)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 64))
+def test_split_gives_every_part_its_share(total, parts):
+    shares = scale.split(total, parts)
+    assert len(shares) == parts and sum(shares) == total
+    assert max(shares) - min(shares) <= 1
+
+
+def test_spread_is_the_largest_distance_from_the_mean():
+    assert scale.spread([100, 100, 100]) == 0.0
+    assert scale.spread([90, 110]) == pytest.approx(0.1)
+    assert scale.spread([80, 100, 120]) == pytest.approx(0.2)
+    racks = {"a": "r1", "b": "r1", "c": "r2", "d": "r2"}
+    # each rack is judged on its own: rack r2 holds fewer keys but evenly
+    assert scale.keys_spread({"a": 95, "b": 105, "c": 10, "d": 10}, racks) == pytest.approx(0.05)
+
+
+def test_phase_figures_divide_by_the_requests_the_nodes_counted():
+    figures = scale.phase_figures(
+        requests={"n1": 1000, "n2": 3000}, sent={"n1": 500, "n2": 500},
+        cpu_ns={"n1": 10_000_000, "n2": 20_000_000}, redis_cpu_ns=4_000_000, seconds=2.0, wakeups=1000)
+    assert figures["requests"] == 4000 and figures["ops_per_sec"] == 2000
+    assert figures["cpu_us_per_request"] == pytest.approx(7.5)
+    assert (figures["node_cpu_us_min"], figures["node_cpu_us_max"]) == pytest.approx((20 / 3, 10.0))
+    assert figures["redis_cpu_us_per_request"] == pytest.approx(1.0)
+    assert figures["peer_commands_per_request"] == pytest.approx(0.25)
+    assert figures["wakeups_per_request"] == pytest.approx(0.25)
+    assert (figures["coordinated_min"], figures["coordinated_max"]) == (1000, 3000)
+    with pytest.raises(scale.ScaleError, match="no requests"):
+        scale.phase_figures({"n1": 0}, {"n1": 0}, {"n1": 5}, 0, 1.0)
+
+
+def test_summary_takes_medians_and_compares_each_size_with_the_smallest():
+    def phase(nodes, cpu, round_no):
+        figures = scale.phase_figures({"n": 100}, {"n": 0}, {"n": int(cpu * 100 * 1000)}, 0, 1.0)
+        return {"nodes": nodes, "pipeline": 1, "test": "GET", "round": round_no, "figures": figures}
+
+    phases = [phase(3, c, i) for i, c in enumerate([10, 30, 20])] + [phase(12, c, i) for i, c in enumerate([22, 21, 99])]
+    rows = scale.summarise(phases)
+    assert [(r["nodes"], r["rounds"]) for r in rows] == [(3, 3), (12, 3)]
+    assert [r["cpu_us_per_request"] for r in rows] == pytest.approx([20, 22])
+    assert [f["ratio"] for f in scale.flatness(rows)] == pytest.approx([1.0, 1.1])
+    table = scale.render(rows, {3: {"keys": {"n1": 5, "n2": 5, "n3": 5}, "idle_cpu_ms_per_s": 12.3,
+                                    "racks": {"n1": "rack1", "n2": "rack2", "n3": "rack3"}, "spread": 0.0}},
+                         "scripts/scale.py")
+    assert "| 12 | 1 | GET |" in table and "| 1.10 |" in table
+    assert "| 3 | 5 / 5 / 5 | 0.0% | 12 |" in table
+
+
+@pytest.mark.integration
+def test_a_tiny_run_reports_every_phase_with_sane_figures(tmp_path):
+    out = tmp_path / "scale.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "scale.py"), "--sizes", "1", "--rounds", "1",
+         "--requests", "3000", "--json", str(out)],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    rows = data["summary"]
+    assert [(r["nodes"], r["pipeline"], r["test"]) for r in rows] == [
+        (3, 1, "SET"), (3, 1, "GET"), (3, 16, "SET"), (3, 16, "GET")]
+    for row in rows:
+        # every node coordinated its share: the split, plus redis-benchmark's own few commands
+        wanted = 3000 if row["pipeline"] == 1 else 3000 * 16 // 3
+        assert wanted <= row["requests"] <= wanted * 1.05 + 30, row
+        assert row["coordinated_max"] - row["coordinated_min"] <= 2, row
+        assert 0.1 < row["cpu_us_per_request"] < 5000, row
+        assert row["node_cpu_us_min"] <= row["node_cpu_us_max"]
+        assert row["ops_per_sec"] > 0 and row["wakeups_per_request"] > 0
+    by_test = {(r["pipeline"], r["test"]): r for r in rows}
+    # one node per rack: a GET is always the coordinator's own; a SET is copied to 2 racks
+    assert by_test[(1, "GET")]["peer_commands_per_request"] == 0
+    assert by_test[(1, "SET")]["peer_commands_per_request"] >= 2
+    # pipelining makes each request cheaper
+    assert by_test[(16, "GET")]["cpu_us_per_request"] < by_test[(1, "GET")]["cpu_us_per_request"]
+    keys = data["keys"]["3"]
+    assert sorted(keys["keys"]) == ["node1", "node2", "node3"]
+    # every rack holds a full copy: three equal counts, about the keys written
+    counts = set(keys["keys"].values())
+    assert len(counts) == 1 and 1000 < counts.pop() <= 3000 + 16000
+    assert keys["spread"] == 0.0 and keys["idle_cpu_ms_per_s"] > 0
+    assert "| 3 | 16 | GET |" in result.stdout
