@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from dyno.ring import MAX_TOKEN, Ring, RingNode
 
 __all__ = ["DECOMMISSIONING", "JOINING", "LEFT", "MOVING_IN", "NORMAL", "REPLACING", "Claim",
-           "Placement", "placement", "ring_of", "split_tokens"]
+           "Placement", "placement", "ring_of", "split_range", "split_tokens"]
 
 NORMAL, JOINING, REPLACING, DECOMMISSIONING, LEFT = (
     "NORMAL", "JOINING", "REPLACING", "DECOMMISSIONING", "LEFT")
@@ -135,7 +135,13 @@ def split_tokens(ring: Ring, dc: str, rack: str, count: int = 1) -> list[int]:
     """Tokens for a node joining ``rack``: each the middle of the rack's widest range
     at the time (the most loaded, tokens being the only measure of load a ring has),
     so ``count`` tokens split the ``count`` widest ranges in turn."""
-    tokens = sorted({token for node in ring.rack_nodes(dc, rack) for token in node.tokens})
+    return split_range([token for node in ring.rack_nodes(dc, rack) for token in node.tokens], count)
+
+
+def split_range(taken: Iterable[int], count: int = 1) -> list[int]:
+    """``count`` tokens, each the middle of the widest range between ``taken``
+    tokens (and those chosen before it); fewer if no range is wider than 1."""
+    tokens = sorted(set(taken))
     chosen: list[int] = []
     for _ in range(count):
         best, best_width = None, -1

@@ -145,7 +145,7 @@ class Part:
     and printed by the tests."""
 
     __slots__ = ("kind", "level", "write", "asked", "reserve", "coordinate", "payload", "count",
-                 "positions", "calls", "version", "extra")
+                 "positions", "calls", "version", "extra", "pending")
 
     # What few parts have (a ``Special`` part sets them; the others read these):
     #: Replies compared sorted (UNORDERED_REPLIES at a quorum level).
@@ -183,6 +183,9 @@ class Part:
         #: and the executor drops them. None and 0 for everything else.
         self.version = None
         self.extra = 0
+        #: A write's pending owners in this datacenter while its range moves
+        #: (dyno.ownership): they get the writes too, nobody waits for them.
+        self.pending = ()
 
     def describe(self) -> tuple:
         """What the part is, as plain values (tests compare these)."""
@@ -269,7 +272,11 @@ class Planner:
         self.single_dc = len(ring.dcs) == 1
         # Every rack of every datacenter has one node: every key has the same
         # replicas, so a batch needs no hashing to know where it goes.
-        self.uniform = all(len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
+        #: A range is moving (dyno.ownership): some keys' writes also go to pending owners.
+        self.moving = ring.moving
+        self._pending_here: dict[int, tuple] = {}
+        self.uniform = not ring.moving and all(
+            len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
         self.uniform_group = ring.replicas(0) if self.uniform else None
         # Plain requests (Planner.plain): spec -> the most arguments it may have
         # and stay plain (SET and GETEX carry a relative expiry only with more, and
@@ -486,6 +493,23 @@ class Planner:
             plain = self.part(group, write, level, payload, count, positions, here_only)
             return Special(plain.kind, plain.level, plain.write, plain.asked, plain.reserve,
                            plain.coordinate, payload, count, positions, canonical=True)
+        if write and self.moving and group.__class__ is not tuple:
+            part = self._part(group, write, level, payload, count, positions, here_only)
+            part.pending = self.pending_here(group)
+            return part
+        return self._part(group, write, level, payload, count, positions, here_only)
+
+    def pending_here(self, group: tuple) -> tuple:
+        """``group``'s pending owners in this datacenter (the other datacenters'
+        get the writes from the node that coordinates them there)."""
+        pending = self._pending_here.get(id(group))
+        if pending is None:
+            pending = self._pending_here[id(group)] = tuple(
+                node for node in getattr(group, "pending", ()) if node.dc == self.local_dc)
+        return pending
+
+    def _part(self, group: tuple, write: bool, level: str, payload: bytes, count: int,
+              positions: list[int] | None, here_only: bool = False) -> Part:
         available = self.available
         if level == DC_ONE:  # the commonest first
             if not write:

@@ -724,6 +724,16 @@ def topology_from_config(config: "Config") -> Ring:
     """The ring of ``config``: this node from its own settings (dyn_listen, rack,
     datacenter, tokens), every other node from dyn_seeds; hash and hash_tag as set.
     Problems are raised as a RingError naming the config file."""
+    own, peers, hash_tag = nodes_from_config(config)
+    try:
+        return Ring(peers, own, config.hash, hash_tag)
+    except RingError as error:
+        raise RingError(f"{config.path}: {error}") from None
+
+
+def nodes_from_config(config: "Config") -> tuple[RingNode, list[RingNode], bytes | None]:
+    """This node, the nodes of dyn_seeds, and the hash tag of ``config``, checked
+    (a RingError naming the config file)."""
     where = config.path
     try:
         own = RingNode(
@@ -736,7 +746,8 @@ def topology_from_config(config: "Config") -> Ring:
             if seed.address == config.dyn_listen:
                 raise RingError(f"{entry} is this node itself: its host:port is dyn_listen; "
                                 "list only the other nodes")
-            if (seed.rack, seed.dc, tuple(seed.tokens)) == (own.rack, own.dc, own.tokens):
+            if (seed.rack, seed.dc, tuple(seed.tokens)) == (own.rack, own.dc, own.tokens) and (
+                    getattr(config, "replace_node", None) != str(seed.address)):
                 raise RingError(f"{entry} has this node's rack ({own.rack}), datacenter "
                                 f"({own.dc}) and tokens; is it this node under another "
                                 "address? List only the other nodes, and give each node of "
@@ -749,6 +760,7 @@ def topology_from_config(config: "Config") -> Ring:
             if len(hash_tag) != 2:
                 raise RingError(f"hash_tag {config.hash_tag!r} must be two one-byte "
                                 "characters, like '{}'")
-        return Ring(peers, own, config.hash, hash_tag)
+        hash_function(config.hash)
+        return own, peers, hash_tag
     except RingError as error:
         raise RingError(f"{where}: {error}") from None

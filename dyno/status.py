@@ -13,9 +13,10 @@ import http.client
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich import box
 from rich.console import Console
@@ -424,3 +425,50 @@ def render_tokens(plan: dict, out: Console) -> None:
     out.print(table)
     out.print("Give node i of every rack token i: each rack then holds a full copy, "
               "and a key has the same owner position in every rack.", soft_wrap=False)
+
+
+# -- range movements (dyno.streaming) ---------------------------------------------------
+
+
+def movement_progress(address: str) -> dict:
+    """GET /movement: the node's range movement (join, replace, decommission) and cleanup."""
+    answer = _admin_call(address, "/movement")
+    if not isinstance(answer, dict):
+        raise StatusError(f"{address}: GET /movement answered {str(answer)[:60]!r}")
+    return answer
+
+
+def movement_line(progress: dict, width: int = WIDTH) -> str:
+    """One line of a move's progress: a bar over the sources' keys, keys copied, MB, keys/s."""
+    transfer = progress.get("transfer") or {}
+    total, scanned = transfer.get("total"), transfer.get("scanned", 0)
+    state = progress.get("state", "?")
+    fraction = 1.0 if state in ("done", "left") else (min(scanned / total, 0.99) if total else None)
+    text = (f" {state}: {_count(transfer.get('copied'))} keys copied"
+            f" ({transfer.get('bytes', 0) / 1e6:.1f} MB, {transfer.get('keys_per_second', 0):,.0f} keys/s)")
+    head = f"{progress.get('kind') or 'move'} "
+    percent = "  ?%" if fraction is None else f"{fraction * 100:3.0f}%"
+    bar_width = max(10, width - len(head) - len(text) - len(percent) - 4)
+    filled = 0 if fraction is None else int(fraction * bar_width)
+    return f"{head}[{'#' * filled}{'.' * (bar_width - filled)}] {percent}{text}"[:width]
+
+
+def decommission(address: str, progress: Callable[[dict], None] | None = None, timeout: float = 3600.0,
+                 poll: float = 0.5) -> dict:
+    """POST /decommission on the node at ``address``, then follow /movement until the
+    node has left the ring (``progress`` gets each status); its last status. StatusError
+    when it cannot start, fails, or does not finish within ``timeout`` seconds."""
+    _admin_call(address, "/decommission", "POST")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = movement_progress(address)
+        if progress is not None:
+            progress(status)
+        if status.get("state") == "left":
+            return status
+        transfer = status.get("transfer") or {}
+        if transfer.get("phase") == "failed" and status.get("state") not in ("settling", "streaming", "waiting"):
+            raise StatusError(f"{address}: decommission failed: {transfer.get('error')}")
+        if time.monotonic() > deadline:
+            raise StatusError(f"{address}: decommission not done after {timeout:g} s ({status.get('state')})")
+        time.sleep(poll)
