@@ -115,6 +115,8 @@ class NodeView:
     hints: Callable[[], dict] = dict
     #: Wrong passwords clients gave (AUTH, HELLO AUTH; dyno.auth).
     auth_failures: Callable[[], int] = int
+    #: This node's range movement and cleanup (dyno.streaming.Mover.status).
+    movement: Callable[[], dict] = dict
     #: Tombstone GC counters (dyno.tombstones.TombstoneSweeper.describe).
     tombstones: Callable[[], dict] = dict
 

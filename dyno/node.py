@@ -43,12 +43,13 @@ from dyno.states import NORMAL, OPERATOR_STATES
 log = logging.getLogger("dyno.node")
 
 class Node:
-    def __init__(self, config: Config, ring: Ring | None = None):
+    def __init__(self, config: Config, ring: Ring | None = None, moved_in: bool = False):
         self.config = config
         # auto_bootstrap / replace_node: this node starts pending (it gets writes, owns
-        # nothing) and streams its ranges in (dyno.streaming) before it turns NORMAL.
-        self.moving_in = ("replace" if config.replace_node else "join" if config.auto_bootstrap
-                          else None)
+        # nothing) and streams its ranges in (dyno.streaming) before it turns NORMAL;
+        # unless its Redis records that it did so already (``moved_in``: a restart).
+        self.moving_in = (None if moved_in else "replace" if config.replace_node
+                          else "join" if config.auto_bootstrap else None)
         self.ring = ring if ring is not None else initial_ring(config, self.moving_in)
         # secure_server_option: which peer links are TLS, with the node's certificate
         # (TLSConfigError, a file that cannot be used, stops the start).
@@ -215,6 +216,7 @@ class Node:
             set_state=self.set_state, set_consistency=self.set_consistency,
             set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
             auth_failures=lambda: self.password.failures, tombstones=self.sweeper.describe,
+            movement=lambda: self.mover.status(),
         )
 
     # -- pub/sub (dyno.pubsub) -------------------------------------------------------------
@@ -612,7 +614,11 @@ async def serve(config: Config) -> None:
     """Run a node until SIGINT or SIGTERM, then stop cleanly."""
     server = config.servers[0]
     await check_auth(server.host, server.port, config.datastore_password)
-    node = Node(config)
+    moved_in = (config.auto_bootstrap or config.replace_node is not None) and await streaming.moved_in_before(
+        server.host, server.port, config.datastore_password, config.versions_db, config.tokens)
+    if moved_in:
+        log.info("node %s: its Redis records a completed move with these tokens: it starts NORMAL", config.name)
+    node = Node(config, moved_in=moved_in)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)

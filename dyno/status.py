@@ -150,7 +150,8 @@ def gather_status(addresses: Sequence[str]) -> dict:
         rows.append({
             "dc": dc, "rack": rack, "node": name,
             "tokens": server.get("tokens", [server.get("token")]),
-            "state": info["state"] if info else server.get("state", "UNKNOWN"),
+            "state": (server["state"] if server.get("state") in _MOVE_STATES
+                      else info["state"] if info else server.get("state", "UNKNOWN")),
             "up": up,
             "keys": info.get("keys") if info else None,
             "ops_per_sec": info.get("ops_per_sec") if info else None,
@@ -168,7 +169,24 @@ def gather_status(addresses: Sequence[str]) -> dict:
             if isinstance(progress, dict) and progress.get("running"):
                 repairs.append(progress)
     return {"source": source, "viewpoint": viewpoint, "nodes": rows, "warnings": warnings,
-            "repairs": repairs}
+            "repairs": repairs, "movements": _movements(rows)}
+
+
+_MOVE_STATES = ("JOINING", "REPLACING", "DECOMMISSIONING", "LEFT")
+
+
+def _movements(rows: list[dict]) -> list[dict]:
+    """The range movements running on the nodes (GET /movement), each with its node."""
+    movements = []
+    for row in rows:
+        if row["admin"] and row["up"] and row["keys"] is not None:
+            try:
+                progress = fetch_json(row["admin"], "/movement", timeout=1.0)
+            except (OSError, ValueError):
+                continue
+            if isinstance(progress, dict) and progress.get("state") in ("settling", "streaming", "waiting"):
+                movements.append({**progress, "node": row["node"]})
+    return movements
 
 
 def _hints(info: dict | None) -> dict[str, int] | None:
@@ -216,6 +234,9 @@ def render_status(status: dict, out: Console) -> None:
                       highlight=False, markup=False)
     for progress in status.get("repairs", ()):
         out.print(repair_line(progress, width=out.width), highlight=False, markup=False)
+    for progress in status.get("movements", ()):
+        out.print(f"{progress['node']}: " + movement_line(progress, width=out.width - len(progress["node"]) - 2),
+                  highlight=False, markup=False)
     for warning in status["warnings"]:
         out.print(f"warning: {warning}", style="yellow")
     if any(row["keys"] is None and row["up"] for row in status["nodes"]):
@@ -337,24 +358,86 @@ def repair_summary(progress: dict) -> str:
 # -- dyno ring -----------------------------------------------------------------------
 
 
+def _claims(describe: dict) -> list:
+    from dyno.ownership import NORMAL, Claim
+    claims = []
+    for dc, rack, server in _servers(describe):
+        node = RingNode(name=server["name"], host=server["host"], port=server["port"], dc=dc, rack=rack,
+                        tokens=tuple(server.get("tokens") or [server["token"]]))
+        state = server.get("state")
+        claims.append(Claim(node, state if state in _MOVE_STATES else NORMAL, 0))
+    return claims
+
+
 def ring_of(describe: dict) -> Ring:
-    nodes = [
-        RingNode(name=server["name"], host=server["host"], port=server["port"], dc=dc, rack=rack,
-                 tokens=tuple(server.get("tokens") or [server["token"]]))
-        for dc, rack, server in _servers(describe)
-    ]
-    if not nodes:
+    """The ring a node's /cluster_describe shows: its owners now (a joining node,
+    or a replacement, pending)."""
+    from dyno.ownership import ring_of as build
+    claims = _claims(describe)
+    if not claims:
         raise StatusError("the node described an empty ring")
     try:
-        return Ring(nodes[1:], nodes[0])
+        return build(claims, claims[0].node)[0]
     except RingError as error:
         raise StatusError(f"the described ring is inconsistent: {error}") from None
 
 
-def ring_shares(describe: dict) -> dict:
+def planned_ring(describe: dict, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Ring | None:
+    """The ring once the moves in flight are done, and the planned ones: ``add``, racks
+    ("rack" or "dc/rack") that each get a node with the tokens a join would choose,
+    ``remove``, nodes decommissioned. None if nothing moves or is planned."""
+    from dyno.ownership import DECOMMISSIONING, LEFT, MOVING_IN, REPLACING, placement, split_range
+    claims = _claims(describe)
+    placed = placement(claims)
+    if not placed.moving and not add and not remove:
+        return None
+    nodes = {node.name: node for node in placed.current}
+    for claim in claims:
+        name = claim.node.name
+        if placed.moving.get(name) in (DECOMMISSIONING, LEFT):
+            nodes.pop(name, None)
+        elif placed.moving.get(name) in MOVING_IN:
+            if claim.state == REPLACING:
+                for other in list(nodes.values()):
+                    if (other.dc, other.rack, set(other.tokens)) == (claim.node.dc, claim.node.rack,
+                                                                     set(claim.node.tokens)):
+                        del nodes[other.name]
+            nodes[name] = claim.node
+    for name in remove:
+        if name not in nodes:
+            raise StatusError(f"no node {name} in the ring (nodes: {', '.join(sorted(nodes))})")
+        del nodes[name]
+    for index, where in enumerate(add):
+        dc, _, rack = where.rpartition("/")
+        racks = {(n.dc, n.rack) for n in nodes.values() if n.rack == rack and (not dc or n.dc == dc)}
+        if len(racks) != 1:
+            raise StatusError(f"--add {where}: " + ("no such rack" if not racks else "give dc/rack") +
+                              f" (racks: {', '.join(sorted(f'{d}/{r}' for d, r in {(n.dc, n.rack) for n in nodes.values()}))})")
+        dc, rack = racks.pop()
+        tokens = split_range([t for n in nodes.values() if (n.dc, n.rack) == (dc, rack) for t in n.tokens])
+        name = f"new-{index + 1} ({dc}/{rack})"
+        nodes[name] = RingNode(name, "planned", 1, dc, rack, tuple(tokens))
+    if not nodes:
+        raise StatusError("the plan leaves no node in the ring")
+    ordered = sorted(nodes.values(), key=lambda n: n.name)
+    try:
+        return Ring(ordered[1:], ordered[0])
+    except RingError as error:
+        raise StatusError(f"the planned ring is inconsistent: {error}") from None
+
+
+def ring_shares(describe: dict, add: Sequence[str] = (), remove: Sequence[str] = ()) -> dict:
     """Per rack, the share of the token space each node owns, and whether the rack
-    is uneven (largest share / smallest share > ``UNEVEN``)."""
-    ring = ring_of(describe)
+    is uneven (largest share / smallest share > ``UNEVEN``); with moves in flight or
+    planned (``planned_ring``), each node's share after them too."""
+    result = _shares(ring_of(describe))
+    after = planned_ring(describe, add, remove)
+    if after is not None:
+        result["after"] = _shares(after)
+    return result
+
+
+def _shares(ring: Ring) -> dict:
     racks = []
     warnings = []
     for dc in sorted(ring.dcs):
@@ -382,8 +465,14 @@ def ring_shares(describe: dict) -> dict:
 
 
 def render_ring(shares: dict, out: Console) -> None:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
-                  title="token ownership per rack")
+    after = shares.get("after")
+    _render_shares(shares, out, "token ownership per rack" + (", now" if after else ""))
+    if after is not None:
+        _render_shares(after, out, "after the moves in flight and planned")
+
+
+def _render_shares(shares: dict, out: Console, title: str) -> None:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), title=title)
     table.add_column("DC/rack", overflow="fold")
     table.add_column("node", overflow="fold", min_width=15)
     table.add_column("tokens", overflow="fold", max_width=24)

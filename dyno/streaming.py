@@ -92,6 +92,47 @@ return n
 """
 
 
+#: A node that completed its join or replacement records it in its own Redis (in
+#: versions_db, under a name no client key has and with a value that is not a
+#: version, so the tombstone sweep leaves it): restarted with the same config, it
+#: must not become a pending owner again (the old owners dropped its ranges).
+MOVED_IN = b"\x00dyno:moved-in"
+SET_MARK = b"redis.call('SELECT', ARGV[1]) if ARGV[2] == '' then redis.call('DEL', KEYS[1]) " \
+           b"else redis.call('SET', KEYS[1], ARGV[2]) end return 1"
+
+
+def mark_value(tokens: Sequence[int]) -> bytes:
+    return b"moved in with tokens " + ",".join(map(str, sorted(tokens))).encode()
+
+
+async def moved_in_before(host: str, port: int, password: str | None, db: int, tokens: Sequence[int],
+                          timeout: float = 5.0) -> bool:
+    """Whether the Redis at host:port holds this node's mark of a completed join or
+    replacement with ``tokens`` (read at start, before the node declares anything).
+    A Redis that cannot be read counts as no mark (the node then joins again, which
+    copies again what it holds: slower, never wrong)."""
+    from dyno import resp
+    commands = ([[b"AUTH", password.encode()]] if password is not None else []) + [
+        [b"SELECT", b"%d" % db], [b"GET", MOVED_IN]]
+    reader = hiredis.Reader()
+    replies: list = []
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                await stream.send_all(b"".join(resp.encode_command(c) for c in commands))
+                while len(replies) < len(commands):
+                    data = await stream.receive_some(4096)
+                    if not data:
+                        return False
+                    reader.feed(data)
+                    while (reply := reader.gets()) is not False:
+                        replies.append(reply)
+    except (OSError, trio.TooSlowError, trio.BrokenResourceError):
+        return False
+    return replies[-1] == mark_value(tokens)
+
+
 # -- the plan, pure --------------------------------------------------------------------
 
 
@@ -429,6 +470,9 @@ class Mover:
         status = transfer.status()
         log.info("%s of %s done: %d keys (%d bytes) copied in %.1f s", kind, self.name, status["copied"],
                  status["bytes"], status["elapsed"])
+        me = self.ring().node(self.name)
+        mark = b"" if kind == "decommission" else mark_value(me.tokens)
+        await self.call(me, [[b"EVAL", SET_MARK, b"1", MOVED_IN, b"%d" % self.db, mark]])
         self.declare("LEFT" if kind == "decommission" else "NORMAL")
         self.state = "left" if kind == "decommission" else "done"
 

@@ -201,6 +201,14 @@ def test_grow_three_racks_to_two_nodes_each_then_shrink_back_while_clients_run(c
     # every node of a rack holds about half of it (tokens split the widest range)
     for node in nodes:
         assert len(contents(node)) > KEYS // 4, node.name
+    # a joined node restarted with its config (auto_bootstrap) does not join again:
+    # its Redis records the join, it comes back NORMAL with its data
+    again = added[0]
+    held = contents(again)
+    state(cluster).stop_node(again.name)
+    state(cluster).start_node(again.name)
+    assert view.movement_progress(f"{again.host}:{again.stats_port}")["state"] == "idle"
+    assert contents(again) == held
 
     # -- shrink back: decommission the nodes added, clients still running
     record2 = History()
