@@ -268,7 +268,8 @@ class Planner:
         #: refuses (STANDBY, WRITES_ONLY), or None; None when it refuses nothing.
         self.refuse = refuse
         self.flush_enabled = flush_enabled
-        self.solo = len(ring.nodes) == 1  # one node: nothing is replicated
+        # one node: nothing is replicated (unless a node is joining it: its writes go there too)
+        self.solo = len(ring.nodes) == 1 and not ring.moving
         self.single_dc = len(ring.dcs) == 1
         # Every rack of every datacenter has one node: every key has the same
         # replicas, so a batch needs no hashing to know where it goes.
