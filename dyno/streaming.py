@@ -53,6 +53,7 @@ log = logging.getLogger("dyno.streaming")
 
 SCAN_COUNT = 1000   # keys asked of a source per SCAN step
 CHUNK = 500         # keys per FETCH and per batch of installs
+PARALLEL = 2        # SCAN steps copied at once (one is copied while the next is scanned)
 
 #: KEYS[1]: a key. ARGV: version ('' if none), versions_db, absolute expiry in ms
 #: (0: none), DUMP payload. Installs it unless the target's version is newer (the
@@ -257,25 +258,47 @@ class Transfer:
         return self
 
     async def _copy_from(self, source: RingNode, targets: tuple[RingNode, ...]) -> None:
-        cursor = b"0"
+        """SCAN ``source``; each step's keys for the targets are copied while the
+        next step is scanned (``PARALLEL`` steps at a time, as repair does)."""
         names = {target.name: target for target in targets}
-        while True:
-            [reply] = await self.call(source, [[b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT]])
-            if not isinstance(reply, list):
-                raise ReplicaUnavailable(source.name, f"SCAN answered {reply!r:.80}")
-            cursor, keys = reply
-            self.scanned += len(keys)
-            if keys:
-                ring = self.ring()
-                wanted: dict[str, tuple[RingNode, list[bytes]]] = {}
-                for key, token in zip(keys, ring.tokens_of(keys)):
-                    for node in ring.pending(token):
-                        if node.name in names:
-                            wanted.setdefault(node.name, (names[node.name], []))[1].append(key)
-                if wanted:
-                    await self._copy_keys(source, wanted)
-            if cursor == b"0":
-                return
+        failures: list[ReplicaUnavailable] = []
+        slots = trio.Semaphore(PARALLEL)
+
+        async def step(wanted: dict[str, tuple[RingNode, list[bytes]]]) -> None:
+            try:
+                await self._copy_keys(source, wanted)
+            except ReplicaUnavailable as failure:
+                failures.append(failure)
+                nursery.cancel_scope.cancel()
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as nursery:
+            cursor = b"0"
+            try:
+                while True:
+                    [reply] = await self.call(source, [[b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT]])
+                    if not isinstance(reply, list):
+                        raise ReplicaUnavailable(source.name, f"SCAN answered {reply!r:.80}")
+                    cursor, keys = reply
+                    self.scanned += len(keys)
+                    if keys:
+                        ring = self.ring()
+                        wanted: dict[str, tuple[RingNode, list[bytes]]] = {}
+                        for key, token in zip(keys, ring.tokens_of(keys)):
+                            for node in ring.pending(token):
+                                if node.name in names:
+                                    wanted.setdefault(node.name, (names[node.name], []))[1].append(key)
+                        if wanted:
+                            await slots.acquire()
+                            nursery.start_soon(step, wanted)
+                    if cursor == b"0":
+                        break
+            except ReplicaUnavailable as failure:
+                failures.append(failure)
+                nursery.cancel_scope.cancel()
+        if failures:
+            raise failures[0]
 
     async def _copy_keys(self, source: RingNode, wanted: dict[str, tuple[RingNode, list[bytes]]],
                          again: bool = True) -> None:
