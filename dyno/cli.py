@@ -61,7 +61,10 @@ def main() -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="info", show_default=True, help="Least severe level logged (-v: debug).")
-def start(config_path: str, verbose: int, log_file: str | None, log_level: str) -> None:
+@click.option("--join", "join", default=None, metavar="ADMINHOST:PORT",
+              help="Join the running cluster a node's admin port describes: its nodes become this "
+                   "node's dyn_seeds, and it joins with auto_bootstrap (its ranges streamed in).")
+def start(config_path: str, verbose: int, log_file: str | None, log_level: str, join: str | None) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM.
 
     The node serves RESP clients on `listen`, and keeps its data in the Redis
@@ -74,7 +77,7 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     from dyno.node import serve
     from dyno.tls import TLSConfigError
 
-    config = _load(config_path)
+    config = _load(config_path) if join is None else _joining(config_path, join)
     _check_tls_files(config, config_path, "cannot start: ")
     _setup_logging(verbose, log_file, config.name, log_level)
     try:
@@ -455,3 +458,29 @@ def cluster_remove_node(directory, name):
     except localcluster.ClusterError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{name} left the ring and is stopped")
+
+
+def _joining(config_path: str, seed_admin: str):
+    """``dyno start --join``: the config at ``config_path`` with the nodes the seed's
+    admin port describes as dyn_seeds, and auto_bootstrap (dyno.streaming)."""
+    import yaml
+
+    from dyno import status as view
+    from dyno.config import ConfigError, parse_config
+
+    config = _load(config_path)
+    try:
+        seeds = view.seed_entries(seed_admin, leaving_out=config.name)
+    except view.StatusError as exc:
+        raise click.ClickException(f"--join: {exc}") from None
+    from dyno.config import _StrictLoader  # the loader the config was read with (YAML 1.1 quirks off)
+
+    with open(config_path) as file:
+        document = yaml.load(file, Loader=_StrictLoader)
+    root = next(iter(document))
+    document[root]["dyn_seeds"] = seeds
+    document[root]["auto_bootstrap"] = True
+    try:
+        return parse_config(yaml.safe_dump(document, sort_keys=False), config_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"--join: {exc}") from None

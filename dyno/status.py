@@ -561,3 +561,15 @@ def decommission(address: str, progress: Callable[[dict], None] | None = None, t
         if time.monotonic() > deadline:
             raise StatusError(f"{address}: decommission not done after {timeout:g} s ({status.get('state')})")
         time.sleep(poll)
+
+
+def seed_entries(address: str, leaving_out: str | None = None) -> list[str]:
+    """Every node of the ring the node at ``address`` (its admin port) describes, as
+    dyn_seeds entries (host:port:rack:dc:tokens), but ``leaving_out`` (a node name)."""
+    describe = _admin_call(address, "/cluster_describe")
+    if not isinstance(describe, dict) or "dcs" not in describe:
+        raise StatusError(f"{address}: /cluster_describe answered {str(describe)[:60]!r}")
+    return [f"{server['host']}:{server['port']}:{rack}:{dc}:"
+            + ",".join(map(str, server.get("tokens") or [server["token"]]))
+            for dc, rack, server in _servers(describe)
+            if server["name"] != leaving_out and server.get("state") not in ("LEFT", "DECOMMISSIONING")]

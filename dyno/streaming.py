@@ -458,6 +458,15 @@ class Mover:
             raise RuntimeError(f"a {self.kind} is running already on this node ({self.state})")
         if self.state == "left":
             raise RuntimeError("this node has left the ring already; stop it")
+        ring = self.ring()
+        if ring.local_pending or all(node.name != self.name for node in ring.nodes):
+            raise RuntimeError("this node owns no range (it is joining, or replacing a node); "
+                               "let its move end first")
+        local = ring.local
+        if len(ring.rack_nodes(local.dc, local.rack)) < 2:
+            raise RuntimeError(f"this node is the last of rack {local.rack} of {local.dc}: its keys would have "
+                               "no other owner in the rack (the cluster would keep one copy fewer); add a node "
+                               "to the rack first")
         self._nursery.start_soon(self._move, "decommission")
         self.kind, self.state = "decommission", "settling"
         return self.status()
@@ -470,8 +479,12 @@ class Mover:
         # Let gossip tell every node (they then send this move's writes to its new
         # owners), and for a joining node, let it learn the ring first.
         await trio.sleep(self.settle)
-        while not self.ready():
-            await trio.sleep(self.settle / 4)
+        with trio.move_on_after(max(10 * self.settle, 30.0)) as waited:
+            while not self.ready():
+                await trio.sleep(self.settle / 4)
+        if waited.cancelled_caught:
+            log.warning("%s of %s: some nodes of its dyn_seeds were never heard from; going on with the "
+                        "ring it knows", kind, self.name)
         while True:
             ring = self.ring()
             plan = plan_transfer(ring, self.name, kind, self.available)

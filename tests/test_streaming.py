@@ -258,3 +258,35 @@ def test_replace_a_dead_node_with_a_fresh_one(cluster_factory):
     support.wait_for(lambda: contents(nodes[2]) == contents(nodes[0]) == contents(nodes[1]), 30,
                      "the replacement to hold what the other racks hold", interval=0.5)
     check_ttls(nodes)
+
+
+@pytest.mark.timeout(180)
+def test_dyno_start_join_joins_the_cluster_a_seed_describes(cluster_factory, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    cluster = cluster_factory(racks=2, nodes_per_rack=1)
+    preload(cluster, History())
+    first = state(cluster).nodes[0]
+    port, dyn_port, stats_port = localcluster.free_ports(3)
+    with support.RedisServer(tmp_path / "redis-new") as own:
+        config = tmp_path / "new.yml"
+        config.write_text(yaml.safe_dump({"dyn_o_mite": {
+            "datacenter": first.dc, "rack": first.rack, "listen": f"127.0.0.1:{port}",
+            "dyn_listen": f"127.0.0.1:{dyn_port}", "stats_listen": f"127.0.0.1:{stats_port}",
+            "servers": [f"{own.addr[0]}:{own.addr[1]}:1"]}}))
+        log = open(tmp_path / "new.log", "wb")
+        process = subprocess.Popen([sys.executable, "-m", "dyno", "start", "--config", str(config), "--join",
+                                    f"{first.host}:{first.stats_port}"], stdout=log, stderr=subprocess.STDOUT)
+        support.TRACKER.track(process.pid, "joining dyno")
+        try:
+            done = wait_moved(f"127.0.0.1:{stats_port}")
+            assert done["kind"] == "join" and done["transfer"]["copied"] > KEYS // 4, done
+            held = own.client().dbsize()
+            assert KEYS // 4 < held < KEYS * 3 // 4
+        finally:
+            process.terminate()
+            process.wait(10)
+            log.close()

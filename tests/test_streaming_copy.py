@@ -9,6 +9,7 @@ import contextlib
 
 import pytest
 import trio
+import trio.testing
 
 import support
 from dyno.ownership import JOINING, NORMAL, REPLACING, Claim, ring_of
@@ -135,3 +136,24 @@ async def test_cleanup_drops_only_what_the_node_no_longer_owns(redises):
     assert cleanup.dropped == len(gone)
     assert set(data.keys()) == set(keys) - gone
     assert set(versions.keys()) == set(keys) - gone
+
+
+async def test_a_decommission_is_refused_for_the_last_node_of_a_rack_and_a_joining_node():
+    from dyno.streaming import Mover
+
+    n1, n2 = node("n1", "r1", 0), node("n2", "r2", 0)
+    alone = ring_of([Claim(n1, NORMAL, 1), Claim(n2, NORMAL, 1)], n1)[0]
+    joining = join_ring("n3")
+
+    async def no_call(node, argvs):
+        raise AssertionError("nothing is sent")
+
+    for ring, name, reason in ((alone, "n1", "last of rack r1"), (joining, "n3", "owns no range")):
+        mover = Mover(name, lambda ring=ring: ring, no_call, available=lambda n: True, declare=lambda s: None,
+                      settle=0.1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mover.serve)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(RuntimeError, match=reason):
+                mover.decommission()
+            nursery.cancel_scope.cancel()
