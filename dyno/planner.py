@@ -276,6 +276,8 @@ class Planner:
         #: A range is moving (dyno.ownership): some keys' writes also go to pending owners.
         self.moving = ring.moving
         self._pending_here: dict[int, tuple] = {}
+        if ring.moving:
+            self.part = self._moving_part
         self.uniform = not ring.moving and all(
             len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
         self.uniform_group = ring.replicas(0) if self.uniform else None
@@ -494,23 +496,6 @@ class Planner:
             plain = self.part(group, write, level, payload, count, positions, here_only)
             return Special(plain.kind, plain.level, plain.write, plain.asked, plain.reserve,
                            plain.coordinate, payload, count, positions, canonical=True)
-        if write and self.moving and group.__class__ is not tuple:
-            part = self._part(group, write, level, payload, count, positions, here_only)
-            part.pending = self.pending_here(group)
-            return part
-        return self._part(group, write, level, payload, count, positions, here_only)
-
-    def pending_here(self, group: tuple) -> tuple:
-        """``group``'s pending owners in this datacenter (the other datacenters'
-        get the writes from the node that coordinates them there)."""
-        pending = self._pending_here.get(id(group))
-        if pending is None:
-            pending = self._pending_here[id(group)] = tuple(
-                node for node in getattr(group, "pending", ()) if node.dc == self.local_dc)
-        return pending
-
-    def _part(self, group: tuple, write: bool, level: str, payload: bytes, count: int,
-              positions: list[int] | None, here_only: bool = False) -> Part:
         available = self.available
         if level == DC_ONE:  # the commonest first
             if not write:
@@ -541,6 +526,25 @@ class Planner:
             return Part(QUORUM, level, write, local, (), coordinate, payload, count, positions)
         picks, rest = self._read_quorum(local)
         return Part(QUORUM, level, write, picks, rest, (), payload, count, positions)
+
+    def _moving_part(self, group: tuple, write: bool, level: str, payload: bytes, count: int,
+                     positions: list[int] | None, here_only: bool = False, canonical: bool = False) -> Part:
+        """``part`` while a range moves (it replaces it on the instance then, so a
+        ring where nothing moves pays nothing): a write's pending owners in this
+        datacenter get it too."""
+        part = Planner.part(self, group, write, level, payload, count, positions, here_only, canonical)
+        if write and group.__class__ is not tuple:
+            part.pending = self.pending_here(group)
+        return part
+
+    def pending_here(self, group: tuple) -> tuple:
+        """``group``'s pending owners in this datacenter (the other datacenters'
+        get the writes from the node that coordinates them there)."""
+        pending = self._pending_here.get(id(group))
+        if pending is None:
+            pending = self._pending_here[id(group)] = tuple(
+                node for node in getattr(group, "pending", ()) if node.dc == self.local_dc)
+        return pending
 
     def _read_quorum(self, local: tuple) -> tuple[tuple, tuple]:
         """Which Q of the local replicas a quorum read asks first, and the others:
