@@ -70,6 +70,7 @@ class Gossiper:
             rng=random.Random(), now=trio.current_time(),
         )
         self._applied = 0
+        self._replaced_logged: set[str] = set()
         self.bytes_sent = 0
         self._ring_key = self._key(ring)
 
@@ -150,6 +151,12 @@ class Gossiper:
             else:
                 for name, reason in placed.refused.items():
                     log.error("the move of %s is refused: %s", name, reason)
+                for old, new in placed.replaced.items():
+                    if old not in self._replaced_logged:
+                        self._replaced_logged.add(old)
+                        log.warning("%s holds the tokens of %s and started later: it owns them, %s leaves the "
+                                    "ring (a replacement; if %s is alive, two nodes share tokens by mistake)",
+                                    new, old, old, old)
                 self._ring_key = key
                 self.ring = ring
                 self.set_ring(ring)
