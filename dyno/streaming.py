@@ -509,8 +509,10 @@ class Mover:
         me = self.ring().node(self.name)
         mark = b"" if kind == "decommission" else mark_value(me.tokens)
         await self.call(me, [[b"EVAL", SET_MARK, b"1", MOVED_IN, b"%d" % self.db, mark]])
-        self.declare("LEFT" if kind == "decommission" else "NORMAL")
+        # (the state first: declaring NORMAL gives this node a new ring, after which it
+        # drops what it copied but does not own, a range another concurrent join took)
         self.state = "left" if kind == "decommission" else "done"
+        self.declare("LEFT" if kind == "decommission" else "NORMAL")
 
     def ring_changed(self, old: Ring, new: Ring) -> None:
         """A new ring: if a move in this node's rack completed and this node still

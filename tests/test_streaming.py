@@ -290,3 +290,34 @@ def test_dyno_start_join_joins_the_cluster_a_seed_describes(cluster_factory, tmp
             process.terminate()
             process.wait(10)
             log.close()
+
+
+@pytest.mark.timeout(240)
+def test_two_nodes_join_one_rack_at_once(cluster_factory):
+    cluster = cluster_factory(racks=2, nodes_per_rack=1)
+    record = History()
+    preload(cluster, record)
+    work = Workload(cluster, record, seed=2)
+    try:
+        first = localcluster.add_node(cluster.dir, "rack1")
+        second = localcluster.add_node(cluster.dir, "rack1")  # while the first one streams
+        assert first.tokens != second.tokens
+        for node in (first, second):
+            wait_moved(f"{node.host}:{node.stats_port}")
+        nodes = state(cluster).nodes
+        wrong: list[str] = []
+
+        def placed() -> bool:
+            wrong[:] = misplaced(nodes)
+            return not wrong
+
+        try:
+            support.wait_for(placed, 30, "every key on its owner", interval=0.5)
+        except AssertionError:
+            raise AssertionError(f"{len(wrong)} keys misplaced, first {wrong[:5]}") from None
+    except BaseException:
+        work.stop.set()
+        raise
+    work.check(nodes)
+    racks = rack_contents(nodes)
+    assert racks["rack1"] == racks["rack2"] and len(racks["rack1"]) == KEYS
