@@ -115,6 +115,8 @@ class NodeView:
     hints: Callable[[], dict] = dict
     #: Wrong passwords clients gave (AUTH, HELLO AUTH; dyno.auth).
     auth_failures: Callable[[], int] = int
+    #: This node's range movement and cleanup (dyno.streaming.Mover.status).
+    movement: Callable[[], dict] = dict
     #: Tombstone GC counters (dyno.tombstones.TombstoneSweeper.describe).
     tombstones: Callable[[], dict] = dict
     #: Time the next client batch (Coordinator.sample_next): asked once a second
@@ -123,6 +125,10 @@ class NodeView:
 
 
 # -- the cluster view ------------------------------------------------------------------
+
+
+# Declared states of a range movement (dyno.ownership), shown for the node itself too.
+MOVE_STATES = frozenset({"JOINING", "REPLACING", "DECOMMISSIONING", "LEFT"})
 
 
 def cluster_view(server: "AdminServer") -> list[dict]:
@@ -138,9 +144,13 @@ def cluster_view(server: "AdminServer") -> list[dict]:
     node = server.node
     view = []
     gossip = node.gossip_view()
-    for member in node.ring().nodes:
+    ring = node.ring()
+    for member in (*ring.nodes, *ring.pending_nodes):  # (pending: joining, replacing)
         if member.local:
             up, state, admin_down = True, node.state(), False
+            declared = gossip.get(member.name)
+            if declared is not None and declared.state.value in MOVE_STATES:
+                state = declared.state.value
             admin = server.address
         else:
             link = node.peer_links.get(member.name)
@@ -401,6 +411,25 @@ def _repair_status(server: "AdminServer") -> Reply:
     return _json(server.repair_status())
 
 
+def _movement_status(server: "AdminServer") -> Reply:
+    """GET /movement: this node's range movement and cleanup (JSON)."""
+    if server.movement_status is None:
+        return _text("503 Service Unavailable: range movements not available on this node\n", 503)
+    return _json(server.movement_status())
+
+
+def _decommission(server: "AdminServer", query: dict[str, str]) -> Reply:
+    """POST /decommission: start streaming this node's ranges away."""
+    if server.decommission is None:
+        return _text("503 Service Unavailable: range movements not available on this node\n", 503)
+    if query:
+        return _bad(f"/decommission takes no parameters, not {', '.join(query)}")
+    try:
+        return _json(server.decommission(), 202)
+    except RuntimeError as error:
+        return _text(f"409 Conflict: {error}\n", 409)
+
+
 def _start_repair(server: "AdminServer", query: dict[str, str]) -> Reply:
     """POST /repair?rack=R&range=A:B&rate=N: start a repair of this node's ranges."""
     if server.start_repair is None:
@@ -441,10 +470,12 @@ FIXED: dict[str, Handler] = {
     "/logleveldown": lambda server: _log_level(server, -1),
     "/metrics": _metrics,
     "/repair": _repair_status,
+    "/movement": _movement_status,
 }
 # path -> handler of a POST, given the query parameters
 POSTS: dict[str, Callable[["AdminServer", dict[str, str]], Reply]] = {
     "/repair": _start_repair,
+    "/decommission": _decommission,
 }
 # first path segment -> (handler, number of parameters, usage)
 WITH_PARAMETERS: dict[str, tuple[Handler, int, str]] = {
@@ -466,6 +497,9 @@ PATHS = [
     ("/metrics", "every counter and histogram in Prometheus text format"),
     ("/repair", "GET: JSON progress of the current or last repair; POST ?rack=R&range=A:B&rate=N: "
                 "repair this node's ranges (dyno repair)"),
+    ("/movement", "JSON progress of this node's range movement (join, replace, decommission) and cleanup"),
+    ("/decommission", "POST: stream this node's ranges to their next owners, then leave the ring "
+                      "(dyno decommission)"),
     ("/help", "this list"),
 ]
 
@@ -518,7 +552,9 @@ class AdminServer:
 
     def __init__(self, node: NodeView, host: str, port: int, *,
                  start_repair: Callable[[str | None, str | None, float | None], dict] | None = None,
-                 repair_status: Callable[[], dict | None] | None = None, token: str | None = None):
+                 repair_status: Callable[[], dict | None] | None = None, token: str | None = None,
+                 decommission: Callable[[], dict] | None = None,
+                 movement_status: Callable[[], dict] | None = None):
         self.node = node
         self.host = host
         self.port = port
@@ -526,6 +562,9 @@ class AdminServer:
         self.token = None if token is None else token.encode()
         self.start_repair = start_repair
         self.repair_status = repair_status
+        #: The node's range movements (dyno.streaming.Mover): start a decommission, status.
+        self.decommission = decommission
+        self.movement_status = movement_status
         self.sock: socket.socket | None = None
         self.window = metrics.Window()
 

@@ -61,7 +61,10 @@ def main() -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log here instead of stderr.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               default="info", show_default=True, help="Least severe level logged (-v: debug).")
-def start(config_path: str, verbose: int, log_file: str | None, log_level: str) -> None:
+@click.option("--join", "join", default=None, metavar="ADMINHOST:PORT",
+              help="Join the running cluster a node's admin port describes: its nodes become this "
+                   "node's dyn_seeds, and it joins with auto_bootstrap (its ranges streamed in).")
+def start(config_path: str, verbose: int, log_file: str | None, log_level: str, join: str | None) -> None:
     """Run a node in the foreground until Ctrl-C or SIGTERM.
 
     The node serves RESP clients on `listen`, and keeps its data in the Redis
@@ -74,7 +77,7 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     from dyno.node import serve
     from dyno.tls import TLSConfigError
 
-    config = _load(config_path)
+    config = _load(config_path) if join is None else _joining(config_path, join)
     _check_tls_files(config, config_path, "cannot start: ")
     _setup_logging(verbose, log_file, config.name, log_level)
     try:
@@ -337,14 +340,19 @@ def status(nodes: tuple[str, ...], as_json: bool) -> None:
 @click.option("--node", default=None, metavar="HOST:PORT", callback=_admin_addresses,
               help=_NODE_HELP + " Default 127.0.0.1:22222.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def ring(node: str | None, as_json: bool) -> None:
+@click.option("--add", "add", multiple=True, metavar="[DC/]RACK",
+              help="Plan a node joining this rack (tokens as auto_bootstrap picks them); repeatable.")
+@click.option("--remove", "remove", multiple=True, metavar="NODE",
+              help="Plan the decommission of this node (host:port); repeatable.")
+def ring(node: str | None, as_json: bool, add: tuple[str, ...], remove: tuple[str, ...]) -> None:
     """Token ownership: each node's share of its rack's ring, and a warning when a
-    rack is uneven."""
+    rack is uneven; with moves in flight (joins, decommissions, replacements) or
+    planned (--add, --remove), the shares after them too."""
     from dyno import status as view
 
     try:
         _, describe, _ = view.describe_from([node or view.DEFAULT_ADMIN])
-        result = view.ring_shares(describe)
+        result = view.ring_shares(describe, add, remove)
     except view.StatusError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -447,3 +455,133 @@ def _watch_repair(view, address: str, job) -> dict:
         if not progress.get("running"):
             return progress
         time.sleep(POLL_INTERVAL)
+
+
+# -- range movements (dyno.streaming): decommission, cluster add-node / remove-node ----------
+
+
+def _movement_printer(view):
+    """A ``progress(status)`` callback drawing a move's progress bar on stderr: one line
+    redrawn on a terminal, a line per state change otherwise."""
+    import shutil
+
+    tty = _stderr_is_tty()
+    width = min(view.WIDTH, shutil.get_terminal_size((view.WIDTH, 24)).columns) - 1
+    last = [None]
+
+    def progress(status: dict) -> None:
+        line = view.movement_line(status, width)
+        if tty:
+            click.echo("\r" + line.ljust(width), err=True, nl=status.get("state") in ("done", "left"))
+        elif status.get("state") != last[0]:
+            click.echo(line, err=True)
+            last[0] = status.get("state")
+
+    return progress
+
+
+@main.command()
+@click.option("--node", required=True, metavar="HOST:PORT",
+              help=_NODE_HELP + " The node to take out of the ring.")
+@click.option("--timeout", default=3600.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds to wait for the streaming to end.")
+def decommission(node: str, timeout: float) -> None:
+    """Take a node out of the ring: its ranges stream to their next owners in its
+    rack (writes reach both meanwhile), then it leaves the ring and every node's
+    view, and may be stopped. Shows the progress; exit status 0 once it left."""
+    from dyno import status as view
+
+    try:
+        last = view.decommission(node, progress=_movement_printer(view), timeout=timeout)
+    except view.StatusError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching; the decommission goes on on the node "
+                   f"(curl http://{node}/movement shows it)", err=True)
+        sys.exit(130)
+    transfer = last.get("transfer") or {}
+    click.echo(f"{node} left the ring: {transfer.get('copied', 0):,} keys "
+               f"({transfer.get('bytes', 0) / 1e6:.1f} MB) streamed in {transfer.get('elapsed', 0):.1f} s; "
+               "it can be stopped")
+
+
+@cluster.command("add-node")
+@click.option("--dir", "directory", default=".cluster", show_default=True, type=click.Path(file_okay=False))
+@click.option("--rack", default=None, help="The rack it joins (required unless --replace).")
+@click.option("--dc", default=None, help="Its datacenter (default: the rack's).")
+@click.option("--replace", default=None, metavar="NODE",
+              help="Take the place (tokens, data) of this dead node of the cluster (node3).")
+@click.option("--no-wait", is_flag=True, help="Return once it runs; its join goes on.")
+def cluster_add_node(directory, rack, dc, replace, no_wait):
+    """Add a node (and its Redis) to a running local cluster: it takes tokens
+    splitting its rack's widest range and streams that range in (or, with --replace,
+    a dead node's tokens and data), then serves it."""
+    from dyno import localcluster
+    from dyno import status as view
+
+    if rack is None and replace is None:
+        raise click.ClickException("give --rack (or --replace NODE)")
+    try:
+        node = localcluster.add_node(directory, rack, dc, replace=replace)
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{node.name} ({node.dc}/{node.rack}, tokens {localcluster.format_tokens(node.tokens)}) started: "
+               f"redis-cli -p {node.port}")
+    if no_wait:
+        return
+    import time
+
+    address = f"{node.host}:{node.stats_port}"
+    progress = _movement_printer(view)
+    while True:
+        try:
+            status = view.movement_progress(address)
+        except view.StatusError as exc:
+            raise click.ClickException(str(exc)) from None
+        progress(status)
+        if status.get("state") == "done":
+            break
+        time.sleep(POLL_INTERVAL)
+    click.echo(f"{node.name} owns its ranges")
+
+
+@cluster.command("remove-node")
+@click.option("--dir", "directory", default=".cluster", show_default=True, type=click.Path(file_okay=False))
+@click.option("--node", "name", required=True, metavar="NODE", help="The node to remove (node4).")
+def cluster_remove_node(directory, name):
+    """Decommission a node of a local cluster (its ranges stream to the others),
+    then stop it and its Redis."""
+    from dyno import localcluster
+    from dyno import status as view
+
+    try:
+        localcluster.remove_node(directory, name, progress=_movement_printer(view))
+    except localcluster.ClusterError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{name} left the ring and is stopped")
+
+
+def _joining(config_path: str, seed_admin: str):
+    """``dyno start --join``: the config at ``config_path`` with the nodes the seed's
+    admin port describes as dyn_seeds, and auto_bootstrap (dyno.streaming)."""
+    import yaml
+
+    from dyno import status as view
+    from dyno.config import ConfigError, parse_config
+
+    config = _load(config_path)
+    try:
+        seeds = view.seed_entries(seed_admin, leaving_out=config.name)
+    except view.StatusError as exc:
+        raise click.ClickException(f"--join: {exc}") from None
+    from dyno.config import _StrictLoader  # the loader the config was read with (YAML 1.1 quirks off)
+
+    with open(config_path) as file:
+        document = yaml.load(file, Loader=_StrictLoader)
+    root = next(iter(document))
+    document[root]["dyn_seeds"] = seeds
+    document[root]["auto_bootstrap"] = True
+    try:
+        return parse_config(yaml.safe_dump(document, sort_keys=False), config_path)
+    except ConfigError as exc:
+        raise click.ClickException(f"--join: {exc}") from None

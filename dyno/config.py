@@ -200,6 +200,11 @@ class Config:
     repair_interval: int = 0       # seconds between the node's own scheduled repairs (0: none)
     tombstone_grace: int = 864000  # seconds a deleted key's version is kept (Cassandra's gc_grace_seconds)
     flush_enabled: bool = True     # FLUSHDB/FLUSHALL allowed
+    # Range movements (dyno.streaming): join by streaming the new ranges in, take a
+    # dead node's place, and how fast keys are copied.
+    auto_bootstrap: bool = False
+    replace_node: str | None = None  # the name (dyn_listen host:port) of the dead node replaced
+    stream_rate: int = 0           # keys per second a move copies (0: unthrottled)
     warnings: tuple[str, ...] = ()  # accepted-but-ignored keys, one message each
 
     @property
@@ -584,6 +589,9 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     # replica that missed the delete bring the key back (see _check_together).
     "tombstone_grace": _integer(1, unit="seconds"),
     "flush_enabled": _boolean,
+    "auto_bootstrap": _boolean,
+    "replace_node": _optional(_text),
+    "stream_rate": _integer(0, unit="keys per second"),
 }
 
 # Old names: old -> current. Both given is an error.
@@ -694,9 +702,10 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
         if "dyn_listen" not in values:
             errors.append(("dyn_listen", "missing; required when dyn_seeds lists peers, "
                                          "since it is the address they reach this node at"))
-        if "tokens" not in values:
+        if "tokens" not in values and not values.get("auto_bootstrap") and not values.get("replace_node"):
             errors.append(("tokens", "missing; required when dyn_seeds lists peers (nodes "
-                                     "of one rack must not share the default token 0)"))
+                                     "of one rack must not share the default token 0), unless "
+                                     "auto_bootstrap or replace_node chooses them"))
         dyn_listen = _effective(values, "dyn_listen")
         if _is_wildcard(dyn_listen.host):
             warnings.append(("dyn_listen", f"{dyn_listen} is a wildcard address, so this node's "
@@ -743,12 +752,52 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
         errors.append(("client_tls_ca", "needs client_tls_cert and client_tls_key (the client "
                                         "port speaks TLS only when both are set)"))
 
+    _moving_in(values, errors)
     datastore = values["servers"][0].address
     for key, address in listeners:
         if datastore == address:
             errors.append(("servers[0]", f"{datastore} is this node's own {key} address; "
                                          "it must be the local Redis"))
     return errors, warnings
+
+
+def _moving_in(values: dict[str, Any], errors: list[tuple[str, str]]) -> None:
+    """auto_bootstrap and replace_node: the tokens they take (into ``values``), or errors.
+    A replacement takes the replaced node's tokens from its dyn_seeds entry; a joining
+    node without tokens splits the widest range of its rack as dyn_seeds describe it."""
+    from dyno.ownership import split_range  # (ownership needs the ring, not the config)
+    replace = values.get("replace_node")
+    seeds = values.get("dyn_seeds") or ()
+    if (replace or values.get("auto_bootstrap")) and not _effective(values, "enable_gossip"):
+        errors.append(("replace_node" if replace else "auto_bootstrap",
+                       "needs enable_gossip: a move is announced to the other nodes by gossip"))
+        return
+    if replace:
+        if values.get("auto_bootstrap"):
+            errors.append(("replace_node", "and auto_bootstrap both set; a replacement streams its data in "
+                                           "already: set one"))
+            return
+        old = next((seed for seed in seeds if str(seed.address) == replace), None)
+        if old is None:
+            errors.append(("replace_node", f"{replace!r} is not in dyn_seeds; list the dead node there "
+                                           "(host:port:rack:dc:tokens), so its tokens and rack are known"))
+            return
+        rack, dc = _effective(values, "rack"), _effective(values, "datacenter")
+        if (old.rack, old.dc) != (rack, dc):
+            errors.append(("replace_node", f"{replace} is in rack {old.rack} of {old.dc}; this node is in "
+                                           f"rack {rack} of {dc}: a replacement takes the dead node's rack"))
+        if "tokens" in values and set(values["tokens"]) != set(old.tokens):
+            errors.append(("tokens", f"differ from those of {replace} ({','.join(map(str, old.tokens))}), "
+                                     "which a replacement takes; leave tokens out"))
+        values["tokens"] = tuple(old.tokens)
+    elif values.get("auto_bootstrap") and "tokens" not in values:
+        rack, dc = _effective(values, "rack"), _effective(values, "datacenter")
+        taken = [token for seed in seeds if (seed.rack, seed.dc) == (rack, dc) for token in seed.tokens]
+        if not taken:
+            errors.append(("auto_bootstrap", f"no node of rack {rack} of {dc} in dyn_seeds: give tokens, "
+                                             "or list the rack's nodes there"))
+            return
+        values["tokens"] = tuple(split_range(taken, 1))
 
 
 # ---------------------------------------------------------------------------

@@ -1503,6 +1503,8 @@ class Coordinator:
                     return
             asked = part.asked
             if part.write:
+                if part.pending:
+                    self.write(part.pending, part.payload, part.count + part.extra, affinity, resp3)
                 if len(asked) > 1 or part.coordinate:
                     self.by_level[DC_ONE] += part.count
                     run = _Write(self, part, dest, affinity, resp3)
@@ -1527,6 +1529,8 @@ class Coordinator:
             return
         else:
             self.by_level[part.level] += part.count
+            if part.pending:
+                self.write(part.pending, part.payload, part.count + part.extra, affinity, resp3)
             run = _Quorum(self, part, dest, affinity, resp3, self.local_dc)
             for index in range(len(part.asked)):
                 run.ask(index)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import trio
 
+from dyno import ownership
 from dyno.membership import GossipError, Member, Membership, Seed, State
 from dyno.ring import Ring, RingError
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dyno.gossip")
 
 # Declared states in which a node takes no requests: routing treats it as down.
-UNAVAILABLE_STATES = frozenset({State.LEAVING, State.STANDBY})
+UNAVAILABLE_STATES = frozenset({State.LEAVING, State.STANDBY, State.LEFT})
 
 
 class Gossiper:
@@ -45,6 +46,7 @@ class Gossiper:
     def __init__(
         self, config: "Config", ring: Ring, *, send: Callable[[str, dict], int],
         set_ring: Callable[[Ring], None], set_judged_down: Callable[[set[str]], None],
+        state: State = State.NORMAL,
     ):
         self.name = config.name
         self.ring = ring
@@ -55,7 +57,7 @@ class Gossiper:
         me = Member(
             name=config.name, host=dyn.host, port=dyn.port, dc=config.datacenter, rack=config.rack,
             tokens=tuple(config.tokens), generation=int(time.time() * 1000), heartbeat=0,
-            state=State.NORMAL, client_port=config.listen.port,
+            state=state, client_port=config.listen.port,
         )
         seeds = [
             Seed(f"{s.host}:{s.port}", s.host, s.port, s.dc, s.rack, tuple(s.tokens))
@@ -68,6 +70,7 @@ class Gossiper:
             rng=random.Random(), now=trio.current_time(),
         )
         self._applied = 0
+        self._replaced_logged: set[str] = set()
         self.bytes_sent = 0
         self._ring_key = self._key(ring)
 
@@ -107,11 +110,19 @@ class Gossiper:
         self._apply(now)
 
     def leave(self) -> None:
-        """Graceful stop: declare LEAVING so peers route around this node at once."""
-        self._send(self.membership.set_state(State.LEAVING))
+        """Graceful stop: declare LEAVING so peers route around this node at once
+        (a node that left the ring stays LEFT: LEAVING would bring it back)."""
+        if self.membership.state is not State.LEFT:
+            self._send(self.membership.set_state(State.LEAVING))
 
     def set_operator_state(self, state: str) -> None:
         self._send(self.membership.set_state(State(state)))
+        self._apply(trio.current_time())
+
+    def declare(self, state: str) -> None:
+        """A range movement's step (JOINING, NORMAL, DECOMMISSIONING, LEFT): pushed
+        to every live peer at once, and applied to this node's own ring."""
+        self.set_operator_state(state)
 
     # -- outputs ----------------------------------------------------------------------
 
@@ -127,17 +138,25 @@ class Gossiper:
         self._applied = membership.version
         view = membership.view(now)
         members = [m for m in view.values() if m.tokens]
-        key = tuple(sorted((m.name, m.host, m.port, m.dc, m.rack, m.tokens) for m in members))
+        key = tuple(sorted((m.name, m.host, m.port, m.dc, m.rack, m.tokens, _ownership_state(m.state),
+                            m.generation) for m in members))
         if key != self._ring_key:
             current = self.ring
+            claims = [ownership.Claim(m.ring_node(local=m.name == self.name), _ownership_state(m.state),
+                                      m.generation) for m in members]
             try:
-                ring = Ring(
-                    [m.ring_node(local=m.name == self.name) for m in members],
-                    current.local, current.hash_name, current.hash_tag,
-                )
+                ring, placed = ownership.ring_of(claims, current.local, current.hash_name, current.hash_tag)
             except RingError as exc:
                 log.error("membership change not applied to the ring: %s", exc)
             else:
+                for name, reason in placed.refused.items():
+                    log.error("the move of %s is refused: %s", name, reason)
+                for old, new in placed.replaced.items():
+                    if old not in self._replaced_logged:
+                        self._replaced_logged.add(old)
+                        log.warning("%s holds the tokens of %s and started later: it owns them, %s leaves the "
+                                    "ring (a replacement; if %s is alive, two nodes share tokens by mistake)",
+                                    new, old, old, old)
                 self._ring_key = key
                 self.ring = ring
                 self.set_ring(ring)
@@ -149,9 +168,18 @@ class Gossiper:
 
     @staticmethod
     def _key(ring: Ring) -> tuple:
-        return tuple(sorted((n.name, n.host, n.port, n.dc, n.rack, n.tokens) for n in ring.nodes))
+        return ()  # (the first membership view is always applied)
 
     def describe(self, now: float | None = None) -> dict:
         """The view, for INFO and the admin port."""
         now = trio.current_time() if now is None else now
         return self.membership.view(now)
+
+
+def _ownership_state(state: State) -> str:
+    """What dyno.ownership makes of a declared state: the moves are theirs, every
+    other state (operator states, LEAVING on a stop) is a current owner's."""
+    return state.value if state.value in _MOVES else ownership.NORMAL
+
+
+_MOVES = frozenset({ownership.JOINING, ownership.REPLACING, ownership.DECOMMISSIONING, ownership.LEFT})

@@ -176,7 +176,8 @@ class Handoff:
             with trio.move_on_after(REPLAY_TICK):
                 await self._wake.wait()
             self._wake = trio.Event()
-            nodes = {node.name: node for node in self.ring().nodes}
+            ring = self.ring()  # (pending owners too: a joining node gets its hints before it owns)
+            nodes = {node.name: node for node in (*ring.nodes, *ring.pending_nodes)}
             for target in self.store.targets():
                 node = nodes.get(target)
                 if node is None or not self.available(node):

@@ -1084,3 +1084,128 @@ def status(dir: str | os.PathLike) -> list[dict]:
         }
         for n in state.nodes
     ]
+
+
+# --------------------------------------------------------------------------- growing and shrinking
+
+# Keys of a node's config that are its own; add_node takes every other key from a node of
+# the cluster, so the new node is configured as the others are.
+_OWN_KEYS = ("datacenter", "rack", "listen", "dyn_listen", "dyn_seeds", "tokens", "servers", "stats_listen",
+             "hints_dir", "auto_bootstrap", "replace_node")
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        document = yaml.safe_load(path.read_text())
+        return dict(next(iter(document.values())))
+    except (OSError, yaml.YAMLError, AttributeError, StopIteration, TypeError, ValueError) as e:
+        raise ClusterError(f"{path}: unreadable node config ({e})") from None
+
+
+def _set_seeds(node: NodeState, seeds: Sequence[str]) -> None:
+    """Rewrite ``node``'s config with ``seeds`` as its dyn_seeds (a restart then knows
+    the nodes added since), keeping its header."""
+    text = node.config.read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    conf = _read_config(node.config)
+    conf["dyn_seeds"] = list(seeds)
+    node.config.write_text(header + yaml.safe_dump({"dyn_o_mite": conf}, sort_keys=False,
+                                                   default_flow_style=False))
+
+
+def add_node(dir: str | os.PathLike, rack: str, dc: str | None = None, *, replace: str | None = None,
+             timeout: float = DEFAULT_START_TIMEOUT, redis_server: str = "redis-server",
+             node_command: Callable[[NodeState], list[str]] | None = None) -> NodeState:
+    """Add a node (and its Redis) to the running local cluster in DIR, in ``rack``: it
+    joins with auto_bootstrap (tokens splitting the rack's widest range, its ranges
+    streamed in), or with ``replace`` (a node's name, node3) takes that node's place
+    and data. Returns once it answers PING; its join goes on (dyno status, /movement)."""
+    dir = Path(dir)
+    state = ClusterState.load(dir)
+    if state is None or not state.nodes:
+        raise ClusterError(f"no local cluster in {dir}; start one with: dyno cluster up --dir {dir}")
+    old = None
+    if replace is not None:
+        try:
+            old = state.node(replace)
+        except KeyError as e:
+            raise ClusterError(str(e.args[0])) from None
+        if old.node_alive:
+            raise ClusterError(f"{replace} is running; a replacement takes the place of a dead node "
+                               f"(stop it first: dyno cluster stop --dir {dir} --node {replace})")
+        rack, dc = old.rack, old.dc
+    dcs = sorted({n.dc for n in state.nodes if n.rack == rack})
+    if dc is None:
+        if len(dcs) != 1:
+            raise ClusterError(f"rack {rack!r} is in {', '.join(dcs) if dcs else 'no datacenter'} of {dir}; "
+                               f"give --dc" + ("" if dcs else f" (racks: {', '.join(sorted({n.rack for n in state.nodes}))})"))
+        dc = dcs[0]
+    template = _read_config(state.nodes[0].config)
+    if any(key in template for key in ("peer_tls_cert", "client_tls_cert")):
+        raise ClusterError(f"{dir} is a TLS cluster: add-node does not make certificates for a new node yet")
+    taken = {int(n.name[4:]) for n in state.nodes if n.name.startswith("node") and n.name[4:].isdigit()}
+    name = f"node{max(taken, default=0) + 1}"
+    host = state.nodes[0].host
+    port, dyn_port, stats_port, redis_port = free_ports(4, host)
+    others = [n for n in state.nodes if n is not old]
+    extra = tuple((k, v) for k, v in template.items() if k not in _OWN_KEYS)
+    extra += (("replace_node", old.plan.dyn_listen),) if old is not None else (("auto_bootstrap", True),)
+    seeds = tuple(n.plan.seed for n in state.nodes)   # the replaced node too: its tokens are taken
+    node_plan = NodePlan(name=name, dc=dc, rack=rack, host=host, port=port, dyn_port=dyn_port,
+                         stats_port=stats_port, redis_port=redis_port, tokens=(0,), seeds=seeds, config=extra)
+    path = dir / f"{name}.yml"
+    conf = node_plan.config_dict()
+    del conf["tokens"]  # chosen by auto_bootstrap or replace_node (dyno.config)
+    conf["hints_dir"] = str((dir / name / "hints").resolve())
+    path.write_text(f"# {name} ({dc}/{rack}) added to a local dyno cluster"
+                    + (f" to replace {replace}" if replace else "") + ".\n"
+                    + yaml.safe_dump({"dyn_o_mite": conf}, sort_keys=False, default_flow_style=False))
+    from dyno.config import ConfigError, load_config
+    try:
+        tokens = load_config(path).tokens
+    except ConfigError as e:
+        raise ClusterError(str(e)) from None
+    node_plan = dataclasses.replace(node_plan, tokens=tuple(tokens))
+    node = NodeState(plan=node_plan, config=path, log=dir / f"{name}.log", redis_log=dir / f"{name}-redis.log",
+                     redis_dir=dir / name)
+    node.redis_argv = redis_command(node, redis_server)
+    node.argv = (node_command or dyno_command)(node)
+    for log in (node.log, node.redis_log):
+        log.write_bytes(b"")
+    state.nodes.append(node)
+    if old is not None:
+        state.nodes.remove(old)
+    state.save()
+    for other in others:  # a restart of another node then knows the new one
+        _set_seeds(other, [n.plan.seed for n in state.nodes if n is not other])
+    state.start_redis(name, timeout=timeout)
+    state.start_node(name, timeout=timeout)
+    return node
+
+
+def remove_node(dir: str | os.PathLike, name: str, *, timeout: float = 3600.0,
+                progress: Callable[[dict], None] | None = None) -> None:
+    """Decommission ``name`` of the local cluster in DIR: its ranges streamed to their
+    next owners (``progress`` gets each status polled), it leaves the ring, then it
+    and its Redis are stopped and it is dropped from DIR/cluster.json."""
+    from dyno import status as view
+    state = ClusterState.load(dir)
+    if state is None:
+        raise ClusterError(f"no local cluster in {dir}")
+    try:
+        node = state.node(name)
+    except KeyError as e:
+        raise ClusterError(str(e.args[0])) from None
+    if not node.node_alive:
+        raise ClusterError(f"{name} is not running; start it to decommission it (its data is streamed from it)")
+    address = f"{node.host}:{node.stats_port}"
+    try:
+        view.decommission(address, progress=progress, timeout=timeout)
+    except view.StatusError as e:
+        raise ClusterError(f"{name}: {e}") from None
+    state.stop_node(name)
+    state.stop_redis(name)
+    state.nodes.remove(node)
+    state.save()
+    for other in state.nodes:
+        _set_seeds(other, [n.plan.seed for n in state.nodes if n is not other])

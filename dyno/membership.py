@@ -141,6 +141,10 @@ class State(str, Enum):
     STANDBY = "STANDBY"
     WRITES_ONLY = "WRITES_ONLY"
     RESUMING = "RESUMING"
+    # Range movements (dyno.ownership, dyno.streaming)
+    REPLACING = "REPLACING"
+    DECOMMISSIONING = "DECOMMISSIONING"
+    LEFT = "LEFT"
 
 
 _DECLARABLE = {state.value: state for state in State if state is not State.DOWN}
@@ -570,6 +574,9 @@ class Membership:
         result = {}
         for name in sorted(self._entries):
             entry = self._entries[name]
+            if entry.state is State.LEFT and entry is not self._me:
+                continue  # decommissioned: out of the view (its entry stays, so that
+                # an old copy relayed later cannot bring it back)
             phi = 0.0 if entry is self._me else entry.window.phi(now)
             result[name] = MemberView(entry.name, entry.host, entry.port, entry.dc,
                                       entry.rack, entry.tokens, entry.generation,

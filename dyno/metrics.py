@@ -432,6 +432,23 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
     family("dyno_tombstone_sweep_failures_total", "counter",
            "Tombstone sweep passes that ended early (the node's Redis unreachable).").add(
         swept.get("failures", 0))
+    moving = node.movement()
+    transfer = moving.get("transfer") or {}
+    family("dyno_stream_keys_copied_total", "counter",
+           "Keys this node's range movement (join, replace, decommission) copied.").add(
+        transfer.get("copied", 0), kind=moving.get("kind") or "none")
+    family("dyno_stream_bytes_copied_total", "counter",
+           "Bytes (keys and DUMP payloads) this node's range movement copied.").add(
+        transfer.get("bytes", 0), kind=moving.get("kind") or "none")
+    scanned = family("dyno_stream_keys_scanned", "gauge",
+                     "Keys of the sources scanned by this node's range movement, and their total.")
+    scanned.add(transfer.get("scanned", 0), of="scanned")
+    scanned.add(transfer.get("total") or 0, of="total")
+    family("dyno_stream_active", "gauge", "1 while this node's range movement runs.").add(
+        int(moving.get("state") in ("settling", "streaming", "waiting")), kind=moving.get("kind") or "none")
+    cleanup = moving.get("cleanup") or {}
+    family("dyno_cleanup_keys_dropped_total", "counter",
+           "Keys dropped because a join took their range from this node.").add(cleanup.get("dropped", 0))
     family("dyno_client_bytes_received_total", "counter",
            "Request bytes read from clients.").add(stats.client_bytes_in)
     family("dyno_client_bytes_sent_total", "counter",

@@ -24,7 +24,7 @@ import time
 import msgpack
 import trio
 
-from dyno import auth, node_commands, pubsub, repair, resp, tls, tombstones, versions
+from dyno import auth, node_commands, ownership, pubsub, repair, resp, streaming, tls, tombstones, versions
 from dyno.admin import AdminServer, NodeView
 from dyno.client import ClientConnection, ClientListener
 from dyno.config import Config
@@ -33,19 +33,25 @@ from dyno.datastore import Datastore, Sink, check_auth
 from dyno.gossip import Gossiper
 from dyno.handoff import Handoff
 from dyno.hints import HintStore
+from dyno.membership import State
 from dyno.metrics import Metrics, Stats
 from dyno.peer import COORDINATE, Congestion, PeerLink, PeerServer, hello_frame
 from dyno.peer_tls import PeerTLS
-from dyno.ring import Ring, RingError, RingNode, topology_from_config
+from dyno.ring import Ring, RingError, RingNode, nodes_from_config, topology_from_config
 from dyno.states import NORMAL, OPERATOR_STATES
 from dyno.stream import ListenError
 
 log = logging.getLogger("dyno.node")
 
 class Node:
-    def __init__(self, config: Config, ring: Ring | None = None):
+    def __init__(self, config: Config, ring: Ring | None = None, moved_in: bool = False):
         self.config = config
-        self.ring = ring if ring is not None else topology_from_config(config)
+        # auto_bootstrap / replace_node: this node starts pending (it gets writes, owns
+        # nothing) and streams its ranges in (dyno.streaming) before it turns NORMAL;
+        # unless its Redis records that it did so already (``moved_in``: a restart).
+        self.moving_in = (None if moved_in else "replace" if config.replace_node
+                          else "join" if config.auto_bootstrap else None)
+        self.ring = ring if ring is not None else initial_ring(config, self.moving_in)
         # secure_server_option: which peer links are TLS, with the node's certificate
         # (TLSConfigError, a file that cannot be used, stops the start).
         self.peer_tls = PeerTLS.from_config(config)
@@ -58,7 +64,8 @@ class Node:
                         "" if self.peer_tls is None else "plaintext ")
         self.congestion = Congestion()
         self.peer_links = {
-            peer.name: self._new_link(peer) for peer in self.ring.nodes if not peer.local
+            peer.name: self._new_link(peer) for peer in (*self.ring.nodes, *self.ring.pending_nodes)
+            if not peer.local
         }
         self.stats = Stats()
         self.metrics = Metrics()
@@ -147,6 +154,7 @@ class Node:
         self.gossiper = Gossiper(
             config, self.ring, send=self.send_gossip, set_ring=self.set_ring,
             set_judged_down=self.set_judged_down,
+            state={None: State.NORMAL, "join": State.JOINING, "replace": State.REPLACING}[self.moving_in],
         ) if config.enable_gossip else None
         # Commands to any replica's Redis (this node's, or a peer's through its link):
         # what read repair and `dyno repair` (dyno.repair) compare and copy with.
@@ -158,9 +166,16 @@ class Node:
         self.sweeper = tombstones.TombstoneSweeper(
             lambda argvs: self.call_redis(self.ring.local, argvs), grace=config.tombstone_grace,
             db=config.versions_db)
+        # Range movements: a join or replacement at start, a decommission on request,
+        # dropping what a completed join took from this node (dyno.streaming).
+        self.mover = streaming.Mover(
+            self.name, lambda: self.ring, self.call_redis, available=coordinator.available,
+            declare=self.declare, settle=max(3 * config.gos_interval / 1000, 0.5), db=config.versions_db,
+            rate=config.stream_rate, ready=self._ring_known)
         self.admin = AdminServer(self._admin_view(), config.stats_listen.host, config.stats_listen.port,
                                  start_repair=self.repairs.start, repair_status=self.repairs.status,
-                                 token=config.admin_token)
+                                 token=config.admin_token, decommission=self.mover.decommission,
+                                 movement_status=self.mover.status)
         self.nursery: trio.Nursery | None = None
 
     @property
@@ -203,6 +218,7 @@ class Node:
             set_peer_admin_down=self.set_peer_admin_down, hints=self.handoff.describe,
             auth_failures=lambda: self.password.failures, tombstones=self.sweeper.describe,
             sample_next=self.coordinator.sample_next,
+            movement=lambda: self.mover.status(),
         )
 
     # -- pub/sub (dyno.pubsub) -------------------------------------------------------------
@@ -349,15 +365,34 @@ class Node:
         return link
 
     def set_ring(self, ring: Ring) -> None:
-        """Route by a new ring (a node joined, or changed its tokens)."""
-        added = [n.name for n in ring.nodes if n.name not in {m.name for m in self.ring.nodes}]
+        """Route by a new ring (a node joined or left, a range started or stopped moving)."""
+        old = self.ring
+        added = [n.name for n in ring.nodes if n.name not in {m.name for m in old.nodes}]
         self.ring = ring
-        for peer in ring.nodes:
+        for peer in (*ring.nodes, *ring.pending_nodes):
             if not peer.local:
                 self.link_to(peer.name)
         self.coordinator.set_ring(ring)
+        self.mover.ring_changed(old, ring)
         if added:
             log.info("node %s: ring now has %d nodes (added %s)", self.name, len(ring.nodes), ", ".join(added))
+        if ring.pending_nodes != old.pending_nodes:
+            log.info("node %s: pending owners now %s", self.name,
+                     ", ".join(n.name for n in ring.pending_nodes) or "none")
+
+    def declare(self, state: str) -> None:
+        """Gossip this node's move (dyno.streaming drives it)."""
+        if self.gossiper is not None:
+            self.gossiper.declare(state)
+        log.warning("node %s: declared %s", self.name, state)
+
+    def _ring_known(self) -> bool:
+        """Whether this node has heard from every node of its ring (a joining node
+        must know the ring before it plans what to copy)."""
+        if self.gossiper is None:
+            return True
+        view = self.gossiper.describe()
+        return all(member.generation > 0 for member in view.values())
 
     async def peer_links_flushed(self) -> None:
         """Wait until every connected peer link has sent what it queued."""
@@ -449,6 +484,7 @@ class Node:
             nursery.start_soon(self.hints.flusher)
             nursery.start_soon(self.repairs.serve)
             nursery.start_soon(self.sweeper.run)
+            nursery.start_soon(self.mover.serve, self.moving_in)
             if self.config.repair_interval:
                 nursery.start_soon(self.scheduled_repairs, self.config.repair_interval)
             for link in self.peer_links.values():
@@ -538,6 +574,20 @@ class Node:
         return {name.decode(): fields for name, fields in blocks.items() if everything or name in sections}
 
 
+def initial_ring(config: Config, moving_in: str | None) -> Ring:
+    """The ring a node starts with: its config's, or for a node moving in, the ring
+    of its dyn_seeds with this node pending (dyno.ownership)."""
+    if moving_in is None:
+        return topology_from_config(config)
+    me, peers, hash_tag = nodes_from_config(config)
+    claims = [ownership.Claim(node, ownership.NORMAL, 0) for node in peers]
+    claims.append(ownership.Claim(me, ownership.JOINING if moving_in == "join" else ownership.REPLACING, 1))
+    try:
+        return ownership.ring_of(claims, me, config.hash, hash_tag)[0]
+    except RingError as error:
+        raise RingError(f"{config.path}: {error}") from None
+
+
 QUERY_TIMEOUT = 1.0  # seconds PUBSUB waits for the peers' counts
 WAIT_POLL = 0.001  # seconds between WAIT's looks at the links (Redis's WAIT polls its replicas too)
 
@@ -581,7 +631,11 @@ async def serve(config: Config) -> None:
     """Run a node until SIGINT or SIGTERM, then stop cleanly."""
     server = config.servers[0]
     await check_auth(server.host, server.port, config.datastore_password)
-    node = Node(config)
+    moved_in = (config.auto_bootstrap or config.replace_node is not None) and await streaming.moved_in_before(
+        server.host, server.port, config.datastore_password, config.versions_db, config.tokens)
+    if moved_in:
+        log.info("node %s: its Redis records a completed move with these tokens: it starts NORMAL", config.name)
+    node = Node(config, moved_in=moved_in)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)

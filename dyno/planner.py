@@ -145,7 +145,7 @@ class Part:
     and printed by the tests."""
 
     __slots__ = ("kind", "level", "write", "asked", "reserve", "coordinate", "payload", "count",
-                 "positions", "calls", "version", "extra")
+                 "positions", "calls", "version", "extra", "pending")
 
     # What few parts have (a ``Special`` part sets them; the others read these):
     #: Replies compared sorted (UNORDERED_REPLIES at a quorum level).
@@ -183,6 +183,9 @@ class Part:
         #: and the executor drops them. None and 0 for everything else.
         self.version = None
         self.extra = 0
+        #: A write's pending owners in this datacenter while its range moves
+        #: (dyno.ownership): they get the writes too, nobody waits for them.
+        self.pending = ()
 
     def describe(self) -> tuple:
         """What the part is, as plain values (tests compare these)."""
@@ -265,11 +268,18 @@ class Planner:
         #: refuses (STANDBY, WRITES_ONLY), or None; None when it refuses nothing.
         self.refuse = refuse
         self.flush_enabled = flush_enabled
-        self.solo = len(ring.nodes) == 1  # one node: nothing is replicated
+        # one node: nothing is replicated (unless a node is joining it: its writes go there too)
+        self.solo = len(ring.nodes) == 1 and not ring.moving
         self.single_dc = len(ring.dcs) == 1
         # Every rack of every datacenter has one node: every key has the same
         # replicas, so a batch needs no hashing to know where it goes.
-        self.uniform = all(len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
+        #: A range is moving (dyno.ownership): some keys' writes also go to pending owners.
+        self.moving = ring.moving
+        self._pending_here: dict[int, tuple] = {}
+        if ring.moving:
+            self.part = self._moving_part
+        self.uniform = not ring.moving and all(
+            len(ring.rack_nodes(dc, rack)) == 1 for dc in ring.dcs for rack in ring.racks(dc))
         self.uniform_group = ring.replicas(0) if self.uniform else None
         # Plain requests (Planner.plain): spec -> the most arguments it may have
         # and stay plain (SET and GETEX carry a relative expiry only with more, and
@@ -528,6 +538,25 @@ class Planner:
             return Part(QUORUM, level, write, local, (), coordinate, payload, count, positions)
         picks, rest = self._read_quorum(local)
         return Part(QUORUM, level, write, picks, rest, (), payload, count, positions)
+
+    def _moving_part(self, group: tuple, write: bool, level: str, payload: bytes, count: int,
+                     positions: list[int] | None, here_only: bool = False, canonical: bool = False) -> Part:
+        """``part`` while a range moves (it replaces it on the instance then, so a
+        ring where nothing moves pays nothing): a write's pending owners in this
+        datacenter get it too."""
+        part = Planner.part(self, group, write, level, payload, count, positions, here_only, canonical)
+        if write and group.__class__ is not tuple:
+            part.pending = self.pending_here(group)
+        return part
+
+    def pending_here(self, group: tuple) -> tuple:
+        """``group``'s pending owners in this datacenter (the other datacenters'
+        get the writes from the node that coordinates them there)."""
+        pending = self._pending_here.get(id(group))
+        if pending is None:
+            pending = self._pending_here[id(group)] = tuple(
+                node for node in getattr(group, "pending", ()) if node.dc == self.local_dc)
+        return pending
 
     def _read_quorum(self, local: tuple) -> tuple[tuple, tuple]:
         """Which Q of the local replicas a quorum read asks first, and the others:

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_TOKEN",
     "SUPPORTED_HASHES",
+    "Moving",
     "Ring",
     "RingError",
     "RingNode",
@@ -398,6 +399,18 @@ class RingNode:
         return self.name
 
 
+class Moving(tuple):
+    """A replica set (one owner per rack, as a plain tuple is) while a range moves:
+    ``pending`` are the nodes that get its writes too but serve no reads yet. A
+    subclass so that the request path, which only ever asks ``ring.replicas``,
+    pays nothing for it when nothing moves."""
+
+    def __new__(cls, replicas: tuple, pending: tuple):
+        group = super().__new__(cls, replicas)
+        group.pending = pending
+        return group
+
+
 class Ring:
     """The nodes of every rack of every datacenter, and who owns what.
 
@@ -406,7 +419,8 @@ class Ring:
     """
 
     def __init__(self, nodes: Iterable[RingNode], local: RingNode,
-                 hash_name: str = "murmur", hash_tag: bytes | None = None) -> None:
+                 hash_name: str = "murmur", hash_tag: bytes | None = None,
+                 futures: Iterable[Iterable[RingNode]] = (), local_outside: bool = False) -> None:
         self._hash = hash_function(hash_name)
         self.hash_name = hash_name
         if hash_tag is not None and (not isinstance(hash_tag, bytes) or len(hash_tag) != 2):
@@ -416,7 +430,12 @@ class Ring:
         self._tag_open = hash_tag[0:1] if hash_tag else None
 
         self.local = local = _as_local(local)
-        by_name = _check_nodes(nodes, local)
+        futures = [list(future) for future in futures]
+        # ``local_outside``: this node owns nothing now (it is joining or replacing
+        # a node: pending, if a future lists it; or it was replaced, or left).
+        self.local_pending = local_outside and any(
+            node.name == local.name for future in futures for node in future)
+        by_name = _check_nodes(nodes, local, include_local=not local_outside)
 
         racks_of: dict[str, set[str]] = {}
         members: dict[tuple[str, str], list[RingNode]] = {}
@@ -424,9 +443,10 @@ class Ring:
             racks_of.setdefault(node.dc, set()).add(node.rack)
             members.setdefault((node.dc, node.rack), []).append(node)
 
-        self.dcs: tuple[str, ...] = (local.dc, *sorted(racks_of.keys() - {local.dc}))
+        self.dcs: tuple[str, ...] = ((local.dc, *sorted(racks_of.keys() - {local.dc}))
+                                     if local.dc in racks_of else tuple(sorted(racks_of)))
         self._racks: dict[str, tuple[str, ...]] = {
-            dc: ((local.rack, *sorted(racks - {local.rack})) if dc == local.dc
+            dc: ((local.rack, *sorted(racks - {local.rack})) if dc == local.dc and local.rack in racks
                  else tuple(sorted(racks)))
             for dc, racks in racks_of.items()
         }
@@ -442,20 +462,68 @@ class Ring:
         self.nodes: tuple[RingNode, ...] = tuple(
             node for place in order for node in self._rack_nodes[place])
         self._by_name = {node.name: node for node in self.nodes}
-        self._build_replica_table(order, len(self._racks[local.dc]))
+        # The rings once each range movement in flight is done (dyno.ownership):
+        # their owners that are not owners now get a key's writes too (pending).
+        future_continua = []
+        pending: dict[str, RingNode] = {}
+        for future in futures:
+            places: dict[tuple[str, str], list[RingNode]] = {}
+            for node in future:
+                if node.name == local.name:
+                    node = local
+                else:
+                    node = self._by_name.get(node.name, node)
+                    if node.name not in self._by_name:
+                        _check_node(node)
+                        pending.setdefault(node.name, node)
+                places.setdefault((node.dc, node.rack), []).append(node)
+            future_continua.append([_continuum(place, sorted(group, key=lambda n: (min(n.tokens), n.name)))
+                                    for place, group in sorted(places.items())])
+        if self.local_pending:
+            pending.setdefault(local.name, local)
+        #: Nodes that get writes but own nothing yet (joining, replacing), by name.
+        self.pending_nodes: tuple[RingNode, ...] = tuple(pending[name] for name in sorted(pending))
+        for node in self.pending_nodes:
+            self._by_name.setdefault(node.name, node)
+        #: Whether a range is moving: some keys have pending owners.
+        self.moving = False
+        self._build_replica_table(order, len(self._racks.get(local.dc, ())), future_continua)
 
-    def _build_replica_table(self, order: list[tuple[str, str]], local_racks: int) -> None:
+    def _build_replica_table(self, order: list[tuple[str, str]], local_racks: int,
+                             future_continua: list | None = None) -> None:
         """Merge every rack's tokens into one sorted list of boundaries; for each
         stretch ``(previous boundary, boundary]`` record the owner in every rack.
-        The entry past the last boundary repeats the first (the wrap-around)."""
+        The entry past the last boundary repeats the first (the wrap-around).
+        With range movements in flight (``future_continua``: per future ring, its
+        racks' continua) the futures' tokens are boundaries too, and a stretch whose
+        owner in some future is not an owner now gets a ``Moving`` replica set: the
+        same owners, and that node in ``pending``."""
         continua = [self._continuum[place] for place in order]
-        boundaries = sorted({token for tokens, _ in continua for token in tokens})
+        future_continua = future_continua or []
+        boundaries = sorted({token for tokens, _ in continua for token in tokens}
+                            | {token for future in future_continua for tokens, _ in future
+                               for token in tokens})
         interned: dict[tuple[RingNode, ...], tuple[RingNode, ...]] = {}
+        moving: dict[tuple, Moving] = {}
         everywhere: list[tuple[RingNode, ...]] = []
         nearby: list[tuple[RingNode, ...]] = []
         for boundary in boundaries:
             replicas = tuple(_owner_in(tokens, nodes, boundary) for tokens, nodes in continua)
-            everywhere.append(interned.setdefault(replicas, replicas))
+            extra: list[RingNode] = []
+            for future in future_continua:
+                for tokens, nodes in future:
+                    owner = _owner_in(tokens, nodes, boundary)
+                    if owner not in replicas and owner not in extra:
+                        extra.append(owner)
+            if extra:
+                key = (replicas, tuple(extra))
+                group = moving.get(key)
+                if group is None:
+                    group = moving[key] = Moving(replicas, key[1])
+                everywhere.append(group)
+                self.moving = True
+            else:
+                everywhere.append(interned.setdefault(replicas, replicas))
             local = replicas[:local_racks]
             nearby.append(interned.setdefault(local, local))
         everywhere.append(everywhere[0])
@@ -498,6 +566,19 @@ class Ring:
         datacenter first (its local rack first), then the remote ones in ``dcs`` order."""
         return self._replicas[bisect_left(self._boundaries, token)]
 
+    def pending(self, token: int) -> tuple[RingNode, ...]:
+        """The nodes that get ``token``'s writes besides its replicas while a range
+        moves (a joining node, a decommissioned node's successor, a replacement);
+        usually none."""
+        return getattr(self._replicas[bisect_left(self._boundaries, token)], "pending", ())
+
+    def stretches(self) -> list[tuple[int, int, tuple[RingNode, ...]]]:
+        """Every stretch of tokens ``(start, end]`` with its replica set, in token
+        order; the first wraps around (its start is the last boundary)."""
+        bounds = self._boundaries
+        return [(bounds[index - 1], bound, self._replicas[index])
+                for index, bound in enumerate(bounds)]
+
     def local_replicas(self, token: int) -> tuple[RingNode, ...]:
         """The owner of ``token`` in each rack of the local datacenter, local rack first."""
         return self._local_replicas[bisect_left(self._boundaries, token)]
@@ -523,7 +604,7 @@ class Ring:
         return self.dcs[1:]
 
     def node(self, name: str) -> RingNode:
-        """The node called ``name`` ("host:port")."""
+        """The node called ``name`` ("host:port"), pending nodes included."""
         try:
             return self._by_name[name]
         except KeyError:
@@ -583,8 +664,10 @@ def _check_node(node: RingNode) -> None:
         seen.add(token)
 
 
-def _check_nodes(nodes: Iterable[RingNode], local: RingNode) -> dict[str, RingNode]:
-    """Validate every node; return them by name, the local one included once."""
+def _check_nodes(nodes: Iterable[RingNode], local: RingNode,
+                 include_local: bool = True) -> dict[str, RingNode]:
+    """Validate every node; return them by name, the local one included once
+    (unless ``include_local`` is false: it is pending, in no rack yet)."""
     _check_node(local)
     by_name = {local.name: local}
     for node in nodes:
@@ -604,6 +687,8 @@ def _check_nodes(nodes: Iterable[RingNode], local: RingNode) -> dict[str, RingNo
             raise RingError(f"two nodes are named {node.name}: {_where(other)} and "
                             f"{_where(node)}")
         by_name[node.name] = node
+    if not include_local:
+        del by_name[local.name]
     return by_name
 
 
@@ -639,6 +724,16 @@ def topology_from_config(config: "Config") -> Ring:
     """The ring of ``config``: this node from its own settings (dyn_listen, rack,
     datacenter, tokens), every other node from dyn_seeds; hash and hash_tag as set.
     Problems are raised as a RingError naming the config file."""
+    own, peers, hash_tag = nodes_from_config(config)
+    try:
+        return Ring(peers, own, config.hash, hash_tag)
+    except RingError as error:
+        raise RingError(f"{config.path}: {error}") from None
+
+
+def nodes_from_config(config: "Config") -> tuple[RingNode, list[RingNode], bytes | None]:
+    """This node, the nodes of dyn_seeds, and the hash tag of ``config``, checked
+    (a RingError naming the config file)."""
     where = config.path
     try:
         own = RingNode(
@@ -651,7 +746,8 @@ def topology_from_config(config: "Config") -> Ring:
             if seed.address == config.dyn_listen:
                 raise RingError(f"{entry} is this node itself: its host:port is dyn_listen; "
                                 "list only the other nodes")
-            if (seed.rack, seed.dc, tuple(seed.tokens)) == (own.rack, own.dc, own.tokens):
+            if (seed.rack, seed.dc, tuple(seed.tokens)) == (own.rack, own.dc, own.tokens) and (
+                    getattr(config, "replace_node", None) != str(seed.address)):
                 raise RingError(f"{entry} has this node's rack ({own.rack}), datacenter "
                                 f"({own.dc}) and tokens; is it this node under another "
                                 "address? List only the other nodes, and give each node of "
@@ -664,6 +760,7 @@ def topology_from_config(config: "Config") -> Ring:
             if len(hash_tag) != 2:
                 raise RingError(f"hash_tag {config.hash_tag!r} must be two one-byte "
                                 "characters, like '{}'")
-        return Ring(peers, own, config.hash, hash_tag)
+        hash_function(config.hash)
+        return own, peers, hash_tag
     except RingError as error:
         raise RingError(f"{where}: {error}") from None

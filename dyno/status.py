@@ -13,9 +13,10 @@ import http.client
 import json
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich import box
 from rich.console import Console
@@ -195,7 +196,8 @@ def gather_status(addresses: Sequence[str]) -> dict:
         rows.append({
             "dc": dc, "rack": rack, "node": name,
             "tokens": server.get("tokens", [server.get("token")]),
-            "state": info["state"] if info else server.get("state", "UNKNOWN"),
+            "state": (server["state"] if server.get("state") in _MOVE_STATES
+                      else info["state"] if info else server.get("state", "UNKNOWN")),
             "up": up,
             "keys": info.get("keys") if info else None,
             "ops_per_sec": info.get("ops_per_sec") if info else None,
@@ -213,7 +215,24 @@ def gather_status(addresses: Sequence[str]) -> dict:
             if isinstance(progress, dict) and progress.get("running"):
                 repairs.append(progress)
     return {"source": source, "viewpoint": viewpoint, "nodes": rows, "warnings": warnings,
-            "repairs": repairs}
+            "repairs": repairs, "movements": _movements(rows)}
+
+
+_MOVE_STATES = ("JOINING", "REPLACING", "DECOMMISSIONING", "LEFT")
+
+
+def _movements(rows: list[dict]) -> list[dict]:
+    """The range movements running on the nodes (GET /movement), each with its node."""
+    movements = []
+    for row in rows:
+        if row["admin"] and row["up"] and row["keys"] is not None:
+            try:
+                progress = fetch_json(row["admin"], "/movement", timeout=1.0)
+            except (OSError, ValueError):
+                continue
+            if isinstance(progress, dict) and progress.get("state") in ("settling", "streaming", "waiting"):
+                movements.append({**progress, "node": row["node"]})
+    return movements
 
 
 def _hints(info: dict | None) -> dict[str, int] | None:
@@ -261,6 +280,9 @@ def render_status(status: dict, out: Console) -> None:
                       highlight=False, markup=False)
     for progress in status.get("repairs", ()):
         out.print(repair_line(progress, width=out.width), highlight=False, markup=False)
+    for progress in status.get("movements", ()):
+        out.print(f"{progress['node']}: " + movement_line(progress, width=out.width - len(progress["node"]) - 2),
+                  highlight=False, markup=False)
     for warning in status["warnings"]:
         out.print(f"warning: {warning}", style="yellow")
     if any(row["keys"] is None and row["up"] for row in status["nodes"]):
@@ -382,24 +404,86 @@ def repair_summary(progress: dict) -> str:
 # -- dyno ring -----------------------------------------------------------------------
 
 
+def _claims(describe: dict) -> list:
+    from dyno.ownership import NORMAL, Claim
+    claims = []
+    for dc, rack, server in _servers(describe):
+        node = RingNode(name=server["name"], host=server["host"], port=server["port"], dc=dc, rack=rack,
+                        tokens=tuple(server.get("tokens") or [server["token"]]))
+        state = server.get("state")
+        claims.append(Claim(node, state if state in _MOVE_STATES else NORMAL, 0))
+    return claims
+
+
 def ring_of(describe: dict) -> Ring:
-    nodes = [
-        RingNode(name=server["name"], host=server["host"], port=server["port"], dc=dc, rack=rack,
-                 tokens=tuple(server.get("tokens") or [server["token"]]))
-        for dc, rack, server in _servers(describe)
-    ]
-    if not nodes:
+    """The ring a node's /cluster_describe shows: its owners now (a joining node,
+    or a replacement, pending)."""
+    from dyno.ownership import ring_of as build
+    claims = _claims(describe)
+    if not claims:
         raise StatusError("the node described an empty ring")
     try:
-        return Ring(nodes[1:], nodes[0])
+        return build(claims, claims[0].node)[0]
     except RingError as error:
         raise StatusError(f"the described ring is inconsistent: {error}") from None
 
 
-def ring_shares(describe: dict) -> dict:
+def planned_ring(describe: dict, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Ring | None:
+    """The ring once the moves in flight are done, and the planned ones: ``add``, racks
+    ("rack" or "dc/rack") that each get a node with the tokens a join would choose,
+    ``remove``, nodes decommissioned. None if nothing moves or is planned."""
+    from dyno.ownership import DECOMMISSIONING, LEFT, MOVING_IN, REPLACING, placement, split_range
+    claims = _claims(describe)
+    placed = placement(claims)
+    if not placed.moving and not add and not remove:
+        return None
+    nodes = {node.name: node for node in placed.current}
+    for claim in claims:
+        name = claim.node.name
+        if placed.moving.get(name) in (DECOMMISSIONING, LEFT):
+            nodes.pop(name, None)
+        elif placed.moving.get(name) in MOVING_IN:
+            if claim.state == REPLACING:
+                for other in list(nodes.values()):
+                    if (other.dc, other.rack, set(other.tokens)) == (claim.node.dc, claim.node.rack,
+                                                                     set(claim.node.tokens)):
+                        del nodes[other.name]
+            nodes[name] = claim.node
+    for name in remove:
+        if name not in nodes:
+            raise StatusError(f"no node {name} in the ring (nodes: {', '.join(sorted(nodes))})")
+        del nodes[name]
+    for index, where in enumerate(add):
+        dc, _, rack = where.rpartition("/")
+        racks = {(n.dc, n.rack) for n in nodes.values() if n.rack == rack and (not dc or n.dc == dc)}
+        if len(racks) != 1:
+            raise StatusError(f"--add {where}: " + ("no such rack" if not racks else "give dc/rack") +
+                              f" (racks: {', '.join(sorted(f'{d}/{r}' for d, r in {(n.dc, n.rack) for n in nodes.values()}))})")
+        dc, rack = racks.pop()
+        tokens = split_range([t for n in nodes.values() if (n.dc, n.rack) == (dc, rack) for t in n.tokens])
+        name = f"new-{index + 1} ({dc}/{rack})"
+        nodes[name] = RingNode(name, "planned", 1, dc, rack, tuple(tokens))
+    if not nodes:
+        raise StatusError("the plan leaves no node in the ring")
+    ordered = sorted(nodes.values(), key=lambda n: n.name)
+    try:
+        return Ring(ordered[1:], ordered[0])
+    except RingError as error:
+        raise StatusError(f"the planned ring is inconsistent: {error}") from None
+
+
+def ring_shares(describe: dict, add: Sequence[str] = (), remove: Sequence[str] = ()) -> dict:
     """Per rack, the share of the token space each node owns, and whether the rack
-    is uneven (largest share / smallest share > ``UNEVEN``)."""
-    ring = ring_of(describe)
+    is uneven (largest share / smallest share > ``UNEVEN``); with moves in flight or
+    planned (``planned_ring``), each node's share after them too."""
+    result = _shares(ring_of(describe))
+    after = planned_ring(describe, add, remove)
+    if after is not None:
+        result["after"] = _shares(after)
+    return result
+
+
+def _shares(ring: Ring) -> dict:
     racks = []
     warnings = []
     for dc in sorted(ring.dcs):
@@ -427,8 +511,14 @@ def ring_shares(describe: dict) -> dict:
 
 
 def render_ring(shares: dict, out: Console) -> None:
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1),
-                  title="token ownership per rack")
+    after = shares.get("after")
+    _render_shares(shares, out, "token ownership per rack" + (", now" if after else ""))
+    if after is not None:
+        _render_shares(after, out, "after the moves in flight and planned")
+
+
+def _render_shares(shares: dict, out: Console, title: str) -> None:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), title=title)
     table.add_column("DC/rack", overflow="fold")
     table.add_column("node", overflow="fold", min_width=15)
     table.add_column("tokens", overflow="fold", max_width=24)
@@ -470,3 +560,62 @@ def render_tokens(plan: dict, out: Console) -> None:
     out.print(table)
     out.print("Give node i of every rack token i: each rack then holds a full copy, "
               "and a key has the same owner position in every rack.", soft_wrap=False)
+
+
+# -- range movements (dyno.streaming) ---------------------------------------------------
+
+
+def movement_progress(address: str) -> dict:
+    """GET /movement: the node's range movement (join, replace, decommission) and cleanup."""
+    answer = _admin_call(address, "/movement")
+    if not isinstance(answer, dict):
+        raise StatusError(f"{address}: GET /movement answered {str(answer)[:60]!r}")
+    return answer
+
+
+def movement_line(progress: dict, width: int = WIDTH) -> str:
+    """One line of a move's progress: a bar over the sources' keys, keys copied, MB, keys/s."""
+    transfer = progress.get("transfer") or {}
+    total, scanned = transfer.get("total"), transfer.get("scanned", 0)
+    state = progress.get("state", "?")
+    fraction = 1.0 if state in ("done", "left") else (min(scanned / total, 0.99) if total else None)
+    text = (f" {state}: {_count(transfer.get('copied'))} keys copied"
+            f" ({transfer.get('bytes', 0) / 1e6:.1f} MB, {transfer.get('keys_per_second', 0):,.0f} keys/s)")
+    head = f"{progress.get('kind') or 'move'} "
+    percent = "  ?%" if fraction is None else f"{fraction * 100:3.0f}%"
+    bar_width = max(10, width - len(head) - len(text) - len(percent) - 4)
+    filled = 0 if fraction is None else int(fraction * bar_width)
+    return f"{head}[{'#' * filled}{'.' * (bar_width - filled)}] {percent}{text}"[:width]
+
+
+def decommission(address: str, progress: Callable[[dict], None] | None = None, timeout: float = 3600.0,
+                 poll: float = 0.5) -> dict:
+    """POST /decommission on the node at ``address``, then follow /movement until the
+    node has left the ring (``progress`` gets each status); its last status. StatusError
+    when it cannot start, fails, or does not finish within ``timeout`` seconds."""
+    _admin_call(address, "/decommission", "POST")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = movement_progress(address)
+        if progress is not None:
+            progress(status)
+        if status.get("state") == "left":
+            return status
+        transfer = status.get("transfer") or {}
+        if transfer.get("phase") == "failed" and status.get("state") not in ("settling", "streaming", "waiting"):
+            raise StatusError(f"{address}: decommission failed: {transfer.get('error')}")
+        if time.monotonic() > deadline:
+            raise StatusError(f"{address}: decommission not done after {timeout:g} s ({status.get('state')})")
+        time.sleep(poll)
+
+
+def seed_entries(address: str, leaving_out: str | None = None) -> list[str]:
+    """Every node of the ring the node at ``address`` (its admin port) describes, as
+    dyn_seeds entries (host:port:rack:dc:tokens), but ``leaving_out`` (a node name)."""
+    describe = _admin_call(address, "/cluster_describe")
+    if not isinstance(describe, dict) or "dcs" not in describe:
+        raise StatusError(f"{address}: /cluster_describe answered {str(describe)[:60]!r}")
+    return [f"{server['host']}:{server['port']}:{rack}:{dc}:"
+            + ",".join(map(str, server.get("tokens") or [server["token"]]))
+            for dc, rack, server in _servers(describe)
+            if server["name"] != leaving_out and server.get("state") not in ("LEFT", "DECOMMISSIONING")]

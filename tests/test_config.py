@@ -120,6 +120,9 @@ DEFAULTS = {
     "repair_interval": 0,
     "tombstone_grace": 864000,
     "flush_enabled": True,
+    "auto_bootstrap": False,
+    "replace_node": None,
+    "stream_rate": 0,
     "warnings": (),
 }
 
@@ -226,6 +229,9 @@ EVERY_KEY = [
     ("tombstone_grace", 86400, 86400),
     ("flush_enabled", False, False),
     ("phi_convict_threshold", 12.5, 12.5),
+    ("stream_rate", 20000, 20000),
+    ("auto_bootstrap", True, True),
+    ("replace_node", "127.0.0.1:9201", "127.0.0.1:9201"),
 ]
 
 
@@ -237,6 +243,8 @@ COMPANIONS.update({
     "client_tls_cert": {"client_tls_key": "node-key.pem"},
     "client_tls_key": {"client_tls_cert": "node.pem"},
     "client_tls_ca": {"client_tls_cert": "node.pem", "client_tls_key": "node-key.pem"},
+    "auto_bootstrap": {"tokens": "5"},
+    "replace_node": {"dyn_seeds": ["127.0.0.1:9201:localrack:localdc:1000"], "dyn_listen": "127.0.0.1:8101"},
 })
 
 
@@ -603,6 +611,9 @@ KEY_ERRORS = [
     ("read_repair_chance", True, "expected a number from 0 to 1, got true"),
     ("repair_rate", -5, "expected a whole number of keys per second"),
     ("repair_interval", "daily", "expected a whole number of seconds"),
+    ("stream_rate", -1, "expected a whole number of keys per second"),
+    ("auto_bootstrap", "yes please", "expected true or false"),
+    ("replace_node", "", "is empty; expected a non-empty string"),
     ("tombstone_grace", 0, "0 is out of range; expected a whole number of seconds, at least 1"),
     ("tombstone_grace", "10d", "expected a whole number of seconds"),
     # keys dyno ignores still get their values checked
@@ -791,7 +802,7 @@ def test_seeds_need_dyn_listen_and_tokens() -> None:
         "node.yml: dyn_o_mite.dyn_listen: missing; required when dyn_seeds lists peers, since "
         "it is the address they reach this node at",
         "node.yml: dyn_o_mite.tokens: missing; required when dyn_seeds lists peers (nodes of "
-        "one rack must not share the default token 0)",
+        "one rack must not share the default token 0), unless auto_bootstrap or replace_node chooses them",
     )
 
 
@@ -1209,3 +1220,34 @@ def test_client_tls_keys_together_parse_without_warnings() -> None:
         "n.pem", "n-key.pem", "ca.pem")
     assert config.warnings == ()
     assert parse().client_tls_cert is None
+
+
+# -- range movements: auto_bootstrap and replace_node choose the tokens ------------------
+
+_MOVING = """
+dyn_o_mite:
+  listen: 127.0.0.1:8102
+  dyn_listen: 127.0.0.1:8101
+  rack: r1
+  datacenter: dc
+  servers: [127.0.0.1:22122:1]
+  dyn_seeds: ['127.0.0.1:9101:r1:dc:0', '127.0.0.1:9201:r1:dc:1000', '127.0.0.1:9301:r2:dc:0']
+"""
+
+
+def test_auto_bootstrap_without_tokens_splits_the_widest_range_of_the_rack():
+    config = parse_config(_MOVING + "  auto_bootstrap: true\n")
+    # r1 holds 0 and 1000: the widest range is (1000, 2**32], its middle taken
+    assert config.tokens == ((1000 + 2**32) // 2,)
+
+
+def test_replace_node_takes_the_dead_nodes_tokens_and_must_name_a_seed_of_its_rack():
+    assert parse_config(_MOVING + "  replace_node: 127.0.0.1:9201\n").tokens == (1000,)
+    with pytest.raises(ConfigError, match="not in dyn_seeds"):
+        parse_config(_MOVING + "  replace_node: 127.0.0.1:9999\n")
+    with pytest.raises(ConfigError, match="takes the dead node's rack"):
+        parse_config(_MOVING + "  replace_node: 127.0.0.1:9301\n")
+    with pytest.raises(ConfigError, match="needs enable_gossip"):
+        parse_config(_MOVING + "  replace_node: 127.0.0.1:9201\n  enable_gossip: false\n")
+    with pytest.raises(ConfigError, match="tokens missing|missing; required"):
+        parse_config(_MOVING)

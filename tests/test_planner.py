@@ -352,3 +352,27 @@ def _normal(plan: Plan) -> list[Part]:
         if part.positions is None:
             part.positions = list(range(plan.size))
     return plan.parts
+
+
+# -- range movements (dyno.ownership): a write's pending owners ------------------------------
+
+
+def _moving_ring(current: int):
+    from dyno.ownership import JOINING, NORMAL, Claim, ring_of
+    nodes = [RingNode(f"n{i}", "h", 1000 + i, "dc", f"r{i}", (0,)) for i in range(1, current + 1)]
+    joining = RingNode("n9", "h", 1009, "dc", "r1", (2**31,))
+    claims = [Claim(n, NORMAL, 1) for n in nodes] + [Claim(joining, JOINING, 2)]
+    return ring_of(claims, nodes[0])[0]
+
+
+@given(st.integers(1, 3), st.sampled_from(["DC_ONE", "DC_QUORUM"]), st.binary(min_size=1, max_size=8))
+def test_writes_of_a_moving_range_also_go_to_its_pending_owner_and_reads_do_not(current, level, key):
+    ring = _moving_ring(current)
+    planner = Planner(ring, lambda node: True)
+    pending = ring.pending(ring.token_of(key))
+    write = as_plan(planner.plan([[b"SET", key, b"v"]], resp.encode_command([b"SET", key, b"v"]), level, level), ring)
+    read = as_plan(planner.plan([[b"GET", key]], resp.encode_command([b"GET", key]), level, level), ring)
+    assert [n.name for n in write.parts[0].pending] == [n.name for n in pending]
+    assert read.parts[0].pending == ()
+    assert all(n.name != "n9" for part in read.parts for n in (*part.asked, *part.reserve))
+    assert bool(pending) == (ring.token_of(key) in range(1, 2**31 + 1))

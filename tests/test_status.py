@@ -184,3 +184,37 @@ def test_status_without_any_reachable_node_says_so():
     done = dyno("status", "--node", f"127.0.0.1:{port}", ok=False)
     assert done.returncode == 1
     assert f"127.0.0.1:{port}" in done.stderr and "--node HOST:PORT" in done.stderr
+
+
+# --------------------------------------------------------------------------- moves (issue 18)
+
+
+def test_ring_shows_the_shares_after_moves_in_flight_and_planned():
+    joining = _describe({"rack1": [[0], [2**31]], "rack2": [[0]]})
+    joining["dcs"][0]["racks"][0]["servers"][1]["state"] = "JOINING"
+    result = status.ring_shares(joining)
+    # now: the joining node owns nothing yet; after: half of rack1
+    assert [n["share"] for n in result["racks"][0]["nodes"]] == [1.0]
+    assert sorted(n["share"] for n in result["after"]["racks"][0]["nodes"]) == [0.5, 0.5]
+    planned = status.ring_shares(_describe({"rack1": [[0]], "rack2": [[0], [2**31]]}),
+                                 add=["rack1"], remove=["10.0.0.1:9002"])
+    after = {rack["rack"]: sorted(n["share"] for n in rack["nodes"]) for rack in planned["after"]["racks"]}
+    assert after == {"rack1": [0.5, 0.5], "rack2": [1.0]}
+    assert "after" not in status.ring_shares(_describe({"rack1": [[0]]}))
+    with pytest.raises(status.StatusError, match="no node 10.9.9.9:1"):
+        status.ring_shares(_describe({"rack1": [[0]]}), remove=["10.9.9.9:1"])
+    out = status.console(width=80)
+    with out.capture() as captured:
+        status.render_ring(planned, out)
+    text = captured.get()
+    assert fits_80(text) and "after the moves" in text and "new-1 (dc1/rack1)" in text
+
+
+def test_a_moves_progress_line():
+    streaming = {"kind": "join", "state": "streaming",
+                 "transfer": {"total": 1000, "scanned": 250, "copied": 120, "bytes": 2_500_000,
+                              "keys_per_second": 600.0}}
+    line = status.movement_line(streaming, width=80)
+    assert len(line) <= 80 and " 25%" in line and "120 keys copied" in line and "2.5 MB" in line
+    done = status.movement_line({**streaming, "state": "done"}, width=80)
+    assert "100%" in done
