@@ -200,6 +200,7 @@ class Config:
     repair_interval: int = 0       # seconds between the node's own scheduled repairs (0: none)
     tombstone_grace: int = 864000  # seconds a deleted key's version is kept (Cassandra's gc_grace_seconds)
     flush_enabled: bool = True     # FLUSHDB/FLUSHALL allowed
+    workers: int = 1               # processes serving clients (dyno.workers); `auto`: the cores available
     warnings: tuple[str, ...] = ()  # accepted-but-ignored keys, one message each
 
     @property
@@ -520,6 +521,27 @@ def _seeds(value: object) -> tuple[Seed, ...]:
     return tuple(seeds)
 
 
+MAX_WORKERS = 256
+
+
+def cores_available() -> int:
+    """The cores this process may run on (its CPU affinity, as `auto` counts them)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _workers(value: object) -> int:
+    """``workers``: a whole number from 1, or ``auto`` (one per core available)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return min(cores_available(), MAX_WORKERS)
+    try:
+        return _integer(1, MAX_WORKERS, unit="processes")(value)
+    except _Invalid as invalid:
+        raise _Invalid(invalid.message.replace("expected ", "expected 'auto' or ", 1)) from None
+
+
 # ---------------------------------------------------------------------------
 # The key tables.
 
@@ -584,6 +606,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     # replica that missed the delete bring the key back (see _check_together).
     "tombstone_grace": _integer(1, unit="seconds"),
     "flush_enabled": _boolean,
+    "workers": _workers,
 }
 
 # Old names: old -> current. Both given is an error.
@@ -712,6 +735,11 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
                 which = "" if key in values else f"the default {key} "
                 errors.append((key, f"{which}{address} clashes with {other_key} ({other}); "
                                     "each listener needs its own port"))
+    if _effective(values, "workers") > 1:
+        for key in ("listen", "dyn_listen"):
+            if _effective(values, key).port == 0:
+                errors.append((key, "port 0 (any free port) cannot be shared by several workers; "
+                                    "give a port, or set workers: 1"))
     # A hint is replayed up to max_hint_window after its write; if the tombstone of a
     # later delete were dropped by then, the replayed write would bring the key back.
     grace, window = _effective(values, "tombstone_grace"), _effective(values, "max_hint_window")
