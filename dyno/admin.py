@@ -117,6 +117,15 @@ class NodeView:
     auth_failures: Callable[[], int] = int
     #: Tombstone GC counters (dyno.tombstones.TombstoneSweeper.describe).
     tombstones: Callable[[], dict] = dict
+    #: With ``workers: N`` (dyno.workers), the supervisor's: gathers the workers'
+    #: counters into ``stats``, ``metrics`` and ``clients`` before they are read.
+    refresh: Callable[[], Awaitable[None]] | None = None
+    #: Requests sent to each peer by the node's processes together: name -> {sent,
+    #: failed, in_flight} (None: this process's links are the node's).
+    peer_totals: Callable[[], dict] | None = None
+    #: Per worker (index, pid, up, restarts, client_connections, client_requests);
+    #: None without workers.
+    workers: Callable[[], list] | None = None
 
 
 # -- the cluster view ------------------------------------------------------------------
@@ -237,12 +246,14 @@ async def info(server: "AdminServer") -> dict:
     recent = server.window.recent_counts(m.client_latency)
     datastore_counts = list(m.datastore_latency.counts)
     peers = {}
+    totals = metrics.peer_totals(node)
     for name in sorted(node.peer_links):
         link = node.peer_links[name]
+        counts = totals.get(name, metrics.NO_REQUESTS)
         peers[name] = {
             "dc": link.peer.dc, "rack": link.peer.rack, "up": int(link.up),
-            "admin_down": int(name in node.admin_down), "sent": link.sent,
-            "failed": link.failed, "in_flight": link.in_flight,
+            "admin_down": int(name in node.admin_down), "sent": counts["sent"],
+            "failed": counts["failed"], "in_flight": counts["in_flight"],
             "latency_99th": _microseconds(
                 metrics.percentile(m.peer_latency[name].counts, 0.99)) if name in m.peer_latency else 0,
         }
@@ -299,6 +310,8 @@ async def info(server: "AdminServer") -> dict:
             },
         },
     }
+    if node.workers is not None:
+        body["workers"] = node.workers()
     return body
 
 
@@ -532,6 +545,8 @@ class AdminServer:
     async def _sample_forever(self) -> None:
         node = self.node
         while True:
+            if node.refresh is not None:
+                await node.refresh()
             self.window.sample(time.monotonic(), node.stats.commands, node.metrics.client_latency)
             await trio.sleep(SAMPLE_INTERVAL)
 
@@ -568,6 +583,8 @@ class AdminServer:
         if isinstance(found, Reply):
             return found
         handler, parameters = found
+        if self.node.refresh is not None and handler in (_info, _metrics):
+            await self.node.refresh()
         result = handler(self, *parameters)
         if inspect.isawaitable(result):
             result = await result

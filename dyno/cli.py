@@ -73,12 +73,18 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     from dyno.hints import HintStoreError
     from dyno.node import serve
     from dyno.tls import TLSConfigError
+    from dyno.workers import WorkerError
 
     config = _load(config_path)
     _check_tls_files(config, config_path, "cannot start: ")
     _setup_logging(verbose, log_file, config.name, log_level)
     try:
-        trio.run(serve, config)
+        if config.workers > 1:  # a supervisor and its worker processes (dyno.workers)
+            from dyno import workers
+
+            _run(trio, workers.serve, config, {"verbose": verbose, "log_file": log_file, "level": log_level})
+        else:
+            _run(trio, serve, config)
     except OSError as exc:  # e.g. the listen port is taken
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except HintStoreError as exc:  # hints_dir cannot be used
@@ -87,6 +93,22 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except TLSConfigError as exc:  # a peer_tls_* file that cannot be used
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+    except WorkerError as exc:  # a worker could not bind its ports, open its hints ...
+        raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+
+
+def _run(trio, *args) -> None:
+    """trio.run, with an error that reached it through nurseries (an exception group
+    of one) raised as itself, so the caller can say it in one line."""
+    try:
+        trio.run(*args)
+    except BaseExceptionGroup as group:
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]
+        if error is group:
+            raise
+        raise error from None
 
 
 def _check_files(path: str, config) -> None:
