@@ -557,6 +557,7 @@ class Node:
             "peers": {name: {"sent": link.sent, "failed": link.failed, "in_flight": link.in_flight}
                       for name, link in self.peer_links.items()},
             "hints": self.handoff.describe(), "auth_failures": self.password.failures,
+            "peers_up": sum(link.usable for link in self.peer_links.values()),
         }
 
     def info_blocks(self, sections: list[bytes], everything: bool, siblings: list[dict] = ()) -> dict[str, dict]:
@@ -597,13 +598,14 @@ class Node:
                 "datastore": self.datastore.address,
                 "datastore_up": int(self.datastore.up),
                 "peers": len(self.peer_links),
-                # Connected and judged up by gossip: what routing will use.
-                "peers_up": sum(link.usable for link in self.peer_links.values()),
+                # Connected and judged up by gossip: what routing will use (with
+                # workers, what every worker's routing will use).
+                "peers_up": min([sum(link.usable for link in self.peer_links.values())]
+                                + [sibling["peers_up"] for sibling in siblings]),
                 # Replica requests still in flight: 0 on every node means every
                 # acknowledged write has reached every replica.
-                "peer_requests_in_flight": sum(
-                    link.in_flight for link in self.peer_links.values()
-                ),
+                "peer_requests_in_flight": sum(link.in_flight for link in self.peer_links.values())
+                + sum(counts["in_flight"] for sibling in siblings for counts in sibling["peers"].values()),
             },
         }
         return {name.decode(): fields for name, fields in blocks.items() if everything or name in sections}

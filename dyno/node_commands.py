@@ -214,7 +214,7 @@ def _info(node, client, argv, slot):
 
 
 # Sections whose figures are the node's, summed over its workers.
-_NODE_WIDE = frozenset({b"clients", b"stats"})
+_NODE_WIDE = frozenset({b"clients", b"stats", b"dyno"})
 
 
 def _info_reply(node, client, sections, everything, slot, blocks):
