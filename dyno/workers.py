@@ -473,6 +473,11 @@ async def serve(config: Config, logging_setup: dict) -> None:
 # -- a worker process -------------------------------------------------------------------------
 
 
+def share(total: int, workers: int, index: int) -> int:
+    """Worker ``index``'s part of a node-wide budget of ``total`` (the parts add up to it)."""
+    return total // workers + (index < total % workers)
+
+
 def worker_hints_dir(hints_dir: str | None, index: int) -> str | None:
     if hints_dir is None or index == 0:
         return hints_dir
@@ -491,7 +496,11 @@ async def run_worker(sock: socket.socket) -> None:
     from dyno.cli import _setup_logging  # the node's log format, with the worker's index
 
     _setup_logging(setup.get("verbose", 0), setup.get("log_file"), f"{config.name} w{index}", setup.get("level"))
-    config = dataclasses.replace(config, hints_dir=worker_hints_dir(config.hints_dir, index))
+    config = dataclasses.replace(
+        config, hints_dir=worker_hints_dir(config.hints_dir, index),
+        # the node's budgets, split: together the workers never exceed them
+        maxclients=max(1, share(config.maxclients, config.workers, index)),
+        maxmemory_clients=config.maxmemory_clients and max(1, share(config.maxmemory_clients, config.workers, index)))
     node = Node(config, role=WORKER)
     node.control = channel
     node.admin_address = given["admin"]
