@@ -49,6 +49,7 @@ from typing import Callable
 import msgpack
 import trio
 
+from dyno.client import number_clients
 from dyno.config import Config
 from dyno.datastore import check_auth
 from dyno.hints import WORKER_DIR_PREFIX
@@ -501,6 +502,7 @@ async def run_worker(sock: socket.socket) -> None:
         # the node's budgets, split: together the workers never exceed them
         maxclients=max(1, share(config.maxclients, config.workers, index)),
         maxmemory_clients=config.maxmemory_clients and max(1, share(config.maxmemory_clients, config.workers, index)))
+    number_clients(index + 1, config.workers)
     node = Node(config, role=WORKER)
     node.control = channel
     node.admin_address = given["admin"]
