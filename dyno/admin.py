@@ -126,6 +126,9 @@ class NodeView:
     #: Per worker (index, pid, up, restarts, client_connections, client_requests);
     #: None without workers.
     workers: Callable[[], list] | None = None
+    #: With workers, the supervisor's: returns once every worker routes by what an
+    #: admin request just changed (its view applied), so the reply means it is in force.
+    settle: Callable[[], Awaitable[None]] | None = None
 
 
 # -- the cluster view ------------------------------------------------------------------
@@ -277,7 +280,8 @@ async def info(server: "AdminServer") -> dict:
         "average_server_latency": _microseconds(
             m.datastore_latency.sum / m.datastore_latency.count if m.datastore_latency.count else 0.0),
         "keys": await datastore_keys(node),
-        "ops_per_sec": round(server.window.ops_per_sec(time.monotonic(), stats.commands), 1),
+        # as of the last sample (taken every second): two reads in a row agree
+        "ops_per_sec": round(server.window.ops_per_sec(*server.window.latest(time.monotonic(), stats.commands)), 1),
         config.pool: {
             "client_connections": len(node.clients),
             "client_requests": stats.commands,
@@ -588,6 +592,8 @@ class AdminServer:
         result = handler(self, *parameters)
         if inspect.isawaitable(result):
             result = await result
+        if changes and self.node.settle is not None:
+            await self.node.settle()
         return result
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:

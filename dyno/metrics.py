@@ -341,6 +341,10 @@ class Window:
         while len(self.samples) > 2 and self.samples[1][0] <= cutoff:
             del self.samples[0]
 
+    def latest(self, now: float, commands: int) -> tuple[float, int]:
+        """(time, commands) of the last sample; ``now`` and ``commands`` before the first."""
+        return self.samples[-1][:2] if self.samples else (now, commands)
+
     def ops_per_sec(self, now: float, commands: int, span: float = 10.0) -> float:
         """Commands per second over the last ``span`` seconds (or what history there is)."""
         base = None

@@ -229,6 +229,7 @@ class Supervisor:
         admin.node = dataclasses.replace(
             admin.node, clients=_ClientTotal(self), refresh=self.refresh, peer_totals=self.peer_totals,
             workers=lambda: [worker.describe() for worker in self.workers], hints=self.hints,
+            settle=self.settle,
             auth_failures=lambda: sum(taken.get("auth_failures", 0) for taken in self._gathered),
         )
 
@@ -272,6 +273,11 @@ class Supervisor:
             worker.snapshot = taken
         self._gathered = [taken for _, taken in gathered]
         merge_into(self.node.stats, self.node.metrics, self._gathered)
+
+    async def settle(self) -> None:
+        """Return once every serving worker applied the view pushed so far (frames
+        are taken in order: its answer comes after the view)."""
+        await self.gather("sync", None)
 
     def peer_totals(self) -> dict:
         totals: dict[str, dict] = {}
@@ -330,7 +336,9 @@ class Supervisor:
         """One life of a worker process; its exit code."""
         ours, theirs = socket.socketpair()
         try:
-            process = await trio.lowlevel.open_process(
+            # Started from this (the main) thread, not a helper thread as trio's
+            # open_process does: PR_SET_PDEATHSIG fires when the creating thread ends.
+            process = subprocess.Popen(
                 [sys.executable, "-m", "dyno.workers", str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         except BaseException:
@@ -347,21 +355,21 @@ class Supervisor:
                 nursery.start_soon(self._serve_worker, worker, channel, ready, starting)
                 if starting is not None:
                     with trio.move_on_after(READY_TIMEOUT):
-                        await _first(process.wait, ready.wait)
-                    if not ready.is_set() and process.returncode is None:
+                        await _first(lambda: _exited(process), ready.wait)
+                    if not ready.is_set() and process.poll() is None:
                         log.error("node %s: worker %d did not serve within %g s", self.node.name,
                                   worker.index, READY_TIMEOUT)
                         process.kill()
-                await process.wait()
+                await _exited(process)
                 nursery.cancel_scope.cancel()
         finally:
             worker.up = False
             worker.channel = None
             channel.close()
             with trio.CancelScope(shield=True):
-                if process.returncode is None:
+                if process.poll() is None:
                     process.kill()
-                    await process.wait()
+                    await _exited(process)
                 await channel.stream.aclose()
         return process.returncode
 
@@ -424,6 +432,17 @@ class _ClientTotal:
 
     def __len__(self) -> int:
         return sum(taken.get("clients", 0) for taken in self.supervisor._gathered)
+
+
+async def _exited(process: subprocess.Popen) -> int:
+    """Wait for ``process`` to end (its pidfd turns readable); its exit code."""
+    if process.poll() is None:
+        pidfd = os.pidfd_open(process.pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+    return process.wait()
 
 
 async def _first(*waits: Callable) -> None:
@@ -542,6 +561,8 @@ async def _worker_frames(node: Node, channel: Channel, nursery: trio.Nursery) ->
                 channel.send(["answer", ask_id, node.snapshot()])
             elif what == "pubsub":
                 channel.send(["answer", ask_id, node.pubsub.local_counts(args[0], args[1])])
+            elif what == "sync":  # every frame before it is taken
+                channel.send(["answer", ask_id, True])
             else:
                 channel.send(["answer", ask_id, None])
 

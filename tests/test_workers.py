@@ -209,3 +209,19 @@ def test_no_worker_outlives_its_supervisor(cluster_factory):
     os.kill(node.state.pid, signal.SIGKILL)  # the supervisor alone, not its process group
     support.wait_for(lambda: not any(localcluster.pid_alive(pid, None) for pid in pids), timeout=10,
                      what="the workers gone with their supervisor")
+
+
+@integration
+def test_an_operator_state_is_in_force_on_every_worker_when_the_admin_port_answers(cluster):
+    node = cluster[1]
+    clients = [clients[0] for clients in clients_on_each_worker(node).values()]
+    clients[0].set("state-key", "v")
+    url = f"http://{node.host}:{node.stats_port}"
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/state/writes_only", method="POST"), timeout=5).read()
+        for client in clients:
+            with pytest.raises(redis.ResponseError, match="WRITES_ONLY"):
+                client.get("state-key")
+    finally:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/state/normal", method="POST"), timeout=5).read()
+    assert [client.get("state-key") for client in clients] == [b"v", b"v"]
