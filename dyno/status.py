@@ -183,13 +183,6 @@ def _hints(info: dict | None) -> dict[str, int] | None:
     return None
 
 
-def _workers_cell(row: dict) -> str:
-    workers = row.get("workers")
-    if not workers:  # one process, or its /info unknown
-        return "-" if not row["up"] else "1" if row.get("keys") is not None else "?"
-    return f"{sum(bool(w.get('up')) for w in workers)}/{len(workers)} up"
-
-
 def _worker_line(worker: dict) -> str:
     restarted = f", started again {worker['restarts']}x" if worker.get("restarts") else ""
     state = "" if worker.get("up") else " DOWN"
@@ -213,9 +206,6 @@ def render_status(status: dict, out: Console) -> None:
     table.add_column("ops/s", justify="right", no_wrap=True)
     table.add_column("p99 ms", justify="right", no_wrap=True)
     table.add_column("hints", justify="right", no_wrap=True)
-    with_workers = any(row.get("workers") for row in status["nodes"])
-    if with_workers:
-        table.add_column("workers", justify="right", no_wrap=True)
     for row in status["nodes"]:
         up = "[green]UP[/]" if row["up"] else "[bold red]DOWN[/]"
         down = not row["up"]
@@ -226,12 +216,13 @@ def render_status(status: dict, out: Console) -> None:
             "-" if down else _unknown(row["ops_per_sec"], "{:.0f}"),
             "-" if down else _unknown(row["p99_ms"], "{:.2f}"),
             "-" if down or row.get("hints") is None else f"{sum(row['hints'].values()):,}",
-            *([_workers_cell(row)] if with_workers else []),
         )
     out.print(table)
-    for row in status["nodes"]:
-        if row.get("workers") and row["up"]:
-            out.print(f"workers: {row['node']}: " + "; ".join(_worker_line(w) for w in row["workers"]),
+    for row in status["nodes"]:  # workers: N: a node's workers, when one is down or was started again
+        if row.get("workers") and row["up"] and any(not w.get("up") or w.get("restarts") for w in row["workers"]):
+            up = sum(bool(w.get("up")) for w in row["workers"])
+            out.print(f"workers: {row['node']}: {up}/{len(row['workers'])} up: "
+                      + "; ".join(_worker_line(w) for w in row["workers"]),
                       highlight=False, markup=False)
     for row in status["nodes"]:
         for peer, pending in sorted((row.get("hints") or {}).items()):

@@ -151,9 +151,15 @@ def measure(node: Node, requests: int, pipeline: int, clients: int) -> dict:
     cpu_after, supervisor_after = node.cpu()
     after_requests = {w["index"]: w["client_requests"] for w in node.per_worker()}
     ops = {}
-    for line in out.splitlines()[1:]:
+    for line in out.splitlines():
         cells = [cell.strip('"') for cell in line.split(",")]
-        ops[cells[0]] = float(cells[1])
+        if cells[0] in ("SET", "GET") and len(cells) > 1:
+            ops[cells[0]] = float(cells[1])
+    if bench.returncode or len(ops) != 2:
+        raise SystemExit(f"redis-benchmark failed against {node.workers} worker(s):\n{out}")
+    restarted = [w["index"] for w in node.per_worker() if w.get("restarts")]
+    if restarted:
+        raise SystemExit(f"worker(s) {restarted} were started again during the run: see {node.log}")
     served = {index: after_requests[index] - before_requests.get(index, 0) for index in after_requests}
     total = sum(served.values())
     return {"ops": ops, "requests": total,

@@ -192,6 +192,13 @@ def test_a_killed_worker_is_replaced_and_the_other_workers_clients_see_nothing(c
     assert [w["restarts"] for w in after] == [int(w["pid"] == victim) for w in before]
     assert (admin(node)["node"], admin(node, "/cluster_describe")) == identity
     assert worker_of(client) == survivor
+    # dyno status names the worker that was started again
+    shown = subprocess.run([sys.executable, "-m", "dyno", "status", "--node", f"{node.host}:{node.stats_port}"],
+                           capture_output=True, text=True, env=localcluster._dyno_env(), timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    index = next(w["index"] for w in before if w["pid"] == victim)
+    assert f"workers: {admin(node)['node']}: 2/2 up" in shown.stdout
+    assert f"#{index} " in shown.stdout and "started again 1x" in shown.stdout
     # new clients reach both workers again, the new one included
     new_pids = {w["pid"] for w in after}
     assert set(clients_on_each_worker(node)) == new_pids
