@@ -354,7 +354,8 @@ class Window:
                 break
         if base is None or now - base[0] < 0.5:
             return 0.0
-        return (commands - base[1]) / (now - base[0])
+        # max: a node's count falls when one of its workers restarts (dyno.workers)
+        return max(commands - base[1], 0) / (now - base[0])
 
     def recent_counts(self, latency: Histogram) -> list[int]:
         """Latency bucket counts observed within the window."""
