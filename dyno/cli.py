@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
-from dyno import __version__
+from dyno import __version__, process
 from dyno.config import ConfigError, load_config
-
-
-def _setup_logging(verbose: int, log_file: str | None, node: str = "", level_name: str | None = None) -> None:
-    """One line per event: time, level, the node's name, the module, the message."""
-    level = logging.DEBUG if verbose >= 1 else getattr(logging, (level_name or "info").upper())
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    where = f" [{node}]" if node else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s{where} %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def _load(path: str):
@@ -67,8 +53,6 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
     The node serves RESP clients on `listen`, and keeps its data in the Redis
     named by `servers`.
     """
-    import trio
-
     from dyno.datastore import DatastoreAuthError
     from dyno.hints import HintStoreError
     from dyno.node import serve
@@ -77,14 +61,14 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
 
     config = _load(config_path)
     _check_tls_files(config, config_path, "cannot start: ")
-    _setup_logging(verbose, log_file, config.name, log_level)
+    process.setup_logging(verbose, log_file, config.name, log_level)
     try:
         if config.workers > 1:  # a supervisor and its worker processes (dyno.workers)
             from dyno import workers
 
-            _run(trio, workers.serve, config, {"verbose": verbose, "log_file": log_file, "level": log_level})
+            process.run(workers.serve, config, {"verbose": verbose, "log_file": log_file, "level": log_level})
         else:
-            _run(trio, serve, config)
+            process.run(serve, config)
     except OSError as exc:  # e.g. the listen port is taken
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except HintStoreError as exc:  # hints_dir cannot be used
@@ -95,20 +79,6 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str) 
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except WorkerError as exc:  # a worker could not bind its ports, open its hints ...
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
-
-
-def _run(trio, *args) -> None:
-    """trio.run, with an error that reached it through nurseries (an exception group
-    of one) raised as itself, so the caller can say it in one line."""
-    try:
-        trio.run(*args)
-    except BaseExceptionGroup as group:
-        error: BaseException = group
-        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-            error = error.exceptions[0]
-        if error is group:
-            raise
-        raise error from None
 
 
 def _check_files(path: str, config) -> None:

@@ -735,11 +735,6 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
                 which = "" if key in values else f"the default {key} "
                 errors.append((key, f"{which}{address} clashes with {other_key} ({other}); "
                                     "each listener needs its own port"))
-    if _effective(values, "workers") > 1:
-        for key in ("listen", "dyn_listen"):
-            if _effective(values, key).port == 0:
-                errors.append((key, "port 0 (any free port) cannot be shared by several workers; "
-                                    "give a port, or set workers: 1"))
     # A hint is replayed up to max_hint_window after its write; if the tombstone of a
     # later delete were dropped by then, the replayed write would bring the key back.
     grace, window = _effective(values, "tombstone_grace"), _effective(values, "max_hint_window")

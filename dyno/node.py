@@ -5,7 +5,7 @@ The node is the composition root (STYLE.md §9): it builds every part and hands 
 the few values and callables it needs (a peer link gets "this peer is unreachable",
 "these background requests failed", not the node), bound once at construction so
 the request path pays nothing for it. No part imports this module; only the
-command line does, to start a node. (The coordinator still takes the node whole;
+command line does, to start a node, and dyno.workers, to start a node's processes. (The coordinator still takes the node whole;
 node_commands answers INFO and CLIENT from it.)
 
 The node owns every long-lived task (one nursery) and the little shared state the

@@ -49,6 +49,7 @@ from typing import Callable
 import msgpack
 import trio
 
+from dyno import process
 from dyno.client import number_clients
 from dyno.config import Config
 from dyno.datastore import check_auth
@@ -213,7 +214,7 @@ class Worker:
 class Supervisor:
     """Runs the node's one-per-node parts (a SUPERVISOR ``Node``) and keeps
     ``config.workers`` worker processes serving. ``logging`` is how workers log
-    (``dyno.cli._setup_logging``'s arguments)."""
+    (``dyno.process.setup_logging``'s arguments)."""
 
     def __init__(self, config: Config, logging_setup: dict):
         self.config = config
@@ -513,9 +514,7 @@ async def run_worker(sock: socket.socket) -> None:
     config: Config = pickle.loads(given["config"])
     index = given["index"]
     setup = given["logging"]
-    from dyno.cli import _setup_logging  # the node's log format, with the worker's index
-
-    _setup_logging(setup.get("verbose", 0), setup.get("log_file"), f"{config.name} w{index}", setup.get("level"))
+    process.setup_logging(setup.get("verbose", 0), setup.get("log_file"), f"{config.name} w{index}", setup.get("level"))
     config = dataclasses.replace(
         config, hints_dir=worker_hints_dir(config.hints_dir, index),
         # the node's budgets, split: together the workers never exceed them
@@ -583,13 +582,12 @@ def worker_main(argv: list[str]) -> int:
     fd, parent = int(argv[0]), int(argv[1])
     _die_with(parent)
     sock = socket.socket(fileno=fd)
-    from dyno.cli import _run
     from dyno.datastore import DatastoreAuthError
     from dyno.hints import HintStoreError
     from dyno.tls import TLSConfigError
 
     try:
-        _run(trio, run_worker, sock)
+        process.run(run_worker, sock)
     except KeyboardInterrupt:
         return 0
     except (OSError, HintStoreError, DatastoreAuthError, TLSConfigError) as exc:

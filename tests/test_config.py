@@ -120,6 +120,7 @@ DEFAULTS = {
     "repair_interval": 0,
     "tombstone_grace": 864000,
     "flush_enabled": True,
+    "workers": 1,
     "warnings": (),
 }
 
@@ -225,6 +226,8 @@ EVERY_KEY = [
     ("repair_interval", 86400, 86400),
     ("tombstone_grace", 86400, 86400),
     ("flush_enabled", False, False),
+    ("workers", 4, 4),
+    ("workers", "3", 3),
     ("phi_convict_threshold", 12.5, 12.5),
 ]
 
@@ -573,6 +576,9 @@ KEY_ERRORS = [
     ("preconnect", "maybe", "expected true or false, got 'maybe'"),
     ("auto_eject_hosts", None, "expected true or false, got an empty value"),
     ("flush_enabled", "no", "expected true or false, got 'no'"),
+    ("workers", 0, "0 is out of range; expected 'auto' or a whole number of processes, from 1 to 256"),
+    ("workers", "many", "expected 'auto' or a whole number of processes, got 'many'"),
+    ("workers", 2.5, "expected 'auto' or a whole number of processes"),
     ("phi_convict_threshold", 0, "out of range; expected a number above 0"),
     ("phi_convict_threshold", "high", "expected a number above 0"),
     # strings
@@ -1209,3 +1215,8 @@ def test_client_tls_keys_together_parse_without_warnings() -> None:
         "n.pem", "n-key.pem", "ca.pem")
     assert config.warnings == ()
     assert parse().client_tls_cert is None
+
+
+def test_workers_auto_is_the_cores_available() -> None:
+    assert parse(workers="auto").workers == config_module.cores_available() >= 1
+    assert parse(workers="AUTO").workers == config_module.cores_available()

@@ -707,10 +707,11 @@ async def test_repair_through_the_datastore_and_a_peer_link(redises):
 
 
 class NodeStub:
-    """What the admin server's sampler reads of a node."""
+    """What the admin server's sampler and its POSTs read of a node."""
 
     stats = Stats()
     metrics = Metrics()
+    refresh = settle = None  # a node of one process (dyno.workers sets them)
 
 
 async def test_the_admin_repair_routes():
