@@ -122,6 +122,18 @@ class NodeView:
     #: Time the next client batch (Coordinator.sample_next): asked once a second
     #: when no batch was timed in the last one (dyno.metrics, "Latency is sampled").
     sample_next: Callable[[], None] = lambda: None
+    #: With ``workers: N`` (dyno.workers), the supervisor's: gathers the workers'
+    #: counters into ``stats``, ``metrics`` and ``clients`` before they are read.
+    refresh: Callable[[], Awaitable[None]] | None = None
+    #: Requests sent to each peer by the node's processes together: name -> {sent,
+    #: failed, in_flight} (None: this process's links are the node's).
+    peer_totals: Callable[[], dict] | None = None
+    #: Per worker (index, pid, up, restarts, client_connections, client_requests);
+    #: None without workers.
+    workers: Callable[[], list] | None = None
+    #: With workers, the supervisor's: returns once every worker routes by what an
+    #: admin request just changed (its view applied), so the reply means it is in force.
+    settle: Callable[[], Awaitable[None]] | None = None
 
 
 # -- the cluster view ------------------------------------------------------------------
@@ -260,12 +272,14 @@ async def info(server: "AdminServer") -> dict:
     recent = server.window.recent_counts(m.client_latency)
     datastore_counts = list(m.datastore_latency.counts)
     peers = {}
+    totals = metrics.peer_totals(node)
     for name in sorted(node.peer_links):
         link = node.peer_links[name]
+        counts = totals.get(name, metrics.NO_REQUESTS)
         peers[name] = {
             "dc": link.peer.dc, "rack": link.peer.rack, "up": int(link.up),
-            "admin_down": int(name in node.admin_down), "sent": link.sent,
-            "failed": link.failed, "in_flight": link.in_flight,
+            "admin_down": int(name in node.admin_down), "sent": counts["sent"],
+            "failed": counts["failed"], "in_flight": counts["in_flight"],
             "latency_99th": _microseconds(
                 metrics.percentile(m.peer_latency[name].counts, 0.99)) if name in m.peer_latency else 0,
         }
@@ -290,7 +304,8 @@ async def info(server: "AdminServer") -> dict:
         "average_server_latency": _microseconds(
             m.datastore_latency.sum / m.datastore_latency.count if m.datastore_latency.count else 0.0),
         "keys": await datastore_keys(node),
-        "ops_per_sec": round(server.window.ops_per_sec(time.monotonic(), stats.commands), 1),
+        # as of the last sample (taken every second): two reads in a row agree
+        "ops_per_sec": round(server.window.ops_per_sec(*server.window.latest(time.monotonic(), stats.commands)), 1),
         config.pool: {
             "client_connections": len(node.clients),
             "client_requests": stats.commands,
@@ -323,6 +338,8 @@ async def info(server: "AdminServer") -> dict:
             },
         },
     }
+    if node.workers is not None:
+        body["workers"] = node.workers()
     return body
 
 
@@ -587,6 +604,8 @@ class AdminServer:
         node = self.node
         timed = node.metrics.sampled_batches
         while True:
+            if node.refresh is not None:
+                await node.refresh()
             self.window.sample(time.monotonic(), node.stats.commands, node.metrics.client_latency)
             if node.metrics.sampled_batches == timed:  # none timed this second: the next one is
                 node.sample_next()
@@ -626,9 +645,13 @@ class AdminServer:
         if isinstance(found, Reply):
             return found
         handler, parameters = found
+        if self.node.refresh is not None and handler in (_info, _metrics):
+            await self.node.refresh()
         result = handler(self, *parameters)
         if inspect.isawaitable(result):
             result = await result
+        if changes and self.node.settle is not None:
+            await self.node.settle()
         return result
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:

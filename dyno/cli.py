@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
 
-from dyno import __version__
+from dyno import __version__, process
 from dyno.config import ConfigError, load_config
-
-
-def _setup_logging(verbose: int, log_file: str | None, node: str = "", level_name: str | None = None) -> None:
-    """One line per event: time, level, the node's name, the module, the message."""
-    level = logging.DEBUG if verbose >= 1 else getattr(logging, (level_name or "info").upper())
-    handler: logging.Handler = (
-        logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
-    where = f" [{node}]" if node else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s{where} %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
 
 
 def _load(path: str):
@@ -70,21 +56,22 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str, 
     The node serves RESP clients on `listen`, and keeps its data in the Redis
     named by `servers`.
     """
-    import trio
-
     from dyno.datastore import DatastoreAuthError
     from dyno.hints import HintStoreError
     from dyno.node import serve
     from dyno.tls import TLSConfigError
+    from dyno.workers import WorkerError
 
     config = _load(config_path) if join is None else _joining(config_path, join)
     _check_tls_files(config, config_path, "cannot start: ")
-    _setup_logging(verbose, log_file, config.name, log_level)
+    process.setup_logging(verbose, log_file, config.name, log_level)
     try:
-        try:
-            trio.run(serve, config)
-        except BaseExceptionGroup as group:  # what a nursery's task raised, wrapped
-            raise _sole_error(group) from None
+        if config.workers > 1:  # a supervisor and its worker processes (dyno.workers)
+            from dyno import workers
+
+            process.run(workers.serve, config, {"verbose": verbose, "log_file": log_file, "level": log_level})
+        else:
+            process.run(serve, config)
     except OSError as exc:  # e.g. a port taken: ListenError names its key and address
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except HintStoreError as exc:  # hints_dir cannot be used
@@ -92,6 +79,8 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str, 
     except DatastoreAuthError as exc:  # datastore_password wrong, or missing
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
     except TLSConfigError as exc:  # a peer_tls_* file that cannot be used
+        raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
+    except WorkerError as exc:  # a worker could not bind its ports, open its hints ...
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
 
 

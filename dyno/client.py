@@ -61,6 +61,14 @@ CLOSE_GRACE = 5.0  # seconds to deliver the last replies before closing
 ExecuteBatch = Callable[["ClientConnection", list, "bytes | None"], None]
 
 _client_ids = itertools.count(1)
+
+
+def number_clients(first: int, step: int) -> None:
+    """Client ids from ``first`` by ``step``: a node's workers (dyno.workers) number
+    theirs apart, so CLIENT ID is unique across the node."""
+    global _client_ids
+    _client_ids = itertools.count(first, step)
+
 NO_SUBSCRIPTIONS: frozenset = frozenset()  # dyno.pubsub.NONE: no subscription yet
 # What one read of a client's socket came to (ClientConnection._read).
 _FULL, _DRAINED, _NOTHING, _CLOSED = "full", "drained", "nothing", "closed"

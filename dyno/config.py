@@ -205,6 +205,7 @@ class Config:
     auto_bootstrap: bool = False
     replace_node: str | None = None  # the name (dyn_listen host:port) of the dead node replaced
     stream_rate: int = 0           # keys per second a move copies (0: unthrottled)
+    workers: int = 1               # processes serving clients (dyno.workers); `auto`: the cores available
     warnings: tuple[str, ...] = ()  # accepted-but-ignored keys, one message each
 
     @property
@@ -525,6 +526,27 @@ def _seeds(value: object) -> tuple[Seed, ...]:
     return tuple(seeds)
 
 
+MAX_WORKERS = 256
+
+
+def cores_available() -> int:
+    """The cores this process may run on (its CPU affinity, as `auto` counts them)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _workers(value: object) -> int:
+    """``workers``: a whole number from 1, or ``auto`` (one per core available)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return min(cores_available(), MAX_WORKERS)
+    try:
+        return _integer(1, MAX_WORKERS, unit="processes")(value)
+    except _Invalid as invalid:
+        raise _Invalid(invalid.message.replace("expected ", "expected 'auto' or ", 1)) from None
+
+
 # ---------------------------------------------------------------------------
 # The key tables.
 
@@ -592,6 +614,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "auto_bootstrap": _boolean,
     "replace_node": _optional(_text),
     "stream_rate": _integer(0, unit="keys per second"),
+    "workers": _workers,
 }
 
 # Old names: old -> current. Both given is an error.
@@ -711,6 +734,13 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
             warnings.append(("dyn_listen", f"{dyn_listen} is a wildcard address, so this node's "
                                            "name does not tell peers where it is; set "
                                            "dyn_listen to this node's own address"))
+
+    if values.get("workers", 1) > 1:
+        for key in ("auto_bootstrap", "replace_node"):
+            if values.get(key):
+                errors.append((key, "cannot be used with workers > 1 yet (a node that streams its "
+                                    "ranges in runs as one process); start it with workers: 1, and "
+                                    "raise workers once it is NORMAL"))
 
     listeners = [(key, _effective(values, key)) for key in ("listen", "dyn_listen", "stats_listen")]
     for index, (key, address) in enumerate(listeners):

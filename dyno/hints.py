@@ -105,6 +105,11 @@ class Cursor:
         return f"Cursor(records={self.records}, segment={self.seq}, offset={self.offset})"
 
 
+#: With ``workers: N``, worker K > 0 keeps its hints in hints_dir/.worker-K (worker 0
+#: in hints_dir itself, as a node of one process does): no file is shared.
+WORKER_DIR_PREFIX = ".worker-"
+
+
 def escape_target(target: str) -> str:
     """A file name for a target's directory: letters, digits, ``_ - .`` kept, every other
     byte of its UTF-8 as ``%XX`` (a leading dot too: no ``.``, ``..`` or hidden names);
@@ -318,6 +323,8 @@ class HintStore:
                 names = sorted(entry.name for entry in entries if entry.name not in (_LOCK, _PROBE))
             for name in names:
                 path = os.path.join(directory, name)
+                if name.startswith(WORKER_DIR_PREFIX):  # another worker's hints (dyno.workers)
+                    continue
                 target = unescape_target(name)
                 if target is None or not os.path.isdir(path):
                     log.warning("hints directory %s: ignoring %s (not a peer's hints)", directory, name)

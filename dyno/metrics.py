@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from dyno import __version__
 from dyno.client import BatchSlot, ReplySlot
-from dyno.commands import CommandSpec, Route
+from dyno.commands import COMMANDS, CommandSpec, Route
 from dyno.consistency import LEVELS
 from dyno.datastore import Sink
 from dyno.states import OPERATOR_STATES
@@ -242,6 +242,93 @@ class Metrics:
         return out
 
 
+# -- a worker's counters, added up by its supervisor (dyno.workers) --------------------
+
+#: Metrics' plain-integer counters beyond the tables and histograms.
+_COUNTERS = ("disagreements", "widened_reads", "failovers", "write_failures", "stamp_failures",
+             "read_repairs", "read_repair_failures", "transactions", "state_refusals")
+
+
+def snapshot(stats: Stats, metrics: Metrics) -> dict:
+    """Every counter of ``stats`` and ``metrics`` as plain values (msgpack): what a
+    worker sends its supervisor, which adds them up with ``merge_into``."""
+    return {
+        "stats": dict(vars(stats)),
+        "calls": [[spec.name, count] for spec, count in metrics.calls.items()],
+        "refused": [[name, count] for name, count in metrics.refused.items()],
+        "by_level": dict(metrics.by_level),
+        "failures_by_level": dict(metrics.failures_by_level),
+        "counters": {name: getattr(metrics, name) for name in _COUNTERS},
+        "client_latency": _histogram_values(metrics.client_latency),
+        "datastore_latency": _histogram_values(metrics.datastore_latency),
+        "peer_latency": {name: _histogram_values(h) for name, h in metrics.peer_latency.items()},
+    }
+
+
+def merge_into(stats: Stats, metrics: Metrics, snapshots: Iterable[dict]) -> None:
+    """Make ``stats`` and ``metrics`` the sum of ``snapshots`` (in place: the
+    admin port holds them)."""
+    for name in vars(stats):
+        setattr(stats, name, 0)
+    metrics.calls.clear()
+    metrics.refused.clear()
+    metrics.by_level = dict.fromkeys(LEVELS, 0)
+    metrics.failures_by_level = dict.fromkeys(LEVELS, 0)
+    for name in _COUNTERS:
+        setattr(metrics, name, 0)
+    _clear(metrics.client_latency)
+    _clear(metrics.datastore_latency)
+    metrics.peer_latency.clear()
+    for taken in snapshots:
+        for name, value in taken["stats"].items():
+            if hasattr(stats, name):
+                setattr(stats, name, getattr(stats, name) + value)
+        for name, count in taken["calls"]:
+            spec = _spec_named(name)
+            if spec is not None:
+                metrics.calls[spec] += count
+        for name, count in taken["refused"]:
+            metrics.refused[name] = metrics.refused.get(name, 0) + count
+        for table in ("by_level", "failures_by_level"):
+            mine = getattr(metrics, table)
+            for level, count in taken[table].items():
+                mine[level] = mine.get(level, 0) + count
+        for name, value in taken["counters"].items():
+            if name in _COUNTERS:
+                setattr(metrics, name, getattr(metrics, name) + value)
+        _add(metrics.client_latency, taken["client_latency"])
+        _add(metrics.datastore_latency, taken["datastore_latency"])
+        for name, values in taken["peer_latency"].items():
+            _add(metrics.peer_histogram(name), values)
+
+
+def _histogram_values(histogram: Histogram) -> list:
+    return [list(histogram.counts), histogram.sum, histogram.count, histogram.max]
+
+
+def _clear(histogram: Histogram) -> None:
+    histogram.counts[:] = [0] * len(histogram.counts)
+    histogram.sum, histogram.count, histogram.max = 0.0, 0, 0.0
+
+
+def _add(histogram: Histogram, values: list) -> None:
+    counts, total, count, largest = values
+    for index, n in enumerate(counts[: len(histogram.counts)]):
+        histogram.counts[index] += n
+    histogram.sum += total
+    histogram.count += count
+    histogram.max = max(histogram.max, largest)
+
+
+def _spec_named(name: bytes) -> CommandSpec | None:
+    """The table row named ``name`` (``b"object|encoding"``: a subcommand's)."""
+    head, _, sub = name.partition(b"|")
+    spec = COMMANDS.get(head)
+    if spec is not None and sub:
+        spec = (spec.subcommands or {}).get(sub)
+    return spec
+
+
 def request_class(spec: CommandSpec) -> str:
     route = spec.route
     if route is Route.LOCAL:
@@ -267,6 +354,10 @@ class Window:
         while len(self.samples) > 2 and self.samples[1][0] <= cutoff:
             del self.samples[0]
 
+    def latest(self, now: float, commands: int) -> tuple[float, int]:
+        """(time, commands) of the last sample; ``now`` and ``commands`` before the first."""
+        return self.samples[-1][:2] if self.samples else (now, commands)
+
     def ops_per_sec(self, now: float, commands: int, span: float = 10.0) -> float:
         """Commands per second over the last ``span`` seconds (or what history there is)."""
         base = None
@@ -276,14 +367,16 @@ class Window:
                 break
         if base is None or now - base[0] < 0.5:
             return 0.0
-        return (commands - base[1]) / (now - base[0])
+        # max: a node's count falls when one of its workers restarts (dyno.workers)
+        return max(commands - base[1], 0) / (now - base[0])
 
     def recent_counts(self, latency: Histogram) -> list[int]:
         """Latency bucket counts observed within the window."""
         if not self.samples:
             return list(latency.counts)
         oldest = self.samples[0][2]
-        return [now - then for now, then in zip(latency.counts, oldest)]
+        # max: a node's counts fall when one of its workers restarts (dyno.workers)
+        return [max(now - then, 0) for now, then in zip(latency.counts, oldest)]
 
 
 # -- Prometheus text format ------------------------------------------------------------
@@ -330,6 +423,18 @@ def _number(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     return repr(float(value))
+
+
+NO_REQUESTS = {"sent": 0, "failed": 0, "in_flight": 0}
+
+
+def peer_totals(node: "NodeView") -> dict[str, dict]:
+    """Requests sent to each peer, failed and in flight, by the whole node (its
+    workers' links together with ``workers: N``)."""
+    if node.peer_totals is not None:
+        return node.peer_totals()
+    return {name: {"sent": link.sent, "failed": link.failed, "in_flight": link.in_flight}
+            for name, link in node.peer_links.items()}
 
 
 def render_prometheus(node: "NodeView", view: list[dict]) -> str:
@@ -470,18 +575,35 @@ def render_prometheus(node: "NodeView", view: list[dict]) -> str:
 
     family("dyno_datastore_up", "gauge", "1 when a connection to the node's Redis is up.").add(
         int(node.datastore.up), datastore=node.datastore.address)
+    workers = node.workers() if node.workers is not None else []
+    if workers:
+        worker_clients = family("dyno_worker_client_connections", "gauge",
+                                "Client connections open, per worker process (workers: N).")
+        worker_requests = family("dyno_worker_commands_total", "counter",
+                                 "Client requests received, per worker process (since it started).")
+        worker_up = family("dyno_worker_up", "gauge", "1 when the worker process is serving.")
+        worker_restarts = family("dyno_worker_restarts_total", "counter",
+                                 "Times the worker process was started again after it ended.")
+        for worker in workers:
+            index = worker["index"]
+            worker_clients.add(worker["client_connections"], worker=index)
+            worker_requests.add(worker["client_requests"], worker=index)
+            worker_up.add(int(worker["up"]), worker=index)
+            worker_restarts.add(worker["restarts"], worker=index)
     link_up = family("dyno_peer_up", "gauge", "1 when the peer link is connected.")
     sent = family("dyno_peer_requests_total", "counter",
                   "Commands sent to each peer (a batch of writes carries 3 more: its version stamp).")
     failed = family("dyno_peer_failures_total", "counter", "Requests to each peer that failed.")
     in_flight = family("dyno_peer_in_flight", "gauge", "Requests sent to each peer, not answered yet.")
     admin_down = family("dyno_peer_admin_down", "gauge", "1 when an operator marked the peer down.")
+    totals = peer_totals(node)
     for name in sorted(node.peer_links):
         link = node.peer_links[name]
+        counts = totals.get(name, NO_REQUESTS)
         link_up.add(int(link.up), peer=name)
-        sent.add(link.sent, peer=name)
-        failed.add(link.failed, peer=name)
-        in_flight.add(link.in_flight, peer=name)
+        sent.add(counts["sent"], peer=name)
+        failed.add(counts["failed"], peer=name)
+        in_flight.add(counts["in_flight"], peer=name)
         admin_down.add(int(name in node.admin_down), peer=name)
     view_up = family("dyno_view_node_up", "gauge", "This node's view of the cluster: 1 up, 0 down.")
     for entry in view:

@@ -5,19 +5,27 @@ The node is the composition root (STYLE.md §9): it builds every part and hands 
 the few values and callables it needs (a peer link gets "this peer is unreachable",
 "these background requests failed", not the node), bound once at construction so
 the request path pays nothing for it. No part imports this module; only the
-command line does, to start a node. (The coordinator still takes the node whole;
+command line does, to start a node, and dyno.workers, to start a node's processes. (The coordinator still takes the node whole;
 node_commands answers INFO and CLIENT from it.)
 
 The node owns every long-lived task (one nursery) and the little shared state the
 hot path needs: the list of clients with replies ready to send, and plain-integer
 counters. Stopping the node cancels the nursery: listeners close, client and peer
 connections close, datastore connections close.
+
+With ``workers: N`` (dyno.workers) a node is N + 1 processes, each built here in a
+role: a WORKER serves clients and peers on the node's shared ports and routes with
+the view its supervisor pushes (no gossip, no admin port); the SUPERVISOR serves no
+clients and owns what is one per node (gossip, the admin port, repair, the tombstone
+sweeper). ``control`` (a worker's link to its supervisor) and ``on_view_change`` (the
+supervisor's: push the view) are set by dyno.workers; a SINGLE node has neither.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 
@@ -34,7 +42,7 @@ from dyno.gossip import Gossiper
 from dyno.handoff import Handoff
 from dyno.hints import HintStore
 from dyno.membership import State
-from dyno.metrics import Metrics, Stats
+from dyno.metrics import Metrics, Stats, merge_into, snapshot
 from dyno.peer import COORDINATE, Congestion, PeerLink, PeerServer, hello_frame
 from dyno.peer_tls import PeerTLS
 from dyno.ring import Ring, RingError, RingNode, nodes_from_config, topology_from_config
@@ -43,12 +51,25 @@ from dyno.stream import ListenError
 
 log = logging.getLogger("dyno.node")
 
+# What one process of a node does (dyno.workers): all of it, the supervisor's share or a worker's.
+SINGLE, SUPERVISOR, WORKER = "single", "supervisor", "worker"
+
+
 class Node:
-    def __init__(self, config: Config, ring: Ring | None = None, moved_in: bool = False):
+    def __init__(self, config: Config, ring: Ring | None = None, moved_in: bool = False, *,
+                 role: str = SINGLE):
         self.config = config
+        self.role = role
+        # A worker's link to its supervisor (dyno.workers.SupervisorLink); None otherwise.
+        self.control = None
+        # The supervisor's: called after the view workers route by changed.
+        self.on_view_change = None
+        # A worker's HELLO advertises its supervisor's admin port (None: this process's).
+        self.admin_address: str | None = None
         # auto_bootstrap / replace_node: this node starts pending (it gets writes, owns
         # nothing) and streams its ranges in (dyno.streaming) before it turns NORMAL;
         # unless its Redis records that it did so already (``moved_in``: a restart).
+        # (The config refuses them with workers > 1: dyno.config.)
         self.moving_in = (None if moved_in else "replace" if config.replace_node
                           else "join" if config.auto_bootstrap else None)
         self.ring = ring if ring is not None else initial_ring(config, self.moving_in)
@@ -139,14 +160,16 @@ class Node:
             # client_tls_*: the port speaks TLS only (a bad file: TLSConfigError)
             tls=tls.client_port_context(config),
         )
+        self.listener.reuse_port = role == WORKER
         self.peer_server = PeerServer(
             config.dyn_listen.host, config.dyn_listen.port, cluster=config.pool,
             hello=self._hello, datastore=self.datastore, datastore3=self.datastore3,
             coordinate=coordinator.coordinate_for_dc, on_gossip=self.gossip_received,
-            on_hello=self.learn_admin_address, flush_enabled=config.flush_enabled,
+            on_hello=self.peer_learned, flush_enabled=config.flush_enabled,
             secret=self.secret, tls=self.peer_tls, on_publish=self.publish_received,
             on_query=self.answer_query,
         )
+        self.peer_server.reuse_port = role == WORKER
         # pub/sub: this node's subscribers; a PUBLISH is relayed to every peer
         self.pubsub = pubsub.PubSub(self.relay_publish)
         self.listener.on_unsubscribed = self.pubsub.forget
@@ -155,7 +178,7 @@ class Node:
             config, self.ring, send=self.send_gossip, set_ring=self.set_ring,
             set_judged_down=self.set_judged_down,
             state={None: State.NORMAL, "join": State.JOINING, "replace": State.REPLACING}[self.moving_in],
-        ) if config.enable_gossip else None
+        ) if config.enable_gossip and role != WORKER else None
         # Commands to any replica's Redis (this node's, or a peer's through its link):
         # what read repair and `dyno repair` (dyno.repair) compare and copy with.
         self.call_redis = repair.node_call(self.name, self.datastore, self.peer_links.get)
@@ -197,7 +220,8 @@ class Node:
         """The HELLO this node sends its peers (asked per connection: the admin
         port's address is known once it is bound)."""
         config = self.config
-        return hello_frame(config.pool, self.name, config.datacenter, config.rack, self.admin.address)
+        admin = self.admin_address if self.admin_address is not None else self.admin.address
+        return hello_frame(config.pool, self.name, config.datacenter, config.rack, admin)
 
     def _write_failed(self, peer: RingNode, payload: bytes, count: int, error: bytes, flags: int) -> None:
         """``count`` replica writes nobody waited for (``payload``) failed on the
@@ -226,18 +250,42 @@ class Node:
     def relay_publish(self, kind: bytes, channel: bytes, message: bytes) -> None:
         for link in self.peer_links.values():
             link.send_publish(kind, channel, message)
+        if self.control is not None:  # and to the node's other workers' subscribers
+            self.control.publish(kind, channel, message)
 
     def publish_received(self, kind: bytes, channel: bytes, message: bytes) -> None:
         """A PUBLISH a peer relayed: to this node's subscribers."""
         if kind in pubsub.KINDS:
             self.pubsub.deliver(kind, channel, message)
             self.flush_ready()
+            if self.control is not None:
+                self.control.publish(kind, channel, message)
 
-    def answer_query(self, argv: list[bytes]) -> bytes:
-        """A peer's QUERY: this node's share of a PUBSUB count, msgpack."""
+    def sibling_published(self, kind: bytes, channel: bytes, message: bytes) -> None:
+        """A PUBLISH another worker of this node received: to this worker's subscribers."""
+        if kind in pubsub.KINDS:
+            self.pubsub.deliver(kind, channel, message)
+            self.flush_ready()
+
+    def answer_query(self, argv: list[bytes], answer) -> None:
+        """A peer's QUERY: this node's share of a PUBSUB count, msgpack, to ``answer``."""
         if len(argv) < 2 or argv[0].lower() != b"pubsub":
-            return msgpack.packb(None)
-        return msgpack.packb(self.pubsub.local_counts(argv[1].lower(), argv[2:]))
+            answer(msgpack.packb(None))
+        elif self.control is None:
+            answer(msgpack.packb(self.pubsub.local_counts(argv[1].lower(), argv[2:])))
+        else:
+            self.coordinator.spawn(self._answer_query, argv[1].lower(), argv[2:], answer)
+
+    async def _answer_query(self, sub: bytes, args: list[bytes], answer) -> None:
+        answer(msgpack.packb(pubsub.combine_counts(sub, await self.node_counts(sub, args))))
+
+    async def node_counts(self, sub: bytes, args: list[bytes]) -> list:
+        """This node's shares of PUBSUB ``sub``: this process's, and with workers, its
+        siblings' (those that answer within QUERY_TIMEOUT)."""
+        shares = [self.pubsub.local_counts(sub, args)]
+        if self.control is not None:
+            shares += await self.control.ask("pubsub", [sub, args], QUERY_TIMEOUT) or []
+        return shares
 
     def pubsub_query(self, sub: bytes, args: list[bytes], slot) -> None:
         """PUBSUB CHANNELS/NUMSUB/NUMPAT/...: every node's share, added up (the peers'
@@ -255,7 +303,7 @@ class Node:
         with trio.move_on_after(QUERY_TIMEOUT):
             for waiter in waiters:
                 await waiter.event.wait()
-        shares = [self.pubsub.local_counts(sub, args)]
+        shares = await self.node_counts(sub, args)
         for waiter in waiters:
             if waiter.reply is not None:
                 try:
@@ -379,6 +427,11 @@ class Node:
         if ring.pending_nodes != old.pending_nodes:
             log.info("node %s: pending owners now %s", self.name,
                      ", ".join(n.name for n in ring.pending_nodes) or "none")
+        self._view_changed()
+
+    def _view_changed(self) -> None:
+        if self.on_view_change is not None:
+            self.on_view_change()
 
     def declare(self, state: str) -> None:
         """Gossip this node's move (dyno.streaming drives it)."""
@@ -408,6 +461,7 @@ class Node:
                 if not down:  # it is back: do not wait out the link's back-off
                     link.reconnect_now()
                     self.handoff.wake()
+        self._view_changed()
 
     # -- repair (dyno.repair) --------------------------------------------------------
 
@@ -438,6 +492,12 @@ class Node:
         if isinstance(address, str) and len(address) < 300:
             self.peer_admin[name] = address
 
+    def peer_learned(self, name: str, address) -> None:
+        """A HELLO on a peer connection (``on_hello``): its admin address."""
+        self.learn_admin_address(name, address)
+        if self.control is not None:  # the supervisor's admin port reports it
+            self.control.send(["hello", name, address])
+
     def send_gossip(self, name: str, message) -> int:
         """Queue a gossip message for peer ``name``; its size (0: no link to it)."""
         link = self.link_to(name)
@@ -446,18 +506,24 @@ class Node:
     def peer_unreachable(self, name: str) -> None:
         if self.gossiper is not None:
             self.gossiper.unreachable(name)
+        elif self.control is not None:  # the supervisor's gossip judges
+            self.control.send(["unreachable", name])
 
     def gossip_received(self, sender: str, message) -> None:
         if self.gossiper is not None:
             self.gossiper.receive(sender, message)
+        elif self.control is not None:  # a peer's gossip, landed on a worker's port
+            self.control.send(["gossip", sender, message])
 
-    def _bind(self) -> None:
-        """Open the three ports of the config; one that cannot be opened is a
+    def _bind(self, clients: bool = True, admin: bool = True) -> None:
+        """Open the ports of the config this process serves (``clients``: the client
+        and peer ports; ``admin``: the admin port); one that cannot be opened is a
         ListenError naming its key (the ones opened before it are closed again)."""
         opened = []
+        servers = ((("listen", self.listener), ("dyn_listen", self.peer_server)) if clients else ()) + \
+            ((("stats_listen", self.admin),) if admin else ())
         try:
-            for key, server in (("listen", self.listener), ("dyn_listen", self.peer_server),
-                                ("stats_listen", self.admin)):
+            for key, server in servers:
                 try:
                     server.bind()
                 except OSError as error:
@@ -471,28 +537,34 @@ class Node:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Binding happens before ``task_status.started()``
         so a caller knows the ports are open."""
-        self._bind()
+        serves_clients, one_per_node = self.role != SUPERVISOR, self.role != WORKER
+        self._bind(clients=serves_clients, admin=one_per_node)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             nursery.start_soon(self.datastore.run)
             nursery.start_soon(self.datastore3.run)
-            nursery.start_soon(self.peer_server.serve, nursery)
-            nursery.start_soon(self.coordinator.hedge_reads)
             self.coordinator.spawn = nursery.start_soon
             self.coordinator.flush_clients = self.flush_ready
-            nursery.start_soon(self.handoff.run)
-            nursery.start_soon(self.hints.flusher)
-            nursery.start_soon(self.repairs.serve)
-            nursery.start_soon(self.sweeper.run)
-            nursery.start_soon(self.mover.serve, self.moving_in)
-            if self.config.repair_interval:
-                nursery.start_soon(self.scheduled_repairs, self.config.repair_interval)
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
             if self.gossiper is not None:
                 nursery.start_soon(self.gossiper.run)
-            nursery.start_soon(self.listener.serve, nursery)
-            nursery.start_soon(self.admin.serve)
+            if serves_clients:
+                nursery.start_soon(self.peer_server.serve, nursery)
+                nursery.start_soon(self.coordinator.hedge_reads)
+                nursery.start_soon(self.handoff.run)
+                nursery.start_soon(self.hints.flusher)
+                nursery.start_soon(self.listener.serve, nursery)
+            if one_per_node:
+                nursery.start_soon(self.repairs.serve)
+                nursery.start_soon(self.sweeper.run)
+                nursery.start_soon(self.mover.serve, self.moving_in)
+                if self.config.repair_interval:
+                    nursery.start_soon(self.scheduled_repairs, self.config.repair_interval)
+                nursery.start_soon(self.admin.serve)
+            if self.role != SINGLE:  # dyno.workers logs what the node serves
+                task_status.started(self)
+                return
             log.info(
                 "node %s serving clients on %s:%d%s, peers on %s:%d, datastore %s "
                 "(dc %s, rack %s, %d peers), admin on %s",
@@ -512,6 +584,7 @@ class Node:
         if self.gossiper is not None:  # peers route around a STANDBY node at once
             self.gossiper.set_operator_state(state)
         log.warning("node %s: state %s -> %s (admin request)", self.name, previous, state)
+        self._view_changed()
 
     def set_consistency(self, operation: str, level: str) -> None:
         """Change the read or write consistency level at run time (admin port)."""
@@ -519,37 +592,55 @@ class Node:
         setattr(self, f"{operation}_consistency", level)
         self.coordinator.set_levels(self.read_consistency, self.write_consistency)
         log.warning("node %s: %s consistency %s -> %s (admin request)", self.name, operation, previous, level)
+        self._view_changed()
 
     def set_peer_admin_down(self, name: str, down: bool) -> None:
         """Mark a peer down (not chosen to answer reads) or clear the mark (admin port)."""
         if down != (name in self.admin_down):
             (self.admin_down.add if down else self.admin_down.discard)(name)
             log.warning("node %s: peer %s marked %s (admin request)", self.name, name, "down" if down else "up")
+            self._view_changed()
 
     def stop(self) -> None:
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
 
-    def info_blocks(self, sections: list[bytes], everything: bool) -> dict[str, dict]:
+    def snapshot(self) -> dict:
+        """This process's counters as plain values (a worker's, for its supervisor)."""
+        return {
+            **snapshot(self.stats, self.metrics), "clients": len(self.clients), "pid": os.getpid(),
+            "peers": {name: {"sent": link.sent, "failed": link.failed, "in_flight": link.in_flight}
+                      for name, link in self.peer_links.items()},
+            "hints": self.handoff.describe(), "auth_failures": self.password.failures,
+            "peers_up": sum(link.usable for link in self.peer_links.values()),
+        }
+
+    def info_blocks(self, sections: list[bytes], everything: bool, siblings: list[dict] = ()) -> dict[str, dict]:
         """The node's own INFO sections asked for (``node_commands.info_text`` merges
-        them into its Redis's): name -> fields."""
+        them into its Redis's): name -> fields. ``siblings``: the other workers'
+        snapshots, added in (the node's clients and requests, not one worker's)."""
         config = self.config
+        stats, metrics, clients = self.stats, self.metrics, len(self.clients)
+        if siblings:
+            stats, metrics = Stats(), Metrics()
+            merge_into(stats, metrics, [snapshot(self.stats, self.metrics), *siblings])
+            clients += sum(sibling["clients"] for sibling in siblings)
         blocks = {
             b"server": node_commands.server_info(self),
             # Redis's fields, dyno's values (no client of dyno blocks or tracks keys)
-            b"clients": {"connected_clients": len(self.clients), "cluster_connections": 0,
+            b"clients": {"connected_clients": clients, "cluster_connections": 0,
                          "maxclients": config.maxclients, "client_recent_max_input_buffer": 0,
                          "client_recent_max_output_buffer": 0, "blocked_clients": 0,
                          "tracking_clients": 0, "clients_in_timeout_table": 0},
             b"stats": {
-                "total_commands_processed": self.stats.commands,
-                "total_error_replies": self.stats.errors,
+                "total_commands_processed": stats.commands,
+                "total_error_replies": stats.errors,
                 # closed for unread replies past client_output_buffer_limit / maxmemory_clients
-                "client_output_buffer_limit_disconnections": self.stats.output_limit_closes,
-                "replica_failures": self.stats.replica_failures,
-                "quorum_reads_widened": self.metrics.widened_reads,
-                "replica_write_failures": self.metrics.write_failures,
-                "failovers": self.metrics.failovers,
+                "client_output_buffer_limit_disconnections": stats.output_limit_closes,
+                "replica_failures": stats.replica_failures,
+                "quorum_reads_widened": metrics.widened_reads,
+                "replica_write_failures": metrics.write_failures,
+                "failovers": metrics.failovers,
             },
             b"dyno": {
                 "node_name": self.name,
@@ -562,13 +653,14 @@ class Node:
                 "datastore": self.datastore.address,
                 "datastore_up": int(self.datastore.up),
                 "peers": len(self.peer_links),
-                # Connected and judged up by gossip: what routing will use.
-                "peers_up": sum(link.usable for link in self.peer_links.values()),
+                # Connected and judged up by gossip: what routing will use (with
+                # workers, what every worker's routing will use).
+                "peers_up": min([sum(link.usable for link in self.peer_links.values())]
+                                + [sibling["peers_up"] for sibling in siblings]),
                 # Replica requests still in flight: 0 on every node means every
                 # acknowledged write has reached every replica.
-                "peer_requests_in_flight": sum(
-                    link.in_flight for link in self.peer_links.values()
-                ),
+                "peer_requests_in_flight": sum(link.in_flight for link in self.peer_links.values())
+                + sum(counts["in_flight"] for sibling in siblings for counts in sibling["peers"].values()),
             },
         }
         return {name.decode(): fields for name, fields in blocks.items() if everything or name in sections}

@@ -206,11 +206,33 @@ def _info(node, client, argv, slot):
     If the Redis does not answer, dyno's sections alone."""
     sections = [s.lower() for s in argv[1:]] or [b"default"]
     everything = any(s in _INFO_GROUPS for s in sections)
-    blocks = node.info_blocks(sections, everything)
+    if node.control is not None and (everything or any(s in _NODE_WIDE for s in sections)):
+        # a worker (dyno.workers): the node's clients and requests are all its workers'
+        node.coordinator.spawn(_info_of_workers, node, client, sections, everything, slot)
+        return None
+    return _info_reply(node, client, sections, everything, slot, node.info_blocks(sections, everything))
+
+
+# Sections whose figures are the node's, summed over its workers.
+_NODE_WIDE = frozenset({b"clients", b"stats", b"dyno"})
+
+
+def _info_reply(node, client, sections, everything, slot, blocks):
     if not everything and all(s in _DYNO_ONLY for s in sections):  # no need to wait for the Redis
         return resp.bulk(info_text("", blocks, node.config.versions_db))
     node.datastore.send(resp.encode_command([b"INFO", *sections]), _InfoSink(node, slot, blocks), client.id)
     return None
+
+
+async def _info_of_workers(node, client, sections, everything, slot) -> None:
+    siblings = await node.control.ask("snapshot", None, SIBLINGS_TIMEOUT) or []
+    reply = _info_reply(node, client, sections, everything, slot, node.info_blocks(sections, everything, siblings))
+    if reply is not None:
+        slot.deliver(reply)
+        node.flush_ready()
+
+
+SIBLINGS_TIMEOUT = 1.0  # seconds INFO waits for the other workers' counters
 
 
 class _InfoSink(Sink):

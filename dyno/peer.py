@@ -57,6 +57,7 @@ bound once, so the request path costs what it would with the node's attributes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import itertools
@@ -874,7 +875,7 @@ class PeerConnection:
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
         flush_enabled: bool = True, secret: bytes | None = None, tls: "PeerTLS | None" = None,
         on_publish: Callable[[bytes, bytes, bytes], None] = lambda *message: None,
-        on_query: Callable[[list], bytes] = lambda argv: b"",
+        on_query: Callable[[list, Callable[[bytes], None]], None] = lambda argv, answer: answer(b""),
     ):
         self.on_publish = on_publish
         self.on_query = on_query
@@ -1079,7 +1080,8 @@ class PeerConnection:
             if requests is None:
                 raise PeerError(f"request {request_id} is not {count} well-formed command(s)")
             if flags & QUERY:  # answered by this node (dyno.pubsub), never by its Redis
-                self.answer(request_id, self.on_query(requests[0]))
+                # (at once, or later: a node's workers are asked first, dyno.workers)
+                self.on_query(requests[0], functools.partial(self.answer, request_id))
                 continue
             refused = peer_refusal(requests, self.flush_enabled)
             if refused is not None:  # never on a shared Redis connection: refused, logged
@@ -1173,7 +1175,7 @@ class PeerServer(Listener):
         on_gossip: Callable[[str, object], None], on_hello: Callable[[str, object], None],
         flush_enabled: bool = True, secret: bytes | None = None, tls: "PeerTLS | None" = None,
         on_publish: Callable[[bytes, bytes, bytes], None] = lambda *message: None,
-        on_query: Callable[[list], bytes] = lambda argv: b"",
+        on_query: Callable[[list, Callable[[bytes], None]], None] = lambda argv, answer: answer(b""),
     ):
         super().__init__(host, port)
         self.given = dict(

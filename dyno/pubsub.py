@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dyno import resp
 from dyno.client import NO_SUBSCRIPTIONS
 
-__all__ = ["ALLOWED_SUBSCRIBED", "KINDS", "NONE", "Glob", "PubSub", "glob_regex", "merge_counts", "not_allowed"]
+__all__ = ["ALLOWED_SUBSCRIBED", "KINDS", "NONE", "Glob", "PubSub", "combine_counts", "glob_regex", "merge_counts", "not_allowed"]
 
 MESSAGE, SHARD = b"message", b"smessage"
 KINDS = (MESSAGE, SHARD)
@@ -273,6 +273,19 @@ def merge_counts(sub: bytes, args: list[bytes], shares: list) -> bytes:
             items += [resp.bulk(name), resp.integer(sum(share.get(name, 0) for share in shares))]
         return resp.array(items)
     return resp.integer(sum(shares))
+
+
+def combine_counts(sub: bytes, shares: list):
+    """One node's share of PUBSUB ``sub`` from its workers' ``local_counts`` (dyno.workers)."""
+    if sub in (b"channels", b"shardchannels"):
+        return sorted({name for share in shares for name in share})
+    if sub in (b"numsub", b"shardnumsub"):
+        total: dict = {}
+        for share in shares:
+            for name, count in share.items():
+                total[name] = total.get(name, 0) + count
+        return total
+    return sum(shares)
 
 
 #: A client's subscriptions before it has any (sets are made at its first SUBSCRIBE).

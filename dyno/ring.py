@@ -431,6 +431,10 @@ class Ring:
 
         self.local = local = _as_local(local)
         futures = [list(future) for future in futures]
+        #: What the ring was built from besides its nodes (a worker's copy is rebuilt
+        #: from them: dyno.workers.view_of).
+        self.futures: tuple[tuple[RingNode, ...], ...] = tuple(tuple(future) for future in futures)
+        self.local_outside = local_outside
         # ``local_outside``: this node owns nothing now (it is joining or replacing
         # a node: pending, if a future lists it; or it was replaced, or left).
         self.local_pending = local_outside and any(

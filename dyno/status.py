@@ -204,6 +204,8 @@ def gather_status(addresses: Sequence[str]) -> dict:
             "p99_ms": round(info["latency_99th"] / 1000, 3) if info and "latency_99th" in info else None,
             "hints": _hints(info),
             "admin": info["admin"] if info else admin,
+            # workers: N (dyno.workers): per worker, its clients and requests
+            "workers": info.get("workers") if info else None,
         })
     repairs = []
     for row in rows:
@@ -246,6 +248,13 @@ def _hints(info: dict | None) -> dict[str, int] | None:
     return None
 
 
+def _worker_line(worker: dict) -> str:
+    restarted = f", started again {worker['restarts']}x" if worker.get("restarts") else ""
+    state = "" if worker.get("up") else " DOWN"
+    return (f"#{worker.get('index')}{state} {worker.get('client_connections', 0):,} clients, "
+            f"{worker.get('client_requests', 0):,} requests{restarted}")
+
+
 def _unknown(value, fmt="{}") -> str:
     return "?" if value is None else fmt.format(value)
 
@@ -274,6 +283,12 @@ def render_status(status: dict, out: Console) -> None:
             "-" if down or row.get("hints") is None else f"{sum(row['hints'].values()):,}",
         )
     out.print(table)
+    for row in status["nodes"]:  # workers: N: a node's workers, when one is down or was started again
+        if row.get("workers") and row["up"] and any(not w.get("up") or w.get("restarts") for w in row["workers"]):
+            up = sum(bool(w.get("up")) for w in row["workers"])
+            out.print(f"workers: {row['node']}: {up}/{len(row['workers'])} up: "
+                      + "; ".join(_worker_line(w) for w in row["workers"]),
+                      highlight=False, markup=False)
     for row in status["nodes"]:
         for peer, pending in sorted((row.get("hints") or {}).items()):
             out.print(f"hints: {row['node']} holds {pending:,} write(s) for {peer}, replayed once it is up",

@@ -82,11 +82,15 @@ class ListenError(OSError):
         return self.strerror
 
 
-def listen_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+def listen_socket(host: str, port: int, backlog: int = 1024, reuse_port: bool = False) -> socket.socket:
+    """``reuse_port``: several processes listen on the port (a node's workers,
+    dyno.workers); the kernel spreads new connections over them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)
@@ -182,10 +186,11 @@ class Listener:
         self.host = host
         self.port = port
         self.sock: socket.socket | None = None
+        self.reuse_port = False  # set by a node's worker: its siblings listen on the port too
 
     def bind(self) -> None:
         """Open the port now (port 0 picks a free one), so callers know it is open."""
-        self.sock = listen_socket(self.host, self.port)
+        self.sock = listen_socket(self.host, self.port, reuse_port=self.reuse_port)
         self.port = self.sock.getsockname()[1]
 
     async def serve(self, on_connection, log) -> None:

@@ -29,6 +29,8 @@ import redis
 from dyno import localcluster
 
 HOST = "127.0.0.1"
+# DYNO_TEST_WORKERS=2: every cluster the harness starts runs its nodes with `workers: 2`.
+WORKERS = int(os.environ["DYNO_TEST_WORKERS"]) if os.environ.get("DYNO_TEST_WORKERS") else None
 T = TypeVar("T")
 
 # redis-py >= 8 opens with HELLO 3 (RESP3) unless told otherwise. The harness's clients ask
@@ -360,7 +362,11 @@ class Cluster:
 def start_cluster(
     dir: str | os.PathLike, dcs: int = 1, racks: int = 3, nodes_per_rack: int = 1, **kw
 ) -> Cluster:
-    """localcluster.up() in `dir`, registered with the safety net (use as a context manager)."""
+    """localcluster.up() in `dir`, registered with the safety net (use as a context manager).
+    DYNO_TEST_WORKERS=N in the environment runs every node with `workers: N` (unless the
+    test gives `workers` itself)."""
+    if WORKERS is not None:
+        kw.setdefault("workers", WORKERS)
     TRACKER.track_cluster(Path(dir).resolve())
     return Cluster(localcluster.up(dir, dcs, racks, nodes_per_rack, **kw))
 

@@ -123,6 +123,7 @@ DEFAULTS = {
     "auto_bootstrap": False,
     "replace_node": None,
     "stream_rate": 0,
+    "workers": 1,
     "warnings": (),
 }
 
@@ -228,6 +229,8 @@ EVERY_KEY = [
     ("repair_interval", 86400, 86400),
     ("tombstone_grace", 86400, 86400),
     ("flush_enabled", False, False),
+    ("workers", 4, 4),
+    ("workers", "3", 3),
     ("phi_convict_threshold", 12.5, 12.5),
     ("stream_rate", 20000, 20000),
     ("auto_bootstrap", True, True),
@@ -581,6 +584,9 @@ KEY_ERRORS = [
     ("preconnect", "maybe", "expected true or false, got 'maybe'"),
     ("auto_eject_hosts", None, "expected true or false, got an empty value"),
     ("flush_enabled", "no", "expected true or false, got 'no'"),
+    ("workers", 0, "0 is out of range; expected 'auto' or a whole number of processes, from 1 to 256"),
+    ("workers", "many", "expected 'auto' or a whole number of processes, got 'many'"),
+    ("workers", 2.5, "expected 'auto' or a whole number of processes"),
     ("phi_convict_threshold", 0, "out of range; expected a number above 0"),
     ("phi_convict_threshold", "high", "expected a number above 0"),
     # strings
@@ -1251,3 +1257,6 @@ def test_replace_node_takes_the_dead_nodes_tokens_and_must_name_a_seed_of_its_ra
         parse_config(_MOVING + "  replace_node: 127.0.0.1:9201\n  enable_gossip: false\n")
     with pytest.raises(ConfigError, match="tokens missing|missing; required"):
         parse_config(_MOVING)
+def test_workers_auto_is_the_cores_available() -> None:
+    assert parse(workers="auto").workers == config_module.cores_available() >= 1
+    assert parse(workers="AUTO").workers == config_module.cores_available()

@@ -277,6 +277,9 @@ CLUSTER_SHAPES = {
     "3-racks-2-nodes-DC_QUORUM": dict(racks=3, nodes_per_rack=2, read_consistency="DC_QUORUM",
                                       write_consistency="DC_QUORUM"),
     "2-DCs-3-racks-2-nodes": dict(dcs=2, racks=3, nodes_per_rack=2),
+    # every node two worker processes (dyno.workers): each command's connection lands on either
+    "3-racks-DC_QUORUM-2-workers": dict(racks=3, read_consistency="DC_QUORUM", write_consistency="DC_QUORUM",
+                                        workers=2),
 }
 
 

@@ -21,8 +21,9 @@ import dyno
 PACKAGE = "dyno"
 PACKAGE_DIR = Path(dyno.__file__).parent
 ROOT = "dyno.node"
-# The command line starts a node (``dyno start``): the composition root's only caller.
-ROOT_CALLERS = {"dyno.cli"}
+# The command line starts a node (``dyno start``), and with ``workers: N`` dyno.workers
+# starts the node's processes (a supervisor's node and each worker's): its only callers.
+ROOT_CALLERS = {"dyno.cli", "dyno.workers"}
 
 
 def package_modules(directory: Path = PACKAGE_DIR) -> dict[str, Path]:

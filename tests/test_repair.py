@@ -707,10 +707,11 @@ async def test_repair_through_the_datastore_and_a_peer_link(redises):
 
 
 class NodeStub:
-    """What the admin server's sampler reads of a node (and asks of it: time a batch)."""
+    """What the admin server's sampler and its POSTs read of a node (and ask of it: time a batch)."""
 
     stats = Stats()
     metrics = Metrics()
+    refresh = settle = None  # a node of one process (dyno.workers sets them)
 
     @staticmethod
     def sample_next() -> None:
