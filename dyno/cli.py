@@ -84,14 +84,6 @@ def start(config_path: str, verbose: int, log_file: str | None, log_level: str, 
         raise click.ClickException(f"{config_path}: cannot start: {exc}") from None
 
 
-def _sole_error(error: BaseException) -> BaseException:
-    """The one error inside nested exception groups of one error each (trio's nurseries
-    wrap what their tasks raise), or the group itself when it holds several."""
-    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
-        error = error.exceptions[0]
-    return error
-
-
 def _check_files(path: str, config) -> None:
     """The files a config names must be usable too (a node would not start)."""
     from dyno.peer_tls import PeerTLS
