@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import hiredis
 
-from dyno import __version__, auth, blocking, commands, pubsub, resp
+from dyno import __version__, auth, blocking, commands, groups, pubsub, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
@@ -562,7 +562,8 @@ HANDLERS: dict[bytes, Handler] = {
     b"multi": _multi,
     b"watch": _watch,
     b"wait": _wait,
-    **dict.fromkeys(blocking.BLOCKING | {b"xread"}, _block),  # (XREAD only with BLOCK comes here)
+    # (XREAD only with BLOCK comes here; a consumer group's reads and claims always: dyno.groups)
+    **dict.fromkeys(blocking.BLOCKING | groups.ON_WATCH_REPLICA | {b"xread"}, _block),
     b"unwatch": _unwatch,
     b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,
     b"discard": lambda node, client, argv, slot: _DISCARD_WITHOUT,

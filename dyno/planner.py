@@ -45,7 +45,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from dyno import commands, merge, resp, rewrite, versions
+from dyno import commands, groups, merge, resp, rewrite, versions
 from dyno.commands import Merge as MergeKind
 from dyno.commands import Route
 from dyno.ring import Ring, RingNode
@@ -110,7 +110,7 @@ BATCHABLE = frozenset(
     for spec in (top, *(top.subcommands or {}).values())
     if spec.route is _KEY and spec.fixed_keys == (1,) and spec.name not in UNORDERED_REPLIES
     and spec.name not in ANY_REPLICA_READS and spec.name not in REPLICATE_EFFECT
-    and spec.name not in CURSOR_READS and spec.name != b"pfcount"
+    and spec.name not in CURSOR_READS and spec.name != b"pfcount" and spec.name not in groups.ON_WATCH_REPLICA
     and (spec.name not in rewrite.EXPIRY_COMMANDS or spec.name in (b"set", b"getex"))
 )
 
@@ -657,8 +657,10 @@ class _General:
                     size = position + 1
                     break
                 continue
-            if spec.name == b"xread" and not self.here_only and commands.blocks(argv):
-                # XREAD BLOCK waits in Redis, as a blocking pop does (dyno.blocking)
+            if not self.here_only and (spec.name in groups.ON_WATCH_REPLICA
+                                       or spec.name == b"xread" and commands.blocks(argv)):
+                # XREAD BLOCK waits in Redis, as a blocking pop does (dyno.blocking); a
+                # consumer group's reads and claims run there too (dyno.groups)
                 self.sources.append(LOCAL)
                 self.calls.append(spec)
                 size = position + 1

@@ -1,0 +1,225 @@
+"""Consumer groups: XREADGROUP, XCLAIM and XAUTOCLAIM, run on one replica, their effect on the others.
+
+These commands change a group's state by what the replica running them has and by its
+clock: which entries are new (the group's last-delivered id), which pending entries
+are idle long enough to claim. Sent to every replica, as a plain write is, two replicas
+could deliver different entries or keep different pending entries lists (PELs). So they
+run as blocking pops do (dyno.blocking): on a session on the keys' watch replica, the
+same whichever node the client is on (two consumers of one group through different
+nodes meet on one Redis, and an entry is delivered to the group once), XREADGROUP BLOCK
+waiting there. The command is followed on the session by ``followups`` (XINFO GROUPS of
+each stream, for XREADGROUP; then TIME), and what it did goes to the other replicas in
+the deterministic form Redis itself propagates to its replicas (t_stream.c
+streamPropagateXCLAIM, streamPropagateGroupID, streamPropagateConsumerCreation):
+
+    XREADGROUP ... >         -> XGROUP CREATECONSUMER key group consumer
+                                XCLAIM key group consumer 0 <ids> TIME <t> RETRYCOUNT 1 FORCE JUSTID
+                                XGROUP SETID key group <last-delivered-id> ENTRIESREAD <entries-read>
+    (NOACK: no XCLAIM)
+    XREADGROUP ... <id>      -> XGROUP CREATECONSUMER key group consumer
+       (history)                XCLAIM key group consumer 0 <ids> TIME <t>       (delivery count + 1)
+    XCLAIM ... min-idle ids  -> XCLAIM key group consumer 0 <claimed ids> TIME <t> [RETRYCOUNT n]
+                                       [FORCE] [JUSTID] [LASTID id]
+    XAUTOCLAIM ...           -> XCLAIM key group consumer 0 <claimed ids> TIME <t> [JUSTID]
+                                XACK key group <ids it deleted from the PEL>
+
+``t`` is the delivery time on the running replica (its TIME right after the command,
+less IDLE where given); the minimum idle time becomes 0, so no other replica decides by
+its own clock. Two things Redis 7.0's own replication leaves out are carried: a history
+read's delivery-count increment, and the entries-read counter (XINFO GROUPS shows it
+and the lag). Redis 7.0 creates a consumer for a stream it serves (``>`` with entries,
+or a history read), not for a ``>`` read that found nothing; the effect does the same.
+
+Pure: what to send after the command, and what its replies say it did. No I/O.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ON_WATCH_REPLICA", "blocks", "effect", "followups", "written_keys"]
+
+#: Run on the keys' watch replica, their effect replicated (the coordinator's ``block``).
+ON_WATCH_REPLICA = frozenset({b"xreadgroup", b"xclaim", b"xautoclaim"})
+
+_TIME = [b"TIME"]
+_XREAD_OPTION_ARGS = {b"block": 1, b"count": 1, b"group": 2, b"noack": 0}
+_XCLAIM_OPTION_ARGS = {b"idle": 1, b"time": 1, b"retrycount": 1, b"force": 0, b"justid": 0, b"lastid": 1}
+
+
+class _Read:
+    """What an XREADGROUP asks: group, consumer, NOACK, BLOCK, its streams and ids."""
+
+    __slots__ = ("group", "consumer", "noack", "block", "streams")
+
+    def __init__(self, argv: list[bytes]):
+        self.group = self.consumer = None
+        self.noack = self.block = False
+        self.streams: list[tuple[bytes, bytes]] = []
+        i = 1
+        while i < len(argv):
+            word = argv[i].lower()
+            if word == b"streams":
+                rest = argv[i + 1:]
+                half = len(rest) // 2
+                self.streams = list(zip(rest[:half], rest[half:]))
+                return
+            if word == b"group" and i + 2 < len(argv):
+                self.group, self.consumer = argv[i + 1], argv[i + 2]
+            elif word == b"noack":
+                self.noack = True
+            elif word == b"block":
+                self.block = True
+            skip = _XREAD_OPTION_ARGS.get(word)
+            if skip is None:
+                return
+            i += skip + 1
+
+
+def blocks(argv: list[bytes]) -> bool:
+    """Whether the command may wait in Redis (XREADGROUP with BLOCK)."""
+    return argv[0].lower() == b"xreadgroup" and _Read(argv).block
+
+
+def followups(argv: list[bytes]) -> list[list[bytes]]:
+    """The commands sent on the session right after ``argv``, whose replies ``effect``
+    reads: XINFO GROUPS of each stream (XREADGROUP), then TIME."""
+    if argv[0].lower() == b"xreadgroup":
+        return [[b"XINFO", b"GROUPS", key] for key, _ in _Read(argv).streams] + [_TIME]
+    return [_TIME]
+
+
+def effect(argv: list[bytes], replies: list) -> list[list[bytes]]:
+    """The commands that do to another replica what ``argv`` did on the watch replica,
+    given the parsed replies (hiredis: lists, dicts, bytes, numbers, errors) of it and
+    of its ``followups``, in order; [] if it changed nothing."""
+    reply = replies[0]
+    if reply is None or isinstance(reply, Exception):
+        return []
+    now = _time_ms(replies[-1])
+    if now is None:
+        return []
+    name = argv[0].lower()
+    if name == b"xreadgroup":
+        return _xreadgroup(argv, reply, replies[1:-1], now)
+    if name == b"xclaim":
+        return _xclaim(argv, reply, now)
+    if name == b"xautoclaim":
+        return _xautoclaim(argv, reply, now)
+    return []
+
+
+def written_keys(commands: list[list[bytes]]) -> list[bytes]:
+    """The keys an ``effect`` writes (their versions are stamped), each once."""
+    keys: dict[bytes, None] = {}
+    for command in commands:
+        keys[command[2] if command[0] == b"XGROUP" else command[1]] = None
+    return list(keys)
+
+
+def _xreadgroup(argv: list[bytes], reply, infos: list, now: int) -> list[list[bytes]]:
+    read = _Read(argv)
+    if read.group is None:
+        return []
+    asked = dict(read.streams)
+    served = reply.items() if isinstance(reply, dict) else reply
+    out: list[list[bytes]] = []
+    group, consumer = read.group, read.consumer
+    for key, entries in served:
+        start = asked.get(key)
+        if start is None or entries is None:
+            continue
+        ids = [entry[0] for entry in entries if entry[1] is not None]  # (a deleted entry: [id, nil])
+        if start == b">":
+            if not ids:
+                continue
+            out.append([b"XGROUP", b"CREATECONSUMER", key, group, consumer])
+            if not read.noack:
+                out.append([b"XCLAIM", key, group, consumer, b"0", *ids, b"TIME", b"%d" % now,
+                            b"RETRYCOUNT", b"1", b"FORCE", b"JUSTID"])
+            position = [stream for stream, _ in read.streams].index(key)
+            state = _group_state(infos[position] if position < len(infos) else None, group)
+            if state is not None:
+                last, entries_read = state
+                setid = [b"XGROUP", b"SETID", key, group, last]
+                if entries_read is not None:
+                    setid += [b"ENTRIESREAD", b"%d" % entries_read]
+                out.append(setid)
+        else:  # a history read: the consumer's own pending entries, delivered once more
+            out.append([b"XGROUP", b"CREATECONSUMER", key, group, consumer])
+            if ids:
+                out.append([b"XCLAIM", key, group, consumer, b"0", *ids, b"TIME", b"%d" % now])
+    return out
+
+
+def _xclaim(argv: list[bytes], reply, now: int) -> list[list[bytes]]:
+    if len(argv) < 6 or not isinstance(reply, list):
+        return []
+    i = 5
+    while i < len(argv) and argv[i].lower() not in _XCLAIM_OPTION_ARGS:
+        i += 1
+    options: dict[bytes, bytes | None] = {}
+    while i < len(argv):
+        word = argv[i].lower()
+        skip = _XCLAIM_OPTION_ARGS.get(word)
+        if skip is None or i + skip >= len(argv):
+            return []
+        options[word] = argv[i + 1] if skip else None
+        i += skip + 1
+    claimed = [item if isinstance(item, bytes) else item[0] for item in reply]
+    if not claimed and b"lastid" not in options:
+        return []
+    if not claimed:  # LASTID alone still moves the group's last id on
+        claimed = [b"0-0"]
+    when = options.get(b"time")
+    if when is None:
+        idle = options.get(b"idle")
+        when = b"%d" % (now - int(idle)) if idle is not None else b"%d" % now
+    out = [b"XCLAIM", argv[1], argv[2], argv[3], b"0", *claimed, b"TIME", when]
+    if b"retrycount" in options:
+        out += [b"RETRYCOUNT", options[b"retrycount"]]
+    if b"force" in options:
+        out.append(b"FORCE")
+    if b"justid" in options:
+        out.append(b"JUSTID")
+    if b"lastid" in options:
+        out += [b"LASTID", options[b"lastid"]]
+    return [out]
+
+
+def _xautoclaim(argv: list[bytes], reply, now: int) -> list[list[bytes]]:
+    if len(argv) < 6 or not isinstance(reply, list) or len(reply) < 2:
+        return []
+    justid = any(word.lower() == b"justid" for word in argv[6:])
+    claimed = [item if isinstance(item, bytes) else item[0] for item in reply[1]]
+    deleted = list(reply[2]) if len(reply) > 2 and reply[2] else []
+    out: list[list[bytes]] = []
+    if claimed:
+        out.append([b"XCLAIM", argv[1], argv[2], argv[3], b"0", *claimed, b"TIME", b"%d" % now]
+                   + ([b"JUSTID"] if justid else []))
+    if deleted:
+        out.append([b"XACK", argv[1], argv[2], *deleted])
+    return out
+
+
+def _time_ms(reply) -> int | None:
+    """TIME's reply ([seconds, microseconds]) in milliseconds."""
+    try:
+        seconds, micros = reply
+        return int(seconds) * 1000 + int(micros) // 1000
+    except (TypeError, ValueError):
+        return None
+
+
+def _group_state(info, group: bytes) -> tuple[bytes, int | None] | None:
+    """(last-delivered-id, entries-read) of ``group`` in an XINFO GROUPS reply
+    (RESP2: flat field/value lists; RESP3: maps), or None."""
+    if not isinstance(info, list):
+        return None
+    for item in info:
+        fields = item if isinstance(item, dict) else dict(zip(item[0::2], item[1::2]))
+        if fields.get(b"name") == group:
+            last = fields.get(b"last-delivered-id")
+            if last is None:
+                return None
+            entries_read = fields.get(b"entries-read")
+            return last, None if entries_read is None else int(entries_read)
+    return None
