@@ -13,8 +13,10 @@ the deterministic form Redis itself propagates to its replicas (t_stream.c
 streamPropagateXCLAIM, streamPropagateGroupID, streamPropagateConsumerCreation):
 
     XREADGROUP ... >         -> XGROUP CREATECONSUMER key group consumer
+                                XADD key NOMKSTREAM <id> <fields>  (each entry, where it is not yet)
                                 XCLAIM key group consumer 0 <ids> TIME <t> RETRYCOUNT 1 FORCE JUSTID
                                 XGROUP SETID key group <last-delivered-id> ENTRIESREAD <entries-read>
+                                  (as a script, SETID_FORWARD, that never moves the group back)
     (NOACK: no XCLAIM)
     XREADGROUP ... <id>      -> XGROUP CREATECONSUMER key group consumer
        (history)                XCLAIM key group consumer 0 <ids> TIME <t>       (delivery count + 1)
@@ -111,8 +113,41 @@ def written_keys(commands: list[list[bytes]]) -> list[bytes]:
     """The keys an ``effect`` writes (their versions are stamped), each once."""
     keys: dict[bytes, None] = {}
     for command in commands:
-        keys[command[2] if command[0] == b"XGROUP" else command[1]] = None
+        keys[command[_KEY_AT.get(command[0], 1)]] = None
     return list(keys)
+
+
+_KEY_AT = {b"XGROUP": 2, b"EVAL": 3}
+
+#: XGROUP SETID key group id [ENTRIESREAD n], unless the group's last-delivered id is
+#: already past ``id``: two reads' effects sent by different nodes may reach a replica
+#: in either order, and the group's position must only move on, as on the replica that
+#: ran them. KEYS[1] the stream; ARGV: group, id, entries-read ('' for none). IDs are
+#: compared as Redis writes them (decimal, no leading zeros): by length, then bytes.
+SETID_FORWARD = b"""
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if #am ~= #bm then return #am < #bm end
+  if am ~= bm then return am < bm end
+  if #as ~= #bs then return #as < #bs end
+  return as < bs
+end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local f = {}
+  for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+  if f['name'] == ARGV[1] then
+    if before(ARGV[2], f['last-delivered-id']) then return 0 end
+    if ARGV[3] == '' then
+      redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2])
+    else
+      redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], ARGV[2], 'ENTRIESREAD', ARGV[3])
+    end
+    return 1
+  end
+end
+return 0
+"""
 
 
 def _xreadgroup(argv: list[bytes], reply, infos: list, now: int) -> list[list[bytes]]:
@@ -133,16 +168,19 @@ def _xreadgroup(argv: list[bytes], reply, infos: list, now: int) -> list[list[by
                 continue
             out.append([b"XGROUP", b"CREATECONSUMER", key, group, consumer])
             if not read.noack:
+                # The entries first, where they are not yet: an XADD through another node
+                # may reach a replica after this (it then fails there, the entry being
+                # in place), and XCLAIM FORCE ignores an entry the stream does not have.
+                out += [[b"XADD", key, b"NOMKSTREAM", entry[0], *_fields(entry[1])]
+                        for entry in entries if entry[1] is not None]
                 out.append([b"XCLAIM", key, group, consumer, b"0", *ids, b"TIME", b"%d" % now,
                             b"RETRYCOUNT", b"1", b"FORCE", b"JUSTID"])
             position = [stream for stream, _ in read.streams].index(key)
             state = _group_state(infos[position] if position < len(infos) else None, group)
             if state is not None:
                 last, entries_read = state
-                setid = [b"XGROUP", b"SETID", key, group, last]
-                if entries_read is not None:
-                    setid += [b"ENTRIESREAD", b"%d" % entries_read]
-                out.append(setid)
+                out.append([b"EVAL", SETID_FORWARD, b"1", key, group, last,
+                            b"" if entries_read is None else b"%d" % entries_read])
         else:  # a history read: the consumer's own pending entries, delivered once more
             out.append([b"XGROUP", b"CREATECONSUMER", key, group, consumer])
             if ids:
@@ -198,6 +236,13 @@ def _xautoclaim(argv: list[bytes], reply, now: int) -> list[list[bytes]]:
     if deleted:
         out.append([b"XACK", argv[1], argv[2], *deleted])
     return out
+
+
+def _fields(fields) -> list[bytes]:
+    """An entry's fields and values, flat (RESP2 gives them flat; a map, pairs)."""
+    if isinstance(fields, dict):
+        return [item for pair in fields.items() for item in pair]
+    return list(fields)
 
 
 def _time_ms(reply) -> int | None:
