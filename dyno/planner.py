@@ -85,7 +85,9 @@ RANDOM_READS = frozenset({b"srandmember", b"hrandfield", b"zrandmember"})
 # Reads whose bytes depend on each Redis's own hash order while the value is the same: a
 # DUMP of a set or hash kept in a hashtable. No two replicas' can be compared byte for
 # byte, so any one answers (a quorum would only ever report that they disagree).
-ANY_REPLICA_READS = RANDOM_READS | {b"dump"}
+# So are reads that show each Redis's clock: a consumer group's idle times (XPENDING's
+# extended form, XINFO CONSUMERS, XINFO STREAM FULL), never quite the same on two replicas.
+ANY_REPLICA_READS = RANDOM_READS | {b"dump", b"xpending", b"xinfo|consumers", b"xinfo|stream"}
 # Cursor reads of one collection: each replica's hashtable iterates in its own order,
 # so a cursor is only meaningful on the replica that made it (rewrite.cursor_*).
 CURSOR_READS = frozenset({b"sscan", b"hscan", b"zscan"})
@@ -741,7 +743,7 @@ class _General:
                 return
         level = self._level(write)
         if name in ANY_REPLICA_READS:
-            level = DC_ONE  # any replica's answer is a right one (a random pick, a DUMP)
+            level = DC_ONE  # any replica's answer is a right one (a random pick, a DUMP, idle times)
         effect = REPLICATE_EFFECT.get(name)
         if effect is not None:
             self._run_once(position, group, argv, effect)

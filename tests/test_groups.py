@@ -384,3 +384,22 @@ def test_consumers_on_every_node_share_a_group_and_every_rack_agrees(cluster_fac
         _racks_agree(cluster, key)
         (info, consumers_, pel), = group_state(cluster[0].redis_client(), key).values()
         assert info["pending"] == per_stream // 2 and len(pel) == per_stream // 2
+
+
+@integration
+def test_reads_that_show_idle_times_are_answered_at_quorum(cluster_factory):
+    """XPENDING's extended form and XINFO CONSUMERS carry each Redis's clock (idle
+    times), which two replicas never quite share: one replica answers them, at every
+    level, rather than a quorum that would report a disagreement."""
+    cluster = cluster_factory(racks=3, hash_tag="{}", read_consistency="DC_QUORUM", write_consistency="DC_QUORUM")
+    client = cluster[1].client()
+    client.xgroup_create("{i}s", "g", mkstream=True)
+    client.xadd("{i}s", {"f": "v"}, id="1-0")
+    assert client.xreadgroup("g", "c", {"{i}s": ">"}) == [[b"{i}s", [(b"1-0", {b"f": b"v"})]]]
+    _settled(cluster)
+    for _ in range(30):
+        (pending,) = client.xpending_range("{i}s", "g", "-", "+", 10)
+        assert pending["message_id"] == b"1-0" and pending["times_delivered"] == 1
+        (consumer,) = client.xinfo_consumers("{i}s", "g")
+        assert consumer["name"] == b"c" and consumer["pending"] == 1
+        assert client.xpending("{i}s", "g")["pending"] == 1  # (the summary has no times)
