@@ -1104,7 +1104,7 @@ class Coordinator:
             return self.planner.crossslot
         client.held = []
         replica = session.replica
-        grouped = spec.name in groups.ON_WATCH_REPLICA
+        grouped = groups.on_watch_replica(spec.name, argv)
         followups = groups.followups(argv) if grouped else []
 
         def done(replies) -> None:

@@ -24,6 +24,8 @@ streamPropagateXCLAIM, streamPropagateGroupID, streamPropagateConsumerCreation):
                                        [FORCE] [JUSTID] [LASTID id]
     XAUTOCLAIM ...           -> XCLAIM key group consumer 0 <claimed ids> TIME <t> [JUSTID]
                                 XACK key group <ids it deleted from the PEL>
+    XGROUP CREATE|SETID key group $ ...
+                             -> the same with the group's last-delivered id and entries-read
 
 ``t`` is the delivery time on the running replica (its TIME right after the command,
 less IDLE where given); the minimum idle time becomes 0, so no other replica decides by
@@ -37,10 +39,17 @@ Pure: what to send after the command, and what its replies say it did. No I/O.
 
 from __future__ import annotations
 
-__all__ = ["ON_WATCH_REPLICA", "blocks", "effect", "followups", "written_keys"]
+__all__ = ["ON_WATCH_REPLICA", "blocks", "effect", "followups", "on_watch_replica", "written_keys"]
 
 #: Run on the keys' watch replica, their effect replicated (the coordinator's ``block``).
 ON_WATCH_REPLICA = frozenset({b"xreadgroup", b"xclaim", b"xautoclaim"})
+#: ... and these when their ID is ``$`` (the stream's last ID on the replica that runs it).
+_AT_LAST_ID = frozenset({b"xgroup|create", b"xgroup|setid"})
+
+
+def on_watch_replica(name: bytes, argv: list[bytes]) -> bool:
+    """Whether the command (its spec's name) runs on the watch replica (module docstring)."""
+    return name in ON_WATCH_REPLICA or name in _AT_LAST_ID and len(argv) > 4 and argv[4] == b"$"
 
 _TIME = [b"TIME"]
 _XREAD_OPTION_ARGS = {b"block": 1, b"count": 1, b"group": 2, b"noack": 0}
@@ -84,8 +93,11 @@ def blocks(argv: list[bytes]) -> bool:
 def followups(argv: list[bytes]) -> list[list[bytes]]:
     """The commands sent on the session right after ``argv``, whose replies ``effect``
     reads: XINFO GROUPS of each stream (XREADGROUP), then TIME."""
-    if argv[0].lower() == b"xreadgroup":
+    name = argv[0].lower()
+    if name == b"xreadgroup":
         return [[b"XINFO", b"GROUPS", key] for key, _ in _Read(argv).streams] + [_TIME]
+    if name == b"xgroup":
+        return [[b"XINFO", b"GROUPS", argv[2]], _TIME]
     return [_TIME]
 
 
@@ -106,6 +118,8 @@ def effect(argv: list[bytes], replies: list) -> list[list[bytes]]:
         return _xclaim(argv, reply, now)
     if name == b"xautoclaim":
         return _xautoclaim(argv, reply, now)
+    if name == b"xgroup":
+        return _xgroup_at_last_id(argv, replies[1])
     return []
 
 
@@ -236,6 +250,21 @@ def _xautoclaim(argv: list[bytes], reply, now: int) -> list[list[bytes]]:
     if deleted:
         out.append([b"XACK", argv[1], argv[2], *deleted])
     return out
+
+
+def _xgroup_at_last_id(argv: list[bytes], info) -> list[list[bytes]]:
+    """XGROUP CREATE|SETID key group $ ...: the same with the ID and entries-read the
+    group got (``$`` would be each replica's own last ID)."""
+    state = _group_state(info, argv[3])
+    if state is None:
+        return []
+    last, entries_read = state
+    out = [b"XGROUP", argv[1].upper(), argv[2], argv[3], last]
+    if argv[1].lower() == b"create" and any(word.lower() == b"mkstream" for word in argv[5:]):
+        out.append(b"MKSTREAM")
+    if entries_read is not None:
+        out += [b"ENTRIESREAD", b"%d" % entries_read]
+    return [out]
 
 
 def _fields(fields) -> list[bytes]:

@@ -486,6 +486,14 @@ def _block(node, client, argv, slot):
     return node.coordinator.block(client, commands.resolve(argv), argv, slot)
 
 
+def _xgroup(node, client, argv, slot):
+    """XGROUP CREATE|SETID with ``$`` (dyno.groups), or HELP."""
+    spec = commands.resolve(argv)
+    if spec.__class__ is not bytes and groups.on_watch_replica(spec.name, argv):
+        return node.coordinator.block(client, spec, argv, slot)
+    return _from_redis(node, client, argv, slot)
+
+
 def _wait(node, client, argv, slot):
     """WAIT numreplicas timeout: how many other replicas (racks) acknowledged what
     this node sent them before the WAIT (the client's writes among it), waiting up to
@@ -564,6 +572,7 @@ HANDLERS: dict[bytes, Handler] = {
     b"wait": _wait,
     # (XREAD only with BLOCK comes here; a consumer group's reads and claims always: dyno.groups)
     **dict.fromkeys(blocking.BLOCKING | groups.ON_WATCH_REPLICA | {b"xread"}, _block),
+    b"xgroup": _xgroup,
     b"unwatch": _unwatch,
     b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,
     b"discard": lambda node, client, argv, slot: _DISCARD_WITHOUT,

@@ -659,7 +659,7 @@ class _General:
                     size = position + 1
                     break
                 continue
-            if not self.here_only and (spec.name in groups.ON_WATCH_REPLICA
+            if not self.here_only and (groups.on_watch_replica(spec.name, argv)
                                        or spec.name == b"xread" and commands.blocks(argv)):
                 # XREAD BLOCK waits in Redis, as a blocking pop does (dyno.blocking); a
                 # consumer group's reads and claims run there too (dyno.groups)

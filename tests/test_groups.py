@@ -114,6 +114,7 @@ group_command = st.one_of(
     st.builds(lambda k, c, count, justid: [b"XAUTOCLAIM", k, b"g", c, b"0", b"0-0", b"COUNT", b"%d" % count,
                                            *([b"JUSTID"] if justid else [])],
               stream, consumer, st.integers(1, 5), st.booleans()),
+    st.builds(lambda k: [b"XGROUP", b"SETID", k, b"g", b"$"], stream),
 )
 plain_command = st.one_of(
     st.builds(lambda k, ids: [b"XACK", k, b"g", *ids], stream, st.lists(entry_id, min_size=1, max_size=3)),
@@ -179,6 +180,12 @@ def test_an_entry_that_reaches_a_replica_after_its_delivery_is_pending_there(red
         states = [group_state(client, "{s}a") for client in clients]
         assert states[0] == states[1] and states[0][b"g"][2] == [(late[2], b"c1", 1)]
         assert clients[0].xrange("{s}a") == clients[1].xrange("{s}a")
+        # XGROUP SETID ... $ while an XADD is on its way: `$` is the watch replica's
+        late = _plain(ran, [b"XADD", b"{s}a", b"*", b"f", b"w"])
+        assert _run_with_effect(ran, other, [b"XGROUP", b"SETID", b"{s}a", b"g", b"$"]) == b"OK"
+        other.call(*late)
+        assert group_state(clients[0], "{s}a") == group_state(clients[1], "{s}a")
+        assert clients[1].xinfo_groups("{s}a")[0]["last-delivered-id"] == late[2]
     finally:
         ran.close()
         other.close()
@@ -249,6 +256,12 @@ SEQUENCE = [
     (SEQUENCE_PLAIN, "XGROUP", "CREATE", "{g}t", "grp", "0"),
     (SEQUENCE_PLAIN, "XADD", "{g}s", "7-1", "f", "v7"),
     ("XREADGROUP", "GROUP", "grp", "c8", "COUNT", "5", "STREAMS", "{g}s", "{g}t", ">", ">"),
+    ("XGROUP", "CREATE", "{g}u", "grp", "$", "MKSTREAM"),  # (`$`: the watch replica's last ID)
+    (SEQUENCE_PLAIN, "XADD", "{g}u", "1-1", "f", "u1"),
+    ("XGROUP", "CREATE", "{g}u", "late", "$"),
+    ("XGROUP", "SETID", "{g}s", "grp", "$"),
+    ("XGROUP", "CREATE", "{g}u", "late", "$"),  # BUSYGROUP
+    ("XGROUP", "HELP"),
     (SEQUENCE_PLAIN, "XPENDING", "{g}s", "grp"),
     (SEQUENCE_PLAIN, "XINFO", "GROUPS", "{g}s"),
     (SEQUENCE_PLAIN, "XINFO", "GROUPS", "{g}t"),
@@ -278,6 +291,7 @@ def test_group_commands_answer_as_redis_and_leave_every_rack_the_same(cluster_fa
             conn.close()
     _racks_agree(cluster, "{g}s")
     _racks_agree(cluster, "{g}t")
+    _racks_agree(cluster, "{g}u")
     assert group_state(cluster[1].redis_client(), "{g}s") == group_state(redis_server.client(), "{g}s")
 
 
