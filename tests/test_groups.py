@@ -56,6 +56,19 @@ def delivery_times(client: redis.Redis, key: str, group: str) -> dict:
 
 # -- the pure core against real Redis ----------------------------------------------------------
 
+def test_which_commands_run_on_the_watch_replica():
+    read = [b"XREADGROUP", b"GROUP", b"g", b"c", b"BLOCK", b"0", b"STREAMS", b"k", b">"]
+    assert groups.on_watch_replica(b"xreadgroup", read) and groups.blocks(read)
+    assert not groups.blocks([b"XREADGROUP", b"GROUP", b"g", b"c", b"STREAMS", b"block", b">"])
+    assert groups.on_watch_replica(b"xgroup|create", [b"XGROUP", b"CREATE", b"k", b"g", b"$", b"MKSTREAM"])
+    assert not groups.on_watch_replica(b"xgroup|create", [b"XGROUP", b"CREATE", b"k", b"g", b"0"])
+    assert not groups.on_watch_replica(b"xack", [b"XACK", b"k", b"g", b"1-0"])
+    assert groups.followups(read) == [[b"XINFO", b"GROUPS", b"k"], [b"TIME"]]
+    assert groups.effect(read, [None, [], [b"1", b"0"]]) == []  # timed out: nothing anywhere
+    assert groups.written_keys([[b"XGROUP", b"CREATECONSUMER", b"k", b"g", b"c"], [b"XCLAIM", b"k", b"g"],
+                                [b"EVAL", b"...", b"1", b"k"], [b"XADD", b"j"]]) == [b"k", b"j"]
+
+
 @pytest.fixture(scope="module")
 def redis_pair(tmp_path_factory):
     servers = [support.RedisServer(tmp_path_factory.mktemp(f"redis{i}")) for i in range(2)]
