@@ -6,14 +6,17 @@
 // CLUSTER SLOTS); single: a plain ioredis Redis on the first. Reads one JSON line per
 // sequence on stdin, a list of commands, each a list of base64 arguments; writes one
 // JSON line with a reply per command: {"b": base64} for a string, a number, null, a
-// list, or {"err": message}. Replies come from callBuffer, so the bytes are Redis's.
+// list, or {"err": message}; {"client": why} for a command the Cluster client cannot
+// route (a key it needs is missing: it never reaches a server). Replies come from
+// callBuffer, so the bytes are Redis's.
 // A line "quit" ends it.
 "use strict";
 
 const path = require("path");
 const readline = require("readline");
-const Redis = require(path.join(process.env.IOREDIS_DIR || path.join(__dirname, "..", ".node", "node_modules"),
-  "ioredis"));
+const modules = process.env.IOREDIS_DIR || path.join(__dirname, "..", ".node", "node_modules");
+const Redis = require(path.join(modules, "ioredis"));
+const commands = require(path.join(modules, "@ioredis", "commands"));
 
 const [mode, ...addresses] = process.argv.slice(2);
 const nodes = addresses.map((address) => {
@@ -37,12 +40,35 @@ function encode(reply) {
   return { other: String(reply) };
 }
 
-async function run(commands) {
+// Why the Cluster client cannot route a command (it needs a key the command lacks,
+// so it never reaches a server), or null.
+function unroutable(name, args) {
+  if (mode !== "cluster" || !commands.exists(name.toLowerCase())) return null;
+  try {
+    const positions = commands.getKeyIndexes(name.toLowerCase(), args);
+    return positions.some((at) => at >= args.length) ? "a key is missing" : null;
+  } catch (error) {
+    return String(error.message);
+  }
+}
+
+function within(promise, ms) {
+  let timer;
+  const late = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error("no reply in time")), ms); });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+async function run(commands_) {
   const replies = [];
-  for (const command of commands) {
+  for (const command of commands_) {
     const [name, ...args] = command.map((arg) => Buffer.from(arg, "base64"));
+    const why = unroutable(name.toString("latin1"), args);
+    if (why !== null) {
+      replies.push({ client: why });
+      continue;
+    }
     try {
-      replies.push(encode(await client.callBuffer(name.toString("latin1"), ...args)));
+      replies.push(encode(await within(client.callBuffer(name.toString("latin1"), ...args), 10000)));
     } catch (error) {
       replies.push({ err: String(error.message) });
     }
@@ -63,3 +89,4 @@ input.on("line", (line) => {
   });
 });
 client.on("error", (error) => process.stderr.write(`ioredis: ${error.message}\n`));
+process.on("uncaughtException", (error) => process.stderr.write(`uncaught: ${error.stack}\n`));

@@ -126,6 +126,8 @@ def test_ioredis_cluster_and_plain_run_the_differential_command_set(ioredis_clus
             got = runners[client].run(sequence)
             answered[client] += sum(1 for reply in got if not (isinstance(reply, dict) and "err" in reply))
             for index, command in enumerate(sequence):
+                if isinstance(got[index], dict) and "client" in got[index]:
+                    continue  # the Cluster client cannot route it (a key is missing): no server saw it
                 assert equivalent(command, expected[index], got[index]), (
                     f"ioredis {client} through dyno, command {index} {format_command(command)}: "
                     f"{got[index]!r}, plain Redis: {expected[index]!r}")
