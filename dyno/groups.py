@@ -8,19 +8,19 @@ run as blocking pops do (dyno.blocking): on a session on the keys' watch replica
 same whichever node the client is on (two consumers of one group through different
 nodes meet on one Redis, and an entry is delivered to the group once), XREADGROUP BLOCK
 waiting there. The command is followed on the session by ``followups`` (XINFO GROUPS of
-each stream, for XREADGROUP; then TIME), and what it did goes to the other replicas in
+each stream, for XREADGROUP; XPENDING of each id, for XCLAIM; then TIME), and what it did goes to the other replicas in
 the deterministic form Redis itself propagates to its replicas (t_stream.c
 streamPropagateXCLAIM, streamPropagateGroupID, streamPropagateConsumerCreation):
 
     XREADGROUP ... >         -> XGROUP CREATECONSUMER key group consumer
-                                XADD key NOMKSTREAM <id> <fields>  (each entry, where it is not yet)
                                 XCLAIM key group consumer 0 <ids> TIME <t> RETRYCOUNT 1 FORCE JUSTID
                                 XGROUP SETID key group <last-delivered-id> ENTRIESREAD <entries-read>
                                   (as a script, SETID_FORWARD, that never moves the group back)
     (NOACK: no XCLAIM)
     XREADGROUP ... <id>      -> XGROUP CREATECONSUMER key group consumer
        (history)                XCLAIM key group consumer 0 <ids> TIME <t>       (delivery count + 1)
-    XCLAIM ... min-idle ids  -> XCLAIM key group consumer 0 <claimed ids> TIME <t> [RETRYCOUNT n]
+    XCLAIM ... min-idle ids  -> XACK key group <ids it dropped from the PEL (deleted entries)>
+                                XCLAIM key group consumer 0 <claimed ids> TIME <t> [RETRYCOUNT n]
                                        [FORCE] [JUSTID] [LASTID id]
     XAUTOCLAIM ...           -> XCLAIM key group consumer 0 <claimed ids> TIME <t> [JUSTID]
                                 XACK key group <ids it deleted from the PEL>
@@ -98,7 +98,17 @@ def followups(argv: list[bytes]) -> list[list[bytes]]:
         return [[b"XINFO", b"GROUPS", key] for key, _ in _Read(argv).streams] + [_TIME]
     if name == b"xgroup":
         return [[b"XINFO", b"GROUPS", argv[2]], _TIME]
+    if name == b"xclaim" and len(argv) > 5:  # which ids are still pending there after it
+        return [[b"XPENDING", argv[1], argv[2], id_, id_, b"1"] for id_ in _xclaim_ids(argv)] + [_TIME]
     return [_TIME]
+
+
+def _xclaim_ids(argv: list[bytes]) -> list[bytes]:
+    """The ids of an XCLAIM (from argv[5] to the first option)."""
+    i = 5
+    while i < len(argv) and argv[i].lower() not in _XCLAIM_OPTION_ARGS:
+        i += 1
+    return argv[5:i]
 
 
 def effect(argv: list[bytes], replies: list) -> list[list[bytes]]:
@@ -115,7 +125,7 @@ def effect(argv: list[bytes], replies: list) -> list[list[bytes]]:
     if name == b"xreadgroup":
         return _xreadgroup(argv, reply, replies[1:-1], now)
     if name == b"xclaim":
-        return _xclaim(argv, reply, now)
+        return _xclaim(argv, reply, replies[1:-1], now)
     if name == b"xautoclaim":
         return _xautoclaim(argv, reply, now)
     if name == b"xgroup":
@@ -182,11 +192,10 @@ def _xreadgroup(argv: list[bytes], reply, infos: list, now: int) -> list[list[by
                 continue
             out.append([b"XGROUP", b"CREATECONSUMER", key, group, consumer])
             if not read.noack:
-                # The entries first, where they are not yet: an XADD through another node
-                # may reach a replica after this (it then fails there, the entry being
-                # in place), and XCLAIM FORCE ignores an entry the stream does not have.
-                out += [[b"XADD", key, b"NOMKSTREAM", entry[0], *_fields(entry[1])]
-                        for entry in entries if entry[1] is not None]
+                # (An entry whose XADD, sent through another node, has not reached a
+                # replica yet is ignored there by XCLAIM FORCE: docs/design-notes.md. Adding
+                # it here would be worse: the entries before it, arriving later, would be
+                # refused there as smaller IDs.)
                 out.append([b"XCLAIM", key, group, consumer, b"0", *ids, b"TIME", b"%d" % now,
                             b"RETRYCOUNT", b"1", b"FORCE", b"JUSTID"])
             position = [stream for stream, _ in read.streams].index(key)
@@ -202,12 +211,11 @@ def _xreadgroup(argv: list[bytes], reply, infos: list, now: int) -> list[list[by
     return out
 
 
-def _xclaim(argv: list[bytes], reply, now: int) -> list[list[bytes]]:
+def _xclaim(argv: list[bytes], reply, pending: list, now: int) -> list[list[bytes]]:
     if len(argv) < 6 or not isinstance(reply, list):
         return []
-    i = 5
-    while i < len(argv) and argv[i].lower() not in _XCLAIM_OPTION_ARGS:
-        i += 1
+    asked = _xclaim_ids(argv)
+    i = 5 + len(asked)
     options: dict[bytes, bytes | None] = {}
     while i < len(argv):
         word = argv[i].lower()
@@ -217,24 +225,28 @@ def _xclaim(argv: list[bytes], reply, now: int) -> list[list[bytes]]:
         options[word] = argv[i + 1] if skip else None
         i += skip + 1
     claimed = [item if isinstance(item, bytes) else item[0] for item in reply]
+    # An id asked for, not claimed and not pending afterwards: XCLAIM dropped it from
+    # the PEL (its entry was deleted), or it was not pending (XACK changes nothing then).
+    dropped = [id_ for id_, after in zip(asked, pending) if id_ not in claimed and after == []]
+    out: list[list[bytes]] = [[b"XACK", argv[1], argv[2], *dropped]] if dropped else []
     if not claimed and b"lastid" not in options:
-        return []
+        return out
     if not claimed:  # LASTID alone still moves the group's last id on
         claimed = [b"0-0"]
     when = options.get(b"time")
     if when is None:
         idle = options.get(b"idle")
         when = b"%d" % (now - int(idle)) if idle is not None else b"%d" % now
-    out = [b"XCLAIM", argv[1], argv[2], argv[3], b"0", *claimed, b"TIME", when]
+    claim = [b"XCLAIM", argv[1], argv[2], argv[3], b"0", *claimed, b"TIME", when]
     if b"retrycount" in options:
-        out += [b"RETRYCOUNT", options[b"retrycount"]]
+        claim += [b"RETRYCOUNT", options[b"retrycount"]]
     if b"force" in options:
-        out.append(b"FORCE")
+        claim.append(b"FORCE")
     if b"justid" in options:
-        out.append(b"JUSTID")
+        claim.append(b"JUSTID")
     if b"lastid" in options:
-        out += [b"LASTID", options[b"lastid"]]
-    return [out]
+        claim += [b"LASTID", options[b"lastid"]]
+    return out + [claim]
 
 
 def _xautoclaim(argv: list[bytes], reply, now: int) -> list[list[bytes]]:
@@ -265,13 +277,6 @@ def _xgroup_at_last_id(argv: list[bytes], info) -> list[list[bytes]]:
     if entries_read is not None:
         out += [b"ENTRIESREAD", b"%d" % entries_read]
     return [out]
-
-
-def _fields(fields) -> list[bytes]:
-    """An entry's fields and values, flat (RESP2 gives them flat; a map, pairs)."""
-    if isinstance(fields, dict):
-        return [item for pair in fields.items() for item in pair]
-    return list(fields)
 
 
 def _time_ms(reply) -> int | None:
