@@ -7,9 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CLUSTER_DIR ?= .cluster
 
-.PHONY: install test cluster cluster-stop cluster-start cluster-restart bench bench-tls clean redis-server
+.PHONY: install test cluster cluster-stop cluster-start cluster-restart bench bench-tls clean redis-server node-deps
 
-install: $(STAMP) redis-server
+install: $(STAMP) redis-server node-deps
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,18 @@ $(STAMP): setup.cfg pyproject.toml
 redis-server:
 	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || \
 	  scripts/install-debian-packages redis-server redis-tools
+
+# ioredis (Node.js) for tests/test_ioredis.py, in .node/ (git ignores it). Best effort:
+# without npm, or offline, one line says so and the test skips.
+NODE_DIR := .node
+node-deps: $(NODE_DIR)/.installed
+
+$(NODE_DIR)/.installed:
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  echo "npm not found: ioredis not installed (tests/test_ioredis.py will skip)"; \
+	elif mkdir -p $(NODE_DIR) && npm install --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error ioredis@5 >/dev/null; then \
+	  touch $@; \
+	else echo "npm install ioredis@5 failed: tests/test_ioredis.py will skip"; fi
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -53,4 +65,4 @@ bench-tls: install
 	$(BIN)/python scripts/bench.py --targets redis,dyno-1,dyno-3r-one --tls $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis $(NODE_DIR)

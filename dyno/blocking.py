@@ -16,8 +16,8 @@ than the pop); at most ``dyno.watch.MAX_SESSIONS`` sessions of a node (WATCH and
 blocking pops together): at the limit the pop session idle longest is closed to make
 room, and when none is idle one more client gets an error and should retry. Inside MULTI a blocking pop is
 queued like any command (dyno.transactions): Redis runs it without blocking there. XREAD BLOCK is served the same
-way (a read: nothing to do to the other replicas); XREADGROUP BLOCK is refused (the
-consumer group's pending entries would have to be replicated).
+way (a read: nothing to do to the other replicas); so is XREADGROUP, BLOCK or not,
+with its effect on the consumer group replicated (dyno.groups).
 
 Pure: which commands block, and what their reply says they did. No I/O.
 """

@@ -116,7 +116,7 @@ class CommandSpec:
     subcommands: dict[bytes, CommandSpec] | None = None
     #: Rows whose keys depend on argv (numkeys, STORE, STREAMS ...); None = plain range.
     find_keys: KeyFinder | None = None
-    #: Extra validation run by ``resolve`` (MSET pairs, XREAD BLOCK, SELECT n).
+    #: Extra validation run by ``resolve`` (MSET pairs, SELECT n).
     check: Check | None = None
     #: Redis's COMMAND INFO "movablekeys": the keys are found by ``find_keys``.
     movable_keys: bool = field(init=False)
@@ -403,23 +403,6 @@ def blocks(argv: Sequence[bytes]) -> bool:
     return False
 
 
-def _refuse_block(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
-    """XREADGROUP runs, but not with BLOCK (see BLOCKING); XREAD BLOCK is served as a
-    blocking pop is (dyno.blocking)."""
-    if spec.name == b"xread":
-        return None
-    i = 1
-    while i < len(argv):
-        word = _word(argv[i])
-        if word == b"block" and i + 1 < len(argv):
-            return unsupported_error(display_name(spec.name) + " BLOCK", BLOCKING)
-        skip = _XREAD_OPTION_ARGS.get(word)
-        if skip is None:  # STREAMS, or a syntax error Redis will report
-            return None
-        i += skip + 1
-    return None
-
-
 _SELECT_OUT_OF_RANGE = (b"-ERR value is out of range, value must between -2147483648 and "
                         b"2147483647\r\n")
 _NOT_AN_INTEGER = b"-ERR value is not an integer or out of range\r\n"
@@ -439,8 +422,6 @@ def _only_db0(spec: CommandSpec, argv: Sequence[bytes]) -> bytes | None:
 
 # --- why a command is refused (shown to the client, one line each) --------------------------
 
-BLOCKING = ("a consumer group's blocking read is not served yet (blocking pops and XREAD BLOCK are); "
-            "poll with the non-blocking form instead")
 REPLICATION = "dyno replicates between its nodes by itself; their Redis servers are not replicas"
 ADMIN = "administer each node's Redis directly, not through dyno"
 CLUSTER = "dyno is not a Redis Cluster; its ring is described on the admin port (/cluster_describe)"
@@ -635,8 +616,8 @@ _TABLE: tuple[CommandSpec, ...] = (
     _cmd("xlen",                          2, (1,  1, 1), READ,  KEY),
     _cmd("xpending",                     -3, (1,  1, 1), READ,  KEY),
     _cmd("xrange",                       -4, (1,  1, 1), READ,  KEY),
-    _cmd("xread",                        -4, (0,  0, 0), READ,  KEY, find_keys=_xread_keys(options_from=1), check=_refuse_block),
-    _cmd("xreadgroup",                   -7, (0,  0, 0), WRITE, KEY, find_keys=_xread_keys(options_from=4), check=_refuse_block),
+    _cmd("xread",                        -4, (0,  0, 0), READ,  KEY, find_keys=_xread_keys(options_from=1)),
+    _cmd("xreadgroup",                   -7, (0,  0, 0), WRITE, KEY, find_keys=_xread_keys(options_from=4)),
     _cmd("xrevrange",                    -4, (1,  1, 1), READ,  KEY),
     _cmd("xsetid",                       -3, (1,  1, 1), WRITE, KEY),
     _cmd("xtrim",                        -4, (1,  1, 1), WRITE, KEY),
@@ -969,7 +950,7 @@ def resolve(argv: Sequence[bytes]) -> CommandSpec | bytes:
     Checks in Redis's order: the command exists (else Redis's "unknown command" line), its
     subcommand exists ("unknown subcommand"), argc fits the arity ("wrong number of
     arguments") -- each worded byte for byte as Redis 7.0 words it -- then dyno's refusal of
-    UNSUPPORTED commands, then the few per-command checks (MSET pairs, XREAD BLOCK, SELECT n).
+    UNSUPPORTED commands, then the few per-command checks (MSET pairs, SELECT n).
     Syntax errors inside the arguments are left to the Redis that runs the command.
     """
     if not argv:  # Redis ignores an empty request; callers should too

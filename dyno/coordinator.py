@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import hiredis
 import trio
 
-from dyno import blocking, commands, pubsub, resp, transactions, versions, watch
+from dyno import blocking, commands, groups, pubsub, resp, transactions, versions, watch
 from dyno.client import BatchSlot, ReplySlot
 from dyno.consistency import Quorum
 from dyno.datastore import Sink
@@ -66,6 +66,16 @@ HEDGE_TICK = 0.025
 # rather than all at once at the end.
 WHOLE_BATCH = 128
 _UNSPLITTABLE = resp.error("ERR dyno: a replica's replies could not be split")
+
+
+def _parsed(reply: bytes):
+    """A raw reply parsed by hiredis (an error or a bad reply: None)."""
+    reader = hiredis.Reader()
+    reader.feed(reply)
+    try:
+        return reader.gets()
+    except hiredis.ProtocolError:
+        return None
 
 
 def _split(replies: bytes, count: int) -> list[bytes]:
@@ -1153,8 +1163,9 @@ class Coordinator:
         return watch.RemoteSession(link, group=group, replica=replica, flags=RESP3 if client.protocol == 3 else 0)
 
     def block(self, client: "ClientConnection", spec, argv: list[bytes], slot: Sink) -> bytes | None:
-        """A blocking pop (dyno.blocking): on a session on its keys' watch replica;
-        what it took is then done to the other replicas. Returns the error line, or
+        """A blocking pop (dyno.blocking), XREAD BLOCK, or a consumer-group command
+        (dyno.groups: XREADGROUP, XCLAIM, XAUTOCLAIM): on a session on its keys' watch
+        replica; what it did is then done to the other replicas. Returns the error line, or
         None: the reply comes when Redis answers (data, or nil at the timeout), and
         what the client sends meanwhile waits, as a blocked Redis client's would."""
         keys = commands.keys(spec, argv)
@@ -1179,6 +1190,8 @@ class Coordinator:
             return self.planner.crossslot
         client.held = []
         replica = session.replica
+        grouped = groups.on_watch_replica(spec.name, argv)
+        followups = groups.followups(argv) if grouped else []
 
         def done(replies) -> None:
             if replies.__class__ is bytes:
@@ -1192,22 +1205,25 @@ class Coordinator:
             if own and not session.closed and not client.dead:
                 self._idle_pops[client] = session  # kept for its next pop; the first to go at the limit
             reply = replies[0]
-            reader = hiredis.Reader()
-            reader.feed(reply)
-            try:
-                parsed = reader.gets()
-            except hiredis.ProtocolError:
-                parsed = None
-            command = blocking.effect(argv, parsed) if reply[:1] not in (b"-", b"!") else None
-            if command is None:
+            if reply[:1] in (b"-", b"!"):
+                effect = []
+            else:
+                parsed = list(map(_parsed, replies))
+                if grouped:
+                    effect = groups.effect(argv, parsed)
+                else:
+                    command = blocking.effect(argv, parsed[0])
+                    effect = [] if command is None else [command]
+            if not effect:
                 slot.deliver(reply)
                 self._release(client)
                 return
-            payload = resp.encode_command(command)
-            count = 1
+            payload = b"".join(map(resp.encode_command, effect))
+            count = len(effect)
             version = self.planner.batch_version(False, None)
             if version is not None:
-                stamp = versions.stamp(blocking.written_keys(command), version, self.versions_db)
+                keys = groups.written_keys(effect) if grouped else blocking.written_keys(effect[0])
+                stamp = versions.stamp(keys, version, self.versions_db)
                 session.request(stamp, versions.STAMP_REPLIES, lambda replies: None)  # where it ran
                 payload += stamp
                 count += versions.STAMP_REPLIES
@@ -1218,7 +1234,9 @@ class Coordinator:
                 slot.deliver(reply)
                 self._release(client)
 
-        session.request(resp.encode_command(argv), 1, done, timeout=None)
+        payload = b"".join(map(resp.encode_command, [argv, *followups]))
+        timeout = None if not grouped or groups.blocks(argv) else watch.REPLY_TIMEOUT
+        session.request(payload, 1 + len(followups), done, timeout=timeout)
         return None
 
     async def _run_session(self, session: watch.Session) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import hiredis
 
-from dyno import __version__, auth, blocking, commands, pubsub, resp
+from dyno import __version__, auth, blocking, commands, groups, pubsub, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
@@ -508,6 +508,14 @@ def _block(node, client, argv, slot):
     return node.coordinator.block(client, commands.resolve(argv), argv, slot)
 
 
+def _xgroup(node, client, argv, slot):
+    """XGROUP CREATE|SETID with ``$`` (dyno.groups), or HELP."""
+    spec = commands.resolve(argv)
+    if spec.__class__ is not bytes and groups.on_watch_replica(spec.name, argv):
+        return node.coordinator.block(client, spec, argv, slot)
+    return _from_redis(node, client, argv, slot)
+
+
 def _wait(node, client, argv, slot):
     """WAIT numreplicas timeout: how many other replicas (racks) acknowledged what
     this node sent them before the WAIT (the client's writes among it), waiting up to
@@ -584,7 +592,9 @@ HANDLERS: dict[bytes, Handler] = {
     b"multi": _multi,
     b"watch": _watch,
     b"wait": _wait,
-    **dict.fromkeys(blocking.BLOCKING | {b"xread"}, _block),  # (XREAD only with BLOCK comes here)
+    # (XREAD only with BLOCK comes here; a consumer group's reads and claims always: dyno.groups)
+    **dict.fromkeys(blocking.BLOCKING | groups.ON_WATCH_REPLICA | {b"xread"}, _block),
+    b"xgroup": _xgroup,
     b"unwatch": _unwatch,
     b"exec": lambda node, client, argv, slot: _EXEC_WITHOUT,
     b"discard": lambda node, client, argv, slot: _DISCARD_WITHOUT,

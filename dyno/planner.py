@@ -45,7 +45,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from dyno import commands, merge, resp, rewrite, versions
+from dyno import commands, groups, merge, resp, rewrite, versions
 from dyno.commands import Merge as MergeKind
 from dyno.commands import Route
 from dyno.ring import Ring, RingNode
@@ -85,7 +85,9 @@ RANDOM_READS = frozenset({b"srandmember", b"hrandfield", b"zrandmember"})
 # Reads whose bytes depend on each Redis's own hash order while the value is the same: a
 # DUMP of a set or hash kept in a hashtable. No two replicas' can be compared byte for
 # byte, so any one answers (a quorum would only ever report that they disagree).
-ANY_REPLICA_READS = RANDOM_READS | {b"dump"}
+# So are reads that show each Redis's clock: a consumer group's idle times (XPENDING's
+# extended form, XINFO CONSUMERS, XINFO STREAM FULL), never quite the same on two replicas.
+ANY_REPLICA_READS = RANDOM_READS | {b"dump", b"xpending", b"xinfo|consumers", b"xinfo|stream"}
 # Cursor reads of one collection: each replica's hashtable iterates in its own order,
 # so a cursor is only meaningful on the replica that made it (rewrite.cursor_*).
 CURSOR_READS = frozenset({b"sscan", b"hscan", b"zscan"})
@@ -110,7 +112,7 @@ BATCHABLE = frozenset(
     for spec in (top, *(top.subcommands or {}).values())
     if spec.route is _KEY and spec.fixed_keys == (1,) and spec.name not in UNORDERED_REPLIES
     and spec.name not in ANY_REPLICA_READS and spec.name not in REPLICATE_EFFECT
-    and spec.name not in CURSOR_READS and spec.name != b"pfcount"
+    and spec.name not in CURSOR_READS and spec.name != b"pfcount" and spec.name not in groups.ON_WATCH_REPLICA
     and (spec.name not in rewrite.EXPIRY_COMMANDS or spec.name in (b"set", b"getex"))
 )
 
@@ -698,8 +700,10 @@ class _General:
                     size = position + 1
                     break
                 continue
-            if spec.name == b"xread" and not self.here_only and commands.blocks(argv):
-                # XREAD BLOCK waits in Redis, as a blocking pop does (dyno.blocking)
+            if not self.here_only and (groups.on_watch_replica(spec.name, argv)
+                                       or spec.name == b"xread" and commands.blocks(argv)):
+                # XREAD BLOCK waits in Redis, as a blocking pop does (dyno.blocking); a
+                # consumer group's reads and claims run there too (dyno.groups)
                 self.sources.append(LOCAL)
                 self.calls.append(spec)
                 size = position + 1
@@ -780,7 +784,7 @@ class _General:
                 return
         level = self._level(write)
         if name in ANY_REPLICA_READS:
-            level = DC_ONE  # any replica's answer is a right one (a random pick, a DUMP)
+            level = DC_ONE  # any replica's answer is a right one (a random pick, a DUMP, idle times)
         effect = REPLICATE_EFFECT.get(name)
         if effect is not None:
             self._run_once(position, group, argv, effect)

@@ -41,6 +41,7 @@ QUEUED = b"+QUEUED\r\n"
 #: Commands whose effect or reply each replica would choose for itself.
 NOT_DETERMINISTIC = frozenset({
     b"spop", b"xadd", b"srandmember", b"hrandfield", b"zrandmember", b"sscan", b"hscan", b"zscan",
+    b"xreadgroup", b"xclaim", b"xautoclaim",
 })
 
 

@@ -40,7 +40,7 @@ log = logging.getLogger("dyno.watch")
 MAX_SESSIONS = 1000
 #: What a peer may send on a session besides what any peer request may (dyno.peer).
 SESSION_ONLY = frozenset({b"watch", b"blpop", b"brpop", b"blmove", b"brpoplpush", b"bzpopmin", b"bzpopmax",
-                          b"blmpop", b"bzmpop"})
+                          b"blmpop", b"bzmpop", b"time"})  # (TIME: after a consumer group's read, dyno.groups)
 CONNECT_TIMEOUT = 5.0
 REPLY_TIMEOUT = 30.0
 
