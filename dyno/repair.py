@@ -3,7 +3,8 @@
 What it owns: deciding, for one key, which replica holds the newest state and which
 replicas must receive it (``decide``, pure); fetching and copying the keys of a
 chunk between replicas (``repair_keys``, which read repair reuses); a repair job
-over the token ranges a node owns (``Repair``, planned by ``plan_repair``); the
+over the token ranges a node owns (``Repair``, planned by ``plan_repair``) and the
+SCAN loop it runs its steps in (``scan_steps``, which dyno.streaming's copies share); the
 node-side glue the admin port drives (``RepairService``); and the two ways to reach
 a replica's Redis (``node_call``: through the node's datastore and peer links;
 ``RedisCall``: straight to each Redis, for tests, benchmarks and tools).
@@ -45,6 +46,7 @@ correctness.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -67,7 +69,7 @@ __all__ = [
     "CHUNK", "PARALLEL", "PRESENT", "RESTORE_SHA", "SCAN_COUNT", "Call", "Decision", "KeyRepairResult",
     "KeyState", "NodeCall", "RedisCall", "Repair", "RepairPlan", "RepairRunning", "RepairService",
     "RepairUnavailable", "ReplicaUnavailable", "TokenRange", "decide", "node_call", "parse_range",
-    "plan_repair", "repair_keys",
+    "plan_repair", "repair_keys", "scan_steps",
 ]
 
 log = logging.getLogger("dyno.repair")
@@ -249,6 +251,54 @@ async def _gather(call: Call, jobs: Sequence[tuple[RingNode, list[list[bytes]]]]
     if failures:
         raise failures[0]
     return replies
+
+
+async def scan_steps(call: Call, node: RingNode,
+                     step_for: Callable[[list[bytes]], Callable[[], Awaitable[None]] | None], *,
+                     count: bytes, parallel: int, bad_reply: Callable[[object], None]) -> None:
+    """SCAN db 0 of ``node`` to its end (``count`` keys a step) and run the work of
+    each step, up to ``parallel`` steps at a time, so that the node answers the next
+    SCAN while earlier steps' keys are worked on; memory stays a few steps' keys.
+
+    ``step_for(keys)`` is called with every step's keys, in SCAN order, before the
+    next SCAN: it returns the work to run for them (an async callable), or None.
+    A SCAN reply that is not a list (a Redis error) goes to ``bad_reply`` and ends
+    the scan, the steps started finishing first; ``bad_reply`` may instead raise
+    ``ReplicaUnavailable``. The first ``ReplicaUnavailable``, from a SCAN, a step
+    or ``bad_reply``, cancels the steps still running and is raised.
+    (Used by repair's passes and by dyno.streaming's copies.)"""
+    failures: list[ReplicaUnavailable] = []
+    slots = trio.Semaphore(parallel)
+
+    async def run(work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        except ReplicaUnavailable as failure:
+            failures.append(failure)
+            nursery.cancel_scope.cancel()
+        finally:
+            slots.release()
+
+    async with trio.open_nursery() as nursery:
+        cursor = b"0"
+        try:
+            while True:
+                [reply] = await call(node, [[b"SCAN", cursor, b"COUNT", count]])
+                if not isinstance(reply, list):  # (a hiredis.ReplyError, or worse)
+                    bad_reply(reply)
+                    break
+                cursor, keys = reply
+                work = step_for(keys)
+                if work is not None:
+                    await slots.acquire()
+                    nursery.start_soon(run, work)
+                if cursor == b"0":
+                    break
+        except ReplicaUnavailable as failure:
+            failures.append(failure)
+            nursery.cancel_scope.cancel()
+    if failures:
+        raise failures[0]
 
 
 def _eval(script: bytes, keys: Sequence[bytes], *args: bytes) -> list[bytes]:
@@ -628,38 +678,17 @@ class Repair:
     async def _scan(self, replica: RingNode, earlier: Sequence[RingNode]) -> None:
         """One pass: SCAN ``replica`` and repair each step's keys, up to ``parallel``
         steps at a time (a replica answers one step while another's are decided)."""
-        failures: list[ReplicaUnavailable] = []
-        slots = trio.Semaphore(self.parallel)
 
-        async def step(keys: list[bytes]) -> None:
-            try:
-                await self._repair_step(keys, earlier)
-            except ReplicaUnavailable as failure:
-                failures.append(failure)
-                nursery.cancel_scope.cancel()
-            finally:
-                slots.release()
+        def step_for(keys: list[bytes]) -> Callable[[], Awaitable[None]] | None:
+            self.scanned += len(keys)
+            return functools.partial(self._repair_step, keys, earlier) if keys else None
 
-        async with trio.open_nursery() as nursery:
-            cursor = b"0"
-            try:
-                while True:
-                    [reply] = await self.call(replica, [[b"SCAN", cursor, b"COUNT", self.scan_count]])
-                    if isinstance(reply, hiredis.ReplyError) or not isinstance(reply, list):
-                        self.result.error(f"{replica.name}: SCAN failed: {reply}")
-                        break  # this replica's keys are left for the next repair
-                    cursor, keys = reply
-                    self.scanned += len(keys)
-                    if keys:
-                        await slots.acquire()
-                        nursery.start_soon(step, keys)
-                    if cursor == b"0":
-                        break
-            except ReplicaUnavailable as failure:
-                failures.append(failure)
-                nursery.cancel_scope.cancel()
-        if failures:
-            raise failures[0]
+        def scan_failed(reply: object) -> None:
+            # this replica's keys are left for the next repair; the job goes on
+            self.result.error(f"{replica.name}: SCAN failed: {reply}")
+
+        await scan_steps(self.call, replica, step_for, count=self.scan_count, parallel=self.parallel,
+                         bad_reply=scan_failed)
 
     async def _repair_step(self, keys: list[bytes], earlier: Sequence[RingNode]) -> None:
         plan = self.plan

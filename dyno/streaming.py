@@ -35,15 +35,16 @@ declares LEFT: it leaves every ring and view, and may be stopped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import hiredis
 import trio
 
-from dyno.repair import Call, ReplicaUnavailable
+from dyno.repair import Call, ReplicaUnavailable, scan_steps
 from dyno.ring import Ring, RingNode
 from dyno.versions import DEFAULT_DB, FETCH
 
@@ -261,44 +262,25 @@ class Transfer:
         """SCAN ``source``; each step's keys for the targets are copied while the
         next step is scanned (``PARALLEL`` steps at a time, as repair does)."""
         names = {target.name: target for target in targets}
-        failures: list[ReplicaUnavailable] = []
-        slots = trio.Semaphore(PARALLEL)
 
-        async def step(wanted: dict[str, tuple[RingNode, list[bytes]]]) -> None:
-            try:
-                await self._copy_keys(source, wanted)
-            except ReplicaUnavailable as failure:
-                failures.append(failure)
-                nursery.cancel_scope.cancel()
-            finally:
-                slots.release()
+        def step_for(keys: list[bytes]) -> Callable[[], Awaitable[None]] | None:
+            self.scanned += len(keys)
+            if not keys:
+                return None
+            ring = self.ring()
+            wanted: dict[str, tuple[RingNode, list[bytes]]] = {}
+            for key, token in zip(keys, ring.tokens_of(keys)):
+                for node in ring.pending(token):
+                    if node.name in names:
+                        wanted.setdefault(node.name, (names[node.name], []))[1].append(key)
+            return functools.partial(self._copy_keys, source, wanted) if wanted else None
 
-        async with trio.open_nursery() as nursery:
-            cursor = b"0"
-            try:
-                while True:
-                    [reply] = await self.call(source, [[b"SCAN", cursor, b"COUNT", b"%d" % SCAN_COUNT]])
-                    if not isinstance(reply, list):
-                        raise ReplicaUnavailable(source.name, f"SCAN answered {reply!r:.80}")
-                    cursor, keys = reply
-                    self.scanned += len(keys)
-                    if keys:
-                        ring = self.ring()
-                        wanted: dict[str, tuple[RingNode, list[bytes]]] = {}
-                        for key, token in zip(keys, ring.tokens_of(keys)):
-                            for node in ring.pending(token):
-                                if node.name in names:
-                                    wanted.setdefault(node.name, (names[node.name], []))[1].append(key)
-                        if wanted:
-                            await slots.acquire()
-                            nursery.start_soon(step, wanted)
-                    if cursor == b"0":
-                        break
-            except ReplicaUnavailable as failure:
-                failures.append(failure)
-                nursery.cancel_scope.cancel()
-        if failures:
-            raise failures[0]
+        def scan_failed(reply: object) -> None:
+            # unlike repair, a copy cannot skip a source: the move fails
+            raise ReplicaUnavailable(source.name, f"SCAN answered {reply!r:.80}")
+
+        await scan_steps(self.call, source, step_for, count=b"%d" % SCAN_COUNT, parallel=PARALLEL,
+                         bad_reply=scan_failed)
 
     async def _copy_keys(self, source: RingNode, wanted: dict[str, tuple[RingNode, list[bytes]]],
                          again: bool = True) -> None:

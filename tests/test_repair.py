@@ -32,7 +32,7 @@ from dyno.metrics import Metrics, Stats
 from dyno.peer import Congestion, PeerLink, PeerServer
 from dyno.repair import (
     RESTORE_SHA, KeyState, RedisCall, Repair, RepairRunning, RepairService, RepairUnavailable, ReplicaUnavailable,
-    TokenRange, decide, node_call, parse_range, plan_repair, repair_keys,
+    TokenRange, decide, node_call, parse_range, plan_repair, repair_keys, scan_steps,
 )
 from dyno.ring import MAX_TOKEN, Ring, RingNode
 from dyno.versions import DIGEST, FETCH
@@ -595,6 +595,23 @@ async def test_a_replica_refusing_copies_is_counted_not_fatal(redises):
         await call.aclose()
 
 
+async def test_a_replica_refusing_scan_is_counted_and_left_for_the_next_repair(redises):
+    ring = one_token_ring(2)
+    a, b = [Replica(server) for server in redises[:2]]
+    a.put("k", version(2), lambda r: r.set("k", "new"))
+    b.data.execute_command("ACL", "SETUSER", "default", "-scan")  # n2's pass cannot start
+    call = direct(ring, redises)
+    try:
+        status = (await Repair(plan_repair(ring), call).run()).status()
+        # n1's pass copied k to n2; n2's pass is an error, not the job's end
+        assert status["phase"] == "done" and status["repaired"] == 1 and status["errors"] == 1, status
+        assert status["error_samples"][0].startswith("n2: SCAN failed: NOPERM"), status
+        assert b.data.get("k") == b"new"
+    finally:
+        b.data.execute_command("ACL", "SETUSER", "default", "+scan")
+        await call.aclose()
+
+
 async def test_an_unreachable_replica_ends_the_job_naming_it(redises):
     ring = one_token_ring(2)
     Replica(redises[0]).put("k", version(1), lambda r: r.set("k", "v"))
@@ -607,6 +624,105 @@ async def test_an_unreachable_replica_ends_the_job_naming_it(redises):
         assert status["error"].startswith("replica n2 is unreachable: 127.0.0.1:")
     finally:
         await call.aclose()
+
+
+# -- scan_steps: the SCAN loop repair's passes and streaming's copies share ----------
+
+
+async def until(predicate) -> None:
+    """Wait for ``predicate()`` (the caller's trio.fail_after is the deadline)."""
+    while not predicate():
+        await trio.sleep(0.001)
+
+
+async def test_scan_steps_works_on_every_key_with_at_most_parallel_steps_at_once(redises):
+    populate(Replica(redises[0]), 1000, version(1))
+    redis_call = RedisCall({"n1": redises[0].addr})
+    scanned_to_end = trio.Event()
+
+    async def call(node, argvs):  # the real Redis's replies, noting the last SCAN
+        replies = await redis_call(node, argvs)
+        if argvs[0][0] == b"SCAN" and replies[0][0] == b"0":
+            scanned_to_end.set()
+        return replies
+
+    seen: list[bytes] = []
+    started: list[bool] = []
+    running: set[int] = set()
+    most = 0
+
+    def step_for(keys):
+        seen.extend(keys)
+        index = len(started)
+        started.append(False)
+
+        async def work():
+            nonlocal most
+            started[index] = True
+            running.add(index)
+            most = max(most, len(running))
+            # held until the next step's work starts: two overlap whenever scan_steps lets them
+            await until(lambda: scanned_to_end.is_set() or (index + 1 < len(started) and started[index + 1]))
+            running.discard(index)
+
+        return work if keys else None
+
+    try:
+        with trio.fail_after(30):
+            await scan_steps(call, node("n1", "r1", 0), step_for, count=b"50", parallel=2,
+                             bad_reply=lambda reply: pytest.fail(f"SCAN answered {reply!r}"))
+    finally:
+        await redis_call.aclose()
+    assert sorted(set(seen)) == sorted(b"key:%d" % i for i in range(1, 1001))
+    assert len(started) > 2 and all(started) and most == 2
+
+
+async def test_scan_steps_cancels_the_other_steps_at_the_first_unavailable_replica(redises):
+    populate(Replica(redises[0]), 1000, version(1))
+    call = RedisCall({"n1": redises[0].addr})
+    steps = 0
+    started = trio.Event()
+    cancelled = []
+
+    def step_for(keys):
+        nonlocal steps
+        steps += 1
+        if steps == 1:
+            async def fail():
+                await started.wait()
+                raise ReplicaUnavailable("n2", "gone")
+            return fail
+
+        async def hang():
+            started.set()
+            try:
+                await trio.sleep_forever()
+            finally:
+                cancelled.append(True)
+        return hang
+
+    try:
+        with trio.fail_after(30), pytest.raises(ReplicaUnavailable, match="replica n2 is unreachable: gone"):
+            await scan_steps(call, node("n1", "r1", 0), step_for, count=b"50", parallel=2,
+                             bad_reply=lambda reply: pytest.fail(f"SCAN answered {reply!r}"))
+    finally:
+        await call.aclose()
+    assert cancelled == [True] and steps < 1000 // 50  # the scan stopped too
+
+
+async def test_scan_steps_hands_a_refused_scan_to_bad_reply(redises):
+    server = redises[0]
+    server.client().set("k", "v")
+    server.client().execute_command("ACL", "SETUSER", "default", "-scan")
+    call = RedisCall({"n1": server.addr})
+    bad = []
+    try:
+        await scan_steps(call, node("n1", "r1", 0), lambda keys: pytest.fail(f"a step of {keys}"),
+                         count=b"50", parallel=2, bad_reply=bad.append)
+    finally:
+        server.client().execute_command("ACL", "SETUSER", "default", "+scan")
+        await call.aclose()
+    assert len(bad) == 1 and isinstance(bad[0], hiredis.ReplyError) and str(bad[0]).startswith("NOPERM")
 
 
 async def test_the_rate_limit_spreads_the_work(redises):

@@ -127,7 +127,8 @@ def wait_moved(address: str, states=("done",), timeout: float = MOVE_TIMEOUT) ->
 
 
 class Workload:
-    """Clients through node1 and node2 during a move; ``check`` stops them and judges."""
+    """Clients through node1 and node2 during a move (``with Workload(...) as work:``, the
+    move in the block); ``check`` stops them and judges."""
 
     def __init__(self, cluster: support.Cluster, record: History, seed: int):
         self.stop = threading.Event()
@@ -135,6 +136,13 @@ class Workload:
         self.clients = [Client(i + 1, cluster[i].addr, record, seed + i, self.stop) for i in range(2)]
         for client in self.clients:
             client.start()
+
+    def __enter__(self) -> "Workload":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None:  # the test failed during the move: stop the clients (else check does)
+            self.stop.set()
 
     def check(self, nodes: list[localcluster.NodeState]) -> None:
         """Stop the clients; no error, no stale read, and every rack's content (once the
@@ -181,8 +189,7 @@ def test_grow_three_racks_to_two_nodes_each_then_shrink_back_while_clients_run(c
     cluster = cluster_factory(racks=3, nodes_per_rack=1)
     record = History()
     preload(cluster, record)
-    work = Workload(cluster, record, seed=18)
-    try:
+    with Workload(cluster, record, seed=18) as work:
         time.sleep(0.5)  # (traffic before the move, not a synchronisation)
         added = [localcluster.add_node(cluster.dir, f"rack{r}") for r in (1, 2, 3)]
         for node in added:
@@ -192,9 +199,6 @@ def test_grow_three_racks_to_two_nodes_each_then_shrink_back_while_clients_run(c
         assert len(nodes) == 6
         support.wait_for(lambda: not misplaced(nodes), MOVE_TIMEOUT, "the old owners to drop the moved keys",
                          interval=0.5)
-    except BaseException:
-        work.stop.set()
-        raise
     work.check(nodes)
     assert not misplaced(nodes)
     check_ttls(nodes)
@@ -213,8 +217,7 @@ def test_grow_three_racks_to_two_nodes_each_then_shrink_back_while_clients_run(c
     # -- shrink back: decommission the nodes added, clients still running
     record2 = History()
     preload(cluster, record2)
-    work = Workload(cluster, record2, seed=81)
-    try:
+    with Workload(cluster, record2, seed=81) as work:
         progress: list[dict] = []
         for node in added:
             localcluster.remove_node(cluster.dir, node.name, progress=progress.append)
@@ -222,9 +225,6 @@ def test_grow_three_racks_to_two_nodes_each_then_shrink_back_while_clients_run(c
         nodes = state(cluster).nodes
         assert sorted(n.name for n in nodes) == ["node1", "node2", "node3"]
         support.wait_for(lambda: not misplaced(nodes), MOVE_TIMEOUT, "every key on its owner", interval=0.5)
-    except BaseException:
-        work.stop.set()
-        raise
     work.check(nodes)
     assert not misplaced(nodes)
     check_ttls(nodes)
@@ -242,17 +242,13 @@ def test_replace_a_dead_node_with_a_fresh_one(cluster_factory):
     dead = cluster.node("node3")
     dead.kill()
     dead.kill_redis()
-    work = Workload(cluster, record, seed=7)
-    try:
+    with Workload(cluster, record, seed=7) as work:
         fresh = localcluster.add_node(cluster.dir, "rack3", replace="node3")
         done = wait_moved(f"{fresh.host}:{fresh.stats_port}")
         assert done["kind"] == "replace" and done["transfer"]["copied"] >= KEYS, done
         time.sleep(0.5)  # (more traffic after it, not a synchronisation)
         nodes = state(cluster).nodes
         assert sorted(n.name for n in nodes) == ["node1", "node2", "node4"]
-    except BaseException:
-        work.stop.set()
-        raise
     work.check(nodes)
     # it ends with exactly the data the other racks hold
     support.wait_for(lambda: contents(nodes[2]) == contents(nodes[0]) == contents(nodes[1]), 30,
@@ -297,8 +293,7 @@ def test_two_nodes_join_one_rack_at_once(cluster_factory):
     cluster = cluster_factory(racks=2, nodes_per_rack=1)
     record = History()
     preload(cluster, record)
-    work = Workload(cluster, record, seed=2)
-    try:
+    with Workload(cluster, record, seed=2) as work:
         first = localcluster.add_node(cluster.dir, "rack1")
         second = localcluster.add_node(cluster.dir, "rack1")  # while the first one streams
         assert first.tokens != second.tokens
@@ -315,9 +310,6 @@ def test_two_nodes_join_one_rack_at_once(cluster_factory):
             support.wait_for(placed, 30, "every key on its owner", interval=0.5)
         except AssertionError:
             raise AssertionError(f"{len(wrong)} keys misplaced, first {wrong[:5]}") from None
-    except BaseException:
-        work.stop.set()
-        raise
     work.check(nodes)
     racks = rack_contents(nodes)
     assert racks["rack1"] == racks["rack2"] and len(racks["rack1"]) == KEYS

@@ -102,6 +102,25 @@ async def test_stream_rate_throttles_the_copy(redises):
     assert transfer.status()["keys_per_second"] <= 1500 * 1.05
 
 
+async def test_a_source_refusing_scan_fails_the_copy_naming_it(redises):
+    source, _, target = redises
+    ring = join_ring("n3")
+    call = RedisCall({"n1": source.addr, "n3": target.addr})
+    source.client().mset({f"k{i}": "v" for i in range(100)})
+    source.client().execute_command("ACL", "SETUSER", "default", "-scan")
+    try:
+        transfer = await Transfer(plan_transfer(ring, "n3", "join", lambda n: True), lambda: ring, call,
+                                  db=DB).run()
+        # a copy cannot skip a source (repair can): the move fails, naming it
+        assert transfer.phase == "failed", transfer.status()
+        assert transfer.error.startswith("replica n1 is unreachable: SCAN answered ReplyError("), transfer.error
+        assert "NOPERM" in transfer.error
+        assert transfer.copied == 0 and target.client().dbsize() == 0
+    finally:
+        source.client().execute_command("ACL", "SETUSER", "default", "+scan")
+        await call.aclose()
+
+
 def test_a_replacement_copies_from_another_rack_when_the_replaced_node_is_down():
     n1, n2, n3 = node("n1", "r1", 0), node("n2", "r2", 0), node("n3", "r2", 0)
     ring = ring_of([Claim(n1, NORMAL, 1), Claim(n2, NORMAL, 1), Claim(n3, REPLACING, 2)], n3)[0]
