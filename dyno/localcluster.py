@@ -1148,7 +1148,9 @@ def add_node(dir: str | os.PathLike, rack: str, dc: str | None = None, *, replac
     host = state.nodes[0].host
     port, dyn_port, stats_port, redis_port = free_ports(4, host)
     others = [n for n in state.nodes if n is not old]
-    extra = tuple((k, v) for k, v in template.items() if k not in _OWN_KEYS)
+    # The new node streams its ranges in as one process (dyno.config refuses workers > 1
+    # with auto_bootstrap or replace_node); the cluster's other settings are its too.
+    extra = tuple((k, v) for k, v in template.items() if k not in _OWN_KEYS and k != "workers")
     extra += (("replace_node", old.plan.dyn_listen),) if old is not None else (("auto_bootstrap", True),)
     seeds = tuple(n.plan.seed for n in state.nodes)   # the replaced node too: its tokens are taken
     node_plan = NodePlan(name=name, dc=dc, rack=rack, host=host, port=port, dyn_port=dyn_port,

@@ -235,6 +235,33 @@ def test_grow_three_racks_to_two_nodes_each_then_shrink_back_while_clients_run(c
 
 
 @pytest.mark.timeout(300)
+def test_a_node_joins_and_leaves_beside_nodes_of_two_workers(cluster_factory):
+    """The coordinators' workers route by their supervisor's view: while a range moves
+    it must carry the pending owners, or writes through a worker would miss the joining
+    node (and a decommissioned node's successor) for the time of the copy."""
+    cluster = cluster_factory(racks=3, nodes_per_rack=1, workers=2)
+    record = History()
+    preload(cluster, record)
+    with Workload(cluster, record, seed=27) as work:
+        joined = localcluster.add_node(cluster.dir, "rack1")  # one process: it streams in
+        done = wait_moved(f"{joined.host}:{joined.stats_port}")
+        assert done["transfer"]["copied"] > KEYS // 4, done
+        nodes = state(cluster).nodes
+        support.wait_for(lambda: not misplaced(nodes), MOVE_TIMEOUT, "the old owner to drop the moved keys",
+                         interval=0.5)
+    work.check(nodes)
+    assert not misplaced(nodes)
+    record2 = History()
+    preload(cluster, record2)
+    with Workload(cluster, record2, seed=72) as work:
+        localcluster.remove_node(cluster.dir, joined.name)
+        nodes = state(cluster).nodes
+        support.wait_for(lambda: not misplaced(nodes), MOVE_TIMEOUT, "every key on its owner", interval=0.5)
+    work.check(nodes)
+    assert not misplaced(nodes)
+
+
+@pytest.mark.timeout(300)
 def test_replace_a_dead_node_with_a_fresh_one(cluster_factory):
     cluster = cluster_factory(racks=3, nodes_per_rack=1)
     record = History()
