@@ -739,8 +739,8 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
         for key in ("auto_bootstrap", "replace_node"):
             if values.get(key):
                 errors.append((key, "cannot be used with workers > 1 yet (a node that streams its "
-                                    "ranges in runs as one process); start it with workers: 1, and "
-                                    "raise workers once it is NORMAL"))
+                                    "ranges in runs as one process); start it with workers: 1, and once it "
+                                    "is NORMAL drop this key and raise workers"))
 
     listeners = [(key, _effective(values, key)) for key in ("listen", "dyn_listen", "stats_listen")]
     for index, (key, address) in enumerate(listeners):
