@@ -17,8 +17,11 @@ test (SET, then GET), `redis-benchmark -t TEST -r 100000 -P P` against every nod
 port at once, one process per node, the 50 clients (-c) and the requests (-n) split evenly
 between them, so every node coordinates the same share whatever the size. (With
 --clients-per-node N instead: N clients on every node and the requests grown with the
-nodes, so each node sees the same load at every size.) Before each round's SETs the nodes'
-Redis servers are flushed.
+nodes, so each node sees the same load at every size.) With --rate R instead: R requests a
+second in all, request/response, from two paced connections per node (a Python client, one
+thread per connection), a load no size saturates, so every size pays each request's
+wake-ups alike; the table adds the CPU per request above the nodes' idle cost. Before each
+round's SETs the nodes' Redis servers are flushed.
 
 What it measures per (size, P, test), the median over rounds:
 - ops/s: all requests over the wall time of the phase (the slowest redis-benchmark);
@@ -41,6 +44,7 @@ What it measures per (size, P, test), the median over rounds:
 
     .venv/bin/python scripts/scale.py                       # 3, 6, 12 nodes, 3 rounds (4 min here)
     .venv/bin/python scripts/scale.py --sizes 1 --rounds 1 --requests 3000 --json out.json
+    .venv/bin/python scripts/scale.py --rate 2000 --seconds 8   # paced: no size saturated
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ import argparse
 import contextlib
 import json
 import os
+import random
+import socket
+import threading
 import shutil
 import signal
 import statistics
@@ -124,6 +131,19 @@ def phase_figures(requests: dict[str, int], sent: dict[str, int], cpu_ns: dict[s
     }
 
 
+def request_bytes(test: str, key: bytes) -> bytes:
+    """One RESP request of the paced load: ``SET key xxx`` or ``GET key``."""
+    if test == "SET":
+        return b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$3\r\nxxx\r\n" % (len(key), key)
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
+def due_times(rate: float, seconds: float) -> list[float]:
+    """When each request of a paced connection is due, from its start: ``rate`` a second,
+    evenly, for ``seconds``."""
+    return [i / rate for i in range(int(rate * seconds))]
+
+
 def summarise(phases: list[dict]) -> list[dict]:
     """Medians over rounds per (nodes, pipeline, test), in the order first seen."""
     groups: dict[tuple, list[dict]] = {}
@@ -161,10 +181,19 @@ def render(rows: list[dict], keys: dict[int, dict], command: str) -> str:
         "| Redis µs/req | peer cmds/req | wakeups/req | coordinated per node (min..max) |",
         "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
+    if rows and "cpu_us_above_idle" in rows[0]:
+        lines[2] = lines[2].replace("| vs smallest |", "| vs smallest | above idle µs/req | vs smallest |")
+        lines[3] = "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"
+        smallest: dict = {}
+        for r in rows:
+            base = smallest.setdefault((r["pipeline"], r["test"]), r)
+            r["_above"] = (f" | {r['cpu_us_above_idle']:.2f} | "
+                           f"{r['cpu_us_above_idle'] / base['cpu_us_above_idle']:.2f}")
     for r in rows:
         lines.append(
             f"| {r['nodes']} | {r['pipeline']} | {r['test']} | {r['ops_per_sec']:,.0f} "
-            f"| {r['cpu_us_per_request']:.2f} | {ratios[(r['pipeline'], r['test'], r['nodes'])]:.2f} "
+            f"| {r['cpu_us_per_request']:.2f} | {ratios[(r['pipeline'], r['test'], r['nodes'])]:.2f}"
+            f"{r.pop('_above', '')} "
             f"| {r['node_cpu_us_min']:.2f}..{r['node_cpu_us_max']:.2f} | {r['redis_cpu_us_per_request']:.2f} "
             f"| {r['peer_commands_per_request']:.2f} | {r['wakeups_per_request']:.2f} | {r['coordinated_min']:,.0f}..{r['coordinated_max']:,.0f} |"
         )
@@ -227,6 +256,35 @@ def redis_call(host: str, port: int, *args: str) -> str:
     return result.stdout.strip()
 
 
+def _paced_client(host: str, port: int, test: str, rate: float, seconds: float, seed: int,
+                  failures: list[str]) -> None:
+    """One connection sending ``test`` requests on schedule (``due_times``), each waiting
+    for its reply; a failure is appended to ``failures``."""
+    import hiredis
+
+    rng = random.Random(seed)
+    try:
+        with socket.create_connection((host, port), timeout=10) as sock:
+            reader = hiredis.Reader()
+            start = time.monotonic()
+            for due in due_times(rate, seconds):
+                wait = start + due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)  # pacing the load, not a synchronisation
+                sock.sendall(request_bytes(test, b"key:%012d" % rng.randrange(KEYSPACE)))
+                reply = False
+                while reply is False:
+                    data = sock.recv(65536)
+                    if not data:
+                        raise ConnectionError("the node closed the connection")
+                    reader.feed(data)
+                    reply = reader.gets()
+                if isinstance(reply, hiredis.ReplyError):
+                    raise RuntimeError(f"{test} answered {reply}")
+    except Exception as e:  # noqa: BLE001 - reported by the phase, which raises ScaleError
+        failures.append(f"{host}:{port}: {e}")
+
+
 class Size:
     """One running cluster of 3 racks x `per_rack` nodes."""
 
@@ -286,6 +344,41 @@ class Size:
         sent = {name: after[name][1] - before[name][1] for name in after}
         return phase_figures(requests_by_node, sent, cpu, redis_cpu, seconds, sleeps)
 
+    def paced_phase(self, test: str, rate: float, seconds: float, idle_ms_per_s: float,
+                    connections_per_node: int = 2) -> dict:
+        """``rate`` requests a second in all, request/response (-P 1), spread evenly over
+        every node's client port, for ``seconds``: a load that leaves every size idle
+        between requests, so each request pays its own wake-ups at every size (no size
+        gets to batch). The figures add the CPU per request above the idle cost."""
+        nodes = self.nodes
+        per_connection = rate / (len(nodes) * connections_per_node)
+        before = {n.name: counters(n) for n in nodes}
+        cpu_before = {n.name: cpu_ns(n.pid) for n in nodes}
+        sleeps_before = sum(wakeups(n.pid) for n in nodes)
+        redis_before = sum(cpu_ns(n.redis_pid) for n in nodes)
+        failures: list[str] = []
+        threads = [threading.Thread(target=_paced_client, daemon=True,
+                                    args=(n.host, n.port, test, per_connection, seconds, 1000 * i + c, failures))
+                   for i, n in enumerate(nodes) for c in range(connections_per_node)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(seconds + 60)
+        elapsed = time.monotonic() - started
+        if failures:
+            raise ScaleError(f"the paced load failed: {failures[0]}")
+        cpu = {n.name: cpu_ns(n.pid) - cpu_before[n.name] for n in nodes}
+        redis_cpu = sum(cpu_ns(n.redis_pid) for n in nodes) - redis_before
+        sleeps = sum(wakeups(n.pid) for n in nodes) - sleeps_before
+        after = {n.name: counters(n) for n in nodes}
+        requests_by_node = {name: after[name][0] - before[name][0] for name in after}
+        sent = {name: after[name][1] - before[name][1] for name in after}
+        figures = phase_figures(requests_by_node, sent, cpu, redis_cpu, elapsed, sleeps)
+        idle_ns = idle_ms_per_s * 1e6 * elapsed
+        figures["cpu_us_above_idle"] = (sum(cpu.values()) - idle_ns) / figures["requests"] / 1000
+        return figures
+
     def idle_cpu(self, seconds: float = 2.0) -> float:
         """CPU milliseconds per second all the dyno processes use with no client (gossip,
         timers): it counts in every phase's CPU too."""
@@ -299,7 +392,8 @@ class Size:
 
 
 def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], requests: dict[int, int],
-            root: Path, clients_per_node: int | None = None, log=print) -> tuple[list[dict], dict[int, dict]]:
+            root: Path, clients_per_node: int | None = None, log=print,
+            rate: float | None = None, seconds: float = 10.0) -> tuple[list[dict], dict[int, dict]]:
     """Every phase of every round (interleaved sizes), and the keys per node of each size.
     ``clients_per_node``: instead of CLIENTS split between the nodes, that many per node
     (and the requests grown with the nodes likewise), so each node sees the same load."""
@@ -320,7 +414,9 @@ def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], request
                 cluster.flush()
                 for pipeline in pipelines:
                     for test in TESTS:
-                        if clients_per_node is None:
+                        if rate is not None:
+                            figures = cluster.paced_phase(test, rate, seconds, idle[nodes])
+                        elif clients_per_node is None:
                             figures = cluster.phase(test, pipeline, requests[pipeline])
                         else:
                             scaled = requests[pipeline] * nodes // RACKS
@@ -354,6 +450,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients-per-node", type=int, default=None, metavar="N",
                         help=f"N clients on every node (requests grown with the nodes) instead of "
                         f"{CLIENTS} clients split between them")
+    parser.add_argument("--rate", type=float, default=None, metavar="R",
+                        help="instead of redis-benchmark: R requests a second in all, request/response, "
+                        "spread evenly over the nodes (2 connections each), for --seconds per phase; "
+                        "adds the CPU per request above the idle cost (-P is 1)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of a --rate phase")
     parser.add_argument("--json", type=Path, help="also write the phases, the summary and the keys here")
     args = parser.parse_args(argv)
     try:
@@ -364,13 +465,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(s < 1 for s in sizes) or any(p < 1 for p in pipelines) or args.rounds < 1 or args.requests < 1 \
             or (args.clients_per_node is not None and args.clients_per_node < 1):
         parser.error("sizes, pipelines, rounds and requests must be at least 1")
+    if args.rate is not None:
+        if args.rate <= 0 or args.seconds <= 0:
+            parser.error("--rate and --seconds must be positive")
+        pipelines = [1]
     requests = {p: args.requests if p == 1 else args.requests * p // 3 for p in pipelines}
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = Path(tempfile.mkdtemp(prefix="dyno-scale-"))
     try:
         phases, keys = measure(sizes, args.rounds, pipelines, requests, root, args.clients_per_node,
-                               log=lambda line: print(line, file=sys.stderr, flush=True))
+                               log=lambda line: print(line, file=sys.stderr, flush=True),
+                               rate=args.rate, seconds=args.seconds)
     except (ScaleError, localcluster.ClusterError, OSError) as e:
         print(f"scale.py: {e} (logs in {root})", file=sys.stderr)
         return 1

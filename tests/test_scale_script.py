@@ -70,6 +70,18 @@ def test_summary_takes_medians_and_compares_each_size_with_the_smallest():
     assert "| 3 | 5 / 5 / 5 | 0.0% | 12 |" in table
 
 
+def test_a_paced_run_shows_the_cpu_above_idle_against_the_smallest_size():
+    rows = [{"nodes": n, "pipeline": 1, "test": "SET", "rounds": 1, "ops_per_sec": 2000.0,
+             "cpu_us_per_request": total, "cpu_us_above_idle": above, "node_cpu_us_min": 1.0,
+             "node_cpu_us_max": 2.0, "redis_cpu_us_per_request": 1.0, "peer_commands_per_request": 2.0,
+             "wakeups_per_request": 1.0, "coordinated_min": 10, "coordinated_max": 10}
+            for n, total, above in ((3, 110.0, 100.0), (12, 190.0, 150.0))]
+    table = scale.render(rows, {}, "scripts/scale.py --rate 2000").splitlines()
+    assert "| above idle µs/req | vs smallest |" in table[2]
+    assert table[3].count("|") == table[2].count("|")
+    assert "| 12 | 1 | SET | 2,000 | 190.00 | 1.73 | 150.00 | 1.50 |" in table[5]
+
+
 @pytest.mark.integration
 def test_a_tiny_run_reports_every_phase_with_sane_figures(tmp_path):
     out = tmp_path / "scale.json"
@@ -103,3 +115,21 @@ def test_a_tiny_run_reports_every_phase_with_sane_figures(tmp_path):
     assert len(counts) == 1 and 1000 < counts.pop() <= 3000 + 16000
     assert keys["spread"] == 0.0 and keys["idle_cpu_ms_per_s"] > 0
     assert "| 3 | 16 | GET |" in result.stdout
+
+
+@given(st.sampled_from(["SET", "GET"]), st.binary(min_size=1, max_size=40))
+def test_the_paced_load_sends_one_whole_request(test, key):
+    import hiredis
+
+    reader = hiredis.Reader()
+    reader.feed(scale.request_bytes(test, key))
+    assert reader.gets() == ([b"SET", key, b"xxx"] if test == "SET" else [b"GET", key])
+    assert reader.gets() is False
+
+
+@given(st.floats(1, 5000), st.floats(0.01, 5))
+def test_the_paced_load_is_due_evenly_at_its_rate(rate, seconds):
+    due = scale.due_times(rate, seconds)
+    assert len(due) == int(rate * seconds)
+    assert all(b - a == pytest.approx(1 / rate) for a, b in zip(due, due[1:]))
+    assert all(0 <= d < seconds for d in due)
