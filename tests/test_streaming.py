@@ -262,6 +262,26 @@ def test_a_node_joins_and_leaves_beside_nodes_of_two_workers(cluster_factory):
 
 
 @pytest.mark.timeout(300)
+def test_a_node_of_two_workers_is_decommissioned_while_clients_run(cluster_factory):
+    """The supervisor of the leaving node streams its ranges away; the coordinators'
+    workers (every node has two) send the writes to the successor meanwhile."""
+    cluster = cluster_factory(racks=3, nodes_per_rack=1, workers=2)
+    joined = localcluster.add_node(cluster.dir, "rack3")
+    wait_moved(f"{joined.host}:{joined.stats_port}")
+    support.wait_for(lambda: not misplaced(state(cluster).nodes), MOVE_TIMEOUT, "the join to settle", interval=0.5)
+    record = History()
+    preload(cluster, record)
+    with Workload(cluster, record, seed=33) as work:  # through node1 and node2
+        localcluster.remove_node(cluster.dir, "node3")
+        nodes = state(cluster).nodes
+        assert sorted(n.name for n in nodes) == ["node1", "node2", joined.name]
+        support.wait_for(lambda: not misplaced(nodes), MOVE_TIMEOUT, "every key on its owner", interval=0.5)
+    work.check(nodes)
+    assert not misplaced(nodes)
+    assert len(contents(joined)) == len(contents(nodes[0]))  # rack3 whole on the node that stayed
+
+
+@pytest.mark.timeout(300)
 def test_replace_a_dead_node_with_a_fresh_one(cluster_factory):
     cluster = cluster_factory(racks=3, nodes_per_rack=1)
     record = History()
