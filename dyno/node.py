@@ -57,7 +57,7 @@ SINGLE, SUPERVISOR, WORKER = "single", "supervisor", "worker"
 
 class Node:
     def __init__(self, config: Config, ring: Ring | None = None, moved_in: bool = False, *,
-                 role: str = SINGLE):
+                 role: str = SINGLE, clock_name: str | None = None):
         self.config = config
         self.role = role
         # A worker's link to its supervisor (dyno.workers.SupervisorLink); None otherwise.
@@ -122,8 +122,9 @@ class Node:
             password=config.datastore_password,
             congestion=self.congestion,
         )
-        # Every write this node coordinates gets a version from this clock.
-        self.hlc = versions.HLC(versions.node_id(self.name))
+        # Every write this process coordinates gets a version from this clock; its id
+        # (``clock_name``: a worker's own, so two workers' versions never tie) breaks ties.
+        self.hlc = versions.HLC(versions.node_id(clock_name or self.name))
         coordinator = self.coordinator = Coordinator(
             self.ring, datastore=self.datastore, datastore3=self.datastore3,
             link_of=self.peer_links.get, admin_down=self.admin_down, stats=self.stats,

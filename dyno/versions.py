@@ -4,9 +4,18 @@ Every replicated write gets a *version* from the node that coordinates it: a hyb
 logical clock reading (``HLC``) and that node's id, so that concurrent writes to
 one key through different nodes are ordered the same way everywhere and the last
 writer wins. A version is 24 lowercase hex digits, ``MMMMMMMMMMMMLLLLNNNNNNNN``:
-48 bits of wall-clock milliseconds, a 16-bit logical counter, a 32-bit node id.
+48 bits of wall-clock milliseconds, a 16-bit logical field, a 32-bit node id.
 Compared as bytes, versions compare as the triples they encode (fixed width), in
 Python and in Redis's Lua (which compares strings bytewise under the C locale).
+
+The logical field carries the wall clock's microsecond within the millisecond
+(times 65, so a node can make 65 versions in one microsecond before it borrows the
+next). A write acknowledged to a client before another write begins through another
+node of the same host therefore always has the smaller version: a millisecond clock
+would order two such writes by node id when both fall in one millisecond, and a
+quorum read after both could return the first. Across hosts the order is as good
+as the clocks' agreement (as in Cassandra): ``HLC.observe`` only orders a node's
+writes after the versions it has seen.
 
 Where versions live. The data in each Redis stays plain Redis data, in database 0,
 exactly as clients wrote it. A key's version is a plain string with the same name
@@ -46,7 +55,8 @@ DEFAULT_DB = 15
 VERSION_LENGTH = 24
 #: Replies of a stamp (SELECT, MSET, SELECT): the transport reads and drops them.
 STAMP_REPLIES = 3
-_LOGICAL_MAX = 0xFFFF
+#: The logical field's values per microsecond of the wall clock (1000 x 65 < 65,536).
+_TICKS_PER_MICROSECOND = 65
 
 
 def node_id(name: str) -> int:
@@ -69,28 +79,24 @@ def parse_version(version: bytes) -> tuple[int, int, int]:
 class HLC:
     """A hybrid logical clock (Kulkarni et al.): readings never go backwards, stay
     close to wall-clock time, and order a write after every write this node has
-    seen (``observe``). ``clock()`` is wall-clock milliseconds."""
+    seen (``observe``). ``clock()`` is wall-clock microseconds.
 
-    __slots__ = ("node", "clock", "millis", "logical")
+    A reading is one integer, ``ticks`` = milliseconds << 16 | logical, so a
+    counter that runs past a millisecond's 65,536 values borrows the next one."""
+
+    __slots__ = ("node", "clock", "ticks")
 
     def __init__(self, node: int, clock: Callable[[], int] | None = None):
         self.node = node & 0xFFFFFFFF
-        self.clock = clock or _wall_ms
-        self.millis = 0
-        self.logical = 0
+        self.clock = clock or _wall_us
+        self.ticks = 0  # the last reading made or observed
 
     def now(self) -> bytes:
         """A new version, greater than every version this clock made or observed."""
-        wall = self.clock()
-        if wall > self.millis:
-            self.millis = wall
-            self.logical = 0
-        elif self.logical < _LOGICAL_MAX:
-            self.logical += 1
-        else:  # 65,536 versions in one millisecond: borrow the next one
-            self.millis += 1
-            self.logical = 0
-        return b"%012x%04x%08x" % (self.millis, self.logical, self.node)
+        micros = self.clock()
+        wall = (micros // 1000) << 16 | (micros % 1000) * _TICKS_PER_MICROSECOND
+        ticks = self.ticks = wall if wall > self.ticks else self.ticks + 1
+        return b"%016x%08x" % (ticks, self.node)
 
     def observe(self, version: bytes) -> None:
         """A version made elsewhere (a peer's write): later readings order after it."""
@@ -98,12 +104,13 @@ class HLC:
             millis, logical, _ = parse_version(version)
         except ValueError:
             return
-        if (millis, logical) > (self.millis, self.logical):
-            self.millis, self.logical = millis, logical
+        ticks = millis << 16 | logical
+        if ticks > self.ticks:
+            self.ticks = ticks
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
+def _wall_us() -> int:
+    return time.time_ns() // 1_000
 
 
 def stamp(keys: Sequence[bytes], version: bytes, db: int = DEFAULT_DB) -> bytes:

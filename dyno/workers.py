@@ -545,7 +545,7 @@ async def run_worker(sock: socket.socket) -> None:
         maxclients=max(1, share(config.maxclients, config.workers, index)),
         maxmemory_clients=config.maxmemory_clients and max(1, share(config.maxmemory_clients, config.workers, index)))
     number_clients(index + 1, config.workers)
-    node = Node(config, role=WORKER)
+    node = Node(config, role=WORKER, clock_name=f"{config.name}/w{index}")
     node.control = channel
     node.admin_address = given["admin"]
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

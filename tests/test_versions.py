@@ -15,6 +15,7 @@ from dyno import resp, versions
 from dyno.versions import HLC, make_version, parse_version
 
 millis = st.integers(0, 2**48 - 2)
+micros = st.integers(0, (2**48 - 2) * 1000)  # the wall clock an HLC reads
 
 
 class Clock:
@@ -30,7 +31,7 @@ class Clock:
         return self.last
 
 
-@given(readings=st.lists(millis, min_size=1, max_size=60), node=st.integers(0, 2**32 - 1))
+@given(readings=st.lists(micros, min_size=1, max_size=60), node=st.integers(0, 2**32 - 1))
 def test_readings_only_go_forward_whatever_the_wall_clock_does(readings, node):
     hlc = HLC(node, Clock(readings))
     made = [hlc.now() for _ in readings]
@@ -38,10 +39,10 @@ def test_readings_only_go_forward_whatever_the_wall_clock_does(readings, node):
     for version, wall in zip(made, readings):
         ms, _, who = parse_version(version)
         assert who == node
-        assert ms >= wall  # never behind the wall clock it read
+        assert ms >= wall // 1000  # never behind the wall clock it read
 
 
-@given(readings=st.lists(millis, min_size=1, max_size=20), seen=st.lists(millis, min_size=1, max_size=20),
+@given(readings=st.lists(micros, min_size=1, max_size=20), seen=st.lists(millis, min_size=1, max_size=20),
        logical=st.integers(0, 0xFFFE))
 def test_a_reading_orders_after_every_version_observed(readings, seen, logical):
     hlc = HLC(1, Clock(readings))
@@ -51,32 +52,43 @@ def test_a_reading_orders_after_every_version_observed(readings, seen, logical):
         assert hlc.now()[:16] > other[:16]
 
 
-@given(wall=millis, a=st.integers(0, 2**32 - 1), b=st.integers(0, 2**32 - 1))
-def test_two_nodes_writing_in_the_same_millisecond_are_ordered_by_node_id(wall, a, b):
+@given(first=micros, gap=st.integers(1, 5000), a=st.integers(0, 2**32 - 1), b=st.integers(0, 2**32 - 1),
+       earlier=st.integers(0, 64))
+def test_a_write_that_began_a_microsecond_later_has_the_newer_version_whatever_the_node_ids(
+        first, gap, a, b, earlier):
+    # Two nodes of one host: node a made `earlier` versions in its microsecond, the
+    # client got the last one's acknowledgement and wrote through node b at least a
+    # microsecond later. Node b's version must win, even in the same millisecond.
+    one = HLC(a, lambda: first)
+    for _ in range(earlier):
+        one.now()
+    acknowledged = one.now()
+    later = HLC(b, lambda: first + gap).now()
+    assert acknowledged < later
+
+
+@given(wall=micros, a=st.integers(0, 2**32 - 1), b=st.integers(0, 2**32 - 1))
+def test_two_nodes_writing_in_the_same_microsecond_are_ordered_by_node_id(wall, a, b):
     first, second = HLC(a, lambda: wall).now(), HLC(b, lambda: wall).now()
     assert (first < second) == (a < b) and (first == second) == (a == b)
 
 
-@given(x=st.tuples(millis, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1)),
-       y=st.tuples(millis, st.integers(0, 0xFFFF), st.integers(0, 2**32 - 1)))
-def test_versions_compare_as_bytes_as_their_triples_do(x, y):
-    vx, vy = make_version(*x), make_version(*y)
-    assert len(vx) == versions.VERSION_LENGTH
-    assert parse_version(vx) == x
-    assert (vx < vy) == (x < y)
-
-
 def test_65536_versions_in_one_millisecond_borrow_the_next():
-    hlc = HLC(3, lambda: 1000)
+    hlc = HLC(3, lambda: 1_000_999)  # the last microsecond of millisecond 1000
     made = [hlc.now() for _ in range(0x10002)]
     assert made == sorted(made) and len(set(made)) == len(made)
+    assert parse_version(made[0])[:2] == (1000, 999 * 65)
     assert parse_version(made[-1])[0] == 1001
+
+
+def test_the_microsecond_is_in_the_logical_field():
+    assert parse_version(HLC(7, lambda: 5_000_123).now()) == (5000, 123 * 65, 7)
 
 
 def test_not_a_version():
     with pytest.raises(ValueError):
         parse_version(b"nope")
-    hlc = HLC(1, lambda: 5)
+    hlc = HLC(1, lambda: 5_000)
     hlc.observe(b"garbage")  # ignored
     assert parse_version(hlc.now())[0] == 5
 
@@ -201,3 +213,27 @@ def test_a_hint_with_two_writes_of_one_key_replays_both_once(r, recorded, routed
         _run_raw(r, payload, count)
         assert r.mget("k", "other", "s") == [b"2", b"x", b"ab"]
     assert recorded.mget("k", "other", "s") == [version] * 3
+
+
+@pytest.mark.integration
+def test_a_write_begun_after_another_was_acknowledged_has_the_larger_version(cluster_factory):
+    # Two nodes of one host, the writes a client makes one after another through
+    # alternate nodes: each write's version must be larger than the one acknowledged
+    # before it began, even when both fall in one millisecond and the first node's id
+    # is the larger (a millisecond clock ordered such writes by node id: a DC_QUORUM read
+    # could then return the older value; the nemesis test caught it once in CI).
+    cluster = cluster_factory(racks=2)
+    names = {n.name: f"{n.host}:{n.dyn_port}" for n in cluster.nodes}
+    first, second = sorted(cluster.nodes, key=lambda n: versions.node_id(names[n.name]), reverse=True)
+    clients = [first.client(single_connection_client=True), second.client(single_connection_client=True)]
+    keys = [f"order{i}" for i in range(400)]
+    for i, key in enumerate(keys):
+        assert clients[i % 2].set(key, i) is True
+    stamped = first.redis_client(db=15)
+    made = [parse_version(v) for v in stamped.mget(keys)]
+    # the clock ids of each node's processes (with workers, each worker's own)
+    ids = [{versions.node_id(name)} | {versions.node_id(f"{name}/w{w}") for w in range(8)}
+           for name in (names[first.name], names[second.name])]
+    assert all(made[i][2] in ids[i % 2] for i in range(len(keys)))
+    out_of_order = [(keys[i], made[i], made[i + 1]) for i in range(len(made) - 1) if made[i] >= made[i + 1]]
+    assert not out_of_order, f"{len(out_of_order)} writes ordered before the write acknowledged ahead of them"

@@ -22,7 +22,7 @@ import redis
 
 import differential as d
 import support
-from dyno import localcluster
+from dyno import localcluster, versions
 
 integration = pytest.mark.integration
 
@@ -95,6 +95,11 @@ def test_a_write_through_either_worker_is_read_back_everywhere(cluster):
             assert [client.get(f"k{pid}") for pid in writers] == [f"v{pid}".encode() for pid in writers]
         # the replica of this rack holds it in its own Redis
         assert sorted(node.redis_client().keys("k*")) == sorted(f"k{pid}".encode() for pid in writers)
+    # each worker stamps with its own clock id, so two workers' versions never tie
+    stamped = cluster[0].redis_client(db=15)
+    ids = {versions.parse_version(stamped.get(f"k{pid}"))[2] for pid in writers}
+    name = f"{cluster[0].host}:{cluster[0].dyn_port}"  # the node's name among its peers
+    assert ids == {versions.node_id(f"{name}/w{index}") for index in range(2)}
 
 
 @integration
