@@ -62,6 +62,8 @@ HASH_NAMES = (
     "one_at_a_time", "md5", "crc16", "crc32", "crc32a", "fnv1_64", "fnv1a_64",
     "fnv1_32", "fnv1a_32", "hsieh", "murmur", "jenkins", "murmur3",
 )
+# dyno's own: Redis Cluster's key slots (dyno.ring._slot), for cluster-mode clients.
+DYNO_HASH_NAMES = ("slot",)
 
 SECURE_SERVER_OPTIONS = ("none", "rack", "datacenter", "all")
 
@@ -564,7 +566,7 @@ _SETTINGS: dict[str, Callable[[object], Any]] = {
     "data_store": _data_store,
     "read_consistency": _consistency,
     "write_consistency": _consistency,
-    "hash": _one_of(HASH_NAMES),
+    "hash": _one_of(HASH_NAMES + DYNO_HASH_NAMES),
     "hash_tag": _optional(_hash_tag),
     "timeout": _integer(1, unit="milliseconds"),
     "gos_interval": _integer(1, unit="milliseconds"),
@@ -782,6 +784,14 @@ def _check_together(values: dict[str, Any]) -> tuple[list[tuple[str, str]], list
         errors.append(("client_tls_ca", "needs client_tls_cert and client_tls_key (the client "
                                         "port speaks TLS only when both are set)"))
 
+    if values.get("hash") == "slot":  # slots are Redis Cluster's: its clients always apply {} tags
+        tag = values.get("hash_tag")
+        if tag is None:
+            values["hash_tag"] = "{}"
+        elif tag != "{}":
+            errors.append(("hash_tag", f"{_quote(tag)} cannot be used with hash: slot, whose slots are Redis "
+                                       "Cluster's: cluster-mode clients hash what is between { and }; "
+                                       "drop hash_tag or set it to \"{}\""))
     _moving_in(values, errors)
     datastore = values["servers"][0].address
     for key, address in listeners:

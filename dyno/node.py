@@ -66,6 +66,8 @@ class Node:
         self.on_view_change = None
         # A worker's HELLO advertises its supervisor's admin port (None: this process's).
         self.admin_address: str | None = None
+        # A worker's copy of its supervisor's gossip: each other node's client address.
+        self.pushed_clients: dict[str, tuple[str, int]] = {}
         # auto_bootstrap / replace_node: this node starts pending (it gets writes, owns
         # nothing) and streams its ranges in (dyno.streaming) before it turns NORMAL;
         # unless its Redis records that it did so already (``moved_in``: a restart).
@@ -439,6 +441,15 @@ class Node:
         if self.gossiper is not None:
             self.gossiper.declare(state)
         log.warning("node %s: declared %s", self.name, state)
+
+    def client_addresses(self) -> dict[str, tuple[str, int]]:
+        """Each other node's client address as gossip told it, name -> (host, port);
+        nodes that listen on a wildcard address, or whose gossip has not told it yet,
+        are left out (CLUSTER SLOTS and the like name them to clients)."""
+        if self.gossiper is None:
+            return self.pushed_clients
+        return {member.name: (member.host, member.client_port) for member in self.gossiper.describe().values()
+                if member.name != self.name and member.client_port and member.host not in ("0.0.0.0", "::")}
 
     def _ring_known(self) -> bool:
         """Whether this node has heard from every node of its ring (a joining node

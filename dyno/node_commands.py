@@ -21,6 +21,7 @@ from dyno import __version__, auth, blocking, commands, groups, pubsub, resp
 from dyno.commands import arity_error
 from dyno.config import CONSISTENCY_LEVELS
 from dyno.datastore import Sink
+from dyno.ring import RingError
 from dyno.states import NORMAL
 
 if TYPE_CHECKING:
@@ -363,12 +364,19 @@ class _ConfigSink(Sink):
 
 # -- cluster-mode clients ---------------------------------------------------------------
 #
-# redis-py's RedisCluster, ioredis's Cluster and the like ask CLUSTER SLOTS (or SHARDS)
-# which node serves which of Redis Cluster's 16384 slots. Any dyno node can serve any
-# key (it routes by its own token ring), so each node answers that one shard holds all
-# slots, served by itself (as the client reached it) and by the other nodes of its
-# datacenter that gossip judges up, listed as that shard's replicas: a client whose
-# node fails moves to another. dyno never redirects (no MOVED/ASK).
+# redis-py's RedisCluster, ioredis's Cluster, redis-benchmark --cluster and the like ask
+# CLUSTER SLOTS (or SHARDS, or NODES) which node serves which of Redis Cluster's 16384
+# slots. Any dyno node serves any key (it routes by its own token ring), and dyno never
+# redirects (no MOVED/ASK), so every answer is right; the question is only how many hops
+# a request takes:
+# - with ``hash: slot`` the ring places keys by Redis Cluster's own slots, so the answer is
+#   the ring's: each slot's master is its owner in this node's rack (the node a client
+#   should send the key to: no hop inside the rack), its replicas the owners in the other
+#   racks of the datacenter;
+# - with any other hash a key's slot says nothing of its owner: one shard holds all slots,
+#   served by this node (as the client reached it) with the other nodes of its datacenter
+#   as replicas, so a client whose node fails moves to another.
+# Nodes judged down are left out; a range whose owner is down is served by this node.
 
 _SLOTS = 16384
 
@@ -389,18 +397,45 @@ def _node_id(name: str) -> bytes:
     return hashlib.sha1(name.encode()).hexdigest().encode()
 
 
-def _cluster_members(node, client) -> list[tuple[bytes, bytes, int, int]]:
-    """(id, host, client port, peer port) of this node, first, as the client reached
-    it, then of the other nodes of its datacenter judged up whose client port gossip
-    told (nodes that listen on a wildcard address cannot be named: left out)."""
+def _cluster_members(node, client) -> dict[str, tuple[bytes, bytes, int, int]]:
+    """name -> (id, host, client port, peer port): this node, first, as the client
+    reached it, then the other nodes of its datacenter judged up whose client address
+    gossip told."""
     host, port = client.sock.getsockname()[:2]
-    members = [(_node_id(node.name), host.encode(), port, node.config.dyn_listen.port)]
-    if node.gossiper is not None:
-        for member in node.gossiper.describe().values():
-            if (member.name != node.name and member.up and member.dc == node.config.datacenter
-                    and member.client_port and member.host not in ("0.0.0.0", "::")):
-                members.append((_node_id(member.name), member.host.encode(), member.client_port, member.port))
+    members = {node.name: (_node_id(node.name), host.encode(), port, node.config.dyn_listen.port)}
+    ring = node.ring
+    for name, (peer_host, peer_port) in node.client_addresses().items():
+        link = node.peer_links.get(name)
+        if link is None or link.judged_down:
+            continue
+        try:
+            peer = ring.node(name)
+        except RingError:
+            continue
+        if peer.dc == node.config.datacenter:
+            members[name] = (_node_id(name), peer_host.encode(), peer_port, peer.port)
     return members
+
+
+def _shards(node, members) -> list[tuple[list[tuple[int, int]], list[tuple[bytes, bytes, int, int]]]]:
+    """The slots as shards: (slot ranges, [master, *replicas]) in slot order."""
+    me = members[node.name]
+    if node.ring.hash_name != "slot":
+        return [([(0, _SLOTS - 1)], list(members.values()))]
+    shards: dict[tuple, list[tuple[int, int]]] = {}
+    for first, last, owners in node.ring.slot_ranges():
+        master = members.get(owners[0].name, me)
+        serving = [master]
+        for owner in owners[1:]:
+            member = members.get(owner.name)
+            if member is not None and member not in serving:
+                serving.append(member)
+        ranges = shards.setdefault(tuple(serving), [])
+        if ranges and ranges[-1][1] == first - 1:
+            ranges[-1] = (ranges[-1][0], last)
+        else:
+            ranges.append((first, last))
+    return [(ranges, list(serving)) for serving, ranges in shards.items()]
 
 
 def _cluster(node, client, argv, slot):
@@ -412,32 +447,48 @@ def _cluster(node, client, argv, slot):
     if sub == b"help":
         return resp.array([resp.status(line) for line in _CLUSTER_HELP])
     members = _cluster_members(node, client)
+    shards = _shards(node, members)
     resp3 = client.protocol == 3
     if sub == b"info":
         fields = {"cluster_enabled": 1, "cluster_state": "ok" if node.state == NORMAL else "fail",
                   "cluster_slots_assigned": _SLOTS, "cluster_slots_ok": _SLOTS, "cluster_slots_pfail": 0,
-                  "cluster_slots_fail": 0, "cluster_known_nodes": len(members), "cluster_size": 1,
+                  "cluster_slots_fail": 0, "cluster_known_nodes": len(members),
+                  "cluster_size": len({serving[0] for _, serving in shards}),
                   "cluster_current_epoch": 1, "cluster_my_epoch": 1}
         return resp.bulk("".join(f"{k}:{v}\r\n" for k, v in fields.items()))
     if sub == b"slots":
         empty = b"%0\r\n" if resp3 else b"*0\r\n"
-        entries = [resp.array([resp.bulk(host), resp.integer(port), resp.bulk(ident), empty])
-                   for ident, host, port, _ in members]
-        return resp.array([resp.array([resp.integer(0), resp.integer(_SLOTS - 1), *entries])])
+        return resp.array([
+            resp.array([resp.integer(first), resp.integer(last),
+                        *[resp.array([resp.bulk(host), resp.integer(port), resp.bulk(ident), empty])
+                          for ident, host, port, _ in serving]])
+            for ranges, serving in shards for first, last in ranges])
     if sub == b"shards":
-        nodes = [_map(resp3, [(b"id", resp.bulk(ident)), (b"port", resp.integer(port)), (b"ip", resp.bulk(host)),
-                              (b"endpoint", resp.bulk(host)), (b"role", resp.bulk(b"master" if i == 0 else b"replica")),
-                              (b"replication-offset", resp.integer(0)), (b"health", resp.bulk(b"online"))])
-                 for i, (ident, host, port, _) in enumerate(members)]
-        shard = _map(resp3, [(b"slots", resp.array([resp.integer(0), resp.integer(_SLOTS - 1)])),
-                             (b"nodes", resp.array(nodes))])
-        return resp.array([shard])
-    # nodes
-    me = members[0][0].decode()
+        return resp.array([
+            _map(resp3, [
+                (b"slots", resp.array([resp.integer(n) for first, last in ranges for n in (first, last)])),
+                (b"nodes", resp.array([
+                    _map(resp3, [(b"id", resp.bulk(ident)), (b"port", resp.integer(port)),
+                                 (b"ip", resp.bulk(host)), (b"endpoint", resp.bulk(host)),
+                                 (b"role", resp.bulk(b"master" if i == 0 else b"replica")),
+                                 (b"replication-offset", resp.integer(0)), (b"health", resp.bulk(b"online"))])
+                    for i, (ident, host, port, _) in enumerate(serving)]))])
+            for ranges, serving in shards])
+    # nodes: each node once; the masters with their slots, every other node a replica of this one
+    mine = members[node.name][0].decode()
+    slots_of: dict[tuple, list[tuple[int, int]]] = {}
+    for ranges, serving in shards:
+        slots_of.setdefault(serving[0], []).extend(ranges)
+    primary = mine if members[node.name] in slots_of else shards[0][1][0][0].decode()
     lines = []
-    for i, (ident, host, port, peer_port) in enumerate(members):
-        role = f"myself,master - 0 0 1 connected 0-{_SLOTS - 1}" if i == 0 else f"slave {me} 0 0 1 connected"
-        lines.append(f"{ident.decode()} {host.decode()}:{port}@{peer_port} {role}\n")
+    for member in sorted(members.values(), key=lambda m: (m[0].decode() != mine, m not in slots_of)):
+        ident, host, port, peer_port = member
+        flags = "myself," if ident.decode() == mine else ""
+        if member in slots_of:
+            slots = " ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in sorted(slots_of[member]))
+            lines.append(f"{ident.decode()} {host.decode()}:{port}@{peer_port} {flags}master - 0 0 1 connected {slots}\n")
+        else:
+            lines.append(f"{ident.decode()} {host.decode()}:{port}@{peer_port} {flags}slave {primary} 0 0 1 connected\n")
     return resp.bulk("".join(lines))
 
 
@@ -448,7 +499,8 @@ def _map(resp3: bool, pairs: list[tuple[bytes, bytes]]) -> bytes:
 
 _CLUSTER_HELP = [
     "CLUSTER <subcommand> [<arg> [value] [opt] ...]. Subcommands are (dyno answers these; it is not a "
-    "Redis Cluster: every node serves every slot, no MOVED):",
+    "Redis Cluster: every node serves every slot, no MOVED; with hash: slot each slot's master is its "
+    "owner in this node's rack):",
     "INFO", "    Return information about the cluster.",
     "KEYSLOT <key>", "    Return the hash slot for <key>.",
     "MYID", "    Return the node id.",

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_TOKEN",
+    "SLOTS",
     "SUPPORTED_HASHES",
     "Moving",
     "Ring",
@@ -326,7 +327,20 @@ def _jenkins(key: bytes) -> int:
     return _lookup3(key, 13)
 
 
-# Dynomite's hash names (HASH_CODEC in dyn_hashkit.h) that dyno computes exactly.
+#: Redis Cluster's key slots, and how dyno's hash ``slot`` spreads them over the tokens.
+SLOTS = 16384
+_SLOT_SHIFT = 18  # 16384 slots x 2**18 = 2**32 tokens
+
+
+def _slot(key: bytes) -> int:
+    """dyno's own hash ``slot`` (not one of Dynomite's): Redis Cluster's key slot,
+    CRC-16/XMODEM mod 16384, spread over the token space (``slot << 18``). A rack's
+    nodes then own whole slots, so CLUSTER SLOTS can tell cluster-mode clients which
+    node serves each key, and they send it there: no hop inside the rack."""
+    return (_crc_hqx(key, 0) & (SLOTS - 1)) << _SLOT_SHIFT
+
+
+# Dynomite's hash names (HASH_CODEC in dyn_hashkit.h) that dyno computes exactly, and slot.
 _HASHES: dict[str, Callable[[bytes], int]] = {
     "one_at_a_time": _one_at_a_time,
     "md5": _md5,
@@ -340,6 +354,7 @@ _HASHES: dict[str, Callable[[bytes], int]] = {
     "hsieh": _hsieh,
     "murmur": murmur,
     "jenkins": _jenkins,
+    "slot": _slot,
 }
 SUPPORTED_HASHES = tuple(_HASHES)
 
@@ -466,6 +481,7 @@ class Ring:
         self.nodes: tuple[RingNode, ...] = tuple(
             node for place in order for node in self._rack_nodes[place])
         self._by_name = {node.name: node for node in self.nodes}
+        self._slot_ranges: list | None = None  # slot_ranges(), made on first use
         # The rings once each range movement in flight is done (dyno.ownership):
         # their owners that are not owners now get a key's writes too (pending).
         future_continua = []
@@ -624,6 +640,21 @@ class Ring:
             owned[node.name] += token - previous
             previous = token
         return {name: count / (MAX_TOKEN + 1) for name, count in owned.items()}
+
+    def slot_ranges(self) -> list[tuple[int, int, tuple[RingNode, ...]]]:
+        """With hash ``slot``: Redis Cluster's slots as ``(first, last, owners)`` runs
+        in slot order, ``owners`` the owner in each rack of the local datacenter,
+        local rack first (``local_replicas``): what CLUSTER SLOTS answers."""
+        ranges = self._slot_ranges
+        if ranges is None:
+            ranges = self._slot_ranges = []
+            for slot in range(SLOTS):
+                owners = self.local_replicas(slot << _SLOT_SHIFT)
+                if ranges and ranges[-1][2] is owners:  # interned: one tuple per replica set
+                    ranges[-1] = (ranges[-1][0], slot, owners)
+                else:
+                    ranges.append((slot, slot, owners))
+        return ranges
 
     def _describe_racks(self) -> str:
         return "; ".join(f"{dc}: {', '.join(self._racks[dc])}" for dc in self.dcs)

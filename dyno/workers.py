@@ -164,6 +164,7 @@ def view_of(node: Node) -> dict:
         "state": node.state,
         "consistency": [node.read_consistency, node.write_consistency],
         "admin_down": sorted(node.admin_down),
+        "clients": sorted([name, host, port] for name, (host, port) in node.client_addresses().items()),
     }
 
 
@@ -208,6 +209,7 @@ def apply_view(node: Node, view: dict) -> None:
     if (read, write) != (node.read_consistency, node.write_consistency):
         node.read_consistency, node.write_consistency = read, write
         node.coordinator.set_levels(read, write)
+    node.pushed_clients = {name: (host, port) for name, host, port in view.get("clients", ())}
     marked = set(view["admin_down"])
     if marked != node.admin_down:  # the coordinator holds this very set
         node.admin_down.intersection_update(marked)
@@ -267,6 +269,13 @@ class Supervisor:
             for worker in self.workers:
                 if worker.channel is not None:
                     worker.channel.send(["view", view])
+
+    async def push_view_every(self, interval: float) -> None:
+        """Push the view once a gossip round if it changed by something that calls no
+        ``on_view_change`` (a peer's client address, learnt from its gossip)."""
+        while True:
+            await trio.sleep(max(interval, 0.1))
+            self.push_view()
 
     def _start_frame(self, worker: Worker) -> list:
         return ["start", {
@@ -504,6 +513,7 @@ async def serve(config: Config, logging_setup: dict) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await supervisor.start_workers(nursery)
+            nursery.start_soon(supervisor.push_view_every, config.gos_interval / 1000)
             async for signum in signals:
                 log.info("node %s: %s received, stopping", node.name, signal.Signals(signum).name)
                 if node.gossiper is not None:  # peers route around this node at once

@@ -543,7 +543,7 @@ KEY_ERRORS = [
      "expected one of DC_ONE, DC_QUORUM, DC_SAFE_QUORUM, DC_EACH_SAFE_QUORUM, got 5"),
     ("hash", "murmur2", "'murmur2' is not one of one_at_a_time, md5, crc16, crc32, crc32a, "
                         "fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, hsieh, murmur, jenkins, "
-                        "murmur3; did you mean 'murmur'?"),
+                        "murmur3, slot; did you mean 'murmur'?"),
     ("hash", "MURMUR", "'MURMUR' is not one of"),
     ("hash", 1, "expected one of one_at_a_time"),
     ("secure_server_option", "everything",
@@ -695,7 +695,7 @@ def test_all_problems_are_reported_together() -> None:
         "node.yml: dyn_o_mite.timeout: -1 is out of range; expected a whole number of "
         "milliseconds, at least 1",
         "node.yml: dyn_o_mite.hash: 'nope' is not one of one_at_a_time, md5, crc16, crc32, "
-        "crc32a, fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, hsieh, murmur, jenkins, murmur3",
+        "crc32a, fnv1_64, fnv1a_64, fnv1_32, fnv1a_32, hsieh, murmur, jenkins, murmur3, slot",
         "node.yml: dyn_o_mite.listne: unknown key; did you mean 'listen'?",
         "node.yml: dyn_o_mite.listen: missing; every node needs it, like listen: 127.0.0.1:8102",
         "node.yml: dyn_o_mite.servers: missing; every node needs it, like "

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno import ring as ring_module
-from dyno.config import HASH_NAMES, parse_config
+from dyno.config import DYNO_HASH_NAMES, HASH_NAMES, parse_config
+from dyno.node_commands import key_slot
 from dyno.ring import (
     MAX_TOKEN,
     SUPPORTED_HASHES,
@@ -301,7 +302,7 @@ def test_murmur_takes_any_bytes_like_key():
 
 
 def test_every_dynomite_hash_name_is_supported_or_refused_by_name():
-    assert set(SUPPORTED_HASHES) | {"murmur3"} == set(HASH_NAMES)
+    assert set(SUPPORTED_HASHES) | {"murmur3"} == set(HASH_NAMES) | set(DYNO_HASH_NAMES)
     for name in SUPPORTED_HASHES:
         assert callable(hash_function(name))
 
@@ -800,3 +801,22 @@ def test_tokens_of_many_keys_are_their_tokens_one_by_one(keys, hash_name, tag):
     the_ring = Ring([node], node, hash_name, tag)
     tagged = [b"{%s}x" % key[:3] if i % 3 == 0 else key for i, key in enumerate(keys)]
     assert the_ring.tokens_of(tagged) == [the_ring.token_of(key) for key in tagged]
+
+
+@given(key=st.binary(max_size=40))
+def test_hash_slot_is_redis_clusters_slot_spread_over_the_tokens(key):
+    if b"{" not in key:  # (with a tag, the ring hashes the tag: below)
+        assert hash_function("slot")(key) == key_slot(key) << 18
+    a, b = node("a", "r1", tokens=(7 << 18,)), node("b", "r1", tokens=(9000 << 18,))
+    ring = Ring([a, b], a, "slot", b"{}")
+    owner = ring.owner(ring.token_of(key), "dc1", "r1")
+    assert owner.name == ("a:8101" if key_slot(key) <= 7 or key_slot(key) > 9000 else "b:8101")
+
+
+def test_slot_ranges_are_the_rings_owners_in_slot_order():
+    nodes = [node(f"{rack}{i}", rack, tokens=(token,)) for rack in ("r1", "r2")
+             for i, token in enumerate((0, 2**31 + 5))]
+    ring = Ring(nodes, nodes[0], "slot", b"{}")
+    assert [(first, last, [n.name for n in owners]) for first, last, owners in ring.slot_ranges()] == [
+        (0, 0, ["r10:8101", "r20:8101"]), (1, 8192, ["r11:8101", "r21:8101"]),
+        (8193, 16383, ["r10:8101", "r20:8101"])]

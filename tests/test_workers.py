@@ -252,6 +252,10 @@ class _ViewNode:
         self.ring, self.name, self.peer_links, self.admin_down = ring, ring.local.name, {}, set()
         self.state, self.read_consistency, self.write_consistency = "NORMAL", "DC_ONE", "DC_ONE"
         self.coordinator = None
+        self.pushed_clients = {}
+
+    def client_addresses(self):
+        return {"peer:8101": ("10.0.0.2", 8102)}
 
     def set_ring(self, ring) -> None:
         self.ring = ring
@@ -279,6 +283,7 @@ def test_the_view_carries_the_range_movements_in_flight():
     assert [n.name for n in worker.ring.replicas(100)] == ["n1", "n2"]
     apply_view(worker, view_of(_ViewNode(quiet)))  # the join is over (here: given up)
     assert worker.ring.pending(100) == () and not worker.ring.moving
+    assert worker.pushed_clients == {"peer:8101": ("10.0.0.2", 8102)}  # for its CLUSTER answers
 
 
 def test_config_refuses_workers_with_a_node_that_streams_its_ranges_in():
@@ -291,3 +296,14 @@ def test_config_refuses_workers_with_a_node_that_streams_its_ranges_in():
         with pytest.raises(ConfigError, match="cannot be used with workers > 1"):
             parse_config(base + extra)
     assert parse_config(base + "  tokens: '7'\n").workers == 2
+
+
+@integration
+def test_cluster_slots_through_any_worker_names_every_node(cluster):
+    # a worker has no gossip of its own: its supervisor pushes the peers' client addresses
+    node = cluster[0]
+    for clients in clients_on_each_worker(node).values():
+        support.wait_for(lambda c=clients[0]: len(c.execute_command("CLUSTER", "SLOTS")[0]) == 5, 20,
+                         "the worker to know the other nodes' client ports")
+        (slots,) = clients[0].execute_command("CLUSTER", "SLOTS")
+        assert sorted(port for _, port, *_ in slots[2:]) == sorted(n.port for n in cluster.nodes)
