@@ -21,7 +21,13 @@ nodes, so each node sees the same load at every size.) With --rate R instead: R 
 second in all, request/response, from two paced connections per node (a Python client, one
 thread per connection), a load no size saturates, so every size pays each request's
 wake-ups alike; the table adds the CPU per request above the nodes' idle cost. Before each
-round's SETs the nodes' Redis servers are flushed.
+round's SETs the nodes' Redis servers are flushed. With --cluster-clients the clients are
+cluster-mode clients (as redis-py's RedisCluster, ioredis's Cluster, Jedis or Lettuce): the
+clusters run `hash: slot`, redis-benchmark runs with --cluster (one per rack, seeded at a
+node of that rack, the clients and requests split between the racks; plain with one node
+per rack, whose only master it would be), and the paced load
+asks CLUSTER SLOTS; so each request goes to its key's owner in the client's rack and takes no
+hop inside the rack, as with Dynomite's token-aware clients.
 
 What it measures per (size, P, test), the median over rounds:
 - ops/s: all requests over the wall time of the phase (the slowest redis-benchmark);
@@ -45,11 +51,13 @@ What it measures per (size, P, test), the median over rounds:
     .venv/bin/python scripts/scale.py                       # 3, 6, 12 nodes, 3 rounds (4 min here)
     .venv/bin/python scripts/scale.py --sizes 1 --rounds 1 --requests 3000 --json out.json
     .venv/bin/python scripts/scale.py --rate 2000 --seconds 8   # paced: no size saturated
+    .venv/bin/python scripts/scale.py --cluster-clients         # cluster-mode clients: no hop
 """
 
 from __future__ import annotations
 
 import argparse
+import binascii
 import contextlib
 import json
 import os
@@ -256,42 +264,79 @@ def redis_call(host: str, port: int, *args: str) -> str:
     return result.stdout.strip()
 
 
+def slot_owners(slots: list) -> list[tuple[str, int]]:
+    """Each of the 16384 slots' master (host, port), from a CLUSTER SLOTS answer."""
+    owners: list[tuple[str, int] | None] = [None] * 16384
+    for first, last, (host, port, *_), *_replicas in slots:
+        owners[first:last + 1] = [(host.decode(), port)] * (last - first + 1)
+    if None in owners:
+        raise ScaleError(f"CLUSTER SLOTS left slot {owners.index(None)} without a node")
+    return owners  # type: ignore[return-value]
+
+
+def key_slot(key: bytes) -> int:
+    """Redis Cluster's slot of a key without a hash tag (the paced load's keys have none)."""
+    return binascii.crc_hqx(key, 0) % 16384
+
+
+def _ask(sock: socket.socket, request: bytes, reader) -> object:
+    sock.sendall(request)
+    reply = False
+    while reply is False:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the node closed the connection")
+        reader.feed(data)
+        reply = reader.gets()
+    return reply
+
+
 def _paced_client(host: str, port: int, test: str, rate: float, seconds: float, seed: int,
-                  failures: list[str]) -> None:
+                  failures: list[str], cluster: bool = False) -> None:
     """One connection sending ``test`` requests on schedule (``due_times``), each waiting
-    for its reply; a failure is appended to ``failures``."""
+    for its reply; a failure is appended to ``failures``. ``cluster``: as a cluster-mode
+    client, each request goes to the node CLUSTER SLOTS of ``host:port`` names for its
+    key (one connection to each)."""
     import hiredis
 
     rng = random.Random(seed)
+    sockets: dict[tuple[str, int], socket.socket] = {}
     try:
-        with socket.create_connection((host, port), timeout=10) as sock:
-            reader = hiredis.Reader()
-            start = time.monotonic()
-            for due in due_times(rate, seconds):
-                wait = start + due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)  # pacing the load, not a synchronisation
-                sock.sendall(request_bytes(test, b"key:%012d" % rng.randrange(KEYSPACE)))
-                reply = False
-                while reply is False:
-                    data = sock.recv(65536)
-                    if not data:
-                        raise ConnectionError("the node closed the connection")
-                    reader.feed(data)
-                    reply = reader.gets()
-                if isinstance(reply, hiredis.ReplyError):
-                    raise RuntimeError(f"{test} answered {reply}")
+        reader = hiredis.Reader()
+        first = sockets[host, port] = socket.create_connection((host, port), timeout=10)
+        owners = None
+        if cluster:
+            owners = slot_owners(_ask(first, b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n", reader))
+            for address in set(owners) - set(sockets):
+                sockets[address] = socket.create_connection(address, timeout=10)
+        start = time.monotonic()
+        for due in due_times(rate, seconds):
+            wait = start + due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # pacing the load, not a synchronisation
+            key = b"key:%012d" % rng.randrange(KEYSPACE)
+            sock = first if owners is None else sockets[owners[key_slot(key)]]
+            reply = _ask(sock, request_bytes(test, key), reader)
+            if isinstance(reply, hiredis.ReplyError):
+                raise RuntimeError(f"{test} answered {reply}")
     except Exception as e:  # noqa: BLE001 - reported by the phase, which raises ScaleError
         failures.append(f"{host}:{port}: {e}")
+    finally:
+        for sock in sockets.values():
+            sock.close()
 
 
 class Size:
     """One running cluster of 3 racks x `per_rack` nodes."""
 
-    def __init__(self, root: Path, per_rack: int):
+    def __init__(self, root: Path, per_rack: int, cluster_clients: bool = False):
         self.per_rack = per_rack
+        self.cluster_clients = cluster_clients
         self.dir = root / f"cluster-{RACKS * per_rack}"
-        self.state = localcluster.up(self.dir, 1, RACKS, per_rack, start_timeout=120)
+        self.state = localcluster.up(self.dir, 1, RACKS, per_rack, start_timeout=120,
+                                     **({"hash": "slot"} if cluster_clients else {}))
+        if cluster_clients:
+            self._wait_for_slot_maps()
         planned = sorted({n.tokens[0] for n in self.state.nodes})
         wanted = tokens_plan(per_rack)["tokens"]  # what `dyno tokens --nodes-per-rack K` prints
         if planned != sorted(wanted):
@@ -300,6 +345,22 @@ class Size:
     @property
     def nodes(self) -> list[localcluster.NodeState]:
         return self.state.nodes
+
+    def _wait_for_slot_maps(self, timeout: float = 60.0) -> None:
+        """Until every node's CLUSTER SLOTS names one node of its own rack per slot range
+        and every rack-mate as a master (gossip told every client port)."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            mates = {(n.host, n.port) for n in self.nodes if n.rack == node.rack}
+            while True:
+                answer = redis_call(node.host, node.port, "CLUSTER", "NODES")
+                masters = {(a.split(":")[0], int(a.split(":")[1].split("@")[0]))
+                           for _, a, flags, *_ in (line.split() for line in answer.splitlines()) if "master" in flags}
+                if masters == mates:
+                    break
+                if time.monotonic() > deadline:
+                    raise ScaleError(f"{node.name}: CLUSTER NODES names masters {sorted(masters)}, not its rack's nodes")
+                time.sleep(0.2)  # polling gossip's progress, with a deadline
 
     def flush(self) -> None:
         for node in self.nodes:
@@ -318,12 +379,20 @@ class Size:
         sleeps_before = sum(wakeups(n.pid) for n in nodes)
         redis_before = sum(cpu_ns(n.redis_pid) for n in nodes)
         started = time.monotonic()
+        targets = list(zip(nodes, clients, shares))
+        cluster_flag = []
+        if self.cluster_clients:  # one cluster-mode redis-benchmark per rack, seeded at its first node
+            seeds = [next(n for n in nodes if n.rack == rack) for rack in sorted({n.rack for n in nodes})]
+            targets = list(zip(seeds, split(sum(clients), len(seeds)), split(requests, len(seeds))))
+            # (redis-benchmark refuses a "cluster" of one master; with one node per rack a
+            # plain client of it already sends every key to its owner)
+            cluster_flag = ["--cluster"] if self.per_rack > 1 else []
         procs = [
             subprocess.Popen(
-                ["redis-benchmark", "-h", n.host, "-p", str(n.port), "-t", test.lower(), "-n", str(share),
-                 "-c", str(max(1, c)), "-r", str(KEYSPACE), "-P", str(pipeline), "-q"],
+                ["redis-benchmark", *cluster_flag, "-h", n.host, "-p", str(n.port), "-t", test.lower(),
+                 "-n", str(share), "-c", str(max(1, c)), "-r", str(KEYSPACE), "-P", str(pipeline), "-q"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-            for n, c, share in zip(nodes, clients, shares)
+            for n, c, share in targets
         ]
         try:
             outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -358,7 +427,8 @@ class Size:
         redis_before = sum(cpu_ns(n.redis_pid) for n in nodes)
         failures: list[str] = []
         threads = [threading.Thread(target=_paced_client, daemon=True,
-                                    args=(n.host, n.port, test, per_connection, seconds, 1000 * i + c, failures))
+                                    args=(n.host, n.port, test, per_connection, seconds, 1000 * i + c, failures,
+                                          self.cluster_clients))
                    for i, n in enumerate(nodes) for c in range(connections_per_node)]
         started = time.monotonic()
         for thread in threads:
@@ -393,7 +463,8 @@ class Size:
 
 def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], requests: dict[int, int],
             root: Path, clients_per_node: int | None = None, log=print,
-            rate: float | None = None, seconds: float = 10.0) -> tuple[list[dict], dict[int, dict]]:
+            rate: float | None = None, seconds: float = 10.0,
+            cluster_clients: bool = False) -> tuple[list[dict], dict[int, dict]]:
     """Every phase of every round (interleaved sizes), and the keys per node of each size.
     ``clients_per_node``: instead of CLIENTS split between the nodes, that many per node
     (and the requests grown with the nodes likewise), so each node sees the same load."""
@@ -404,7 +475,7 @@ def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], request
     try:
         for per_rack in sizes:
             log(f"starting {RACKS * per_rack} nodes ...")
-            clusters.append(Size(root, per_rack))
+            clusters.append(Size(root, per_rack, cluster_clients))
         for cluster in clusters:
             idle[len(cluster.nodes)] = cluster.idle_cpu()
         for round_no in range(rounds):
@@ -455,6 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "spread evenly over the nodes (2 connections each), for --seconds per phase; "
                         "adds the CPU per request above the idle cost (-P is 1)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of a --rate phase")
+    parser.add_argument("--cluster-clients", action="store_true",
+                        help="clients as cluster-mode clients use dyno: the clusters run hash: slot, "
+                        "redis-benchmark runs --cluster (one per rack, seeded there), the paced load asks "
+                        "CLUSTER SLOTS; each request goes to its key's owner in the client's rack")
     parser.add_argument("--json", type=Path, help="also write the phases, the summary and the keys here")
     args = parser.parse_args(argv)
     try:
@@ -476,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         phases, keys = measure(sizes, args.rounds, pipelines, requests, root, args.clients_per_node,
                                log=lambda line: print(line, file=sys.stderr, flush=True),
-                               rate=args.rate, seconds=args.seconds)
+                               rate=args.rate, seconds=args.seconds, cluster_clients=args.cluster_clients)
     except (ScaleError, localcluster.ClusterError, OSError) as e:
         print(f"scale.py: {e} (logs in {root})", file=sys.stderr)
         return 1
