@@ -153,13 +153,17 @@ def due_times(rate: float, seconds: float) -> list[float]:
 
 
 def summarise(phases: list[dict]) -> list[dict]:
-    """Medians over rounds per (nodes, pipeline, test), in the order first seen."""
+    """Medians over rounds per (nodes, control, pipeline, test), by pipeline, test, size."""
     groups: dict[tuple, list[dict]] = {}
     for phase in phases:
-        groups.setdefault((phase["nodes"], phase["pipeline"], phase["test"]), []).append(phase)
+        groups.setdefault((phase["nodes"], phase.get("control", False), phase["pipeline"], phase["test"]),
+                          []).append(phase)
     rows = []
-    for (nodes, pipeline, test), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], TESTS.index(kv[0][2]), kv[0][0])):
+    for (nodes, control, pipeline, test), runs in sorted(
+            groups.items(), key=lambda kv: (kv[0][2], TESTS.index(kv[0][3]), kv[0][0], kv[0][1])):
         row = {"nodes": nodes, "pipeline": pipeline, "test": test, "rounds": len(runs)}
+        if control:
+            row["control"] = True
         for field in runs[0]["figures"]:
             row[field] = statistics.median(r["figures"][field] for r in runs)
         rows.append(row)
@@ -175,13 +179,21 @@ def flatness(rows: list[dict]) -> list[dict]:
         smallest.setdefault(key, row)
         base = smallest[key]
         out.append({"pipeline": row["pipeline"], "test": row["test"], "nodes": row["nodes"],
+                    "control": row.get("control", False),
                     "ratio": row["cpu_us_per_request"] / base["cpu_us_per_request"]})
     return out
 
 
+def size_label(row: dict) -> str:
+    """A row's size: its nodes, or for a control the separate 3-node clusters it is."""
+    if row.get("control"):
+        return f"{row['nodes']} as {row['nodes'] // RACKS} separate clusters of {RACKS}"
+    return str(row["nodes"])
+
+
 def render(rows: list[dict], keys: dict[int, dict], command: str) -> str:
     """The markdown table docs/performance.md shows, and the keys per node."""
-    ratios = {(r["pipeline"], r["test"], r["nodes"]): r["ratio"] for r in flatness(rows)}
+    ratios = {(r["pipeline"], r["test"], r["nodes"], r["control"]): r["ratio"] for r in flatness(rows)}
     lines = [
         f"`{command}`",
         "",
@@ -199,8 +211,8 @@ def render(rows: list[dict], keys: dict[int, dict], command: str) -> str:
                            f"{r['cpu_us_above_idle'] / base['cpu_us_above_idle']:.2f}")
     for r in rows:
         lines.append(
-            f"| {r['nodes']} | {r['pipeline']} | {r['test']} | {r['ops_per_sec']:,.0f} "
-            f"| {r['cpu_us_per_request']:.2f} | {ratios[(r['pipeline'], r['test'], r['nodes'])]:.2f}"
+            f"| {size_label(r)} | {r['pipeline']} | {r['test']} | {r['ops_per_sec']:,.0f} "
+            f"| {r['cpu_us_per_request']:.2f} | {ratios[(r['pipeline'], r['test'], r['nodes'], r.get('control', False))]:.2f}"
             f"{r.pop('_above', '')} "
             f"| {r['node_cpu_us_min']:.2f}..{r['node_cpu_us_max']:.2f} | {r['redis_cpu_us_per_request']:.2f} "
             f"| {r['peer_commands_per_request']:.2f} | {r['wakeups_per_request']:.2f} | {r['coordinated_min']:,.0f}..{r['coordinated_max']:,.0f} |"
@@ -329,10 +341,12 @@ def _paced_client(host: str, port: int, test: str, rate: float, seconds: float, 
 class Size:
     """One running cluster of 3 racks x `per_rack` nodes."""
 
-    def __init__(self, root: Path, per_rack: int, cluster_clients: bool = False):
+    control = False
+
+    def __init__(self, root: Path, per_rack: int, cluster_clients: bool = False, name: str | None = None):
         self.per_rack = per_rack
         self.cluster_clients = cluster_clients
-        self.dir = root / f"cluster-{RACKS * per_rack}"
+        self.dir = root / (name or f"cluster-{RACKS * per_rack}")
         self.state = localcluster.up(self.dir, 1, RACKS, per_rack, start_timeout=120,
                                      **({"hash": "slot"} if cluster_clients else {}))
         if cluster_clients:
@@ -374,19 +388,20 @@ class Size:
         nodes = self.nodes
         clients = split(clients, len(nodes))
         shares = split(requests, len(nodes))
-        before = {n.name: counters(n) for n in nodes}
-        cpu_before = {n.name: cpu_ns(n.pid) for n in nodes}
+        before = {n.port: counters(n) for n in nodes}
+        cpu_before = {n.port: cpu_ns(n.pid) for n in nodes}
         sleeps_before = sum(wakeups(n.pid) for n in nodes)
         redis_before = sum(cpu_ns(n.redis_pid) for n in nodes)
         started = time.monotonic()
         targets = list(zip(nodes, clients, shares))
         cluster_flag = []
-        if self.cluster_clients:  # one cluster-mode redis-benchmark per rack, seeded at its first node
+        # Cluster-mode clients: one redis-benchmark --cluster per rack, seeded at its first
+        # node. (It refuses a "cluster" of one master; with one node per rack a plain client
+        # of each node already sends every key to its owner.)
+        if self.cluster_clients and self.per_rack > 1:
             seeds = [next(n for n in nodes if n.rack == rack) for rack in sorted({n.rack for n in nodes})]
             targets = list(zip(seeds, split(sum(clients), len(seeds)), split(requests, len(seeds))))
-            # (redis-benchmark refuses a "cluster" of one master; with one node per rack a
-            # plain client of it already sends every key to its owner)
-            cluster_flag = ["--cluster"] if self.per_rack > 1 else []
+            cluster_flag = ["--cluster"]
         procs = [
             subprocess.Popen(
                 ["redis-benchmark", *cluster_flag, "-h", n.host, "-p", str(n.port), "-t", test.lower(),
@@ -402,13 +417,13 @@ class Size:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
         seconds = time.monotonic() - started
-        cpu = {n.name: cpu_ns(n.pid) - cpu_before[n.name] for n in nodes}
+        cpu = {n.port: cpu_ns(n.pid) - cpu_before[n.port] for n in nodes}
         redis_cpu = sum(cpu_ns(n.redis_pid) for n in nodes) - redis_before
         sleeps = sum(wakeups(n.pid) for n in nodes) - sleeps_before
         for p, out in zip(procs, outputs):
             if p.returncode != 0 or "requests per second" not in out:
                 raise ScaleError(f"redis-benchmark failed ({p.returncode}): {out.strip()[-300:]}")
-        after = {n.name: counters(n) for n in nodes}
+        after = {n.port: counters(n) for n in nodes}
         requests_by_node = {name: after[name][0] - before[name][0] for name in after}
         sent = {name: after[name][1] - before[name][1] for name in after}
         return phase_figures(requests_by_node, sent, cpu, redis_cpu, seconds, sleeps)
@@ -421,8 +436,8 @@ class Size:
         gets to batch). The figures add the CPU per request above the idle cost."""
         nodes = self.nodes
         per_connection = rate / (len(nodes) * connections_per_node)
-        before = {n.name: counters(n) for n in nodes}
-        cpu_before = {n.name: cpu_ns(n.pid) for n in nodes}
+        before = {n.port: counters(n) for n in nodes}
+        cpu_before = {n.port: cpu_ns(n.pid) for n in nodes}
         sleeps_before = sum(wakeups(n.pid) for n in nodes)
         redis_before = sum(cpu_ns(n.redis_pid) for n in nodes)
         failures: list[str] = []
@@ -438,10 +453,10 @@ class Size:
         elapsed = time.monotonic() - started
         if failures:
             raise ScaleError(f"the paced load failed: {failures[0]}")
-        cpu = {n.name: cpu_ns(n.pid) - cpu_before[n.name] for n in nodes}
+        cpu = {n.port: cpu_ns(n.pid) - cpu_before[n.port] for n in nodes}
         redis_cpu = sum(cpu_ns(n.redis_pid) for n in nodes) - redis_before
         sleeps = sum(wakeups(n.pid) for n in nodes) - sleeps_before
-        after = {n.name: counters(n) for n in nodes}
+        after = {n.port: counters(n) for n in nodes}
         requests_by_node = {name: after[name][0] - before[name][0] for name in after}
         sent = {name: after[name][1] - before[name][1] for name in after}
         figures = phase_figures(requests_by_node, sent, cpu, redis_cpu, elapsed, sleeps)
@@ -461,14 +476,53 @@ class Size:
         localcluster.down(self.dir)
 
 
+class Separate:
+    """The control for a size of 3 racks x K nodes: K separate clusters of 3 nodes, up and
+    loaded at once, the load split between them. The machine runs as many dyno and Redis
+    processes as the size does, and each node gets the same share of the load, but no
+    cluster is larger than 3 nodes: what the size costs beyond this control is the larger
+    cluster's own work; what this control costs beyond 3 nodes is the machine's (more
+    processes sharing two cores and their caches)."""
+
+    control = True
+    per_rack = 1
+
+    def __init__(self, root: Path, clusters: int, cluster_clients: bool = False):
+        self.cluster_clients = cluster_clients
+        self.parts: list[Size] = []
+        try:
+            for index in range(clusters):
+                self.parts.append(Size(root, 1, cluster_clients, name=f"control-{clusters}x{RACKS}-{index + 1}"))
+        except BaseException:
+            self.down()
+            raise
+
+    @property
+    def nodes(self) -> list[localcluster.NodeState]:
+        return [node for part in self.parts for node in part.nodes]
+
+    def flush(self) -> None:
+        for part in self.parts:
+            part.flush()
+
+    phase = Size.phase
+    paced_phase = Size.paced_phase
+    idle_cpu = Size.idle_cpu
+
+    def down(self) -> None:
+        for part in self.parts:
+            part.down()
+
+
 def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], requests: dict[int, int],
             root: Path, clients_per_node: int | None = None, log=print,
             rate: float | None = None, seconds: float = 10.0,
-            cluster_clients: bool = False) -> tuple[list[dict], dict[int, dict]]:
+            cluster_clients: bool = False, controls: bool = False) -> tuple[list[dict], dict[int, dict]]:
     """Every phase of every round (interleaved sizes), and the keys per node of each size.
     ``clients_per_node``: instead of CLIENTS split between the nodes, that many per node
-    (and the requests grown with the nodes likewise), so each node sees the same load."""
-    clusters: list[Size] = []
+    (and the requests grown with the nodes likewise), so each node sees the same load.
+    ``controls``: for each size of K > 1 nodes per rack, also its ``Separate`` control."""
+    clusters: list[Size | Separate] = []
     phases: list[dict] = []
     keys: dict[int, list[dict]] = {}
     idle: dict[int, float] = {}
@@ -476,8 +530,11 @@ def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], request
         for per_rack in sizes:
             log(f"starting {RACKS * per_rack} nodes ...")
             clusters.append(Size(root, per_rack, cluster_clients))
+            if controls and per_rack > 1:
+                log(f"starting {per_rack} separate clusters of {RACKS} nodes (the control) ...")
+                clusters.append(Separate(root, per_rack, cluster_clients))
         for cluster in clusters:
-            idle[len(cluster.nodes)] = cluster.idle_cpu()
+            idle[id(cluster)] = cluster.idle_cpu()
         for round_no in range(rounds):
             order = clusters[round_no % len(clusters):] + clusters[:round_no % len(clusters)]
             for cluster in order:
@@ -486,17 +543,18 @@ def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], request
                 for pipeline in pipelines:
                     for test in TESTS:
                         if rate is not None:
-                            figures = cluster.paced_phase(test, rate, seconds, idle[nodes])
+                            figures = cluster.paced_phase(test, rate, seconds, idle[id(cluster)])
                         elif clients_per_node is None:
                             figures = cluster.phase(test, pipeline, requests[pipeline])
                         else:
                             scaled = requests[pipeline] * nodes // RACKS
                             figures = cluster.phase(test, pipeline, scaled, clients_per_node * nodes)
                         phases.append({"nodes": nodes, "pipeline": pipeline, "test": test, "round": round_no + 1,
-                                       "figures": figures})
-                        log(f"round {round_no + 1}: {nodes} nodes -P {pipeline} {test}: "
+                                       "figures": figures, **({"control": True} if cluster.control else {})})
+                        log(f"round {round_no + 1}: {nodes} nodes{' (control)' if cluster.control else ''} "
+                            f"-P {pipeline} {test}: "
                             f"{figures['ops_per_sec']:,.0f} ops/s, {figures['cpu_us_per_request']:.2f} µs/req")
-                    if pipeline == max(pipelines):
+                    if pipeline == max(pipelines) and not cluster.control:
                         counts = cluster.keys()
                         racks = {n.name: n.rack for n in cluster.nodes}
                         keys.setdefault(nodes, []).append(
@@ -505,8 +563,9 @@ def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], request
         for cluster in clusters:
             cluster.down()
     # keys per node: the round with the median spread
+    idle_of = {len(cluster.nodes): idle[id(cluster)] for cluster in clusters if not cluster.control}
     chosen = {nodes: {**sorted(entries, key=lambda e: e["spread"])[len(entries) // 2],
-                      "idle_cpu_ms_per_s": idle[nodes]}
+                      "idle_cpu_ms_per_s": idle_of[nodes]}
               for nodes, entries in keys.items()}
     return phases, chosen
 
@@ -530,6 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="clients as cluster-mode clients use dyno: the clusters run hash: slot, "
                         "redis-benchmark runs --cluster (one per rack, seeded there), the paced load asks "
                         "CLUSTER SLOTS; each request goes to its key's owner in the client's rack")
+    parser.add_argument("--controls", action="store_true",
+                        help="for each size of K > 1 nodes per rack, also K separate 3-node clusters loaded "
+                        "at once (as many processes on the machine, no cluster larger than 3)")
     parser.add_argument("--json", type=Path, help="also write the phases, the summary and the keys here")
     args = parser.parse_args(argv)
     try:
@@ -551,7 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         phases, keys = measure(sizes, args.rounds, pipelines, requests, root, args.clients_per_node,
                                log=lambda line: print(line, file=sys.stderr, flush=True),
-                               rate=args.rate, seconds=args.seconds, cluster_clients=args.cluster_clients)
+                               rate=args.rate, seconds=args.seconds, cluster_clients=args.cluster_clients,
+                               controls=args.controls)
     except (ScaleError, localcluster.ClusterError, OSError) as e:
         print(f"scale.py: {e} (logs in {root})", file=sys.stderr)
         return 1

@@ -71,6 +71,20 @@ def test_summary_takes_medians_and_compares_each_size_with_the_smallest():
     assert "| 3 | 5 / 5 / 5 | 0.0% | 12 |" in table
 
 
+def test_a_control_is_its_own_row_beside_its_size():
+    def phase(nodes, cpu, control=False):
+        figures = scale.phase_figures({"n": 100}, {"n": 0}, {"n": int(cpu * 100 * 1000)}, 0, 1.0)
+        return {"nodes": nodes, "pipeline": 1, "test": "SET", "round": 1, "figures": figures,
+                **({"control": True} if control else {})}
+
+    rows = scale.summarise([phase(12, 30.0), phase(3, 20.0), phase(12, 28.0, control=True)])
+    assert [(r["nodes"], r.get("control", False)) for r in rows] == [(3, False), (12, False), (12, True)]
+    assert [f["ratio"] for f in scale.flatness(rows)] == pytest.approx([1.0, 1.5, 1.4])
+    table = scale.render(rows, {}, "scripts/scale.py --controls")
+    assert "| 12 | 1 | SET |" in table and "| 1.50 |" in table
+    assert "| 12 as 4 separate clusters of 3 | 1 | SET |" in table and "| 1.40 |" in table
+
+
 def test_a_paced_run_shows_the_cpu_above_idle_against_the_smallest_size():
     rows = [{"nodes": n, "pipeline": 1, "test": "SET", "rounds": 1, "ops_per_sec": 2000.0,
              "cpu_us_per_request": total, "cpu_us_above_idle": above, "node_cpu_us_min": 1.0,
@@ -135,3 +149,23 @@ def test_the_paced_load_is_due_evenly_at_its_rate(rate, seconds):
     step = 1 / rate  # (math.isclose, not pytest.approx: up to 25,000 steps a case)
     assert all(math.isclose(b - a, step, rel_tol=1e-6, abs_tol=1e-9) for a, b in zip(due, due[1:]))
     assert all(0 <= d < seconds for d in due)
+
+
+@pytest.mark.integration
+def test_cluster_clients_take_no_hop_and_the_control_runs_beside(tmp_path):
+    out = tmp_path / "scale.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "scale.py"), "--sizes", "2", "--rounds", "1", "--requests", "2000",
+         "--pipelines", "1", "--cluster-clients", "--controls", "--json", str(out)],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["summary"]
+    assert [(r["nodes"], r.get("control", False), r["test"]) for r in rows] == [
+        (6, False, "SET"), (6, True, "SET"), (6, False, "GET"), (6, True, "GET")]
+    for row in rows:
+        assert row["coordinated_min"] > 0, row  # every node of the size (or control) coordinated
+        if row["test"] == "GET":  # each key went to its owner: no hop to a rack-mate
+            assert row["peer_commands_per_request"] == 0, row
+        else:  # a SET goes to the two other racks' owners only
+            assert 2 <= row["peer_commands_per_request"] <= 8.1, row
+    assert "| 6 as 2 separate clusters of 3 | 1 | GET |" in result.stdout
