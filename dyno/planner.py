@@ -470,8 +470,12 @@ class Planner:
 
     def _groups(self, requests) -> list[tuple]:
         """Each request's replica set (its key is argv[1]), the keys hashed together."""
-        replicas = self.ring.replicas
-        return [replicas(token) for token in self.ring.tokens_of([argv[1] for argv in requests])]
+        ring = self.ring
+        table = ring.slot_table
+        if table is not None:  # hash slot: a CRC16 and an index a key
+            return [table[slot] for slot in ring.slots_of([argv[1] for argv in requests])]
+        replicas = ring.replicas
+        return [replicas(token) for token in ring.tokens_of([argv[1] for argv in requests])]
 
     def _plain_parts(self, requests, raw: bytes, groups: list, write: bool, level: str, here_only: bool,
                      calls, version: bytes | None = None) -> Plan:

@@ -329,6 +329,7 @@ def _jenkins(key: bytes) -> int:
 
 #: Redis Cluster's key slots, and how dyno's hash ``slot`` spreads them over the tokens.
 SLOTS = 16384
+_SLOT_MASK = SLOTS - 1
 _SLOT_SHIFT = 18  # 16384 slots x 2**18 = 2**32 tokens
 
 
@@ -337,7 +338,7 @@ def _slot(key: bytes) -> int:
     CRC-16/XMODEM mod 16384, spread over the token space (``slot << 18``). A rack's
     nodes then own whole slots, so CLUSTER SLOTS can tell cluster-mode clients which
     node serves each key, and they send it there: no hop inside the rack."""
-    return (_crc_hqx(key, 0) & (SLOTS - 1)) << _SLOT_SHIFT
+    return (_crc_hqx(key, 0) & _SLOT_MASK) << _SLOT_SHIFT
 
 
 # Dynomite's hash names (HASH_CODEC in dyn_hashkit.h) that dyno computes exactly, and slot.
@@ -508,6 +509,12 @@ class Ring:
         #: Whether a range is moving: some keys have pending owners.
         self.moving = False
         self._build_replica_table(order, len(self._racks.get(local.dc, ())), future_continua)
+        #: With hash ``slot``: each slot's replica set, the very tuple ``replicas(slot << 18)``
+        #: returns, so a key's is one CRC16 and one index (``slots_of``), no bisect.
+        self.slot_table: list[tuple[RingNode, ...]] | None = None
+        if hash_name == "slot":
+            boundaries, replicas = self._boundaries, self._replicas
+            self.slot_table = [replicas[bisect_left(boundaries, slot << _SLOT_SHIFT)] for slot in range(SLOTS)]
 
     def _build_replica_table(self, order: list[tuple[str, str]], local_racks: int,
                              future_continua: list | None = None) -> None:
@@ -571,6 +578,15 @@ class Ring:
         if self._hash is murmur and len(keys) >= _LANES_FROM:
             return murmur_many(keys)
         return list(map(self._hash, keys))
+
+    def slots_of(self, keys: list[bytes]) -> list[int]:
+        """With hash ``slot``: each key's Redis Cluster slot, its hash tag applied
+        (``slot_table[slot]`` is its replica set)."""
+        opening = self._tag_open
+        if opening is not None:
+            tag = self.hash_tag
+            keys = [key_for_hash(key, tag) if opening in key else key for key in keys]
+        return [_crc_hqx(key, 0) & _SLOT_MASK for key in keys]
 
     def owner(self, token: int, dc: str, rack: str) -> RingNode:
         """The node of ``rack`` in ``dc`` owning ``token``."""

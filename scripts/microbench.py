@@ -35,17 +35,17 @@ GET = resp.encode_command([b"GET", b"key:000000012345"])
 PIPELINE = SET * 16
 
 
-def _ring(nodes_per_rack: int = 2) -> Ring:
-    tokens = (0, 2**31)[:nodes_per_rack]
+def _ring(nodes_per_rack: int = 2, hash_name: str = "murmur") -> Ring:
+    tokens = [i * (2**32 // nodes_per_rack) for i in range(nodes_per_rack)]
     nodes = [
         RingNode(f"127.0.0.1:{8101 + 10 * i}", "127.0.0.1", 8101 + 10 * i, "dc1", f"rack{r}", (t,))
         for i, (r, t) in enumerate((r, t) for r in (1, 2, 3) for t in tokens)
     ]
-    return Ring(nodes, nodes[0], "murmur", b"{}")
+    return Ring(nodes, nodes[0], hash_name, b"{}")
 
 
-def _planner(nodes_per_rack: int) -> Planner:
-    return Planner(_ring(nodes_per_rack), lambda node: True)
+def _planner(nodes_per_rack: int, hash_name: str = "murmur") -> Planner:
+    return Planner(_ring(nodes_per_rack, hash_name), lambda node: True)
 
 
 # -- a client's request through the coordinator, without I/O ----------------------------
@@ -150,6 +150,8 @@ def cases() -> dict[str, tuple[callable, int]]:
         quorum.reply(1, replies)
 
     three_racks, three_by_two = _planner(1), _planner(2)
+    by_four_murmur, by_four_slot = _planner(4), _planner(4, "slot")
+    gets16 = [[b"GET", b"key:%012d" % i] for i in range(16)]
     get_one = [argv]
     get_raw = resp.encode_command(argv)
     sets = [[b"SET", b"key:%012d" % i, b"xxx"] for i in range(16)]
@@ -181,6 +183,8 @@ def cases() -> dict[str, tuple[callable, int]]:
         "plan 16 SETs, 3 racks": (lambda: three_racks.plan(sets, sets_raw, "DC_ONE", "DC_ONE", now), 16),
         "plan 16 SETs, 3 racks x 2 nodes": (
             lambda: three_by_two.plan(sets, sets_raw, "DC_QUORUM", "DC_QUORUM", now), 16),
+        "replica sets of 16 GETs, 3 racks x 4, murmur": (lambda: by_four_murmur._groups(gets16), 16),
+        "replica sets of 16 GETs, 3 racks x 4, hash slot": (lambda: by_four_slot._groups(gets16), 16),
         "scan 16 replies": (scan16, 16),
         "execute a GET, one node (no I/O)": (_executes(1, [b"GET", b"key:000000012345"]), 1),
         "execute a GET, 3 racks DC_ONE (no I/O)": (_executes(3, [b"GET", b"key:000000012345"]), 1),

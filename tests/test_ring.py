@@ -820,3 +820,13 @@ def test_slot_ranges_are_the_rings_owners_in_slot_order():
     assert [(first, last, [n.name for n in owners]) for first, last, owners in ring.slot_ranges()] == [
         (0, 0, ["r10:8101", "r20:8101"]), (1, 8192, ["r11:8101", "r21:8101"]),
         (8193, 16383, ["r10:8101", "r20:8101"])]
+
+
+@given(keys=st.lists(st.binary(max_size=30), max_size=20), tokens=st.lists(
+    st.integers(0, MAX_TOKEN), min_size=1, max_size=6, unique=True))
+def test_the_slot_table_gives_the_replicas_a_token_lookup_gives(keys, tokens):
+    nodes = [node(f"n{i}", "r1", tokens=(t,)) for i, t in enumerate(tokens)] + [node("m", "r2", tokens=(7,))]
+    ring = Ring(nodes, nodes[0], "slot", b"{}")
+    assert [ring.slot_table[slot] for slot in ring.slots_of(keys)] == [
+        ring.replicas(ring.token_of(key)) for key in keys]
+    assert Ring(nodes, nodes[0], "murmur").slot_table is None
