@@ -246,7 +246,7 @@ class Metrics:
 
 #: Metrics' plain-integer counters beyond the tables and histograms.
 _COUNTERS = ("disagreements", "widened_reads", "failovers", "write_failures", "stamp_failures",
-             "read_repairs", "read_repair_failures", "transactions", "state_refusals")
+             "read_repairs", "read_repair_failures", "transactions", "state_refusals", "sampled_batches")
 
 
 def snapshot(stats: Stats, metrics: Metrics) -> dict:

@@ -230,7 +230,9 @@ async def _info_of_workers(node, client, sections, everything, slot) -> None:
     reply = _info_reply(node, client, sections, everything, slot, node.info_blocks(sections, everything, siblings))
     if reply is not None:
         slot.deliver(reply)
-        node.flush_ready()
+    # (also when the Redis's part was asked: a Redis that is down fails it at once, in
+    # this task, where no read's end flushes the client)
+    node.flush_ready()
 
 
 SIBLINGS_TIMEOUT = 1.0  # seconds INFO waits for the other workers' counters

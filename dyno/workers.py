@@ -6,8 +6,13 @@ and the tombstone sweeper, each in a ``Node`` of role SUPERVISOR; the worker
 processes it starts, watches and starts again; and the control channel between them
 (``Channel``: msgpack frames over a socketpair the worker inherits).
 
-Each worker is a ``Node`` of role WORKER: it listens on the node's client and peer
-ports with SO_REUSEPORT (the kernel spreads new connections over the workers), has
+Each worker is a ``Node`` of role WORKER. Its clients are handed to it: the
+supervisor alone listens on the client port, accepts each connection and passes it
+(SCM_RIGHTS over a socketpair of its own) to the worker with the fewest open client
+connections, so the workers' shares stay even whatever the kernel's hash would have
+done (Envoy's "exact balance"); a worker says when one of its connections ends. That
+is one message per connection, never per request. The peer port is shared with
+SO_REUSEPORT (peer links are few and long-lived). Each worker has
 its own Redis connections, peer links and hint log (hints_dir for worker 0,
 hints_dir/.worker-K for worker K), and routes with the view the supervisor pushes
 (``view``: ring, peers judged down, operator state, consistency levels, peers an
@@ -16,8 +21,11 @@ is served wholly by the worker whose client sent it.
 
 What crosses the channel, and why it is not the request path:
     supervisor -> worker: start {config, index, admin, view, logging}, view, publish
-        (a sibling's PUBLISH, for this worker's subscribers), ask, answer, stop
-    worker -> supervisor: ready, gossip (a peer's, that landed on the worker's port),
+        (a sibling's PUBLISH, for this worker's subscribers), sample (time your next
+        batch: the admin port's once-a-second latency sample), ask, answer, stop
+    supervisor -> worker, on a socketpair of their own: each client connection's fd
+    worker -> supervisor: ready, closed (one of its client connections ended),
+        gossip (a peer's, that landed on the worker's port),
         unreachable (a link failed: gossip judges), hello (a peer's admin address),
         publish (for the siblings' subscribers), ask (PUBSUB counts, INFO's
         counters: the siblings' shares), answer
@@ -57,7 +65,7 @@ from dyno.hints import WORKER_DIR_PREFIX
 from dyno.metrics import merge_into
 from dyno.node import SUPERVISOR, WORKER, Node
 from dyno.ring import Ring, RingError, RingNode
-from dyno.stream import listen_socket
+from dyno.stream import accept_loop, listen_socket
 
 log = logging.getLogger("dyno.workers")
 
@@ -229,6 +237,8 @@ class Worker:
         self.up = False
         self.restarts = 0
         self.snapshot: dict | None = None  # its counters, as last gathered
+        self.handoff: socket.socket | None = None  # where its client connections are passed
+        self.open = 0  # client connections handed to it and not yet ended
 
     def describe(self) -> dict:
         taken = self.snapshot or {}
@@ -256,7 +266,7 @@ class Supervisor:
         admin.node = dataclasses.replace(
             admin.node, clients=_ClientTotal(self), refresh=self.refresh, peer_totals=self.peer_totals,
             workers=lambda: [worker.describe() for worker in self.workers], hints=self.hints,
-            settle=self.settle,
+            settle=self.settle, sample_next=self.sample_next,
             auth_failures=lambda: sum(taken.get("auth_failures", 0) for taken in self._gathered),
         )
 
@@ -269,6 +279,26 @@ class Supervisor:
             for worker in self.workers:
                 if worker.channel is not None:
                     worker.channel.send(["view", view])
+
+    def sample_next(self) -> None:
+        """No batch was timed this second (the admin port's tick): each worker times its next."""
+        for worker in self.workers:
+            if worker.channel is not None:
+                worker.channel.send(["sample"])
+
+    def hand_off(self, conn: socket.socket, address) -> None:
+        """A client connection the supervisor accepted: to the serving worker with the
+        fewest open client connections (the next if its socketpair is full or gone)."""
+        for worker in sorted((w for w in self.workers if w.up and w.handoff is not None), key=lambda w: w.open):
+            try:
+                socket.send_fds(worker.handoff, [b"c"], [conn.fileno()])
+            except OSError:  # full (a worker that stopped taking), or gone: the next one
+                continue
+            worker.open += 1
+            break
+        else:
+            log.warning("node %s: no worker could take client %s:%s; closed", self.node.name, *address[:2])
+        conn.close()  # the worker has its own copy
 
     async def push_view_every(self, interval: float) -> None:
         """Push the view once a gossip round if it changed by something that calls no
@@ -369,17 +399,23 @@ class Supervisor:
     async def _run_once(self, worker: Worker, ready: trio.Event, starting) -> int | None:
         """One life of a worker process; its exit code."""
         ours, theirs = socket.socketpair()
+        handoff, handed = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             # Started from this (the main) thread, not a helper thread as trio's
             # open_process does: PR_SET_PDEATHSIG fires when the creating thread ends.
             process = subprocess.Popen(
-                [sys.executable, "-m", "dyno.workers", str(theirs.fileno()), str(os.getpid())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                [sys.executable, "-m", "dyno.workers", str(theirs.fileno()), str(os.getpid()),
+                 str(handed.fileno())],
+                pass_fds=(theirs.fileno(), handed.fileno()), stdin=subprocess.DEVNULL)
         except BaseException:
             ours.close()
+            handoff.close()
             raise
         finally:
             theirs.close()
+            handed.close()
+        handoff.setblocking(False)
+        worker.handoff, worker.open = handoff, 0
         channel = Channel(ours)
         worker.pid = process.pid
         channel.send(self._start_frame(worker))
@@ -399,6 +435,8 @@ class Supervisor:
         finally:
             worker.up = False
             worker.channel = None
+            worker.handoff = None
+            handoff.close()  # the connections it was handed and did not take end with it
             channel.close()
             with trio.CancelScope(shield=True):
                 if process.poll() is None:
@@ -423,6 +461,8 @@ class Supervisor:
                     if starting is not None:
                         starting.started()
                         starting = None
+                elif kind == "closed":
+                    worker.open = max(0, worker.open - frame[1])
                 elif kind == "gossip":
                     node.gossip_received(frame[1], frame[2])
                 elif kind == "unreachable":
@@ -491,8 +531,9 @@ async def _first(*waits: Callable) -> None:
 
 
 def _check_ports_free(config: Config) -> None:
-    """Workers share their ports with SO_REUSEPORT, which another node's workers
-    could share too: first make sure nobody listens on them (OSError if one does)."""
+    """Workers share the peer port with SO_REUSEPORT, which another node's workers
+    could share too, and the supervisor listens on the client port: first make sure
+    nobody listens on either (OSError naming the key if one does)."""
     for key in ("listen", "dyn_listen"):
         address = getattr(config, key)
         try:
@@ -507,12 +548,14 @@ async def serve(config: Config, logging_setup: dict) -> None:
     server = config.servers[0]
     await check_auth(server.host, server.port, config.datastore_password)
     _check_ports_free(config)
+    clients = listen_socket(config.listen.host, config.listen.port)  # the supervisor's alone
     supervisor = Supervisor(config, logging_setup)
     node = supervisor.node
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await supervisor.start_workers(nursery)
+            nursery.start_soon(accept_loop, clients, supervisor.hand_off, log)
             nursery.start_soon(supervisor.push_view_every, config.gos_interval / 1000)
             async for signum in signals:
                 log.info("node %s: %s received, stopping", node.name, signal.Signals(signum).name)
@@ -539,7 +582,7 @@ def worker_hints_dir(hints_dir: str | None, index: int) -> str | None:
     return os.path.join(hints_dir, f"{WORKER_DIR_PREFIX}{index}")
 
 
-async def run_worker(sock: socket.socket) -> None:
+async def run_worker(sock: socket.socket, handed: socket.socket) -> None:
     channel = Channel(sock)
     start = await channel.receive()
     if start is None or start[0] != "start":
@@ -558,6 +601,9 @@ async def run_worker(sock: socket.socket) -> None:
     node = Node(config, role=WORKER, clock_name=f"{config.name}/w{index}")
     node.control = channel
     node.admin_address = given["admin"]
+    # Its clients come from the supervisor (it accepts them); it says when one ends.
+    node.listener.handed = lambda on_connection, log: _receive_clients(handed, on_connection, log)
+    node.listener.on_closed = lambda: channel.send(["closed", 1])
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
@@ -575,6 +621,34 @@ async def run_worker(sock: socket.socket) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def _receive_clients(handed: socket.socket, on_connection, log) -> None:
+    """The client connections the supervisor hands over, one fd a message, to
+    ``on_connection(conn, address)`` as an accept loop would; until it closes its end."""
+    handed.setblocking(False)
+    try:
+        while True:
+            await trio.lowlevel.wait_readable(handed)
+            while True:
+                try:
+                    message, fds, _flags, _address = socket.recv_fds(handed, 16, 4)
+                except BlockingIOError:
+                    break
+                if not message and not fds:
+                    return  # the supervisor closed its end
+                for fd in fds:
+                    conn = socket.socket(fileno=fd)
+                    try:
+                        address = conn.getpeername()
+                    except OSError:  # it ended on its way here
+                        conn.close()
+                        log.debug("a handed client connection had already ended")
+                        continue
+                    conn.setblocking(False)
+                    on_connection(conn, address)
+    finally:
+        handed.close()
+
+
 async def _worker_frames(node: Node, channel: Channel, nursery: trio.Nursery) -> None:
     """Serve the supervisor's frames until it says stop or goes away."""
     while True:
@@ -586,6 +660,8 @@ async def _worker_frames(node: Node, channel: Channel, nursery: trio.Nursery) ->
             apply_view(node, frame[1])
         elif kind == "publish":
             node.sibling_published(frame[1], frame[2], frame[3])
+        elif kind == "sample":
+            node.coordinator.sample_next()
         elif kind == "answer":
             channel.answered(frame[1], frame[2])
         elif kind == "ask":
@@ -612,16 +688,18 @@ def _die_with(parent: int) -> None:
 
 
 def worker_main(argv: list[str]) -> int:
-    """``python -m dyno.workers FD SUPERVISOR_PID``: a worker (started by a Supervisor)."""
-    fd, parent = int(argv[0]), int(argv[1])
+    """``python -m dyno.workers FD SUPERVISOR_PID HANDOFF_FD``: a worker (started by a
+    Supervisor): its control channel, and where its client connections come from."""
+    fd, parent, handoff = int(argv[0]), int(argv[1]), int(argv[2])
     _die_with(parent)
     sock = socket.socket(fileno=fd)
+    handed = socket.socket(fileno=handoff)
     from dyno.datastore import DatastoreAuthError
     from dyno.hints import HintStoreError
     from dyno.tls import TLSConfigError
 
     try:
-        process.run(run_worker, sock)
+        process.run(run_worker, sock, handed)
     except KeyboardInterrupt:
         return 0
     except (OSError, HintStoreError, DatastoreAuthError, TLSConfigError) as exc:
