@@ -477,6 +477,9 @@ class ClientListener(Listener):
         self.stats = stats
         self.max_total = max_total
         self.on_unsubscribed: Callable[[ClientConnection], None] = lambda client: None  # pub/sub forget
+        # A connection ended (closed, refused, or its TLS handshake failed): a worker
+        # tells its supervisor, which hands new ones to the worker with the fewest.
+        self.on_closed: Callable[[], None] = lambda: None
 
     def shed(self) -> None:
         """``maxmemory_clients`` passed: close the clients holding the most unread
@@ -491,6 +494,7 @@ class ClientListener(Listener):
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.pop(client.id, None)
+        self.on_closed()
         if client.subscriber or client.channels or client.patterns or client.shard_channels:
             self.on_unsubscribed(client)
         for session in (client.session, client.blocked):  # its own Redis connections go too
@@ -514,6 +518,7 @@ class ClientListener(Listener):
         # A TLS client is closed before its handshake: handshaking only to refuse
         # would let a flood of connections cost a handshake each past the limit.
         conn.close()
+        self.on_closed()
 
     async def serve(self, nursery: trio.Nursery) -> None:
         clients, given = self.clients, self.given
@@ -549,6 +554,7 @@ class ClientListener(Listener):
             # A port scanner, a plaintext client or a wrong certificate: that
             # connection's business, not the operator's alarm.
             log.info("client %s: %s; closed", _address(address), exc)
+            self.on_closed()
             return
         finally:
             self.handshaking -= 1

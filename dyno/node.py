@@ -536,6 +536,8 @@ class Node:
             ((("stats_listen", self.admin),) if admin else ())
         try:
             for key, server in servers:
+                if getattr(server, "handed", None) is not None:  # a worker's client port: handed over
+                    continue
                 try:
                     server.bind()
                 except OSError as error:

@@ -187,6 +187,10 @@ class Listener:
         self.port = port
         self.sock: socket.socket | None = None
         self.reuse_port = False  # set by a node's worker: its siblings listen on the port too
+        # Set by a node's worker for its client port: where its connections come from
+        # instead of a socket of its own (``handed(on_connection, log)``: the
+        # supervisor accepts them and hands them over, dyno.workers).
+        self.handed = None
 
     def bind(self) -> None:
         """Open the port now (port 0 picks a free one), so callers know it is open."""
@@ -194,7 +198,10 @@ class Listener:
         self.port = self.sock.getsockname()[1]
 
     async def serve(self, on_connection, log) -> None:
-        await accept_loop(self.sock, on_connection, log)
+        if self.handed is not None:
+            await self.handed(on_connection, log)
+        else:
+            await accept_loop(self.sock, on_connection, log)
 
 
 async def write_loop(sock: socket.socket, out: list, wakeup: Wakeup, broken: bytes, before_turn=None) -> None:

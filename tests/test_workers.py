@@ -307,3 +307,37 @@ def test_cluster_slots_through_any_worker_names_every_node(cluster):
                          "the worker to know the other nodes' client ports")
         (slots,) = clients[0].execute_command("CLUSTER", "SLOTS")
         assert sorted(port for _, port, *_ in slots[2:]) == sorted(n.port for n in cluster.nodes)
+
+
+@integration
+def test_clients_are_handed_to_the_worker_with_the_fewest_open(cluster_factory):
+    node = cluster_factory(racks=1, workers=2)[0]  # its own: no other test's clients on it
+    workers_up(node)
+
+    def open_by_worker() -> dict[int, int]:
+        # each worker's open client connections (the admin port gathers them over the
+        # channel its "closed" messages take, so they are in)
+        return {w["pid"]: w["client_connections"] for w in admin(node)["workers"]}
+
+    opened = [node.client(single_connection_client=True) for _ in range(50)]
+    try:
+        for client in opened:
+            client.ping()  # each connection is the worker's once it answered
+        counts = open_by_worker()
+        assert max(counts.values()) - min(counts.values()) <= 1, counts  # the kernel's hash gave 20/30
+        # close 10 of one worker's: the next 10 go to it (9 at least: the last may tie)
+        first = worker_of(opened[0])
+        closing = [c for c in opened if worker_of(c) == first][:10]
+        for client in closing:
+            client.close()
+            opened.remove(client)
+        support.wait_for(lambda: open_by_worker()[first] == counts[first] - 10, timeout=10,
+                         what="the worker to count its closed connections", ignore=(OSError, KeyError))
+        fresh = [node.client(single_connection_client=True) for _ in range(10)]
+        opened += fresh
+        assert [worker_of(c) for c in fresh].count(first) >= 9
+        after = open_by_worker()
+        assert max(after.values()) - min(after.values()) <= 1, after
+    finally:
+        for client in opened:
+            client.close()
