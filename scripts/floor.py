@@ -49,29 +49,43 @@ TESTS = ("SET", "GET")
 # --------------------------------------------------------------------------- the forwarders
 
 
-def serve_epoll(listen_port: int, redis_port: int) -> None:
-    """The plain-Python pass-through (runs until killed)."""
+def _listening(port: int) -> tuple[socket.socket, select.epoll]:
+    """A non-blocking listening socket on ``port``, and an epoll that watches it."""
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", listen_port))
+    server.bind(("127.0.0.1", port))
     server.listen(512)
     server.setblocking(False)
     epoll = select.epoll()
     epoll.register(server.fileno(), select.EPOLLIN)
+    return server, epoll
+
+
+def _accepted(server: socket.socket):
+    """The connections waiting on ``server``, non-blocking, TCP_NODELAY."""
+    while True:
+        try:
+            client, _ = server.accept()
+        except BlockingIOError:
+            return
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setblocking(False)
+        yield client
+
+
+def serve_epoll(listen_port: int, redis_port: int) -> None:
+    """The plain-Python pass-through (runs until killed)."""
+    server, epoll = _listening(listen_port)
     other: dict[int, socket.socket] = {}  # fd -> the socket its bytes go to
     sockets: dict[int, socket.socket] = {}
     while True:
         for fd, _events in epoll.poll():
             if fd == server.fileno():
-                while True:
-                    try:
-                        client, _ = server.accept()
-                    except BlockingIOError:
-                        break
+                for client in _accepted(server):
                     backend = socket.create_connection(("127.0.0.1", redis_port))
+                    backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    backend.setblocking(False)
                     for sock in (client, backend):
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                        sock.setblocking(False)
                         sockets[sock.fileno()] = sock
                         epoll.register(sock.fileno(), select.EPOLLIN)
                     other[client.fileno()], other[backend.fileno()] = backend, client
@@ -106,15 +120,9 @@ def serve_mux(listen_port: int, redis_port: int) -> None:
 
     from dyno.resp import scan_reply
 
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", listen_port))
-    server.listen(512)
-    server.setblocking(False)
+    server, epoll = _listening(listen_port)
     backend = socket.create_connection(("127.0.0.1", redis_port))
     backend.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    epoll = select.epoll()
-    epoll.register(server.fileno(), select.EPOLLIN)
     epoll.register(backend.fileno(), select.EPOLLIN)
     clients: dict[int, tuple[socket.socket, object]] = {}
     waiting: deque = deque()  # the client of each reply to come, in order
@@ -124,13 +132,7 @@ def serve_mux(listen_port: int, redis_port: int) -> None:
         answers: dict[socket.socket, list[bytes]] = {}
         for fd, _events in epoll.poll():
             if fd == server.fileno():
-                while True:
-                    try:
-                        client, _ = server.accept()
-                    except BlockingIOError:
-                        break
-                    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    client.setblocking(False)
+                for client in _accepted(server):
                     clients[client.fileno()] = (client, hiredis.Reader())
                     epoll.register(client.fileno(), select.EPOLLIN)
             elif fd == backend.fileno():
