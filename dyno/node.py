@@ -561,7 +561,8 @@ class Node:
             self.coordinator.flush_clients = self.flush_ready
             for link in self.peer_links.values():
                 nursery.start_soon(link.run)
-            if self.gossiper is not None:
+            # (a supervisor gossips once its workers serve: dyno.workers.serve)
+            if self.gossiper is not None and self.role != SUPERVISOR:
                 nursery.start_soon(self.gossiper.run)
             if serves_clients:
                 nursery.start_soon(self.peer_server.serve, nursery)

@@ -555,6 +555,10 @@ async def serve(config: Config, logging_setup: dict) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await supervisor.start_workers(nursery)
+            # Peers hear of the node (and judge it UP, and route to it) only once its
+            # workers listen on the peer port: before, their links would be refused and back off.
+            if node.gossiper is not None:
+                nursery.start_soon(node.gossiper.run)
             nursery.start_soon(accept_loop, clients, supervisor.hand_off, log)
             nursery.start_soon(supervisor.push_view_every, config.gos_interval / 1000)
             async for signum in signals:

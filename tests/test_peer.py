@@ -561,6 +561,8 @@ def test_reply_with_unhashable_id_disconnects_that_peer_only(cluster_factory):
     """A node's outgoing link meets a bad peer: node3 is killed and the test listens on its
     dyn port, answers the HELLO of whichever node connects, lets it send one request,
     then answers with a REPLY whose id is a map."""
+    if support.WORKERS:
+        pytest.skip("the fake peer answers one connection; a node of several workers opens one per process")
     cluster = cluster_factory(racks=3, nodes_per_rack=1)
     a, b, c = cluster.nodes
     c.kill()

@@ -110,6 +110,9 @@ def test_transactions_through_every_node_are_atomic_and_converge(cluster_factory
     through every node; at DC_QUORUM through one (replicas that got concurrent
     INCRs from two coordinators in other orders answer differently, and a quorum
     then reports that they disagree, as for a plain INCR)."""
+    if level == "DC_QUORUM" and support.WORKERS:
+        pytest.skip("through one node of several workers is through several coordinators, whose "
+                    "replicas disagree at DC_QUORUM as this docstring says")
     cluster = cluster_factory(racks=3, read_consistency=level, write_consistency=level, hash_tag="{}")
     rounds = 60
     seen: list[list] = []
