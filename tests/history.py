@@ -135,6 +135,21 @@ class History:
     def unknown(self, op: Op, error: str) -> Op:
         return self.complete(op, UNKNOWN, error=error)
 
+    def perform(self, client: int, call: Callable, kind: str, key: str, value: str | None = None,
+                *extra: str) -> Op:
+        """Run and record one operation: ``SET key value *extra`` (a write) or ``GET key``
+        through ``call(*argv) -> (outcome, reply)``; a SET answered other than OK fails."""
+        op = self.invoke(client, kind, key, value)
+        if kind == WRITE:
+            outcome, reply = call("SET", key, value, *extra)
+            if outcome == OK and reply != "OK":
+                outcome, reply = FAIL, f"unexpected reply {reply!r}"
+        else:
+            outcome, reply = call("GET", key)
+        if outcome == OK:
+            return self.ok(op, reply if kind == READ else None)
+        return self.complete(op, outcome, error=reply)
+
     def counts(self) -> Counter:
         """How many ops of each (kind, outcome); pending ops count as (kind, None)."""
         return Counter((op.kind, op.outcome) for op in self.ops)

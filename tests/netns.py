@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from dyno import localcluster
+
 T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
@@ -64,16 +66,6 @@ def ip(*args: str) -> str:
     return result.stdout
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale() -> list[str]:
     """Remove the namespaces and /etc/netns dirs of lab runs whose process is gone."""
     removed = []
@@ -83,7 +75,7 @@ def remove_stale() -> list[str]:
             names.update(p.name for p in folder.iterdir() if p.name.startswith(PREFIX))
     for name in sorted(names):
         match = re.fullmatch(rf"{PREFIX}(\d+)-.*", name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or localcluster.pid_alive(int(match.group(1))):
             continue
         if (NETNS_RUN / name).exists():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -250,3 +250,21 @@ def test_the_recorder_stamps_invocation_and_completion_with_its_clock():
     with pytest.raises(HistoryError, match="completed twice"):
         h.ok(w)
     assert history.check(h.ops) == []
+
+
+def test_perform_runs_and_records_one_operation():
+    record = History()
+    sent = []
+
+    def call(*argv):
+        sent.append(argv)
+        return {"SET": (history.OK, "OK"), "GET": (history.OK, "v1")}[argv[0]]
+
+    write = record.perform(1, call, WRITE, "k", "v1", "KEEPTTL")
+    read = record.perform(2, call, READ, "k")
+    assert sent == [("SET", "k", "v1", "KEEPTTL"), ("GET", "k")]
+    assert (write.outcome, write.value, read.outcome, read.value) == (history.OK, "v1", history.OK, "v1")
+    odd = record.perform(1, lambda *argv: (history.OK, "QUEUED"), WRITE, "k", "v2")
+    lost = record.perform(1, lambda *argv: (history.UNKNOWN, "timed out"), READ, "k")
+    assert (odd.outcome, odd.error) == (history.FAIL, "unexpected reply 'QUEUED'")
+    assert (lost.outcome, lost.error, lost.value) == (history.UNKNOWN, "timed out", None)

@@ -201,18 +201,9 @@ class Client(threading.Thread):
                 key = self.keys[int(len(self.keys) * self.rng.random() ** SKEW)]
                 if self.rng.random() < 0.5:
                     seq += 1
-                    value = history.write_value(self.id, seq)
-                    op = self.record.invoke(self.id, WRITE, key, value)
-                    outcome, reply = conn.call("SET", key, value)
-                    if outcome == history.OK and reply != "OK":
-                        outcome, reply = history.FAIL, f"unexpected reply {reply!r}"
+                    self.record.perform(self.id, conn.call, WRITE, key, history.write_value(self.id, seq))
                 else:
-                    op = self.record.invoke(self.id, READ, key)
-                    outcome, reply = conn.call("GET", key)
-                if outcome == history.OK:
-                    self.record.ok(op, reply if op.kind == READ else None)
-                else:
-                    self.record.complete(op, outcome, error=reply)
+                    self.record.perform(self.id, conn.call, READ, key)
         except BaseException as e:
             self.crash = e
         finally:
