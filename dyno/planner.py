@@ -473,6 +473,8 @@ class Planner:
         ring = self.ring
         table = ring.slot_table
         if table is not None:  # hash slot: a CRC16 and an index a key
+            if len(requests) == 1:  # (request/response: no lists to build)
+                return [table[ring.slot_of(requests[0][1])]]
             return [table[slot] for slot in ring.slots_of([argv[1] for argv in requests])]
         replicas = ring.replicas
         return [replicas(token) for token in ring.tokens_of([argv[1] for argv in requests])]

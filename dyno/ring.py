@@ -579,6 +579,13 @@ class Ring:
             return murmur_many(keys)
         return list(map(self._hash, keys))
 
+    def slot_of(self, key: bytes) -> int:
+        """With hash ``slot``: ``key``'s Redis Cluster slot, its hash tag applied."""
+        opening = self._tag_open
+        if opening is not None and opening in key:
+            key = key_for_hash(key, self.hash_tag)
+        return _crc_hqx(key, 0) & _SLOT_MASK
+
     def slots_of(self, keys: list[bytes]) -> list[int]:
         """With hash ``slot``: each key's Redis Cluster slot, its hash tag applied
         (``slot_table[slot]`` is its replica set)."""

@@ -43,7 +43,7 @@ def rings(draw) -> Ring:
                 port = 9000 + len(nodes)
                 nodes.append(RingNode(f"127.0.0.1:{port}", "127.0.0.1", port, f"dc{dc}", f"r{rack}", (token,)))
     local = draw(st.sampled_from(nodes))
-    return Ring(nodes, local, "murmur", b"{}")
+    return Ring(nodes, local, draw(st.sampled_from(["murmur", "slot"])), b"{}")
 
 
 def commands():

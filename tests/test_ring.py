@@ -829,4 +829,5 @@ def test_the_slot_table_gives_the_replicas_a_token_lookup_gives(keys, tokens):
     ring = Ring(nodes, nodes[0], "slot", b"{}")
     assert [ring.slot_table[slot] for slot in ring.slots_of(keys)] == [
         ring.replicas(ring.token_of(key)) for key in keys]
+    assert [ring.slot_of(key) for key in keys] == ring.slots_of(keys)
     assert Ring(nodes, nodes[0], "murmur").slot_table is None
