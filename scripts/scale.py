@@ -48,10 +48,19 @@ What it measures per (size, P, test), the median over rounds:
 - idle CPU: what all the dyno processes of a size use with no client, ms per second,
   measured once before the first round (it is in every phase's CPU too).
 
+With --count-calls (paced runs only) every dyno process counts the Python function calls
+it makes (scripts/callcount/sitecustomize.py: a profile hook; every call of Python code or
+of a built-in, all threads), and the table adds the calls per request above idle. A count
+does not depend on how crowded the machine is, so it shows the work a node does for a
+request apart from the machine's caches and scheduling; the CPU columns of such a run
+include the counting's own cost (about 2x) and compare only within the run. The JSON
+output keeps each phase's calls per request by function.
+
     .venv/bin/python scripts/scale.py                       # 3, 6, 12 nodes, 3 rounds (4 min here)
     .venv/bin/python scripts/scale.py --sizes 1 --rounds 1 --requests 3000 --json out.json
     .venv/bin/python scripts/scale.py --rate 2000 --seconds 8   # paced: no size saturated
     .venv/bin/python scripts/scale.py --cluster-clients         # cluster-mode clients: no hop
+    .venv/bin/python scripts/scale.py --rate 2000 --cluster-clients --controls --count-calls
 """
 
 from __future__ import annotations
@@ -139,6 +148,24 @@ def phase_figures(requests: dict[str, int], sent: dict[str, int], cpu_ns: dict[s
     }
 
 
+def calls_figures(calls: dict[str, int], idle_per_second: dict[str, float], seconds: float,
+                  requests: int, least: float = 0.05) -> dict:
+    """Calls per request of a phase (``calls`` by function over ``seconds``), all of them
+    and above what the processes call idle (``idle_per_second``); and by function, above
+    idle, those of ``least`` calls per request or more either way."""
+    if requests <= 0:
+        raise ScaleError("the nodes counted no requests in a phase")
+    by_function = {f: (n - idle_per_second.get(f, 0.0) * seconds) / requests for f, n in calls.items()}
+    for f, rate in idle_per_second.items():
+        by_function.setdefault(f, -rate * seconds / requests)
+    return {
+        "calls_per_request": sum(calls.values()) / requests,
+        "calls_above_idle": sum(by_function.values()),
+        "calls_by_function": {f: round(v, 3) for f, v in sorted(by_function.items(), key=lambda kv: -abs(kv[1]))
+                              if abs(v) >= least},
+    }
+
+
 def request_bytes(test: str, key: bytes) -> bytes:
     """One RESP request of the paced load: ``SET key xxx`` or ``GET key``."""
     if test == "SET":
@@ -164,8 +191,13 @@ def summarise(phases: list[dict]) -> list[dict]:
         row = {"nodes": nodes, "pipeline": pipeline, "test": test, "rounds": len(runs)}
         if control:
             row["control"] = True
-        for field in runs[0]["figures"]:
-            row[field] = statistics.median(r["figures"][field] for r in runs)
+        for field, first in runs[0]["figures"].items():
+            if isinstance(first, dict):  # by function: each function's median
+                names = {name for r in runs for name in r["figures"][field]}
+                row[field] = {name: statistics.median(r["figures"][field].get(name, 0.0) for r in runs)
+                              for name in names}
+            else:
+                row[field] = statistics.median(r["figures"][field] for r in runs)
         rows.append(row)
     return rows
 
@@ -199,16 +231,22 @@ def render(rows: list[dict], keys: dict[int, dict], command: str) -> str:
         "",
         "| nodes | P | test | ops/s | all dyno µs/req | vs smallest | node µs/req (min..max) "
         "| Redis µs/req | peer cmds/req | wakeups/req | coordinated per node (min..max) |",
-        "|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     if rows and "cpu_us_above_idle" in rows[0]:
         lines[2] = lines[2].replace("| vs smallest |", "| vs smallest | above idle µs/req | vs smallest |")
-        lines[3] = "|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"
         smallest: dict = {}
         for r in rows:
             base = smallest.setdefault((r["pipeline"], r["test"]), r)
             r["_above"] = (f" | {r['cpu_us_above_idle']:.2f} | "
                            f"{r['cpu_us_above_idle'] / base['cpu_us_above_idle']:.2f}")
+            if "calls_above_idle" in r:
+                r["_above"] += f" | {r['calls_above_idle']:.1f} | {r['calls_above_idle'] / base['calls_above_idle']:.2f}"
+        if "calls_above_idle" in rows[0]:
+            lines[2] = lines[2].replace("| above idle µs/req | vs smallest |",
+                                        "| above idle µs/req | vs smallest | calls/req above idle | vs smallest |")
+    # text columns to the left, figures to the right
+    lines.append("|" + "|".join("---" if title.strip() in ("test",) or "(min..max)" in title else "---:"
+                                for title in lines[2].strip("|").split("|")) + "|")
     for r in rows:
         lines.append(
             f"| {size_label(r)} | {r['pipeline']} | {r['test']} | {r['ops_per_sec']:,.0f} "
@@ -254,6 +292,52 @@ def wakeups(pid: int) -> int:
                 if line.startswith("voluntary_ctxt_switches:"):
                     total += int(line.split()[1])
     return total
+
+
+CALL_COUNTER = Path(__file__).resolve().parent / "callcount"
+
+
+@contextlib.contextmanager
+def counting_calls(directory: Path):
+    """While open, the dyno processes started count their calls (CALL_COUNTER's
+    sitecustomize, found first on their PYTHONPATH) and write them into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = {name: os.environ.get(name) for name in ("DYNO_CALL_COUNTS", "PYTHONPATH")}
+    os.environ["DYNO_CALL_COUNTS"] = str(directory)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(CALL_COUNTER), saved["PYTHONPATH"]) if p)
+    try:
+        yield directory
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def call_counts(nodes: Sequence[localcluster.NodeState], timeout: float = 20.0) -> dict[str, int]:
+    """Every node's calls so far by function, summed over the nodes (each writes its
+    counts on SIGUSR2; see counting_calls)."""
+    directory = Path(os.environ["DYNO_CALL_COUNTS"])
+    paths = {n.pid: directory / f"{n.pid}.json" for n in nodes}
+    for pid, path in paths.items():
+        path.unlink(missing_ok=True)
+        os.kill(pid, signal.SIGUSR2)
+    total: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    for pid, path in paths.items():
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise ScaleError(f"pid {pid} wrote no call counts within {timeout:.0f} s")
+            time.sleep(0.01)  # waiting for the file, with a deadline
+        for function, count in json.loads(path.read_text()).items():
+            total[function] = total.get(function, 0) + count
+    return total
+
+
+def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The calls made between two ``call_counts``, by function (none left out)."""
+    return {f: n - before.get(f, 0) for f, n in after.items() if n != before.get(f, 0)}
 
 
 def admin_info(node: localcluster.NodeState) -> dict:
@@ -429,14 +513,16 @@ class Size:
         return phase_figures(requests_by_node, sent, cpu, redis_cpu, seconds, sleeps)
 
     def paced_phase(self, test: str, rate: float, seconds: float, idle_ms_per_s: float,
-                    connections_per_node: int = 2) -> dict:
+                    connections_per_node: int = 2, idle_calls: dict[str, float] | None = None) -> dict:
         """``rate`` requests a second in all, request/response (-P 1), spread evenly over
         every node's client port, for ``seconds``: a load that leaves every size idle
         between requests, so each request pays its own wake-ups at every size (no size
-        gets to batch). The figures add the CPU per request above the idle cost."""
+        gets to batch). The figures add the CPU per request above the idle cost, and with
+        ``idle_calls`` (calls a second by function, the processes counting) the calls."""
         nodes = self.nodes
         per_connection = rate / (len(nodes) * connections_per_node)
         before = {n.port: counters(n) for n in nodes}
+        calls_before = call_counts(nodes) if idle_calls is not None else None
         cpu_before = {n.port: cpu_ns(n.pid) for n in nodes}
         sleeps_before = sum(wakeups(n.pid) for n in nodes)
         redis_before = sum(cpu_ns(n.redis_pid) for n in nodes)
@@ -456,12 +542,15 @@ class Size:
         cpu = {n.port: cpu_ns(n.pid) - cpu_before[n.port] for n in nodes}
         redis_cpu = sum(cpu_ns(n.redis_pid) for n in nodes) - redis_before
         sleeps = sum(wakeups(n.pid) for n in nodes) - sleeps_before
+        calls = calls_between(calls_before, call_counts(nodes)) if calls_before is not None else None
         after = {n.port: counters(n) for n in nodes}
         requests_by_node = {name: after[name][0] - before[name][0] for name in after}
         sent = {name: after[name][1] - before[name][1] for name in after}
         figures = phase_figures(requests_by_node, sent, cpu, redis_cpu, elapsed, sleeps)
         idle_ns = idle_ms_per_s * 1e6 * elapsed
         figures["cpu_us_above_idle"] = (sum(cpu.values()) - idle_ns) / figures["requests"] / 1000
+        if calls is not None:
+            figures.update(calls_figures(calls, idle_calls, elapsed, figures["requests"]))
         return figures
 
     def idle_cpu(self, seconds: float = 2.0) -> float:
@@ -471,6 +560,15 @@ class Size:
         started = time.monotonic()
         time.sleep(seconds)  # a duration to measure over, not a synchronisation
         return (sum(cpu_ns(n.pid) for n in self.nodes) - before) / (time.monotonic() - started) / 1e6
+
+    def idle_calls(self, seconds: float = 4.0) -> dict[str, float]:
+        """Calls a second by function all the dyno processes make with no client."""
+        before = call_counts(self.nodes)
+        started = time.monotonic()
+        time.sleep(seconds)  # a duration to measure over, not a synchronisation
+        calls = calls_between(before, call_counts(self.nodes))
+        elapsed = time.monotonic() - started
+        return {function: n / elapsed for function, n in calls.items()}
 
     def down(self) -> None:
         localcluster.down(self.dir)
@@ -508,6 +606,7 @@ class Separate:
     phase = Size.phase
     paced_phase = Size.paced_phase
     idle_cpu = Size.idle_cpu
+    idle_calls = Size.idle_calls
 
     def down(self) -> None:
         for part in self.parts:
@@ -517,15 +616,25 @@ class Separate:
 def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], requests: dict[int, int],
             root: Path, clients_per_node: int | None = None, log=print,
             rate: float | None = None, seconds: float = 10.0,
-            cluster_clients: bool = False, controls: bool = False) -> tuple[list[dict], dict[int, dict]]:
+            cluster_clients: bool = False, controls: bool = False,
+            count_calls: bool = False) -> tuple[list[dict], dict[int, dict]]:
     """Every phase of every round (interleaved sizes), and the keys per node of each size.
     ``clients_per_node``: instead of CLIENTS split between the nodes, that many per node
     (and the requests grown with the nodes likewise), so each node sees the same load.
-    ``controls``: for each size of K > 1 nodes per rack, also its ``Separate`` control."""
+    ``controls``: for each size of K > 1 nodes per rack, also its ``Separate`` control.
+    ``count_calls`` (with ``rate``): the nodes count their calls (``counting_calls``)."""
+    with counting_calls(root / "calls") if count_calls else contextlib.nullcontext():
+        return _measure(sizes, rounds, pipelines, requests, root, clients_per_node, log, rate, seconds,
+                        cluster_clients, controls, count_calls)
+
+
+def _measure(sizes, rounds, pipelines, requests, root, clients_per_node, log, rate, seconds,
+             cluster_clients, controls, count_calls):
     clusters: list[Size | Separate] = []
     phases: list[dict] = []
     keys: dict[int, list[dict]] = {}
     idle: dict[int, float] = {}
+    idle_calls: dict[int, dict[str, float] | None] = {}
     try:
         for per_rack in sizes:
             log(f"starting {RACKS * per_rack} nodes ...")
@@ -535,6 +644,7 @@ def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], request
                 clusters.append(Separate(root, per_rack, cluster_clients))
         for cluster in clusters:
             idle[id(cluster)] = cluster.idle_cpu()
+            idle_calls[id(cluster)] = cluster.idle_calls() if count_calls else None
         for round_no in range(rounds):
             order = clusters[round_no % len(clusters):] + clusters[:round_no % len(clusters)]
             for cluster in order:
@@ -543,7 +653,8 @@ def measure(sizes: Sequence[int], rounds: int, pipelines: Sequence[int], request
                 for pipeline in pipelines:
                     for test in TESTS:
                         if rate is not None:
-                            figures = cluster.paced_phase(test, rate, seconds, idle[id(cluster)])
+                            figures = cluster.paced_phase(test, rate, seconds, idle[id(cluster)],
+                                                          idle_calls=idle_calls[id(cluster)])
                         elif clients_per_node is None:
                             figures = cluster.phase(test, pipeline, requests[pipeline])
                         else:
@@ -592,6 +703,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--controls", action="store_true",
                         help="for each size of K > 1 nodes per rack, also K separate 3-node clusters loaded "
                         "at once (as many processes on the machine, no cluster larger than 3)")
+    parser.add_argument("--count-calls", action="store_true",
+                        help="with --rate: the nodes count their Python calls; the table adds calls per request "
+                             "above idle (the CPU columns then include the counting's cost)")
     parser.add_argument("--json", type=Path, help="also write the phases, the summary and the keys here")
     args = parser.parse_args(argv)
     try:
@@ -606,6 +720,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.rate <= 0 or args.seconds <= 0:
             parser.error("--rate and --seconds must be positive")
         pipelines = [1]
+    elif args.count_calls:
+        parser.error("--count-calls counts a paced load: give --rate too")
     requests = {p: args.requests if p == 1 else args.requests * p // 3 for p in pipelines}
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -614,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         phases, keys = measure(sizes, args.rounds, pipelines, requests, root, args.clients_per_node,
                                log=lambda line: print(line, file=sys.stderr, flush=True),
                                rate=args.rate, seconds=args.seconds, cluster_clients=args.cluster_clients,
-                               controls=args.controls)
+                               controls=args.controls, count_calls=args.count_calls)
     except (ScaleError, localcluster.ClusterError, OSError) as e:
         print(f"scale.py: {e} (logs in {root})", file=sys.stderr)
         return 1

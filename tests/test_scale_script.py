@@ -169,3 +169,74 @@ def test_cluster_clients_take_no_hop_and_the_control_runs_beside(tmp_path):
         else:  # a SET goes to the two other racks' owners only
             assert 2 <= row["peer_commands_per_request"] <= 8.1, row
     assert "| 6 as 2 separate clusters of 3 | 1 | GET |" in result.stdout
+
+
+def test_calls_figures_take_away_the_idle_calls_by_function():
+    calls = {"loop": 3000, "get": 1000, "gossip": 500}
+    idle = {"loop": 100.0, "gossip": 50.0, "timer": 5.0}  # a second
+    figures = scale.calls_figures(calls, idle, seconds=10.0, requests=1000, least=0.01)
+    assert figures["calls_per_request"] == pytest.approx(4.5)
+    # 4,500 calls, less 1,550 the 10 idle seconds make
+    assert figures["calls_above_idle"] == pytest.approx(2.95)
+    assert figures["calls_by_function"] == {"loop": 2.0, "get": 1.0, "timer": -0.05}
+    with pytest.raises(scale.ScaleError, match="no requests"):
+        scale.calls_figures(calls, idle, 1.0, 0)
+
+
+def test_a_counting_process_writes_its_calls_by_function_when_signalled(tmp_path):
+    """scripts/callcount/sitecustomize.py in a real Python process: a function called
+    n times is counted n times (and so are built-ins), and the file appears only whole."""
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import signal, sys, time\n"
+        "def work(n):\n"
+        "    return len(str(n))\n"
+        "for i in range(int(sys.argv[1])):\n"
+        "    work(i)\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        "    signal.pause()\n")
+    env = {**scale.os.environ, "DYNO_CALL_COUNTS": str(tmp_path),
+           "PYTHONPATH": str(scale.CALL_COUNTER)}
+    proc = subprocess.Popen([sys.executable, str(program), "1234"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        scale.os.kill(proc.pid, scale.signal.SIGUSR2)
+        path = tmp_path / f"{proc.pid}.json"
+        deadline = scale.time.monotonic() + 20
+        while not path.exists():
+            assert scale.time.monotonic() < deadline, "no counts written"
+            scale.time.sleep(0.01)  # waiting for the file, with a deadline
+        counts = json.loads(path.read_text())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert counts["prog.py:work"] == 1234
+    assert counts["<builtin>:len"] >= 1234
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.integration
+def test_a_counting_run_adds_the_calls_per_request(tmp_path):
+    out = tmp_path / "scale.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "scale.py"), "--sizes", "1", "--rounds", "1", "--rate", "300",
+         "--seconds", "1", "--count-calls", "--json", str(out)],
+        capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["summary"]
+    assert [r["test"] for r in rows] == ["SET", "GET"]
+    for row in rows:
+        assert 0 < row["calls_above_idle"] <= row["calls_per_request"], row
+        # every request was read, planned and answered by dyno's own code
+        functions = row["calls_by_function"]
+        assert functions.get("coordinator.py:Coordinator.execute_batch", 0) >= 0.9, sorted(functions)[:20]
+        # and each took a send of its reply (a Python call of a built-in is counted too)
+        assert functions.get("<builtin>:socket.socket.send", 0) >= 0.9, row
+    assert "| calls/req above idle | vs smallest |" in result.stdout
+
+
+def test_count_calls_wants_a_paced_load():
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "scale.py"), "--count-calls"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "give --rate too" in result.stderr
