@@ -47,6 +47,7 @@ from dyno.planner import EACH, LOCAL, ONE, Merge, Part, Plan, Planner
 from dyno.rewrite import canonical as _canonical
 from dyno.states import STANDBY, WRITES_ONLY
 from dyno.transactions import Transaction
+from dyno.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from dyno.client import ClientConnection
@@ -60,6 +61,9 @@ DC_ONE = "DC_ONE"
 # A quorum read first goes to Q replicas; the others are asked too if those have not
 # decided it after one to two ticks (Coordinator.hedge_reads).
 HEDGE_TICK = 0.025
+# With no quorum read undecided for this many ticks the sweeper parks until the next
+# one (an idle node, or one serving DC_ONE only, has no timer firing 40 times a second).
+HEDGE_PARK_AFTER = 40
 # A client with nothing else in flight gets a batch of up to this many requests
 # answered in one slot (the request/response pattern, pipelines of a few). A
 # larger batch gets a slot per request, so that its replies go out as they come
@@ -810,6 +814,8 @@ class Coordinator:
         # generations made the cyclic GC a tenth of a node's time).
         self.hedged: dict[int, tuple[int, _Quorum]] = {}
         self._hedge_tick = 0
+        self._hedger = Wakeup()
+        self._hedger_parked = False
         self._last_failure_log = 0.0
         self._failures_since_log = 0
         self.set_ring(ring)
@@ -1553,7 +1559,7 @@ class Coordinator:
             for index in range(len(part.asked)):
                 run.ask(index)
             if part.reserve and not run.quorum.done and run.asked < len(run.targets):
-                self.hedged[id(run)] = (self._hedge_tick, run)
+                self.hedge(run)
                 run.listed = True
         if part.coordinate:
             self.write(part.coordinate, part.payload, part.count + part.extra, affinity, resp3, None,
@@ -1726,13 +1732,32 @@ class Coordinator:
             if b"disagree\r\n" in result:
                 self.metrics.disagreements += 1
 
+    def hedge(self, run) -> None:
+        """List quorum read ``run`` for hedge_reads to widen if it is still undecided
+        after one to two ticks."""
+        self.hedged[id(run)] = (self._hedge_tick, run)
+        if self._hedger_parked:
+            self._hedger_parked = False
+            self._hedger.set()
+
     async def hedge_reads(self) -> None:
         """Widen the quorum reads whose first replicas have not decided them within
         one to two HEDGE_TICKs (a replica slow, or dead but not yet known to be):
         the read then waits for the fastest Q of all replicas, as if it had gone to
-        every one. One sweep per tick over the reads still undecided."""
+        every one. One sweep per tick over the reads still undecided; after
+        HEDGE_PARK_AFTER ticks with none, parked until ``hedge`` lists one (which the
+        next tick but one still widens: the tick count stood still meanwhile)."""
         hedged = self.hedged
+        quiet = 0
         while True:
+            if hedged:
+                quiet = 0
+            else:
+                quiet += 1
+                if quiet > HEDGE_PARK_AFTER:
+                    self._hedger_parked = True
+                    await self._hedger.wait()
+                    quiet = 0
             await trio.sleep(HEDGE_TICK)
             tick = self._hedge_tick
             self._hedge_tick = tick + 1

@@ -103,7 +103,7 @@ class ArrivalWindow:
     """
 
     __slots__ = ("_intervals", "_sum", "_squares", "_min_std", "_pause", "_y_star",
-                 "_first_estimate", "_max_interval", "last")
+                 "_first_estimate", "_max_interval", "_patience", "last")
 
     def __init__(self, *, window: int, first_estimate: float, min_std: float,
                  acceptable_pause: float, y_star: float, max_interval: float) -> None:
@@ -120,6 +120,9 @@ class ArrivalWindow:
         self._min_std = min_std
         self._pause = acceptable_pause
         self._y_star = y_star
+        # deadline() - last: changes only with a sample, and a node judges its peers
+        # far more often (at every gossip message, each of its peers) than it samples
+        self._patience = self._measure_patience()
         self.last: float | None = None
 
     def _record(self, interval: float) -> None:
@@ -131,6 +134,10 @@ class ArrivalWindow:
         intervals.append(interval)
         self._sum += interval
         self._squares += interval * interval
+        self._patience = self._measure_patience()
+
+    def _measure_patience(self) -> float:
+        return self.mean + self._pause + self._y_star * self.std
 
     def arrive(self, now: float, alive_at: float | None = None) -> None:
         """A newer heartbeat was learned at ``now``, showing the peer alive at
@@ -166,9 +173,10 @@ class ArrivalWindow:
 
     def deadline(self) -> float | None:
         """When the peer is convicted if nothing arrives before."""
-        if self.last is None:
+        last = self.last
+        if last is None:
             return None
-        return self.last + self.mean + self._pause + self._y_star * self.std
+        return last + self._patience
 
     def phi(self, now: float) -> float:
         if self.last is None:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyno import resp
-from dyno.coordinator import HEDGE_TICK
+from dyno.coordinator import HEDGE_PARK_AFTER, HEDGE_TICK
 from fakes import ERROR, TIMEOUT, Client, Cluster, ring
 
 KEYS = [b"k%d" % i for i in range(8)]
@@ -76,15 +76,15 @@ class Pending:
         self.part = type("P", (), {"count": 1})()
         self.dest = self
         self._widen = widen
-        coordinator.hedged[key] = (coordinator._hedge_tick, self)
         self.coordinator, self.key = coordinator, key
+        coordinator.hedge(self)
 
     def deliver_run(self, reply, n):
         self.replies.append(reply)
 
     def widen(self):
         self.widened += 1
-        self.coordinator.hedged.pop(self.key, None)
+        self.coordinator.hedged.pop(id(self), None)
         if self._widen:
             self._widen()
 
@@ -110,4 +110,23 @@ async def test_reads_undecided_for_a_full_tick_are_widened_and_a_failing_widen_a
         assert slow.replies == []  # widened reads are answered by their replicas
         await trio.sleep(HEDGE_TICK)
         assert late.widened == 1 and not coordinator.hedged
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_sweeper_parks_when_no_read_is_undecided_and_a_new_one_still_widens_in_two_ticks(
+    autojump_clock,  # virtual time: the sleeps below only order events against the ticks
+):
+    coordinator = Cluster(ring(1, 3, 1), "DC_QUORUM").coordinator
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(coordinator.hedge_reads)
+        await trio.sleep(HEDGE_TICK * (HEDGE_PARK_AFTER + 1.5))
+        parked_at = coordinator._hedge_tick
+        await trio.sleep(HEDGE_TICK * 100)  # parked: no tick counted
+        assert coordinator._hedger_parked and coordinator._hedge_tick == parked_at
+        read = Pending(coordinator, 1)  # wakes it
+        assert not coordinator._hedger_parked
+        await trio.sleep(HEDGE_TICK * 1.5)  # one sweep: asked less than a full tick ago
+        assert read.widened == 0
+        await trio.sleep(HEDGE_TICK)
+        assert read.widened == 1 and not coordinator.hedged
         nursery.cancel_scope.cancel()

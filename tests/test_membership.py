@@ -143,6 +143,19 @@ def test_window_measures_intervals_and_floors_the_deviation():
     assert w.mean == pytest.approx(1.5) and w.std == pytest.approx(0.5)
 
 
+@given(st.integers(2, 8), st.lists(st.tuples(st.floats(0.0, 3.0), st.floats(0.0, 0.5)), max_size=30))
+def test_the_deadline_is_always_phi_at_the_threshold_after_the_last_heartbeat(size, arrivals):
+    """deadline() keeps last + mean + pause + y* x std (worked out once per sample,
+    not at every judgement) true after any arrivals, samples, outages and relays."""
+    w = window(window=size, acceptable_pause=0.3)
+    now = 0.0
+    for gap, relayed in arrivals:
+        now += gap
+        w.arrive(now, now - relayed)
+        expected = w.last + w.mean + 0.3 + conviction_distance(8) * w.std
+        assert w.deadline() == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
 def test_window_ignores_outages_and_clamps_long_silences():
     w = window()
     w.arrive(0.0)
