@@ -52,6 +52,8 @@ from typing import NamedTuple
 import msgpack
 import trio
 
+from dyno.wakeup import Wakeup
+
 __all__ = [
     "HEADER_BYTES", "Cursor", "Hint", "HintStore", "HintStoreError", "escape_target", "unescape_target",
 ]
@@ -256,7 +258,7 @@ class HintStore:
 
     __slots__ = (
         "directory", "window_ms", "max_bytes", "segment_bytes", "_clock", "_targets", "_lock",
-        "_dirty_segments", "_dirty_targets", "_dirty_root", "_closed", "_quiet_until", "_quieted",
+        "_dirty_segments", "_dirty_targets", "_dirty_root", "_flusher_parked", "_flusher_wakeup", "_closed", "_quiet_until", "_quieted",
         "_sync_failing",
         "stored", "replayed", "dropped_window", "dropped_full", "dropped_error", "dropped_unreadable",
         "stored_total", "replayed_total", "dropped_window_total", "dropped_full_total",
@@ -275,6 +277,8 @@ class HintStore:
         self._dirty_segments: set[_Segment] = set()
         self._dirty_targets: set[_Target] = set()
         self._dirty_root = False
+        self._flusher_parked = False  # flusher() waits for _dirtied()
+        self._flusher_wakeup = Wakeup()
         self._closed = False
         self._quiet_until = 0.0
         self._quieted = 0
@@ -452,6 +456,7 @@ class HintStore:
             if written != size:
                 return self._write_failed(hints, segment, f"short write ({written} of {size} bytes)")
             self._dirty_segments.add(segment)
+            self._dirtied()
         segment.size += size
         segment.records += 1
         hints.records += 1
@@ -573,6 +578,7 @@ class HintStore:
             except OSError as exc:
                 log.warning("hints for %s: could not delete %s: %s", target, hints.path, exc.strerror or exc)
             self._dirty_root = True
+            self._dirtied()
         if dropped:
             log.info("hints for %s: %d dropped", target, dropped)
         return dropped
@@ -602,6 +608,7 @@ class HintStore:
                 except OSError as exc:
                     self._complain(f"hints for {hints.name}: could not delete {segment.path}: {exc.strerror or exc}")
                 self._dirty_targets.add(hints)
+                self._dirtied()
             if hints.reader_seq == segment.seq:
                 self._close_reader(hints)
 
@@ -620,6 +627,7 @@ class HintStore:
             self._complain(f"hints for {hints.name}: could not record replay progress: {exc.strerror or exc}")
             return
         self._dirty_targets.add(hints)
+        self._dirtied()
 
     # -- segments -------------------------------------------------------------------
 
@@ -636,8 +644,10 @@ class HintStore:
             except FileNotFoundError:  # the target's first hints: its directory, once
                 os.mkdir(hints.path)
                 self._dirty_root = True
+                self._dirtied()
                 fd = os.open(path, flags, 0o644)
             self._dirty_targets.add(hints)
+            self._dirtied()
             segment = _Segment(seq, path, hints.records, hints.bytes)
             segment.fd = fd
         if not hints.segments:
@@ -731,16 +741,29 @@ class HintStore:
             self._flushed(owners, _fsync_paths(paths))
 
     async def flusher(self, interval: float = 0.1) -> None:
-        """The task that makes hints durable: every ``interval``, fsync what was written
-        since the last round, in a worker thread. Failures are logged; it keeps going."""
+        """The task that makes hints durable: ``interval`` after the first write since
+        the last round, fsync what was written, in a worker thread (with nothing
+        written it waits, no timer running). Failures are logged; it keeps going."""
         if self.directory is None:
             await trio.sleep_forever()
         while True:
+            if not self._is_dirty():
+                self._flusher_parked = True
+                await self._flusher_wakeup.wait()
             await trio.sleep(interval)
             owners, paths = self._take_dirty()
             if paths:
                 failures = await trio.to_thread.run_sync(_fsync_paths, paths)
                 self._flushed(owners, failures)
+
+    def _is_dirty(self) -> bool:
+        return bool(self._dirty_segments or self._dirty_targets or self._dirty_root)
+
+    def _dirtied(self) -> None:
+        """Something was written that the flusher must fsync: wake it if it waits."""
+        if self._flusher_parked:
+            self._flusher_parked = False
+            self._flusher_wakeup.set()
 
     def close(self) -> None:
         """fsync what is dirty and let go of every descriptor and the directory's lock."""

@@ -418,7 +418,10 @@ class Membership:
                      if name in self._entries and self._entries[name].generation > 0]
             if known:
                 out.append((sender, _message(ACK2, [], known, [])))
-        self._judge_all(now)
+        # (Only the peers this message told of are judged again, as it merged them:
+        # the others' judgements change with time alone, at next_check, which the
+        # gossiper wakes for. Judging every peer at every message made a node of N
+        # peers judge N*N times an interval.)
         if news:
             out.extend(self._push(news, sender, now))
         return out

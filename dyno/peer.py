@@ -294,6 +294,9 @@ class PeerLink:
         self._ids = itertools.count(1)
         self.last_id = 0  # the last request framed (mark)
         self._wakeup = Wakeup()
+        # the watchdog waits here, no timer running, while nothing is pending
+        self._watchdog_wakeup = Wakeup()
+        self._watchdog_parked = False
         self.timeout = timeout
         address = f"{peer.host}:{peer.port}"
         self.down_error = resp.error(f"ERR dyno: peer {peer.name} is unavailable")
@@ -434,6 +437,8 @@ class PeerLink:
             deadline = trio.current_time() + (self.timeout if wait is None else wait)
             self._pending[request_id] = (sink, deadline, count, count > 1)
             self.queued += count
+            if self._watchdog_parked:
+                self._wake_watchdog()
         self._out.append(msgpack.packb([REQUEST, request_id, flags | SESSION, payload, count, session_id]))
         self._wakeup.set()
 
@@ -480,6 +485,12 @@ class PeerLink:
         self.sent += count
         self.queued += count
         self._wakeup.set()
+        if self._watchdog_parked:
+            self._wake_watchdog()
+
+    def _wake_watchdog(self) -> None:
+        self._watchdog_parked = False
+        self._watchdog_wakeup.set()
         if self.queued > HIGH_WATER and not self.congested:
             self._congested()
 
@@ -643,9 +654,13 @@ class PeerLink:
         await receiver.serve(on_data)
 
     async def _watchdog(self) -> None:
-        """Fail requests past their deadline; the link itself stays up."""
+        """Fail requests past their deadline; the link itself stays up. With nothing
+        pending it waits for the next request (an idle link runs no timer)."""
         pending = self._pending
         while True:
+            if not pending:
+                self._watchdog_parked = True
+                await self._watchdog_wakeup.wait()
             await trio.sleep(self.timeout / 4)
             now = trio.current_time()
             expired = []

@@ -766,6 +766,24 @@ def test_requests_never_hang_past_timeout_when_redis_freezes(cluster_factory):
     assert slowest < 1.25 * TIMEOUT_MS / 1000 + 0.5, f"a request took {slowest:.2f} s (timeout {TIMEOUT_MS} ms)"
 
 
+def test_a_request_to_an_idle_node_whose_redis_froze_times_out(cluster_factory):
+    """The connection's watchdog waits with no timer while nothing is unanswered: the
+    first request after a quiet spell must still get its time-out, not hang."""
+    node = node_with_timeout(cluster_factory, TIMEOUT_MS)
+    r = no_retry_client(node)
+    assert r.set("k", "v") is True
+    node.pause_redis()
+    try:
+        began = time.monotonic()
+        with pytest.raises(redis.ResponseError, match="timed out"):
+            r.get("k")
+        elapsed = time.monotonic() - began
+    finally:
+        node.resume_redis()
+    assert TIMEOUT_MS / 1000 * 0.9 <= elapsed < 1.25 * TIMEOUT_MS / 1000 + 0.5, elapsed
+    assert r.get("k") == b"v"
+
+
 def test_redis_down_at_start_then_up(cluster_factory):
     """The node starts while its Redis is down: every request fails at once with a clear
     error, node-local commands work, and service comes once Redis is up (no dyno restart)."""
