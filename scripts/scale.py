@@ -148,21 +148,30 @@ def phase_figures(requests: dict[str, int], sent: dict[str, int], cpu_ns: dict[s
     }
 
 
+GC = "<gc>:"  # scripts/callcount's keys for the garbage collector's runs
+
+
 def calls_figures(calls: dict[str, int], idle_per_second: dict[str, float], seconds: float,
                   requests: int, least: float = 0.05) -> dict:
     """Calls per request of a phase (``calls`` by function over ``seconds``), all of them
-    and above what the processes call idle (``idle_per_second``); and by function, above
-    idle, those of ``least`` calls per request or more either way."""
+    and above what the processes call idle (``idle_per_second``); by function, above
+    idle, those of ``least`` calls per request or more either way; and the garbage
+    collector's microseconds and runs per request, above idle."""
     if requests <= 0:
         raise ScaleError("the nodes counted no requests in a phase")
-    by_function = {f: (n - idle_per_second.get(f, 0.0) * seconds) / requests for f, n in calls.items()}
+    above = {f: (n - idle_per_second.get(f, 0.0) * seconds) / requests for f, n in calls.items()}
     for f, rate in idle_per_second.items():
-        by_function.setdefault(f, -rate * seconds / requests)
+        above.setdefault(f, -rate * seconds / requests)
+    gc = {f: v for f, v in above.items() if f.startswith(GC)}
+    by_function = {f: v for f, v in above.items() if not f.startswith(GC)}
     return {
-        "calls_per_request": sum(calls.values()) / requests,
+        "calls_per_request": sum(n for f, n in calls.items() if not f.startswith(GC)) / requests,
         "calls_above_idle": sum(by_function.values()),
         "calls_by_function": {f: round(v, 3) for f, v in sorted(by_function.items(), key=lambda kv: -abs(kv[1]))
                               if abs(v) >= least},
+        # the collector's runs (Python's gc, which no call shows), above idle
+        "gc_us_above_idle": sum(v for f, v in gc.items() if f.endswith(" microseconds")),
+        "gc_above_idle": {f[len(GC):]: round(v, 4) for f, v in sorted(gc.items())},
     }
 
 
