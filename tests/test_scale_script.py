@@ -247,3 +247,33 @@ def test_count_calls_wants_a_paced_load():
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "scale.py"), "--count-calls"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "give --rate too" in result.stderr
+
+
+_ab_spec = importlib.util.spec_from_file_location("scale_ab", REPO / "scripts" / "scale_ab.py")
+scale_ab = importlib.util.module_from_spec(_ab_spec)
+_ab_spec.loader.exec_module(scale_ab)
+
+
+def test_the_ab_table_gives_each_sides_medians_and_ratios_to_3_nodes():
+    def output(cpu3, cpu12, idle3, idle12):
+        def row(nodes, cpu, **extra):
+            return {"nodes": nodes, "test": "GET", "cpu_us_per_request": cpu, "cpu_us_above_idle": cpu - 10,
+                    "wakeups_per_request": 2.0, **extra}
+        return {"summary": [row(3, cpu3), row(12, cpu12), row(12, cpu12 - 20, control=True)],
+                "keys": {"3": {"idle_cpu_ms_per_s": idle3}, "12": {"idle_cpu_ms_per_s": idle12}}}
+
+    table = scale_ab.combine({"base": [output(100, 150, 17, 80), output(120, 170, 17, 82), output(110, 160, 16, 81)],
+                              "new": [output(90, 110, 3, 20), output(100, 130, 3, 22), output(95, 120, 3, 21)]})
+    lines = table.splitlines()
+    assert lines[1].count("|") == lines[0].count("|")
+    # medians: base 110 / 160, new 95 / 120; above idle 100 / 150 and 85 / 110
+    assert "| GET | 3 | 110.0 | 95.0 | 100.0 | 85.0 | 2.0 | 2.0 | 1.00 / 1.00 | 1.00 / 1.00 |" in lines
+    assert "| GET | 12 | 160.0 | 120.0 | 150.0 | 110.0 | 2.0 | 2.0 | 1.45 / 1.50 | 1.26 / 1.29 |" in lines
+    assert "| GET | 12 as 4 separate clusters of 3 | 140.0 | 100.0 |" in table
+    assert "| 12 | 81.0 | 21.0 |" in lines
+
+
+def test_the_ab_script_wants_a_base_with_scale_py(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "scale_ab.py"), "--base", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "has no scripts/scale.py" in result.stderr
