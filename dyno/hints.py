@@ -258,7 +258,8 @@ class HintStore:
 
     __slots__ = (
         "directory", "window_ms", "max_bytes", "segment_bytes", "_clock", "_targets", "_lock",
-        "_dirty_segments", "_dirty_targets", "_dirty_root", "_flusher_parked", "_flusher_wakeup", "_closed", "_quiet_until", "_quieted",
+        "_dirty_segments", "_dirty_targets", "_dirty_root", "_flusher_parked", "_flusher_wakeup",
+        "_closed", "_quiet_until", "_quieted",
         "_sync_failing",
         "stored", "replayed", "dropped_window", "dropped_full", "dropped_error", "dropped_unreadable",
         "stored_total", "replayed_total", "dropped_window_total", "dropped_full_total",

@@ -249,12 +249,13 @@ def render(rows: list[dict], keys: dict[int, dict], command: str) -> str:
             r["_above"] = (f" | {r['cpu_us_above_idle']:.2f} | "
                            f"{r['cpu_us_above_idle'] / base['cpu_us_above_idle']:.2f}")
             if "calls_above_idle" in r:
-                r["_above"] += f" | {r['calls_above_idle']:.1f} | {r['calls_above_idle'] / base['calls_above_idle']:.2f}"
+                calls = r["calls_above_idle"]
+                r["_above"] += f" | {calls:.1f} | {calls / base['calls_above_idle']:.2f}"
         if "calls_above_idle" in rows[0]:
             lines[2] = lines[2].replace("| above idle µs/req | vs smallest |",
                                         "| above idle µs/req | vs smallest | calls/req above idle | vs smallest |")
     # text columns to the left, figures to the right
-    lines.append("|" + "|".join("---" if title.strip() in ("test",) or "(min..max)" in title else "---:"
+    lines.append("|" + "|".join("---" if title.strip() == "test" or "(min..max)" in title else "---:"
                                 for title in lines[2].strip("|").split("|")) + "|")
     for r in rows:
         lines.append(
