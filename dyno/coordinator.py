@@ -47,7 +47,7 @@ from dyno.planner import EACH, LOCAL, ONE, Merge, Part, Plan, Planner
 from dyno.rewrite import canonical as _canonical
 from dyno.states import STANDBY, WRITES_ONLY
 from dyno.transactions import Transaction
-from dyno.wakeup import Wakeup
+from dyno.wakeup import Idle
 
 if TYPE_CHECKING:
     from dyno.client import ClientConnection
@@ -814,8 +814,7 @@ class Coordinator:
         # generations made the cyclic GC a tenth of a node's time).
         self.hedged: dict[int, tuple[int, _Quorum]] = {}
         self._hedge_tick = 0
-        self._hedger = Wakeup()
-        self._hedger_parked = False
+        self._hedger = Idle()
         self._last_failure_log = 0.0
         self._failures_since_log = 0
         self.set_ring(ring)
@@ -1736,9 +1735,8 @@ class Coordinator:
         """List quorum read ``run`` for hedge_reads to widen if it is still undecided
         after one to two ticks."""
         self.hedged[id(run)] = (self._hedge_tick, run)
-        if self._hedger_parked:
-            self._hedger_parked = False
-            self._hedger.set()
+        if self._hedger.parked:
+            self._hedger.wake()
 
     async def hedge_reads(self) -> None:
         """Widen the quorum reads whose first replicas have not decided them within
@@ -1755,7 +1753,6 @@ class Coordinator:
             else:
                 quiet += 1
                 if quiet > HEDGE_PARK_AFTER:
-                    self._hedger_parked = True
                     await self._hedger.wait()
                     quiet = 0
             await trio.sleep(HEDGE_TICK)

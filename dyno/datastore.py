@@ -28,7 +28,7 @@ import trio
 
 from dyno import resp
 from dyno.stream import ConnectionLost, Receiver, connect, write_loop
-from dyno.wakeup import Wakeup
+from dyno.wakeup import Idle, Wakeup
 
 log = logging.getLogger("dyno.datastore")
 
@@ -81,16 +81,14 @@ class Connection:
         self._sinks: deque[Sink | _Run] = deque()
         self._writer_wakeup = Wakeup()
         self._last_progress = 0.0
-        # the watchdog waits here, no timer running, while nothing is unanswered
-        self._watchdog_wakeup = Wakeup()
-        self._watchdog_parked = False
+        self._watchdog_idle = Idle()  # the watchdog, while nothing is unanswered
         self.congested = False  # more than HIGH_WATER batches unanswered: clients wait (Congestion)
 
     def send(self, payload: bytes, sink: Sink) -> None:
         if not self._sinks:
             self._last_progress = trio.current_time()
-            if self._watchdog_parked:
-                self._wake_watchdog()
+            if self._watchdog_idle.parked:
+                self._watchdog_idle.wake()
         self._out.append(payload)
         self._sinks.append(sink)
         self._writer_wakeup.set()
@@ -100,8 +98,8 @@ class Connection:
     def send_many(self, payload: bytes, sinks: list[Sink]) -> None:
         if not self._sinks:
             self._last_progress = trio.current_time()
-            if self._watchdog_parked:
-                self._wake_watchdog()
+            if self._watchdog_idle.parked:
+                self._watchdog_idle.wake()
         self._out.append(payload)
         self._sinks.extend(sinks)
         self._writer_wakeup.set()
@@ -111,8 +109,8 @@ class Connection:
     def send_run(self, payload: bytes, sink: Sink, count: int) -> None:
         if not self._sinks:
             self._last_progress = trio.current_time()
-            if self._watchdog_parked:
-                self._wake_watchdog()
+            if self._watchdog_idle.parked:
+                self._watchdog_idle.wake()
         self._out.append(payload)
         self._sinks.append(_Run(sink, count) if count > 1 else sink)
         self._writer_wakeup.set()
@@ -293,18 +291,13 @@ class Connection:
         finally:
             receiver.close()
 
-    def _wake_watchdog(self) -> None:
-        self._watchdog_parked = False
-        self._watchdog_wakeup.set()
-
     async def _watchdog(self) -> None:
         """Fail the connection when Redis has answered nothing for ``timeout`` with
         requests unanswered. With none it waits for the next (no timer running)."""
         timeout = self.store.timeout
         while True:
             if not self._sinks:
-                self._watchdog_parked = True
-                await self._watchdog_wakeup.wait()
+                await self._watchdog_idle.wait()
             await trio.sleep(timeout / 4)
             if self._sinks and trio.current_time() - self._last_progress > timeout:
                 raise ConnectionLost(

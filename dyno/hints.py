@@ -52,7 +52,7 @@ from typing import NamedTuple
 import msgpack
 import trio
 
-from dyno.wakeup import Wakeup
+from dyno.wakeup import Idle
 
 __all__ = [
     "HEADER_BYTES", "Cursor", "Hint", "HintStore", "HintStoreError", "escape_target", "unescape_target",
@@ -258,7 +258,7 @@ class HintStore:
 
     __slots__ = (
         "directory", "window_ms", "max_bytes", "segment_bytes", "_clock", "_targets", "_lock",
-        "_dirty_segments", "_dirty_targets", "_dirty_root", "_flusher_parked", "_flusher_wakeup",
+        "_dirty_segments", "_dirty_targets", "_dirty_root", "_flusher_idle",
         "_closed", "_quiet_until", "_quieted",
         "_sync_failing",
         "stored", "replayed", "dropped_window", "dropped_full", "dropped_error", "dropped_unreadable",
@@ -278,8 +278,7 @@ class HintStore:
         self._dirty_segments: set[_Segment] = set()
         self._dirty_targets: set[_Target] = set()
         self._dirty_root = False
-        self._flusher_parked = False  # flusher() waits for _dirtied()
-        self._flusher_wakeup = Wakeup()
+        self._flusher_idle = Idle()  # flusher() waits here for _dirtied()
         self._closed = False
         self._quiet_until = 0.0
         self._quieted = 0
@@ -749,8 +748,7 @@ class HintStore:
             await trio.sleep_forever()
         while True:
             if not self._is_dirty():
-                self._flusher_parked = True
-                await self._flusher_wakeup.wait()
+                await self._flusher_idle.wait()
             await trio.sleep(interval)
             owners, paths = self._take_dirty()
             if paths:
@@ -762,9 +760,7 @@ class HintStore:
 
     def _dirtied(self) -> None:
         """Something was written that the flusher must fsync: wake it if it waits."""
-        if self._flusher_parked:
-            self._flusher_parked = False
-            self._flusher_wakeup.set()
+        self._flusher_idle.wake()
 
     def close(self) -> None:
         """fsync what is dirty and let go of every descriptor and the directory's lock."""

@@ -77,7 +77,7 @@ from dyno.resp import whole_requests
 from dyno.stream import ConnectionLost, Listener, Receiver, connect, write_loop
 from dyno.tlsstream import TLS_HANDSHAKE, TLSHandshakeError, TLSReceiver, TLSSession
 from dyno.tlsstream import write_loop as tls_write_loop
-from dyno.wakeup import Wakeup
+from dyno.wakeup import Idle, Wakeup
 
 if TYPE_CHECKING:
     from dyno.datastore import Datastore
@@ -294,9 +294,7 @@ class PeerLink:
         self._ids = itertools.count(1)
         self.last_id = 0  # the last request framed (mark)
         self._wakeup = Wakeup()
-        # the watchdog waits here, no timer running, while nothing is pending
-        self._watchdog_wakeup = Wakeup()
-        self._watchdog_parked = False
+        self._watchdog_idle = Idle()  # the watchdog, while nothing is pending
         self.timeout = timeout
         address = f"{peer.host}:{peer.port}"
         self.down_error = resp.error(f"ERR dyno: peer {peer.name} is unavailable")
@@ -437,8 +435,8 @@ class PeerLink:
             deadline = trio.current_time() + (self.timeout if wait is None else wait)
             self._pending[request_id] = (sink, deadline, count, count > 1)
             self.queued += count
-            if self._watchdog_parked:
-                self._wake_watchdog()
+            if self._watchdog_idle.parked:
+                self._watchdog_idle.wake()
         self._out.append(msgpack.packb([REQUEST, request_id, flags | SESSION, payload, count, session_id]))
         self._wakeup.set()
 
@@ -485,12 +483,8 @@ class PeerLink:
         self.sent += count
         self.queued += count
         self._wakeup.set()
-        if self._watchdog_parked:
-            self._wake_watchdog()
-
-    def _wake_watchdog(self) -> None:
-        self._watchdog_parked = False
-        self._watchdog_wakeup.set()
+        if self._watchdog_idle.parked:
+            self._watchdog_idle.wake()
         if self.queued > HIGH_WATER and not self.congested:
             self._congested()
 
@@ -659,8 +653,7 @@ class PeerLink:
         pending = self._pending
         while True:
             if not pending:
-                self._watchdog_parked = True
-                await self._watchdog_wakeup.wait()
+                await self._watchdog_idle.wait()
             await trio.sleep(self.timeout / 4)
             now = trio.current_time()
             expired = []

@@ -94,3 +94,25 @@ def flush_noted() -> None:
     finally:
         noted.clear()
         _deferring = False
+
+
+class Idle:
+    """Where a long-lived task that works on a timer (a watchdog, a sweeper, a
+    flusher) waits, no timer running, while it has nothing to look at: ``wait()``
+    parks it; whoever gives it something calls ``wake()`` if ``parked`` (one
+    attribute check on the path that makes the work, no call when it is awake)."""
+
+    __slots__ = ("parked", "_wakeup")
+
+    def __init__(self) -> None:
+        self.parked = False
+        self._wakeup = Wakeup()
+
+    async def wait(self) -> None:
+        self.parked = True
+        await self._wakeup.wait()
+
+    def wake(self) -> None:
+        if self.parked:
+            self.parked = False
+            self._wakeup.set()

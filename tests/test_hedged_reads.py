@@ -122,9 +122,9 @@ async def test_the_sweeper_parks_when_no_read_is_undecided_and_a_new_one_still_w
         await trio.sleep(HEDGE_TICK * (HEDGE_PARK_AFTER + 1.5))
         parked_at = coordinator._hedge_tick
         await trio.sleep(HEDGE_TICK * 100)  # parked: no tick counted
-        assert coordinator._hedger_parked and coordinator._hedge_tick == parked_at
+        assert coordinator._hedger.parked and coordinator._hedge_tick == parked_at
         read = Pending(coordinator, 1)  # wakes it
-        assert not coordinator._hedger_parked
+        assert not coordinator._hedger.parked
         await trio.sleep(HEDGE_TICK * 1.5)  # one sweep: asked less than a full tick ago
         assert read.widened == 0
         await trio.sleep(HEDGE_TICK)

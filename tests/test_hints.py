@@ -490,7 +490,7 @@ async def test_the_flusher_fsyncs_in_a_worker_thread_once_per_round(tmp_path, mo
             assert not segment.exists()
             await wait_until(lambda: store.synced == 4)
             # With nothing left to sync it waits with no timer; the next hint wakes it.
-            await wait_until(lambda: store._flusher_parked)
+            await wait_until(lambda: store._flusher_idle.parked)
             assert store.add("peer", 0, b"later", 1)
             later = tmp_path / "hints" / "peer" / "0000000000000002.hints"
             await wait_until(lambda: later.stat().st_ino in {inode for inode, _ in synced})

@@ -319,3 +319,27 @@ async def test_a_writer_whose_socket_is_full_is_woken_and_sends_the_rest_in_orde
                         received += out_b.recv(1 << 20)
                 nursery.cancel_scope.cancel()
             assert received == chunk * chunks
+
+
+async def test_an_idle_task_parks_until_woken_and_a_wake_while_awake_is_not_kept():
+    from dyno.wakeup import Idle
+
+    idle = Idle()
+    idle.wake()  # nobody parked: nothing kept for later
+    rounds = []
+
+    async def worker():
+        while True:
+            await idle.wait()
+            rounds.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker)
+        await trio.testing.wait_all_tasks_blocked()
+        assert idle.parked and rounds == []  # the early wake() did not let it through
+        idle.wake()
+        assert not idle.parked
+        idle.wake()  # a second call before it runs: one round, not two
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(rounds) == 1 and idle.parked
+        nursery.cancel_scope.cancel()
